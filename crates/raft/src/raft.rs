@@ -1,0 +1,630 @@
+//! The consensus core: [`Raft`], its inputs, its roles and their transitions.
+//!
+//! State shared by every role lives in [`Shared`]; each role keeps only its own state
+//! ([`Follower`], [`Candidate`], [`crate::leader::Leader`]). `step` only checks terms and
+//! dispatches: the handlers live in `election.rs`, `follower.rs` and `leader.rs`.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Config;
+use crate::leader::Leader;
+use crate::log::RaftLog;
+use crate::membership::MembershipHistory;
+use crate::message::{AppendResult, Envelope, Message};
+use crate::ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
+use crate::storage::Storage;
+use crate::types::{
+    Entry, HardState, Index, LogId, Membership, MembershipChange, NodeId, Payload, ReadId, SnapshotMeta, Term,
+};
+
+/// One node's consensus core. Feed it inputs ([`Raft::tick`], [`Raft::step`],
+/// [`Raft::propose`], ...), then take its output with [`Raft::ready`] and act on it as
+/// [`Ready`] says, then call [`Raft::advance`].
+pub struct Raft<S: Storage> {
+    pub(crate) shared: Shared<S>,
+    pub(crate) role: Role,
+}
+
+/// State every role has.
+pub(crate) struct Shared<S: Storage> {
+    pub config: Config,
+    pub id: NodeId,
+    /// The current term; never decreases.
+    pub term: Term,
+    /// Whom we voted for in `term`.
+    pub vote: Option<NodeId>,
+    pub log: RaftLog<S>,
+    pub memberships: MembershipHistory,
+    rng: ChaCha8Rng,
+    /// This wait's election timeout, drawn from `[E, 2E)`.
+    pub election_timeout_ticks: u32,
+    /// Messages to hand out in the next `Ready`.
+    pub outbox: Vec<Envelope>,
+    /// Read answers to hand out in the next `Ready`.
+    pub reads: Vec<ReadState>,
+    pub dropped_messages: u64,
+    /// The hard state the driver last persisted.
+    persisted_hard_state: HardState,
+    /// Ticks since start; only for leases.
+    pub ticks: u64,
+    /// Set between `ready()` and `advance()`: the index applied once the driver is done.
+    pending_advance: Option<Index>,
+}
+
+pub(crate) enum Role {
+    Follower(Follower),
+    Candidate(Candidate),
+    Leader(Box<Leader>),
+}
+
+/// A follower: answers leaders and candidates (Raft §5.2).
+pub(crate) struct Follower {
+    /// The leader of the current term, once we hear from it.
+    pub leader: Option<NodeId>,
+    /// Ticks since we last heard from the leader or granted a vote.
+    pub election_elapsed_ticks: u32,
+    /// Whether we heard from a leader (or just started) and so, under check-quorum, refuse
+    /// to help depose it until an election timeout passes (thesis §4.2.3). A node that just
+    /// restarted may have followed a leader a moment ago, so it starts with this set.
+    pub leader_lease: bool,
+}
+
+/// A candidate or, with `pre_vote`, a pre-candidate (thesis §9.6).
+pub(crate) struct Candidate {
+    pub pre_vote: bool,
+    /// The campaign follows a `TimeoutNow` (thesis §3.10).
+    pub leader_transfer: bool,
+    pub granted: BTreeSet<NodeId>,
+    pub rejected: BTreeSet<NodeId>,
+    pub election_elapsed_ticks: u32,
+}
+
+impl<S: Storage> Shared<S> {
+    /// Queues `message` to `to`, stamped with the current term.
+    pub fn send(&mut self, to: NodeId, message: Message) {
+        let term = self.term;
+        self.send_with_term(to, term, message);
+    }
+
+    pub fn send_with_term(&mut self, to: NodeId, term: Term, message: Message) {
+        assert_ne!(to, self.id, "a node never sends to itself");
+        self.outbox.push(Envelope { from: self.id, to, term, message });
+    }
+
+    pub fn membership(&self) -> &Membership {
+        self.memberships.active()
+    }
+
+    /// Whether this node may campaign: only voters do (learners and removed nodes wait).
+    pub fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.id)
+    }
+
+    /// The other voters, in id order.
+    pub fn other_voters(&self) -> Vec<NodeId> {
+        self.membership().voters.iter().copied().filter(|&id| id != self.id).collect()
+    }
+
+    pub fn reset_election_timeout(&mut self) {
+        let base = self.config.election_timeout_ticks;
+        self.election_timeout_ticks = self.rng.random_range(base..2 * base);
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.commit_index() }
+    }
+
+    /// Records an entry appended to the log (by the leader or from the leader), and a
+    /// membership it carries, which takes effect now (thesis §4.1).
+    pub fn track_membership(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if let Payload::Membership(membership) = &entry.payload {
+                self.memberships.push(entry.index(), membership.clone());
+            }
+        }
+    }
+
+    pub fn drop_message(&mut self, _why: &str) {
+        self.dropped_messages += 1;
+    }
+}
+
+impl<S: Storage> Raft<S> {
+    /// A node that starts, or restarts, from `storage`: its hard state, snapshot and log.
+    /// A new cluster's nodes start from a store holding the initial membership.
+    pub fn new(config: Config, storage: S) -> Result<Raft<S>, Error> {
+        config.validate().map_err(Error::InvalidConfig)?;
+        let hard_state = storage.hard_state();
+        let snapshot = storage.snapshot_meta();
+        let mut memberships = MembershipHistory::new(snapshot.last_log_id.index, snapshot.membership.clone());
+        let log = RaftLog::new(storage, config.applied)?;
+        // Rebuild the membership from the log after the snapshot, one bounded batch at a time.
+        let mut next = log.first_index();
+        while next <= log.last_index() {
+            let entries = log.entries(next, log.last_index().next(), config.max_append_bytes)?;
+            next = entries.last().map_or(next, |entry| entry.index().next());
+            for entry in entries {
+                if let Payload::Membership(membership) = entry.payload {
+                    memberships.push(entry.log_id.index, membership);
+                }
+            }
+        }
+        let mut shared = Shared {
+            id: config.id,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            log,
+            memberships,
+            election_timeout_ticks: 0,
+            outbox: Vec::new(),
+            reads: Vec::new(),
+            dropped_messages: 0,
+            persisted_hard_state: hard_state,
+            ticks: 0,
+            pending_advance: None,
+        };
+        shared.reset_election_timeout();
+        let follower = Follower { leader: None, election_elapsed_ticks: 0, leader_lease: true };
+        let raft = Raft { shared, role: Role::Follower(follower) };
+        raft.assert_invariants();
+        Ok(raft)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    pub fn term(&self) -> Term {
+        self.shared.term
+    }
+
+    pub fn role(&self) -> RoleName {
+        match &self.role {
+            Role::Follower(_) => RoleName::Follower,
+            Role::Candidate(candidate) if candidate.pre_vote => RoleName::PreCandidate,
+            Role::Candidate(_) => RoleName::Candidate,
+            Role::Leader(_) => RoleName::Leader,
+        }
+    }
+
+    /// The leader this node knows of in the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Follower(follower) => follower.leader,
+            Role::Candidate(_) => None,
+            Role::Leader(_) => Some(self.shared.id),
+        }
+    }
+
+    pub fn commit_index(&self) -> Index {
+        self.shared.log.commit_index()
+    }
+
+    pub fn membership(&self) -> &Membership {
+        self.shared.membership()
+    }
+
+    /// The store, for the driver to write as `Ready` says (and for tests to inspect).
+    pub fn storage(&self) -> &S {
+        &self.shared.log.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.shared.log.storage
+    }
+
+    /// Consumes the core and returns its store (a crash, in the simulator).
+    pub fn into_storage(self) -> S {
+        self.shared.log.storage
+    }
+
+    /// One unit of logical time passes.
+    pub fn tick(&mut self) -> Result<(), Error> {
+        self.assert_no_pending_ready();
+        self.shared.ticks += 1;
+        let election_timeout = self.shared.config.election_timeout_ticks;
+        let elapsed = match &mut self.role {
+            Role::Leader(leader) => {
+                if leader.tick(&mut self.shared)? {
+                    self.become_follower(self.shared.term, None);
+                }
+                return Ok(());
+            }
+            Role::Follower(follower) => {
+                follower.election_elapsed_ticks += 1;
+                if follower.election_elapsed_ticks >= election_timeout {
+                    follower.leader_lease = false;
+                }
+                follower.election_elapsed_ticks
+            }
+            Role::Candidate(candidate) => {
+                candidate.election_elapsed_ticks += 1;
+                candidate.election_elapsed_ticks
+            }
+        };
+        if elapsed >= self.shared.election_timeout_ticks && self.shared.is_voter() {
+            self.campaign(false)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a command. On the leader, returns the log id its entry got; the command is
+    /// committed if and when that entry is (watch `Ready::committed`). Proposals between two
+    /// `Ready`s go out as one batch.
+    pub fn propose(&mut self, command: Bytes) -> Result<Proposal, Error> {
+        self.assert_no_pending_ready();
+        let (leader, shared) = self.as_leader()?;
+        leader.check_accepts_proposals(shared, command.len() as u64)?;
+        let log_id = leader.append(shared, Payload::Command(command))?;
+        Ok(Proposal { log_id })
+    }
+
+    /// Proposes a single-server membership change (thesis §4.1). Refused while another
+    /// change is uncommitted, and until the leader has committed an entry of its own term
+    /// (the fix to the single-server change bug, thesis §4.1 errata).
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<Proposal, Error> {
+        self.assert_no_pending_ready();
+        let (leader, shared) = self.as_leader()?;
+        leader.check_accepts_proposals(shared, 0)?;
+        let log_id = leader.propose_membership(shared, change)?;
+        Ok(Proposal { log_id })
+    }
+
+    /// Asks for a linearizable read (thesis §6.4). The answer comes in `Ready::reads` with
+    /// the index the state machine must reach before the read is served. On a follower the
+    /// request is forwarded to the leader.
+    pub fn read_index(&mut self, id: ReadId) -> Result<(), Error> {
+        self.assert_no_pending_ready();
+        match &mut self.role {
+            Role::Leader(leader) => {
+                leader.read_index(&mut self.shared, id, None);
+                Ok(())
+            }
+            Role::Follower(Follower { leader: Some(leader), .. }) => {
+                let leader = *leader;
+                self.shared.send(leader, Message::ReadIndex { id });
+                Ok(())
+            }
+            _ => Err(Error::NotLeader { leader: None }),
+        }
+    }
+
+    /// Hands leadership to `target` (thesis §3.10): bring it up to date, then tell it to
+    /// campaign. Proposals are refused meanwhile; the attempt ends after an election timeout.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), Error> {
+        self.assert_no_pending_ready();
+        let (leader, shared) = self.as_leader()?;
+        leader.transfer_leader(shared, target)
+    }
+
+    /// The state machine holds a snapshot of everything up to `index` (at most the applied
+    /// index). Returns the metadata to store with it; the driver then compacts the log with
+    /// [`Storage::compact`].
+    pub fn compact(&mut self, index: Index) -> Result<SnapshotMeta, Error> {
+        self.assert_no_pending_ready();
+        let log = &self.shared.log;
+        let first = log.first_index();
+        if index < first || index > log.applied_index() {
+            let reason = format!(
+                "the index must be in [{first}, {}] (from the first log entry to the applied index)",
+                log.applied_index()
+            );
+            return Err(Error::InvalidSnapshot { index, reason });
+        }
+        let meta = SnapshotMeta {
+            last_log_id: LogId::new(log.term(index)?, index),
+            membership: self.shared.memberships.at(index).clone(),
+        };
+        self.shared.memberships.compact(index);
+        Ok(meta)
+    }
+
+    /// The runtime could not deliver the snapshot to `peer` (or could): go back to probing.
+    pub fn report_snapshot(&mut self, peer: NodeId, delivered: bool) {
+        if let Role::Leader(leader) = &mut self.role {
+            leader.report_snapshot(peer, delivered);
+        }
+    }
+
+    /// Feeds a message from another node.
+    pub fn step(&mut self, envelope: Envelope) -> Result<(), Error> {
+        self.assert_no_pending_ready();
+        if envelope.to != self.shared.id || envelope.from == self.shared.id {
+            self.shared.drop_message("misaddressed");
+            return Ok(());
+        }
+        if envelope.term > self.shared.term {
+            if !self.accept_higher_term(&envelope) {
+                return Ok(());
+            }
+        } else if envelope.term < self.shared.term {
+            self.answer_stale(envelope);
+            return Ok(());
+        }
+        self.dispatch(envelope)
+    }
+
+    /// Raft §5.1: a higher term makes us a follower of that term, with three exceptions.
+    /// Returns whether to go on handling the message.
+    fn accept_higher_term(&mut self, envelope: &Envelope) -> bool {
+        match envelope.message {
+            Message::RequestVote { leader_transfer, .. } if self.in_leader_lease() && !leader_transfer => {
+                // thesis §4.2.3: we heard from a leader within the minimum election timeout,
+                // so don't help depose it (a removed or cut-off node would disrupt us).
+                return false;
+            }
+            // A pre-vote doesn't change anyone's term (thesis §9.6): answer it in ours.
+            Message::RequestVote { pre_vote: true, .. } => return true,
+            // A granted pre-vote carries the term we would campaign in.
+            Message::RequestVoteResponse { pre_vote: true, granted: true } => return true,
+            _ => {}
+        }
+        let leader = match envelope.message {
+            Message::AppendEntries { .. } | Message::Heartbeat { .. } | Message::InstallSnapshot { .. } => {
+                Some(envelope.from)
+            }
+            _ => None,
+        };
+        self.become_follower(envelope.term, leader);
+        true
+    }
+
+    /// A message from an older term. Requests get an answer carrying our term, so a stale
+    /// leader or candidate steps down (with pre-vote and check-quorum this is how a node
+    /// that raised its term while cut off gets the others to catch up); responses are dropped.
+    fn answer_stale(&mut self, envelope: Envelope) {
+        let reply = match envelope.message {
+            Message::AppendEntries { .. } | Message::Heartbeat { .. } | Message::InstallSnapshot { .. } => {
+                let rejection = AppendResult::Reject { rejected_prev: Index(0), hint: LogId::default() };
+                Message::AppendEntriesResponse(rejection)
+            }
+            Message::RequestVote { pre_vote, .. } => Message::RequestVoteResponse { granted: false, pre_vote },
+            _ => return,
+        };
+        self.shared.send(envelope.from, reply);
+    }
+
+    fn dispatch(&mut self, envelope: Envelope) -> Result<(), Error> {
+        let from = envelope.from;
+        match envelope.message {
+            Message::AppendEntries { prev_log_id, entries, leader_commit } => {
+                if self.follow(from) {
+                    self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
+                }
+            }
+            Message::Heartbeat { commit, read_seq } => {
+                if self.follow(from) {
+                    self.handle_heartbeat(from, commit, read_seq);
+                }
+            }
+            Message::InstallSnapshot { meta } => {
+                if self.follow(from) {
+                    self.handle_install_snapshot(from, envelope.term, meta)?;
+                }
+            }
+            Message::RequestVote { last_log_id, pre_vote, .. } => {
+                self.handle_request_vote(from, envelope.term, last_log_id, pre_vote)?;
+            }
+            Message::RequestVoteResponse { granted, pre_vote } => self.handle_vote_response(from, granted, pre_vote)?,
+            Message::TimeoutNow => {
+                if matches!(self.role, Role::Follower(_)) && self.shared.is_voter() {
+                    self.campaign(true)?;
+                }
+            }
+            Message::ReadIndex { id } => match &mut self.role {
+                Role::Leader(leader) if self.shared.membership().contains(from) => {
+                    leader.read_index(&mut self.shared, id, Some(from))
+                }
+                Role::Leader(_) => self.shared.drop_message("read index from a non-member"),
+                _ => self.shared.send(from, Message::ReadIndexResponse { id, index: None }),
+            },
+            Message::ReadIndexResponse { id, index } => {
+                let result = index.ok_or(ReadError::LeadershipLost { leader: self.leader() });
+                self.shared.reads.push(ReadState { id, result });
+            }
+            Message::AppendEntriesResponse(result) => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.handle_append_response(&mut self.shared, from, result)?;
+                    self.maybe_step_down_after_removal();
+                }
+            }
+            Message::HeartbeatResponse { read_seq } => {
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.handle_heartbeat_response(&mut self.shared, from, read_seq)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message in our term from `leader`, which only a leader sends: follow it. Returns
+    /// false when this node is itself that term's leader, which the sender cannot be.
+    fn follow(&mut self, leader: NodeId) -> bool {
+        match &mut self.role {
+            Role::Leader(_) => {
+                // Election Safety (Raft §5.2): at most one leader per term. Two is a bug that
+                // must stop this node rather than corrupt the log.
+                panic!(
+                    "{}: {leader} claims leadership of term {}, which this node leads",
+                    self.shared.id, self.shared.term
+                );
+            }
+            Role::Candidate(_) => {
+                self.become_follower(self.shared.term, Some(leader));
+            }
+            Role::Follower(follower) => {
+                if let Some(known) = follower.leader {
+                    assert_eq!(known, leader, "two leaders in term {}", self.shared.term);
+                }
+                follower.leader = Some(leader);
+            }
+        }
+        if let Role::Follower(follower) = &mut self.role {
+            follower.election_elapsed_ticks = 0;
+            follower.leader_lease = true;
+        }
+        true
+    }
+
+    /// Whether we would refuse to help depose a leader: a follower that heard from a leader
+    /// within the election timeout, or a leader (which check-quorum keeps honest).
+    pub(crate) fn in_leader_lease(&self) -> bool {
+        if !self.shared.config.check_quorum {
+            return false;
+        }
+        match &self.role {
+            Role::Follower(follower) => follower.leader_lease,
+            Role::Candidate(_) => false,
+            Role::Leader(_) => true,
+        }
+    }
+
+    /// A leader whose own removal is committed steps down (thesis §4.2.2).
+    fn maybe_step_down_after_removal(&mut self) {
+        let removed = !self.shared.is_voter();
+        let committed = self.shared.memberships.active_index() <= self.shared.log.commit_index();
+        if matches!(self.role, Role::Leader(_)) && removed && committed {
+            self.become_follower(self.shared.term, None);
+        }
+    }
+
+    /// The leader's state and the shared state, or the error a non-leader returns.
+    fn as_leader(&mut self) -> Result<(&mut Leader, &mut Shared<S>), Error> {
+        match &mut self.role {
+            Role::Leader(leader) => Ok((leader, &mut self.shared)),
+            Role::Follower(follower) => Err(Error::NotLeader { leader: follower.leader }),
+            Role::Candidate(_) => Err(Error::NotLeader { leader: None }),
+        }
+    }
+
+    /// Becomes a follower of `term` (the same or a later one), following `leader` if known.
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.shared.term, "terms never go back");
+        if term > self.shared.term {
+            self.shared.term = term;
+            self.shared.vote = None;
+        }
+        let old = std::mem::replace(
+            &mut self.role,
+            Role::Follower(Follower { leader, election_elapsed_ticks: 0, leader_lease: leader.is_some() }),
+        );
+        if let Role::Leader(old_leader) = old {
+            old_leader.abandon_reads(&mut self.shared, leader);
+        }
+        self.shared.reset_election_timeout();
+    }
+
+    /// Hands out what the driver must do now. See [`Ready`] for the order.
+    pub fn ready(&mut self) -> Result<Ready, Error> {
+        self.assert_no_pending_ready();
+        if let Role::Leader(leader) = &mut self.role {
+            leader.flush(&mut self.shared)?;
+        }
+        let shared = &mut self.shared;
+        let hard_state = shared.hard_state();
+        let (snapshot, entries) = shared.log.unstable();
+        let committed = shared.log.next_committed(shared.config.max_committed_bytes_per_ready)?;
+        let applied = committed.last().map_or(shared.log.applied_index(), Entry::index);
+        shared.pending_advance = Some(applied);
+        Ok(Ready {
+            hard_state: (hard_state != shared.persisted_hard_state).then_some(hard_state),
+            snapshot,
+            entries,
+            messages: std::mem::take(&mut shared.outbox),
+            committed,
+            reads: std::mem::take(&mut shared.reads),
+        })
+    }
+
+    /// Whether `ready()` would hand out anything.
+    pub fn has_ready(&self) -> bool {
+        let shared = &self.shared;
+        let (snapshot, entries) = shared.log.unstable();
+        let leader_pending = matches!(&self.role, Role::Leader(leader) if leader.has_pending_flush());
+        leader_pending
+            || snapshot.is_some()
+            || !entries.is_empty()
+            || !shared.outbox.is_empty()
+            || !shared.reads.is_empty()
+            || shared.hard_state() != shared.persisted_hard_state
+            || shared.log.commit_index() > shared.log.applied_index()
+    }
+
+    /// The driver did everything the last `Ready` asked.
+    pub fn advance(&mut self) -> Result<(), Error> {
+        let applied = self.shared.pending_advance.take().expect("advance() without a ready()");
+        let shared = &mut self.shared;
+        shared.persisted_hard_state = shared.hard_state();
+        shared.log.persisted();
+        shared.log.applied_to(applied);
+        if let Role::Leader(leader) = &mut self.role {
+            // Our own entries count toward a quorum only once they are durable here.
+            leader.self_persisted(shared)?;
+            self.maybe_step_down_after_removal();
+        }
+        self.assert_invariants();
+        Ok(())
+    }
+
+    fn assert_no_pending_ready(&self) {
+        assert!(self.shared.pending_advance.is_none(), "an input reached the core between ready() and advance()");
+    }
+
+    /// Checks everything that must hold of this node. Cheap enough to run after every step
+    /// in tests and the simulator.
+    pub fn assert_invariants(&self) {
+        let shared = &self.shared;
+        shared.log.check();
+        assert!(shared.term >= shared.persisted_hard_state.term, "term went back");
+        assert!(shared.log.commit_index() >= shared.persisted_hard_state.commit, "commit went back");
+        match &self.role {
+            Role::Leader(leader) => {
+                assert_eq!(shared.vote, Some(shared.id), "a leader voted for itself");
+                leader.check(shared);
+            }
+            Role::Candidate(candidate) if !candidate.pre_vote => {
+                assert_eq!(shared.vote, Some(shared.id), "a candidate voted for itself");
+            }
+            _ => {}
+        }
+    }
+
+    /// A snapshot of this node's state.
+    pub fn status(&self) -> Status {
+        let shared = &self.shared;
+        let progress = match &self.role {
+            Role::Leader(leader) => leader
+                .progress
+                .iter()
+                .filter(|(id, _)| **id != shared.id)
+                .map(|(&id, progress)| PeerStatus {
+                    id,
+                    match_index: progress.match_index,
+                    next_index: progress.next_index,
+                    state: progress.state.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Status {
+            id: shared.id,
+            role: self.role(),
+            term: shared.term,
+            vote: shared.vote,
+            leader: self.leader(),
+            commit: shared.log.commit_index(),
+            applied: shared.log.applied_index(),
+            last_log_id: shared.log.last_log_id().unwrap_or_default(),
+            first_index: shared.log.first_index(),
+            membership: shared.membership().clone(),
+            progress,
+            dropped_messages: shared.dropped_messages,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The words of the protocol: terms, indexes, node ids, log entries, membership and hard state.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A Raft term: a logical clock that only moves forward (Raft §5.1). Term 0 exists only
+/// before the first election.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term(pub u64);
+
+/// A position in the replicated log. Index 0 is the empty log before the first entry; the
+/// first real entry has index 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Index(pub u64);
+
+/// A node's identity, unique within a cluster and never reused. Printed as `n<id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+impl Index {
+    /// The index after this one.
+    pub fn next(self) -> Index {
+        Index(self.0 + 1)
+    }
+
+    /// The index before this one; `Index(0).prev()` is `Index(0)`.
+    pub fn prev(self) -> Index {
+        Index(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+/// The identity of a log entry. By the Log Matching property (Raft §5.3), two logs that
+/// hold the same `LogId` hold the same entries up to and including it. Printed `index@term`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogId {
+    pub term: Term,
+    pub index: Index,
+}
+
+impl LogId {
+    pub fn new(term: Term, index: Index) -> LogId {
+        LogId { term, index }
+    }
+
+    /// Whether a log ending at `self` is at least as up to date as one ending at `other`
+    /// (Raft §5.4.1): the later last term wins, and with equal terms the longer log.
+    pub fn is_up_to_date_with(&self, other: &LogId) -> bool {
+        (self.term, self.index) >= (other.term, other.index)
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.index, self.term)
+    }
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// No command. A new leader appends one to commit entries of earlier terms (Raft §5.4.2).
+    Empty,
+    /// An opaque command for the application's state machine.
+    Command(Bytes),
+    /// A new cluster membership, in effect from the moment it is appended (thesis §4.1).
+    Membership(Membership),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub log_id: LogId,
+    pub payload: Payload,
+}
+
+impl Entry {
+    pub fn index(&self) -> Index {
+        self.log_id.index
+    }
+
+    pub fn term(&self) -> Term {
+        self.log_id.term
+    }
+
+    /// The entry's size for flow control and memory bounds: its payload plus a fixed overhead.
+    pub fn size_bytes(&self) -> u64 {
+        const OVERHEAD_BYTES: u64 = 24;
+        let payload = match &self.payload {
+            Payload::Empty => 0,
+            Payload::Command(data) => data.len() as u64,
+            Payload::Membership(membership) => 8 * membership.len() as u64,
+        };
+        OVERHEAD_BYTES + payload
+    }
+}
+
+/// The members of a cluster. Voters elect leaders and form quorums; learners receive the
+/// log but neither vote nor count toward quorums. Invariant: the two sets are disjoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    /// A membership of the given voters and no learners.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
+        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Every member, voters and learners, in id order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.union(&self.learners).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.voters.len() + self.learners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The membership after `change`, or why the change is not allowed.
+    pub fn apply(&self, change: MembershipChange) -> Result<Membership, String> {
+        let mut next = self.clone();
+        match change {
+            MembershipChange::AddLearner(id) => {
+                if self.contains(id) {
+                    return Err(format!("{id} is already a member"));
+                }
+                next.learners.insert(id);
+            }
+            MembershipChange::AddVoter(id) => {
+                if self.is_voter(id) {
+                    return Err(format!("{id} is already a voter"));
+                }
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            MembershipChange::Promote(id) => {
+                if !self.learners.contains(&id) {
+                    return Err(format!("{id} is not a learner"));
+                }
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            MembershipChange::Remove(id) => {
+                if !self.contains(id) {
+                    return Err(format!("{id} is not a member"));
+                }
+                next.voters.remove(&id);
+                next.learners.remove(&id);
+                if next.voters.is_empty() {
+                    return Err(format!("removing {id} would leave no voters"));
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+impl fmt::Display for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let voters: Vec<String> = self.voters.iter().map(|id| id.to_string()).collect();
+        write!(f, "voters=({})", voters.join(" "))?;
+        if !self.learners.is_empty() {
+            let learners: Vec<String> = self.learners.iter().map(|id| id.to_string()).collect();
+            write!(f, " learners=({})", learners.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A single-server membership change (thesis §4.1): one node at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node that receives the log but does not vote.
+    AddLearner(NodeId),
+    /// Add a voter directly (or promote a learner).
+    AddVoter(NodeId),
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a voter or learner.
+    Remove(NodeId),
+}
+
+/// The state a node must make durable before it sends messages that depend on it
+/// (Raft figure 2, "persistent state on all servers", plus the commit index so a restarted
+/// node does not re-apply from scratch when its state machine is durable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub term: Term,
+    /// Whom this node voted for in `term`, if anyone.
+    pub vote: Option<NodeId>,
+    /// The highest index known committed. May lag behind the leader's; never goes back.
+    pub commit: Index,
+}
+
+/// What a snapshot covers: every entry up to and including `last_log_id`, and the
+/// membership in effect at that index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub last_log_id: LogId,
+    pub membership: Membership,
+}
+
+/// A caller-chosen identifier of a read request, echoed back in its [`crate::ReadState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReadId(pub u64);
