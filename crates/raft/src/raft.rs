@@ -254,6 +254,19 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    /// Starts an election now, as if the election timeout had passed (with a pre-vote
+    /// round when enabled). For tests and operators; a non-voter or a leader refuses.
+    pub fn campaign_now(&mut self) -> Result<(), Error> {
+        self.assert_no_pending_ready();
+        if let Role::Leader(_) = self.role {
+            return Ok(());
+        }
+        if !self.shared.is_voter() {
+            return Err(Error::NotAVoter(self.shared.id));
+        }
+        self.campaign(false)
+    }
+
     /// Proposes a command. On the leader, returns the log id its entry got; the command is
     /// committed if and when that entry is (watch `Ready::committed`). Proposals between two
     /// `Ready`s go out as one batch.
