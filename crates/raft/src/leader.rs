@@ -110,6 +110,7 @@ impl Leader {
     /// Appends an entry of our term to our log; it goes out with the next flush.
     pub fn append<S: Storage>(&mut self, shared: &mut Shared<S>, payload: Payload) -> Result<LogId, Error> {
         let log_id = LogId::new(shared.term, shared.log.last_index().next());
+        let changes_membership = matches!(payload, Payload::Membership(_));
         let entry = Entry { log_id, payload };
         let bytes = entry.size_bytes();
         shared.track_membership(std::slice::from_ref(&entry));
@@ -117,7 +118,9 @@ impl Leader {
         self.uncommitted.push_back((log_id.index, bytes));
         self.uncommitted_bytes += bytes;
         self.entries_to_send = true;
-        self.sync_progress(shared);
+        if changes_membership {
+            self.sync_progress(shared);
+        }
         Ok(log_id)
     }
 

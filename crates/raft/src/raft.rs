@@ -67,9 +67,9 @@ pub(crate) struct Follower {
     pub leader: Option<NodeId>,
     /// Ticks since we last heard from the leader or granted a vote.
     pub election_elapsed_ticks: u32,
-    /// Whether we heard from a leader (or just started) and so, under check-quorum, refuse
-    /// to help depose it until an election timeout passes (thesis §4.2.3). A node that just
-    /// restarted may have followed a leader a moment ago, so it starts with this set.
+    /// Whether we heard from a leader (or, with lease reads, just started) and so, under
+    /// check-quorum, refuse to help depose it until an election timeout passes (thesis
+    /// §4.2.3).
     pub leader_lease: bool,
 }
 
@@ -170,7 +170,11 @@ impl<S: Storage> Raft<S> {
             pending_advance: None,
         };
         shared.reset_election_timeout();
-        let follower = Follower { leader: None, election_elapsed_ticks: 0, leader_lease: true };
+        // With lease reads, a node that just (re)started may have acknowledged a leader's
+        // heartbeat a moment before it went down, and that leader may be serving reads on
+        // the strength of it: refuse votes for one election timeout, as if it had.
+        let leader_lease = shared.config.lease_reads;
+        let follower = Follower { leader: None, election_elapsed_ticks: 0, leader_lease };
         let raft = Raft { shared, role: Role::Follower(follower) };
         raft.assert_invariants();
         Ok(raft)
@@ -407,19 +411,16 @@ impl<S: Storage> Raft<S> {
         let from = envelope.from;
         match envelope.message {
             Message::AppendEntries { prev_log_id, entries, leader_commit } => {
-                if self.follow(from) {
-                    self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
-                }
+                self.follow(from);
+                self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
             }
             Message::Heartbeat { commit, read_seq } => {
-                if self.follow(from) {
-                    self.handle_heartbeat(from, commit, read_seq);
-                }
+                self.follow(from);
+                self.handle_heartbeat(from, commit, read_seq);
             }
             Message::InstallSnapshot { meta } => {
-                if self.follow(from) {
-                    self.handle_install_snapshot(from, envelope.term, meta)?;
-                }
+                self.follow(from);
+                self.handle_install_snapshot(from, envelope.term, meta)?;
             }
             Message::RequestVote { last_log_id, pre_vote, .. } => {
                 self.handle_request_vote(from, envelope.term, last_log_id, pre_vote)?;
@@ -456,9 +457,8 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// A message in our term from `leader`, which only a leader sends: follow it. Returns
-    /// false when this node is itself that term's leader, which the sender cannot be.
-    fn follow(&mut self, leader: NodeId) -> bool {
+    /// A message in our term from `leader`, which only a leader sends: follow it.
+    fn follow(&mut self, leader: NodeId) {
         match &mut self.role {
             Role::Leader(_) => {
                 // Election Safety (Raft §5.2): at most one leader per term. Two is a bug that
@@ -482,7 +482,6 @@ impl<S: Storage> Raft<S> {
             follower.election_elapsed_ticks = 0;
             follower.leader_lease = true;
         }
-        true
     }
 
     /// Whether we would refuse to help depose a leader: a follower that heard from a leader
