@@ -37,6 +37,10 @@ pub(crate) struct Leader {
     /// Reads that came before this term's first entry committed (thesis §6.4 step 1).
     reads_before_term_commit: Vec<(ReadId, Option<NodeId>)>,
     transfer: Option<Transfer>,
+    /// A transfer was attempted this term. Its `TimeoutNow` (even a late one) lets the
+    /// target campaign past the followers' leases, so our lease no longer proves anything:
+    /// serve every read through a heartbeat round from then on.
+    lease_revoked: bool,
 }
 
 struct PendingRead {
@@ -73,6 +77,7 @@ impl Leader {
             reads: VecDeque::new(),
             reads_before_term_commit: Vec::new(),
             transfer: None,
+            lease_revoked: false,
         };
         leader.sync_progress(shared);
         let own = leader.progress.get_mut(&shared.id).expect("the leader tracks itself");
@@ -323,7 +328,7 @@ impl Leader {
         let commit = shared.log.commit_index();
         if commit < self.term_start {
             self.reads_before_term_commit.push((id, from));
-        } else if shared.config.lease_reads && self.transfer.is_none() && self.lease_valid(shared) {
+        } else if shared.config.lease_reads && !self.lease_revoked && self.lease_valid(shared) {
             answer_read(shared, id, from, commit);
         } else {
             self.reads.push_back(PendingRead { id, from, index: commit, round: self.read_seq + 1 });
@@ -431,6 +436,7 @@ impl Leader {
             return Err(Error::NotAVoter(target));
         }
         self.transfer = Some(Transfer { target, elapsed_ticks: 0 });
+        self.lease_revoked = true;
         self.maybe_send_timeout_now(shared, target);
         self.send_append(shared, target, false)
     }
