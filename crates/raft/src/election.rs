@@ -10,19 +10,35 @@ use crate::ready::Error;
 use crate::storage::Storage;
 use crate::types::{LogId, NodeId, Term};
 
+/// The kinds of campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Campaign {
+    /// Ask whether the voters would vote for us, without raising any term (thesis §9.6).
+    PreVote,
+    /// A real election in the next term (Raft §5.2).
+    Election,
+    /// A real election a leader asked for with `TimeoutNow`; voters don't ignore it for
+    /// having a leader (thesis §3.10).
+    Transfer,
+}
+
 impl<S: Storage> Raft<S> {
-    /// Starts an election: a pre-vote round first when enabled, unless a leader asked us to
-    /// take over (`leader_transfer`), which skips it (thesis §3.10).
-    pub(crate) fn campaign(&mut self, leader_transfer: bool) -> Result<(), Error> {
+    /// The campaign to start when the election timeout passes.
+    pub(crate) fn timeout_campaign(&self) -> Campaign {
+        if self.shared.config.pre_vote { Campaign::PreVote } else { Campaign::Election }
+    }
+
+    /// Starts a campaign of the given kind.
+    pub(crate) fn campaign(&mut self, kind: Campaign) -> Result<(), Error> {
         assert!(self.shared.is_voter(), "only voters campaign");
-        let pre_vote = self.shared.config.pre_vote && !leader_transfer;
+        let pre_vote = kind == Campaign::PreVote;
+        let leader_transfer = kind == Campaign::Transfer;
         if !pre_vote {
             self.shared.term = self.shared.term.next();
             self.shared.vote = Some(self.shared.id);
         }
         let candidate = Candidate {
             pre_vote,
-            leader_transfer,
             granted: BTreeSet::from([self.shared.id]),
             rejected: BTreeSet::new(),
             election_elapsed_ticks: 0,
@@ -92,20 +108,9 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(self.shared.term, None);
                 Ok(())
             }
-            VoteResult::Won if candidate.pre_vote => {
-                let leader_transfer = candidate.leader_transfer;
-                self.campaign_after_pre_vote(leader_transfer)
-            }
+            VoteResult::Won if candidate.pre_vote => self.campaign(Campaign::Election),
             VoteResult::Won => self.become_leader(),
         }
-    }
-
-    fn campaign_after_pre_vote(&mut self, leader_transfer: bool) -> Result<(), Error> {
-        let pre_vote = self.shared.config.pre_vote;
-        self.shared.config.pre_vote = false;
-        let result = self.campaign(leader_transfer);
-        self.shared.config.pre_vote = pre_vote;
-        result
     }
 
     /// Wins the election: becomes leader and appends an empty entry of the new term, which

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
+use crate::election::Campaign;
 use crate::leader::Leader;
 use crate::log::RaftLog;
 use crate::membership::MembershipHistory;
@@ -76,8 +77,6 @@ pub(crate) struct Follower {
 /// A candidate or, with `pre_vote`, a pre-candidate (thesis §9.6).
 pub(crate) struct Candidate {
     pub pre_vote: bool,
-    /// The campaign follows a `TimeoutNow` (thesis §3.10).
-    pub leader_transfer: bool,
     pub granted: BTreeSet<NodeId>,
     pub rejected: BTreeSet<NodeId>,
     pub election_elapsed_ticks: u32,
@@ -253,7 +252,7 @@ impl<S: Storage> Raft<S> {
             }
         };
         if elapsed >= self.shared.election_timeout_ticks && self.shared.is_voter() {
-            self.campaign(false)?;
+            self.campaign(self.timeout_campaign())?;
         }
         Ok(())
     }
@@ -268,7 +267,7 @@ impl<S: Storage> Raft<S> {
         if !self.shared.is_voter() {
             return Err(Error::NotAVoter(self.shared.id));
         }
-        self.campaign(false)
+        self.campaign(self.timeout_campaign())
     }
 
     /// Proposes a command. On the leader, returns the log id its entry got; the command is
@@ -428,7 +427,7 @@ impl<S: Storage> Raft<S> {
             Message::RequestVoteResponse { granted, pre_vote } => self.handle_vote_response(from, granted, pre_vote)?,
             Message::TimeoutNow => {
                 if matches!(self.role, Role::Follower(_)) && self.shared.is_voter() {
-                    self.campaign(true)?;
+                    self.campaign(Campaign::Transfer)?;
                 }
             }
             Message::ReadIndex { id } => match &mut self.role {
