@@ -159,8 +159,11 @@ impl<S: Storage> RaftLog<S> {
             self.unstable.truncate((first_index.0 - self.unstable_offset.0) as usize);
         }
         for entry in entries {
-            assert_eq!(entry.index(), self.last_index().next(), "log entries must be contiguous");
-            assert!(entry.term() >= self.term(self.last_index()).unwrap_or_default(), "log terms must not decrease");
+            // Not `last_index()`: right after a cut into persisted entries, `unstable` is empty
+            // and storage still holds the old tail.
+            let previous = Index(self.unstable_offset.0 + self.unstable.len() as u64).prev();
+            assert_eq!(entry.index(), previous.next(), "log entries must be contiguous");
+            assert!(entry.term() >= self.term(previous).unwrap_or_default(), "log terms must not decrease");
             self.unstable.push(entry);
         }
     }
