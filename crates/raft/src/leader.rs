@@ -79,17 +79,18 @@ impl Leader {
             transfer: None,
             lease_revoked: false,
         };
-        leader.sync_progress(shared);
+        leader.sync_progress(shared, last_index.next());
         let own = leader.progress.get_mut(&shared.id).expect("the leader tracks itself");
         own.matched(shared.log.persisted_index());
         leader.append(shared, Payload::Empty)?;
         Ok(leader)
     }
 
-    /// Keeps one progress per member (plus ourselves), after a membership change.
-    fn sync_progress<S: Storage>(&mut self, shared: &Shared<S>) {
+    /// Keeps one progress per member (plus ourselves), after a membership change. A new
+    /// member is probed from `probe_from`, so the first flush sends it something.
+    fn sync_progress<S: Storage>(&mut self, shared: &Shared<S>, probe_from: Index) {
         let membership = shared.membership();
-        let last_index = shared.log.last_index();
+        let last_index = probe_from.prev();
         self.progress.retain(|&id, _| id == shared.id || membership.contains(id));
         for id in membership.members().chain([shared.id]) {
             self.progress.entry(id).or_insert_with(|| Progress::new(last_index));
@@ -124,7 +125,7 @@ impl Leader {
         self.uncommitted_bytes += bytes;
         self.entries_to_send = true;
         if changes_membership {
-            self.sync_progress(shared);
+            self.sync_progress(shared, log_id.index);
         }
         Ok(log_id)
     }
@@ -391,7 +392,7 @@ impl Leader {
         let lagging = progress.match_index < last_index;
         if lagging {
             // An append or its answer may have been lost: let one more through.
-            progress.unblock();
+            progress.unblock(shared.config.max_inflight, shared.config.max_inflight_bytes);
         }
         self.release_reads(shared);
         if lagging {
@@ -426,6 +427,18 @@ impl Leader {
                 Some(peer) => shared.send(peer, Message::ReadIndexResponse { id, index: None }),
             }
         }
+    }
+
+    /// We are stepping down after our own removal committed: send the new commit index
+    /// now, and ask the most up-to-date voter to campaign at once (thesis §3.10).
+    pub fn hand_over<S: Storage>(&mut self, shared: &mut Shared<S>) -> Result<(), Error> {
+        self.flush(shared)?;
+        let last_index = shared.log.last_index();
+        let successor = shared.other_voters().into_iter().find(|id| self.progress[id].match_index == last_index);
+        if let Some(successor) = successor {
+            shared.send(successor, Message::TimeoutNow);
+        }
+        Ok(())
     }
 
     pub fn transfer_leader<S: Storage>(&mut self, shared: &mut Shared<S>, target: NodeId) -> Result<(), Error> {

@@ -126,11 +126,14 @@ impl Progress {
 
     /// Lets one more `AppendEntries` through after a sign of life from a follower that lags:
     /// a probe or a batch may have been lost, and nothing else would resend it.
-    pub fn unblock(&mut self) {
+    /// In `Replicate`, only a full pipeline is unblocked (by forgetting its oldest batch):
+    /// otherwise the next send goes out anyway.
+    pub fn unblock(&mut self, max_inflight: usize, max_inflight_bytes: u64) {
+        let full = !self.can_send(max_inflight, max_inflight_bytes);
         match &mut self.state {
             ProgressState::Probe { paused } => *paused = false,
             ProgressState::Replicate => {
-                if let Some((_, bytes)) = self.inflight.pop_front() {
+                if full && let Some((_, bytes)) = self.inflight.pop_front() {
                     self.inflight_bytes -= bytes;
                 }
             }

@@ -276,8 +276,9 @@ impl<S: Storage> Raft<S> {
     pub fn propose(&mut self, command: Bytes) -> Result<Proposal, Error> {
         self.assert_no_pending_ready();
         let (leader, shared) = self.as_leader()?;
-        leader.check_accepts_proposals(shared, command.len() as u64)?;
-        let log_id = leader.append(shared, Payload::Command(command))?;
+        let payload = Payload::Command(command);
+        leader.check_accepts_proposals(shared, payload.entry_size_bytes())?;
+        let log_id = leader.append(shared, payload)?;
         Ok(Proposal { log_id })
     }
 
@@ -444,7 +445,7 @@ impl<S: Storage> Raft<S> {
             Message::AppendEntriesResponse(result) => {
                 if let Role::Leader(leader) = &mut self.role {
                     leader.handle_append_response(&mut self.shared, from, result)?;
-                    self.maybe_step_down_after_removal();
+                    self.maybe_step_down_after_removal()?;
                 }
             }
             Message::HeartbeatResponse { read_seq } => {
@@ -496,13 +497,18 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// A leader whose own removal is committed steps down (thesis §4.2.2).
-    fn maybe_step_down_after_removal(&mut self) {
+    /// A leader whose own removal is committed steps down (thesis §4.2.2). It first tells
+    /// the others that the removal committed, and hands leadership to an up-to-date voter so
+    /// the cluster need not wait an election timeout.
+    fn maybe_step_down_after_removal(&mut self) -> Result<(), Error> {
+        let Role::Leader(leader) = &mut self.role else { return Ok(()) };
         let removed = !self.shared.is_voter();
         let committed = self.shared.memberships.active_index() <= self.shared.log.commit_index();
-        if matches!(self.role, Role::Leader(_)) && removed && committed {
+        if removed && committed {
+            leader.hand_over(&mut self.shared)?;
             self.become_follower(self.shared.term, None);
         }
+        Ok(())
     }
 
     /// The leader's state and the shared state, or the error a non-leader returns.
@@ -577,7 +583,7 @@ impl<S: Storage> Raft<S> {
         if let Role::Leader(leader) = &mut self.role {
             // Our own entries count toward a quorum only once they are durable here.
             leader.self_persisted(shared)?;
-            self.maybe_step_down_after_removal();
+            self.maybe_step_down_after_removal()?;
         }
         self.assert_invariants();
         Ok(())

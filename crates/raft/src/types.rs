@@ -94,6 +94,19 @@ pub enum Payload {
     Membership(Membership),
 }
 
+impl Payload {
+    /// The size of an entry carrying this payload, as [`Entry::size_bytes`] counts it.
+    pub fn entry_size_bytes(&self) -> u64 {
+        const OVERHEAD_BYTES: u64 = 24;
+        let payload = match self {
+            Payload::Empty => 0,
+            Payload::Command(data) => data.len() as u64,
+            Payload::Membership(membership) => 8 * membership.len() as u64,
+        };
+        OVERHEAD_BYTES + payload
+    }
+}
+
 /// One entry of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -112,13 +125,7 @@ impl Entry {
 
     /// The entry's size for flow control and memory bounds: its payload plus a fixed overhead.
     pub fn size_bytes(&self) -> u64 {
-        const OVERHEAD_BYTES: u64 = 24;
-        let payload = match &self.payload {
-            Payload::Empty => 0,
-            Payload::Command(data) => data.len() as u64,
-            Payload::Membership(membership) => 8 * membership.len() as u64,
-        };
-        OVERHEAD_BYTES + payload
+        self.payload.entry_size_bytes()
     }
 }
 
