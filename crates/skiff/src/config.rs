@@ -1,0 +1,1 @@
+//! The cluster file (DESIGN.md §7). (stub: being written)

@@ -1,0 +1,14 @@
+//! # skiff: embeddable Raft
+//!
+//! (crate docs: see the end of this work)
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod state_machine;
+pub mod store;
+pub mod transport;
+pub mod wire;
+
+pub use skiff_raft::{Index, Membership, MembershipChange, NodeId};
+pub use state_machine::StateMachine;
+pub use store::{LogStore, MemStore};

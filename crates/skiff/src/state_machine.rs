@@ -1,0 +1,40 @@
+//! The application's state machine: what Skiff replicates.
+
+use std::io::{Read, Write};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skiff_raft::Index;
+
+/// The state an application replicates with Skiff. Every node holds a copy; Skiff feeds
+/// each copy the same commands in the same order.
+///
+/// The contract (break it and the copies diverge, silently):
+/// - **`apply` is deterministic.** Its output and the new state depend only on the state and
+///   the command: no clocks, no randomness, no reading files or the network, no iteration
+///   over a `HashMap`'s order. Anything nondeterministic must be decided by the proposer and
+///   put into the command.
+/// - **`apply` never fails for a committed command.** A command is committed before it is
+///   applied, on every node; there is no going back. A command that is invalid for the
+///   current state must be applied as a no-op that returns an error *value* in `Output`.
+/// - **Commands are applied exactly once, in index order**, each with the log index it has
+///   (use it as a revision). After a restart, the state machine is restored from the last
+///   snapshot and the commands after it are applied again: a state machine that keeps state
+///   outside `snapshot` must be idempotent by index.
+/// - **`snapshot` captures exactly the state after the last applied index**, and
+///   `restore(snapshot)` recreates it exactly, on any node.
+pub trait StateMachine: Send + 'static {
+    /// What a proposal carries.
+    type Command: Serialize + DeserializeOwned + Send + 'static;
+    /// What applying a command returns to its proposer (possibly on another node).
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Applies a committed command at log `index`.
+    fn apply(&mut self, index: Index, command: Self::Command) -> Self::Output;
+
+    /// Writes the whole state to `out`.
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()>;
+
+    /// Replaces the whole state by the one `snapshot` wrote.
+    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()>;
+}

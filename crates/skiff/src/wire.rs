@@ -1,0 +1,32 @@
+//! What nodes say to each other over the peer transport, one message per frame.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use skiff_raft::{Envelope, Index, MembershipChange, NodeId, ReadId, SnapshotMeta};
+
+/// A frame's payload between two nodes of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A message of the consensus protocol.
+    Raft(Envelope),
+    /// A follower forwards a client's request to the leader it knows.
+    Forward { request: u64, body: ForwardedRequest },
+    /// The leader's answer to a forwarded request.
+    ForwardResult { request: u64, result: Result<Bytes, String> },
+    /// A piece of the leader's snapshot `meta`, starting at byte `offset` of its data. The
+    /// last chunk has `done`; the follower then hands `InstallSnapshot` to its core.
+    SnapshotChunk { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool },
+    /// The follower received `snapshot_index`'s data up to `offset` (or failed, `ok = false`).
+    SnapshotAck { snapshot_index: Index, offset: u64, ok: bool },
+}
+
+/// A request a follower forwards to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedRequest {
+    /// A command, serialized with postcard; the result carries the serialized output.
+    Propose(Bytes),
+    Membership(MembershipChange),
+    TransferLeader(NodeId),
+    /// A linearizable read: the result carries the read index (postcard `Index`).
+    ReadIndex(ReadId),
+}
