@@ -6,6 +6,9 @@ use std::io::{Cursor, Read};
 use skiff_raft::{Entry, HardState, Index, MemStorage, Membership, SnapshotMeta, Storage, StorageError, Term};
 use skiff_storage::DiskStorage;
 
+/// A stored snapshot: its metadata and a reader of its data.
+pub type StoredSnapshot = (SnapshotMeta, Box<dyn Read + Send>);
+
 /// A [`Storage`] that also keeps snapshot data. The runtime writes a snapshot's data with
 /// [`LogStore::save_snapshot`] *before* it calls `compact` or `install_snapshot` with that
 /// snapshot's metadata, so a restart always finds either the entries or the snapshot.
@@ -14,7 +17,7 @@ pub trait LogStore: Storage + Send + 'static {
     fn save_snapshot(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<(), StorageError>;
 
     /// Opens the data of the snapshot `snapshot_meta()` describes; `None` before any.
-    fn open_snapshot(&self) -> Result<Option<(SnapshotMeta, Box<dyn Read + Send>)>, StorageError>;
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError>;
 }
 
 impl LogStore for DiskStorage {
@@ -22,7 +25,7 @@ impl LogStore for DiskStorage {
         self.write_snapshot(meta, data).map(|_| ()).map_err(|error| StorageError::Io(error.to_string()))
     }
 
-    fn open_snapshot(&self) -> Result<Option<(SnapshotMeta, Box<dyn Read + Send>)>, StorageError> {
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let reader = DiskStorage::open_snapshot(self).map_err(|error| StorageError::Io(error.to_string()))?;
         Ok(reader.map(|reader| (reader.meta().clone(), Box::new(reader) as Box<dyn Read + Send>)))
     }
@@ -87,7 +90,7 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn open_snapshot(&self) -> Result<Option<(SnapshotMeta, Box<dyn Read + Send>)>, StorageError> {
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let index = self.storage.snapshot_meta().last_log_id.index;
         if index == Index(0) {
             return Ok(None);

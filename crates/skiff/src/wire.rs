@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use skiff_raft::{Envelope, Index, MembershipChange, NodeId, ReadId, SnapshotMeta};
+use skiff_raft::{Envelope, Index, MembershipChange, NodeId, SnapshotMeta};
 
 /// A frame's payload between two nodes of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,13 +20,12 @@ pub enum PeerMessage {
     SnapshotAck { snapshot_index: Index, offset: u64, ok: bool },
 }
 
-/// A request a follower forwards to the leader.
+/// A request a follower forwards to the leader. (Reads need none: the core forwards
+/// `ReadIndex` itself.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardedRequest {
     /// A command, serialized with postcard; the result carries the serialized output.
     Propose(Bytes),
     Membership(MembershipChange),
     TransferLeader(NodeId),
-    /// A linearizable read: the result carries the read index (postcard `Index`).
-    ReadIndex(ReadId),
 }

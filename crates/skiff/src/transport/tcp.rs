@@ -1,1 +1,375 @@
-//! TCP transport. (stub: being written)
+//! TCP transport: one persistent connection per pair of nodes (DESIGN.md §5).
+//!
+//! **Connections.** Of two nodes, the one with the lower id dials and the higher one
+//! accepts; both directions then share that connection. There is never a simultaneous
+//! connect to break a tie on: only one side ever dials. When the dialer redials (it only does
+//! so after giving up on the old connection), the acceptor replaces whatever connection it
+//! still holds with the newer one. Only the addresses of higher-id peers are ever dialed.
+//!
+//! **Frames.** Each frame is a 4-byte big-endian length and a postcard-encoded frame body
+//! ([`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec)). A body is a `Hello`,
+//! a `Refused`, a [`PeerMessage`], or a ping/pong. Frames above
+//! [`TcpOptions::max_frame_bytes`] are refused by the reader (the connection closes) and
+//! never written by the writer (the message is dropped, counted and logged): large payloads
+//! such as snapshots must be chunked below the limit.
+//!
+//! **Handshake.** The first frame each way is a `Hello { protocol_version, cluster, from, to }`.
+//! The acceptor refuses a dialer of another cluster or protocol version, an id that is not
+//! one of its peers, a higher id than its own, or a `Hello` addressed to another node; the
+//! dialer refuses an answer from a node other than the one it meant to reach. A refused
+//! connection is closed, logged with `tracing::warn!` naming the peer address and the
+//! reason, and counted ([`TcpTransport::refused_connections`]). Until the handshake
+//! succeeds, frames are limited to 4 KiB, so a stranger cannot make a node allocate much.
+//! Garbage, a malformed or oversized frame, or an unexpected frame closes that one
+//! connection and nothing else.
+//!
+//! **Reconnect.** A dialer that fails, or whose connection ends, waits 20 ms and retries,
+//! doubling the wait up to 1 s; a successful handshake resets it. A connection that carries
+//! nothing for [`TcpOptions::idle_timeout`] is presumed dead (pings flow every
+//! [`TcpOptions::ping_interval`], so a live peer is never idle that long).
+//!
+//! **Back-pressure.** [`Transport::send`] never blocks: it appends to the peer's bounded
+//! queue ([`TcpOptions::queue_capacity`]), evicting the oldest message when full. A writer
+//! task per connection drains the queue in batches and flushes once per batch. Messages
+//! still queued when a peer becomes unreachable are discarded, since they would be stale by
+//! the time it is back. Every dropped message is counted in [`PeerHealth::dropped_messages`];
+//! Raft retransmits what matters. On the receiving side, a full inbox stops the reader, so a
+//! slow node slows its senders' sockets rather than growing a buffer.
+
+mod connection;
+mod frame;
+mod handshake;
+mod peer;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use skiff_raft::NodeId;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use self::frame::Connection;
+use self::handshake::{HandshakeError, Identity};
+use self::peer::Peer;
+use super::{Inbox, PeerHealth, Transport};
+use crate::wire::PeerMessage;
+
+/// Handshakes in progress at once; further connections are closed at once (a limit on what
+/// strangers can make a node hold).
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// The frame limit must leave room for a real message.
+const MIN_FRAME_BYTES: usize = 1024;
+
+/// How to run a [`TcpTransport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// This node's id, stated in every handshake.
+    pub id: NodeId,
+    /// The cluster's name; a node of another cluster is refused.
+    pub cluster: String,
+    /// The address to listen on for peers (port 0 picks a free port; see
+    /// [`TcpTransport::local_addr`]).
+    pub listen: SocketAddr,
+    /// The advertised `host:port` of each other node. An entry for this node's own id is
+    /// ignored, so a whole-cluster map may be passed.
+    pub peers: BTreeMap<NodeId, String>,
+    /// The largest frame body sent or accepted, in bytes (default 16 MiB, at least 1 KiB).
+    pub max_frame_bytes: usize,
+    /// Messages queued per peer before the oldest are dropped (default 4096, at least 1).
+    pub queue_capacity: usize,
+    /// How often each connection pings its peer to measure the round trip (default 1 s).
+    pub ping_interval: Duration,
+    /// A connection on which nothing arrives this long is closed (default 5 s; must exceed
+    /// `ping_interval`).
+    pub idle_timeout: Duration,
+    /// How long a dial plus handshake may take (default 5 s).
+    pub handshake_timeout: Duration,
+}
+
+impl TcpOptions {
+    /// Options with no peers yet and every limit at its default.
+    pub fn new(id: NodeId, cluster: impl Into<String>, listen: SocketAddr) -> TcpOptions {
+        TcpOptions {
+            id,
+            cluster: cluster.into(),
+            listen,
+            peers: BTreeMap::new(),
+            max_frame_bytes: 16 * 1024 * 1024,
+            queue_capacity: 4096,
+            ping_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the limits, with an error that names the field.
+    fn validate(&self) -> io::Result<()> {
+        let invalid = |message: String| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        if self.max_frame_bytes < MIN_FRAME_BYTES {
+            return invalid(format!("TcpOptions.max_frame_bytes is {}, below {MIN_FRAME_BYTES}", self.max_frame_bytes));
+        }
+        if self.queue_capacity == 0 {
+            return invalid("TcpOptions.queue_capacity is 0; a peer queue needs room for a message".into());
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return invalid(format!(
+                "TcpOptions.idle_timeout ({:?}) must exceed ping_interval ({:?}), which must not be zero",
+                self.idle_timeout, self.ping_interval
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("TcpOptions.handshake_timeout is zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// The limits every task reads.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_frame_bytes: usize,
+    queue_capacity: usize,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+/// What the transport's tasks share.
+#[derive(Debug)]
+struct Shared {
+    identity: Identity,
+    limits: Limits,
+    inbox: Inbox,
+    peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
+    refused_connections: AtomicU64,
+    pending_handshakes: Arc<Semaphore>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    runtime: Handle,
+    /// The zero of this node's ping clock.
+    epoch: Instant,
+}
+
+impl Shared {
+    fn peers(&self) -> MutexGuard<'_, BTreeMap<NodeId, Arc<Peer>>> {
+        // Every update of the map is one insert or remove: consistent after a panic.
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.peers().get(&id).cloned()
+    }
+
+    /// Microseconds since the transport started: the ping clock.
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn refuse(&self, remote: SocketAddr, error: &HandshakeError) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+        warn!(address = %remote, reason = %error, "refused a peer connection");
+    }
+}
+
+/// A [`Transport`] over TCP. Its tasks run until [`shutdown`](Self::shutdown) or until the
+/// transport is dropped.
+#[derive(Debug)]
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl TcpTransport {
+    /// Binds `options.listen`, starts accepting peers, and starts dialing every peer with a
+    /// higher id. Messages that arrive go to `inbox`. Fails if the options are invalid or the
+    /// address cannot be bound. Its tasks run on the current tokio runtime.
+    pub async fn start(options: TcpOptions, inbox: Inbox) -> io::Result<Arc<TcpTransport>> {
+        options.validate()?;
+        let listener = bind(options.listen).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("node {}: cannot listen for peers on {}: {error}", options.id, options.listen),
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            identity: Identity { id: options.id, cluster: options.cluster },
+            limits: Limits {
+                max_frame_bytes: options.max_frame_bytes,
+                queue_capacity: options.queue_capacity,
+                ping_interval: options.ping_interval,
+                idle_timeout: options.idle_timeout,
+                handshake_timeout: options.handshake_timeout,
+            },
+            inbox,
+            peers: Mutex::new(BTreeMap::new()),
+            refused_connections: AtomicU64::new(0),
+            pending_handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            runtime: Handle::current(),
+            epoch: Instant::now(),
+        });
+        let transport = TcpTransport { shared, local_addr };
+        for (id, address) in options.peers {
+            transport.add_peer(id, address);
+        }
+        let accepting = Arc::clone(&transport.shared);
+        transport.spawn(accept_loop(accepting, listener));
+        Ok(Arc::new(transport))
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.identity.id
+    }
+
+    /// Adds peer `id` at advertised `address` (a membership change), or updates the address
+    /// of a known peer (used from its next dial on). Adding this node's own id does nothing.
+    pub fn add_peer(&self, id: NodeId, address: impl Into<String>) {
+        let address = address.into();
+        if id == self.shared.identity.id {
+            return;
+        }
+        let mut peers = self.shared.peers();
+        if let Some(peer) = peers.get(&id) {
+            peer.set_address(address);
+            return;
+        }
+        let cancel = self.shared.cancel.child_token();
+        let (peer, incoming) = Peer::new(id, address, self.shared.limits.queue_capacity, cancel.clone());
+        peers.insert(id, Arc::clone(&peer));
+        drop(peers);
+        let shared = Arc::clone(&self.shared);
+        self.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = peer::run(shared, peer, incoming) => {}
+            }
+        });
+    }
+
+    /// Removes peer `id` (a membership change): its connection closes, its queue is dropped,
+    /// and it is refused from now on.
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(peer) = self.shared.peers().remove(&id) {
+            peer.cancel.cancel();
+        }
+    }
+
+    /// Connections refused so far: failed handshakes (another cluster, an unknown or wrong
+    /// id, garbage, a timeout) and connections beyond the handshake limit.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused_connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops every task and waits until they have stopped, so the listening port is free
+    /// when this returns. Messages sent afterwards are dropped.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.shared.tracker.spawn_on(task, &self.shared.runtime);
+    }
+}
+
+impl Drop for TcpTransport {
+    /// Stops the tasks without waiting for them; use [`TcpTransport::shutdown`] to wait.
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, to: NodeId, message: PeerMessage) {
+        match self.shared.peer(to) {
+            Some(peer) if !self.shared.cancel.is_cancelled() => peer.push(message),
+            Some(peer) => peer.count_dropped(1),
+            None => debug!(peer = %to, "dropped a message to a node that is not a peer"),
+        }
+    }
+
+    fn peer_health(&self) -> BTreeMap<NodeId, PeerHealth> {
+        self.shared.peers().iter().map(|(id, peer)| (*id, peer.health())).collect()
+    }
+}
+
+/// A listener with `SO_REUSEADDR`, so a restarted node can bind its address again while
+/// connections of its previous run linger in `TIME_WAIT`.
+fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections and handshakes each in its own task, at most
+/// [`MAX_PENDING_HANDSHAKES`] at a time.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, typically: back off rather than spin.
+                warn!(%error, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&shared.pending_handshakes).try_acquire_owned() else {
+            shared.refuse(remote, &HandshakeError::Refused("too many handshakes in progress".into()));
+            continue;
+        };
+        let handshaking = Arc::clone(&shared);
+        shared.tracker.spawn_on(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    () = handshaking.cancel.cancelled() => {}
+                    () = accept_one(&handshaking, stream, remote) => {}
+                }
+            },
+            &shared.runtime,
+        );
+    }
+}
+
+/// Handshakes an accepted connection and hands it to its peer's task.
+async fn accept_one(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
+    let handshake = async {
+        let mut connection = Connection::new(stream).map_err(frame::FrameError::from)?;
+        let id = handshake::accept(&mut connection, &shared.identity, |id| shared.peer(id).is_some()).await?;
+        connection.open(shared.limits.max_frame_bytes);
+        Ok::<_, HandshakeError>((id, connection))
+    };
+    let (id, connection) = match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => return shared.refuse(remote, &error),
+        Err(_) => return shared.refuse(remote, &HandshakeError::TimedOut),
+    };
+    // The peer may have been removed during the handshake.
+    let offered = shared.peer(id).is_some_and(|peer| peer.offer(connection));
+    if !offered {
+        debug!(peer = %id, address = %remote, "dropped a connection its peer's task could not take");
+    }
+}

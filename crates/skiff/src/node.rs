@@ -1,0 +1,284 @@
+//! [`Node`]: a running member of a Skiff cluster, replicating a [`StateMachine`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use skiff_raft::{Config, Index, LogId, Membership, MembershipChange, NodeId, Raft, RoleName, Term};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use skiff_storage::{DiskOptions, DiskStorage};
+
+use crate::config::ClusterConfig;
+use crate::driver::{Driver, ReadQuery, Request, Settings};
+use crate::error::{Error, Result};
+use crate::state_machine::StateMachine;
+use crate::store::LogStore;
+use crate::transport::tcp::{TcpOptions, TcpTransport};
+use crate::transport::{PeerHealth, Transport};
+use crate::wire::{ForwardedRequest, PeerMessage};
+
+/// How a node runs, apart from what the cluster file says.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The consensus core's settings (id, timeouts in ticks, flow control).
+    pub raft: Config,
+    /// How long one tick lasts. Default 10 ms.
+    pub tick: Duration,
+    /// Snapshot the state machine and compact the log after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// How long `propose` and `read` wait before giving up. Default 5 s.
+    pub request_timeout: Duration,
+}
+
+impl NodeOptions {
+    pub fn new(id: NodeId) -> NodeOptions {
+        NodeOptions {
+            raft: Config::new(id),
+            tick: Duration::from_millis(10),
+            snapshot_after_entries: 10_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The term and the leader a node knows of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
+
+/// A node's view of itself and its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: RoleName,
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub leader: Option<NodeId>,
+    pub commit: Index,
+    pub applied: Index,
+    pub last_log_id: LogId,
+    /// The last index covered by the latest snapshot.
+    pub snapshot_index: Index,
+    pub membership: Membership,
+    /// The other members: replication progress (on the leader) and transport health.
+    pub peers: Vec<PeerView>,
+}
+
+/// One peer as a node sees it: the failure-detector view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub voter: bool,
+    /// Known only on the leader.
+    pub match_index: Option<Index>,
+    pub next_index: Option<Index>,
+    pub health: PeerHealth,
+}
+
+/// A member of a Skiff cluster. Cheap to share (`Arc<Node<S>>`); every method may be
+/// called from any task. Any node accepts proposals (followers forward them to the leader)
+/// and linearizable reads.
+pub struct Node<S: StateMachine> {
+    id: NodeId,
+    requests: mpsc::Sender<Request<S>>,
+    leader: watch::Receiver<LeaderInfo>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    options: NodeOptions,
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Starts node `id` of the cluster described by `cluster` (the cluster file), with its
+    /// durable state in `data_dir` (created if new; a directory of another node or cluster
+    /// is refused), listening for peers over TCP. Must be called inside a tokio runtime.
+    pub async fn start(
+        cluster: &ClusterConfig,
+        id: NodeId,
+        state_machine: S,
+        data_dir: impl AsRef<Path>,
+    ) -> Result<Node<S>> {
+        let node = cluster.node(id).map_err(|error| Error::Config(error.to_string()))?;
+        let listen_address = node.raft_listen_address();
+        let listen = tokio::net::lookup_host(listen_address).await?.next().ok_or_else(|| {
+            Error::Config(format!("the peer listen address {listen_address} of {id} does not resolve"))
+        })?;
+        let name = cluster.cluster.name.clone();
+        let disk_options = DiskOptions::new(id, name.clone(), cluster.voters());
+        let store =
+            DiskStorage::open(data_dir.as_ref(), disk_options).map_err(|error| Error::Storage(error.to_string()))?;
+        let (inbox, receiver) = mpsc::channel(4096);
+        let mut tcp = TcpOptions::new(id, name, listen);
+        tcp.peers = cluster.peers_of(id);
+        let transport = TcpTransport::start(tcp, inbox).await?;
+        let mut options = NodeOptions::new(id);
+        options.raft = cluster.raft_config(id);
+        options.tick = cluster.tick_interval();
+        options.snapshot_after_entries = cluster.raft.snapshot_after_entries;
+        Node::start_with(options, state_machine, store, transport, receiver)
+    }
+
+    /// Starts a node from its parts: a store (new, or holding a previous run's state), a
+    /// transport already connected to the peers, and the inbox that transport delivers to.
+    pub fn start_with<L: LogStore>(
+        options: NodeOptions,
+        state_machine: S,
+        store: L,
+        transport: Arc<dyn Transport>,
+        inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
+    ) -> Result<Node<S>> {
+        let id = options.raft.id;
+        let raft = Raft::new(options.raft.clone(), store)?;
+        let (leader_sender, leader) = watch::channel(LeaderInfo::default());
+        let settings = Settings { tick: options.tick, snapshot_after_entries: options.snapshot_after_entries };
+        let driver = Driver::new(raft, state_machine, transport, settings, leader_sender)?;
+        let (requests, requests_receiver) = mpsc::channel(4096);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("skiff-{id}"))
+            .spawn(move || runtime.block_on(driver.run(requests_receiver, inbox)))?;
+        Ok(Node { id, requests, leader, thread: Mutex::new(Some(thread)), options })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `command` and returns its output once it is committed and applied. From a
+    /// follower, the command is forwarded to the leader and the leader's output returned.
+    /// Retries while no leader is known, until the request timeout.
+    pub async fn propose(&self, command: S::Command) -> Result<S::Output> {
+        let command = postcard::to_stdvec(&command).map_err(|error| Error::Codec(error.to_string()))?;
+        let output = self.write(ForwardedRequest::Propose(Bytes::from(command))).await?;
+        postcard::from_bytes(&output).map_err(|error| Error::Codec(error.to_string()))
+    }
+
+    /// Runs `query` on the state machine once it reflects every write committed before the
+    /// call (ReadIndex, thesis §6.4; on a follower the read index comes from the leader).
+    pub async fn read<R: Send + 'static>(&self, query: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
+        let query = Arc::new(Mutex::new(Some(query)));
+        self.with_retries(|| {
+            let query = Arc::clone(&query);
+            let (reply, result) = oneshot::channel();
+            let run: ReadQuery<S> = Box::new(move |state| {
+                let outcome = state.map(|state| {
+                    let query = query.lock().ok().and_then(|mut query| query.take());
+                    query.map(|query| query(state))
+                });
+                let _ = reply.send(outcome);
+            });
+            (Request::Read { linearizable: true, query: run }, result)
+        })
+        .await?
+        .ok_or_else(|| Error::Stopped("the read ran twice".into()))
+    }
+
+    /// Runs `query` on this node's state machine now, however far behind it may be.
+    pub async fn read_stale<R: Send + 'static>(&self, query: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
+        let (reply, result) = oneshot::channel();
+        let run: ReadQuery<S> = Box::new(move |state| {
+            let _ = reply.send(state.map(query));
+        });
+        self.send(Request::Read { linearizable: false, query: run }).await?;
+        result.await.map_err(|_| self.stopped())?
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Result<NodeStatus> {
+        let (reply, status) = oneshot::channel();
+        self.send(Request::Status { reply }).await?;
+        status.await.map_err(|_| self.stopped())
+    }
+
+    /// The term and leader this node knows of now.
+    pub fn leader(&self) -> LeaderInfo {
+        *self.leader.borrow()
+    }
+
+    /// Waits until this node knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let mut leader = self.leader.clone();
+        let wait = leader.wait_for(|info| info.leader.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(info)) => info.leader.ok_or(Error::NoLeader),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `target` (thesis §3.10).
+    pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
+        self.write(ForwardedRequest::TransferLeader(target)).await.map(|_| ())
+    }
+
+    /// Adds `id` as a learner: it receives the log but does not vote.
+    pub async fn add_learner(&self, id: NodeId) -> Result<()> {
+        self.write(ForwardedRequest::Membership(MembershipChange::AddLearner(id))).await.map(|_| ())
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<()> {
+        self.write(ForwardedRequest::Membership(MembershipChange::Promote(id))).await.map(|_| ())
+    }
+
+    /// Removes `id` from the cluster.
+    pub async fn remove(&self, id: NodeId) -> Result<()> {
+        self.write(ForwardedRequest::Membership(MembershipChange::Remove(id))).await.map(|_| ())
+    }
+
+    /// Stops the node. A leader first hands leadership to its most up-to-date voter and
+    /// waits (up to about an election timeout) for it to take over.
+    pub async fn shutdown(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        if self.requests.send(Request::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, body: ForwardedRequest) -> Result<Bytes> {
+        self.with_retries(|| {
+            let (reply, result) = oneshot::channel();
+            (Request::Write { body: body.clone(), reply }, result)
+        })
+        .await
+    }
+
+    /// Sends the request `make` builds and waits for its answer; while no leader is known
+    /// or leadership changed (the request was certainly not applied), tries again, until
+    /// the request timeout.
+    async fn with_retries<T>(&self, make: impl Fn() -> (Request<S>, oneshot::Receiver<Result<T>>)) -> Result<T> {
+        let timeout = self.options.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pause = self.options.tick * self.options.raft.heartbeat_interval_ticks;
+        loop {
+            let (request, result) = make();
+            self.send(request).await?;
+            let outcome = match tokio::time::timeout_at(deadline, result).await {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(_)) => return Err(self.stopped()),
+                Ok(Ok(outcome)) => outcome,
+            };
+            match outcome {
+                Err(Error::NoLeader | Error::LeadershipLost) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn send(&self, request: Request<S>) -> Result<()> {
+        self.requests.send(request).await.map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> Error {
+        Error::Stopped(format!("node {} is not running", self.id))
+    }
+}
