@@ -121,7 +121,11 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let mut shutdown: Option<(oneshot::Sender<()>, u32)> = None;
         let result: Result<()> = async {
             loop {
+                // Biased toward ticks: after a stall (the process was paused, the machine
+                // busy), the missed ticks are fed to the core before any request, so it never
+                // judges a lease or a read on a clock that stopped.
                 tokio::select! {
+                    biased;
                     _ = ticker.tick() => {
                         self.raft.tick()?;
                         if let Some((_, ticks_left)) = &mut shutdown {
