@@ -89,9 +89,14 @@
 //! ([`Status::dropped_messages`]).
 //!
 //! ## Not implemented
-//! Joint consensus (only single-server changes); the leader writing its log in parallel
-//! with replication (thesis §10.2.1; the driver contract has one mode: persist, then send);
-//! witnesses; demoting a voter to a learner.
+//! Joint consensus (only single-server changes); witnesses; demoting a voter to a learner.
+//!
+//! ## Writing in parallel with replicating
+//! A leader whose term and vote are durable hands out its messages apart, as
+//! `Ready::leader_messages`, which the driver sends before it persists (thesis §10.2.1): the
+//! leader's fsync overlaps its followers'. This is safe because the leader counts its own
+//! entries toward a commit only once they are durable, and nothing a leader sends depends
+//! on its unpersisted entries. Everything else waits for the sync.
 #![forbid(unsafe_code)]
 
 mod config;

@@ -549,11 +549,20 @@ impl<S: Storage> Raft<S> {
         let committed = shared.log.next_committed(shared.config.max_committed_bytes_per_ready)?;
         let applied = committed.last().map_or(shared.log.applied_index(), Entry::index);
         shared.pending_advance = Some(applied);
+        // Everything in the outbox of a leader whose term and vote are durable was sent by
+        // that leader in that term (winning an election changes the term, which is
+        // persisted before the win can follow). None of it depends on unpersisted state.
+        let durable_leader = matches!(self.role, Role::Leader(_))
+            && shared.persisted_hard_state.term == shared.term
+            && shared.persisted_hard_state.vote == Some(shared.id);
+        let outbox = std::mem::take(&mut shared.outbox);
+        let (leader_messages, messages) = if durable_leader { (outbox, Vec::new()) } else { (Vec::new(), outbox) };
         Ok(Ready {
             hard_state: (hard_state != shared.persisted_hard_state).then_some(hard_state),
             snapshot,
             entries,
-            messages: std::mem::take(&mut shared.outbox),
+            leader_messages,
+            messages,
             committed,
             reads: std::mem::take(&mut shared.reads),
         })

@@ -8,12 +8,17 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta,
 /// Everything the core wants done, handed to the driver in one batch by
 /// [`crate::Raft::ready`]. The driver must act on it **in this order**:
 ///
+/// 0. **Send `leader_messages`** at once, while step 1 runs. They are a leader's
+///    `AppendEntries`, heartbeats and other messages, which never depend on the leader's own
+///    unpersisted entries: the leader counts itself toward a commit only after step 1
+///    (thesis §10.2.1, so the leader's fsync overlaps its followers'). Sending them with
+///    step 2 instead is also correct, only slower.
 /// 1. **Persist.** Install `snapshot` if there is one ([`crate::Storage::install_snapshot`]),
 ///    append `entries` (the first entry's index says where the old tail is cut:
 ///    everything from there on is replaced), save `hard_state` if it is `Some`, then make
 ///    all of it durable with **one** [`crate::Storage::sync`] (group commit).
-/// 2. **Send** `messages`. Every message may depend on step 1 (a vote, an acknowledgement
-///    of entries), so none may leave before the sync returns.
+/// 2. **Send** `messages`. Each may depend on step 1 (a vote, an acknowledgement of
+///    entries), so none may leave before the sync returns.
 /// 3. **Apply.** If `snapshot` is `Some`, restore the state machine from the snapshot data
 ///    received with it. Then apply `committed` in order: each has index `applied + 1`.
 ///    Answer each of `reads` once the state machine has applied its index.
@@ -30,7 +35,9 @@ pub struct Ready {
     pub snapshot: Option<SnapshotMeta>,
     /// Entries to append, replacing the log's tail from `entries[0]`'s index on.
     pub entries: Vec<Entry>,
-    /// Messages to send, each to its `to` node.
+    /// Messages of a leader whose term and vote are already durable: send at once (step 0).
+    pub leader_messages: Vec<crate::Envelope>,
+    /// Messages to send once step 1 is durable, each to its `to` node.
     pub messages: Vec<crate::Envelope>,
     /// Committed entries to apply, in order.
     pub committed: Vec<Entry>,
@@ -43,6 +50,7 @@ impl Ready {
         self.hard_state.is_none()
             && self.snapshot.is_none()
             && self.entries.is_empty()
+            && self.leader_messages.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()

@@ -94,6 +94,16 @@ impl MemStorage {
         self.written = self.durable.clone();
     }
 
+    /// What survives a crash now: the synced hard state and last index (for checkers).
+    pub fn durable_hard_state(&self) -> HardState {
+        self.durable.hard_state
+    }
+
+    pub fn durable_last_log_id(&self) -> LogId {
+        let snapshot = self.durable.snapshot.last_log_id;
+        self.durable.entries.last().map_or(snapshot, |entry| entry.log_id)
+    }
+
     /// Whether everything written is durable.
     pub fn is_synced(&self) -> bool {
         self.written == self.durable

@@ -462,9 +462,10 @@ impl Cluster {
         let storage = raft.storage_mut();
         persist(&mut self.out, id, storage, &mut host.machine, &ready)?;
         storage.sync()?;
-        // 2. Send.
+        // 2. Send (leader messages too: the contract lets them go at step 0 or here, and
+        // sending them here keeps each script's output in the order the reader expects).
         let snapshot_id = storage.snapshot_meta().last_log_id;
-        for envelope in ready.messages {
+        for envelope in ready.leader_messages.into_iter().chain(ready.messages) {
             writeln!(self.out, "{}", format_message(&envelope))?;
             let snapshot = matches!(envelope.message, Message::InstallSnapshot { .. })
                 .then(|| (snapshot_id, host.machine.snapshot.1.clone()));
@@ -787,8 +788,8 @@ fn describe_unsynced(ready: &Ready) -> Vec<String> {
         let vote = hard_state.vote.map_or("none".to_string(), |id| id.to_string());
         lost.push(format!("term={} vote={vote} commit={}", hard_state.term, hard_state.commit));
     }
-    if !ready.messages.is_empty() {
-        let count = ready.messages.len();
+    if !ready.messages.is_empty() || !ready.leader_messages.is_empty() {
+        let count = ready.messages.len() + ready.leader_messages.len();
         lost.push(format!("{count} unsent message{}", if count == 1 { "" } else { "s" }));
     }
     lost

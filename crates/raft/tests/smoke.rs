@@ -41,6 +41,7 @@ impl Cluster {
                     storage.set_hard_state(hard_state).unwrap();
                 }
                 storage.sync().unwrap();
+                inbox.extend(ready.leader_messages);
                 inbox.extend(ready.messages);
                 for entry in ready.committed {
                     if let skiff_raft::Payload::Command(data) = entry.payload {
@@ -94,4 +95,29 @@ fn three_nodes_elect_replicate_commit_and_read() {
     cluster.settle();
     assert_eq!(cluster.reads.len(), 2, "{:?}", cluster.reads);
     assert!(cluster.reads.iter().all(|(_, _, index)| *index == second.log_id.index));
+}
+
+/// Thesis §10.2.1: a leader whose term and vote are durable hands out its messages as
+/// `leader_messages`, to be sent while its own entries are persisted; a node that just won
+/// its election within this batch (term not yet durable) must wait like everyone else.
+#[test]
+fn a_durable_leaders_messages_may_leave_before_its_fsync() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.tick_until_leader();
+    let node = cluster.nodes.get_mut(&leader).unwrap();
+    node.propose(Bytes::from("x")).unwrap();
+    let ready = node.ready().unwrap();
+    assert_eq!(ready.entries.len(), 1, "the new entry is still to be persisted");
+    assert_eq!(ready.leader_messages.len(), 2, "one AppendEntries per follower, sent at once");
+    assert!(ready.messages.is_empty());
+    let storage = node.storage_mut();
+    storage.append(&ready.entries).unwrap();
+    storage.sync().unwrap();
+    node.advance().unwrap();
+
+    let mut single = Raft::new(Config::new(NodeId(1)), MemStorage::new(Membership::with_voters([NodeId(1)]))).unwrap();
+    single.campaign_now().unwrap();
+    assert_eq!(single.role(), RoleName::Leader);
+    let ready = single.ready().unwrap();
+    assert!(ready.leader_messages.is_empty(), "term and vote not yet durable");
 }

@@ -135,7 +135,9 @@ impl Checker {
     /// A message may leave only once what it promises is durable (the `Ready` contract):
     /// its term, a granted vote, the entries an acknowledgement claims.
     pub fn on_send(&self, storage: &MemStorage, envelope: &Envelope) -> Check {
-        let durable = storage.hard_state();
+        // What a crash right now would leave, not what is merely written.
+        let durable = storage.durable_hard_state();
+        let durable_last = storage.durable_last_log_id();
         let node = envelope.from;
         let future_term = matches!(
             envelope.message,
@@ -150,9 +152,9 @@ impl Checker {
                 Some(format!("its durable vote is {:?} in term {}", durable.vote, durable.term))
             }
             Message::AppendEntriesResponse(AppendResult::Success { match_index })
-                if match_index > storage.last_index() =>
+                if match_index > durable_last.index =>
             {
-                Some(format!("its durable log ends at {}", storage.last_index()))
+                Some(format!("its durable log ends at {}", durable_last.index))
             }
             _ => None,
         };
@@ -244,6 +246,19 @@ impl Checker {
             return Err(Violation::new("Commit monotonicity", detail));
         }
         let from = view.commit_seen.next();
+        // Raft §5.4.2: a leader moves its commit index only onto an entry of its own term.
+        if commit > view.commit_seen && raft.role() == RoleName::Leader && view.leader_term == Some(raft.term()) {
+            match raft.storage().term(commit) {
+                Ok(term) if term == raft.term() => {}
+                found => {
+                    let detail = format!(
+                        "{node}, leader of term {}, advanced its commit to {commit} holding {found:?}",
+                        raft.term()
+                    );
+                    return Err(Violation::new("Commit rule (current term only)", detail));
+                }
+            }
+        }
         view.commit_seen = commit;
         self.max_commit = self.max_commit.max(commit);
         let storage = raft.storage();

@@ -90,7 +90,10 @@ impl SimNode {
 
     /// One `Ready`, in the contract's order. Returns true when the node crashes in it.
     fn handle_ready(&mut self, ready: Ready, crash: Option<CrashPoint>, env: &mut DriveEnv) -> Result<bool, Violation> {
-        let Ready { hard_state, snapshot, entries, messages, committed, reads } = ready;
+        let Ready { hard_state, snapshot, entries, leader_messages, messages, committed, reads } = ready;
+        // Step 0: a durable leader's messages leave before its own fsync (thesis §10.2.1),
+        // so a crash below can lose entries that followers already have.
+        self.send(leader_messages, false, env)?;
         self.persist(snapshot.as_ref(), &entries, hard_state)?;
         if crash == Some(CrashPoint::BeforeSync) {
             return Ok(true);

@@ -310,9 +310,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     /// Executes one `Ready` in the order its contract states.
     fn handle_ready(&mut self) -> Result<()> {
-        let ready = self.raft.ready()?;
+        let mut ready = self.raft.ready()?;
+        // Step 0: a leader's messages go out first, so followers write while we fsync.
+        for envelope in std::mem::take(&mut ready.leader_messages) {
+            self.send(envelope)?;
+        }
         self.persist(&ready)?;
-        for envelope in ready.messages {
+        for envelope in std::mem::take(&mut ready.messages) {
             self.send(envelope)?;
         }
         if let Some(meta) = &ready.snapshot {

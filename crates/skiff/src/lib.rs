@@ -95,8 +95,10 @@
 //!   other clusters and unknown nodes, and an in-process network ([`transport::memory`])
 //!   for tests and for clusters inside one program.
 //!
-//! Not yet: TLS; applying on a separate thread (a slow `apply` delays heartbeats); the
-//! leader writing its log in parallel with replicating it (Raft thesis §10.2.1).
+//! The leader sends its `AppendEntries` before its own fsync, so its write overlaps its
+//! followers' (Raft thesis §10.2.1).
+//!
+//! Not yet: TLS; applying on a separate thread (a slow `apply` delays heartbeats).
 #![forbid(unsafe_code)]
 
 pub mod config;
