@@ -71,6 +71,7 @@ golden_scripts! {
     replication_pipeline,
     replication_divergent_log_overwritten,
     replication_fast_backup,
+    replication_commit_capped_at_last_new_entry,
     replication_commit_current_term_only,
     replication_figure8,
     replication_figure8_current_term,
