@@ -1,6 +1,7 @@
-//! The driver: one thread owns the consensus core, the store and the state machine. It
-//! feeds the core ticks, peer messages and client requests, and executes each `Ready`
-//! exactly as its contract says: persist and sync, send, apply, advance.
+//! The driver: one thread owns the consensus core and the store. It feeds the core ticks,
+//! peer messages and client requests, and executes each `Ready` exactly as its contract
+//! says: send a leader's messages, persist and sync, send the rest, hand the committed
+//! entries to the apply thread (`apply.rs`) in order, advance.
 //!
 //! Everything that arrives while one `Ready` is being handled is fed to the core before
 //! the next `ready()`, so concurrent proposals share one append, one fsync and one
@@ -8,12 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use skiff_raft::{Entry, Index, Message, NodeId, Payload, Raft, ReadId, Ready, RoleName, Term};
+use skiff_raft::{Index, Message, NodeId, Raft, ReadId, Ready, RoleName, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::apply::{Applier, Event, RETRY_MARKER, ReadQuery, Responder, Task};
 use crate::error::{Error, Result};
 use crate::node::{LeaderInfo, NodeStatus, PeerView};
 use crate::snapshot_stream::{self, Ack};
@@ -21,9 +24,6 @@ use crate::state_machine::StateMachine;
 use crate::store::LogStore;
 use crate::transport::Transport;
 use crate::wire::{ForwardedRequest, PeerMessage};
-
-/// A query run on the state machine once it is fresh enough, or told why it can't be.
-pub(crate) type ReadQuery<S> = Box<dyn FnOnce(Result<&S>) + Send>;
 
 /// What the [`crate::Node`] handle asks of its driver.
 pub(crate) enum Request<S: StateMachine> {
@@ -44,12 +44,6 @@ pub(crate) enum Request<S: StateMachine> {
     },
 }
 
-/// Who waits for a write's outcome.
-enum Responder {
-    Local(oneshot::Sender<Result<Bytes>>),
-    Remote { peer: NodeId, request: u64 },
-}
-
 pub(crate) struct Settings {
     pub tick: Duration,
     pub snapshot_after_entries: u64,
@@ -57,7 +51,6 @@ pub(crate) struct Settings {
 
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     raft: Raft<L>,
-    state_machine: S,
     transport: Arc<dyn Transport>,
     settings: Settings,
     /// Writes this node proposed as leader, by index, with the term they were proposed in.
@@ -67,11 +60,13 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     next_request: u64,
     /// Reads waiting for the core's read index.
     reads_waiting_index: BTreeMap<ReadId, ReadQuery<S>>,
-    /// Reads waiting for the state machine to apply their index.
-    reads_waiting_apply: Vec<(Index, ReadQuery<S>)>,
     next_read: u64,
-    applied: Index,
-    snapshot_index: Index,
+    /// Work for the apply thread, in order; and what it reports back.
+    tasks: std::sync::mpsc::Sender<Task<S>>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    apply_thread: Option<std::thread::JoinHandle<()>>,
+    /// The index the apply thread has applied.
+    applied: Arc<AtomicU64>,
     outgoing: snapshot_stream::Sender,
     incoming: snapshot_stream::Receiver,
     leader: watch::Sender<LeaderInfo>,
@@ -91,19 +86,32 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             state_machine.restore(&mut data).map_err(|e| Error::Storage(format!("restoring the snapshot: {e}")))?;
             snapshot_index = meta.last_log_id.index;
         }
+        let applied = Arc::new(AtomicU64::new(snapshot_index.0));
+        let (events_sender, events) = mpsc::unbounded_channel();
+        let applier = Applier::new(
+            state_machine,
+            Arc::clone(&applied),
+            Arc::clone(&transport),
+            settings.snapshot_after_entries,
+            events_sender,
+        );
+        let (tasks, task_receiver) = std::sync::mpsc::channel();
+        let apply_thread = std::thread::Builder::new()
+            .name(format!("skiff-{}-apply", raft.id()))
+            .spawn(move || applier.run(task_receiver))?;
         Ok(Driver {
             raft,
-            state_machine,
             transport,
             settings,
             writes: BTreeMap::new(),
             forwarded: BTreeMap::new(),
             next_request: 0,
             reads_waiting_index: BTreeMap::new(),
-            reads_waiting_apply: Vec::new(),
             next_read: 0,
-            applied: snapshot_index,
-            snapshot_index,
+            tasks,
+            events: Some(events),
+            apply_thread: Some(apply_thread),
+            applied,
             outgoing: snapshot_stream::Sender::default(),
             incoming: snapshot_stream::Receiver::default(),
             leader,
@@ -119,6 +127,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let mut ticker = tokio::time::interval(self.settings.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut shutdown: Option<(oneshot::Sender<()>, u32)> = None;
+        let mut events = self.events.take().expect("run once");
         let result: Result<()> = async {
             loop {
                 // Biased toward ticks: after a stall (the process was paused, the machine
@@ -140,6 +149,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                         None => return Ok(()),
                     },
                     Some((from, message)) = inbox.recv() => self.handle_peer(from, message)?,
+                    Some(event) = events.recv() => self.handle_event(event)?,
                 }
                 // Take everything already waiting, so it shares this Ready (group commit).
                 while let Ok((from, message)) = inbox.try_recv() {
@@ -171,6 +181,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
         };
         self.fail_everything(&reason);
+        // Let the apply thread finish what it was given, then stop.
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.tasks, closed));
+        if let Some(thread) = self.apply_thread.take() {
+            let _ = thread.join();
+        }
         if let Some((reply, _)) = shutdown {
             let _ = reply.send(());
         }
@@ -202,7 +218,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         match request {
             Request::Write { body, reply } => self.write(body, Responder::Local(reply)),
             Request::Read { linearizable: false, query } => {
-                query(Ok(&self.state_machine));
+                self.hand_over(Task::ReadNow { query });
                 Ok(())
             }
             Request::Read { linearizable: true, query } => {
@@ -237,7 +253,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Ok(Some(log_id)) => {
                 self.writes.insert(log_id.index, (log_id.term, responder));
             }
-            Ok(None) => self.respond(responder, Ok(Bytes::new())),
+            Ok(None) => responder.respond(self.transport.as_ref(), Ok(Bytes::new())),
             Err(skiff_raft::Error::NotLeader { leader: Some(leader) }) => match responder {
                 Responder::Local(reply) => {
                     self.next_request += 1;
@@ -245,28 +261,15 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     let message = PeerMessage::Forward { request: self.next_request, body };
                     self.transport.send(leader, message);
                 }
-                remote => self.respond(remote, Err(Error::LeadershipLost)),
+                remote => remote.respond(self.transport.as_ref(), Err(Error::LeadershipLost)),
             },
-            Err(skiff_raft::Error::NotLeader { leader: None }) => self.respond(responder, Err(Error::NoLeader)),
+            Err(skiff_raft::Error::NotLeader { leader: None }) => {
+                responder.respond(self.transport.as_ref(), Err(Error::NoLeader));
+            }
             Err(skiff_raft::Error::Storage(error)) => return Err(Error::Storage(error.to_string())),
-            Err(error) => self.respond(responder, Err(error.into())),
+            Err(error) => responder.respond(self.transport.as_ref(), Err(error.into())),
         }
         Ok(())
-    }
-
-    fn respond(&self, responder: Responder, result: Result<Bytes>) {
-        match responder {
-            Responder::Local(reply) => {
-                let _ = reply.send(result);
-            }
-            Responder::Remote { peer, request } => {
-                let result = result.map_err(|error| match error {
-                    Error::LeadershipLost | Error::NoLeader => RETRY_MARKER.to_string(),
-                    error => error.to_string(),
-                });
-                self.transport.send(peer, PeerMessage::ForwardResult { request, result });
-            }
-        }
     }
 
     fn handle_peer(&mut self, from: NodeId, message: PeerMessage) -> Result<()> {
@@ -322,19 +325,54 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         if let Some(meta) = &ready.snapshot {
             self.restore_snapshot(meta.last_log_id.index)?;
         }
-        for entry in ready.committed {
-            self.apply(entry);
+        // Step 3, handed to the apply thread in order, with the proposers to answer.
+        if let Some(last) = ready.committed.last() {
+            let last = last.index();
+            let writes = self.writes.range(..=last).map(|(index, _)| *index).collect::<Vec<_>>();
+            let writes = writes
+                .into_iter()
+                .map(|index| {
+                    let (term, responder) = self.writes.remove(&index).expect("listed");
+                    (index, term, responder)
+                })
+                .collect();
+            self.hand_over(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
         }
-        for read in ready.reads {
+        for read in std::mem::take(&mut ready.reads) {
             match (self.reads_waiting_index.remove(&read.id), read.result) {
-                (Some(query), Ok(index)) => self.reads_waiting_apply.push((index, query)),
+                (Some(query), Ok(index)) => self.hand_over(Task::ReadAt { index, query }),
                 (Some(query), Err(_)) => query(Err(Error::LeadershipLost)),
                 (None, _) => {}
             }
         }
-        self.serve_reads();
         self.raft.advance()?;
-        self.maybe_snapshot()
+        Ok(())
+    }
+
+    /// Gives the apply thread its next task. If it has stopped, the failure it reported
+    /// stops the driver at its next turn; the task's waiters see the node stopped.
+    fn hand_over(&self, task: Task<S>) {
+        let _ = self.tasks.send(task);
+    }
+
+    /// The apply thread snapshotted the state after `index`: store it, compact the log.
+    fn handle_event(&mut self, event: Event) -> Result<()> {
+        match event {
+            Event::Failed(error) => Err(Error::Storage(error)),
+            Event::SnapshotTaken { index, data } => {
+                let meta = match self.raft.compact(index) {
+                    Ok(meta) => meta,
+                    // A snapshot from the leader overtook it: nothing to do.
+                    Err(skiff_raft::Error::InvalidSnapshot { .. }) => return Ok(()),
+                    Err(error) => return Err(error.into()),
+                };
+                let store = self.raft.storage_mut();
+                store.save_snapshot(meta.clone(), &mut std::io::Cursor::new(data))?;
+                store.compact(meta)?;
+                store.sync()?;
+                Ok(())
+            }
+        }
     }
 
     /// Step 1: make the snapshot, entries and hard state durable, with one sync.
@@ -370,73 +408,15 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     fn restore_snapshot(&mut self, index: Index) -> Result<()> {
         let snapshot = self.raft.storage().open_snapshot()?;
-        let Some((meta, mut data)) = snapshot else {
+        let Some((_, data)) = snapshot else {
             return Err(Error::Storage(format!("snapshot {index} was installed but its data is missing")));
         };
-        self.state_machine
-            .restore(&mut data)
-            .map_err(|error| Error::Storage(format!("restoring snapshot {}: {error}", meta.last_log_id)))?;
-        self.applied = index;
-        self.snapshot_index = index;
+        self.hand_over(Task::Restore { index, data });
         let stale: Vec<Index> = self.writes.range(..=index).map(|(index, _)| *index).collect();
         for stale_index in stale {
             let (_, responder) = self.writes.remove(&stale_index).expect("listed");
-            self.respond(responder, Err(Error::OutcomeUnknown));
+            responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }
-        Ok(())
-    }
-
-    /// Step 3: apply one committed entry, and answer whoever proposed it.
-    fn apply(&mut self, entry: Entry) {
-        assert_eq!(entry.index(), self.applied.next(), "entries are applied in order, once");
-        self.applied = entry.index();
-        let output = match entry.payload {
-            Payload::Command(data) => match postcard::from_bytes::<S::Command>(&data) {
-                Ok(command) => {
-                    let output = self.state_machine.apply(entry.log_id.index, command);
-                    postcard::to_stdvec(&output).map(Bytes::from).map_err(|e| Error::Codec(e.to_string()))
-                }
-                Err(error) => {
-                    tracing::error!(index = %entry.log_id, %error, "a committed command does not decode; skipped on every node");
-                    Err(Error::Codec(error.to_string()))
-                }
-            },
-            Payload::Empty | Payload::Membership(_) => Ok(Bytes::new()),
-        };
-        if let Some((term, responder)) = self.writes.remove(&entry.log_id.index) {
-            // Another leader's entry took the index: ours was never committed.
-            let result = if term == entry.log_id.term { output } else { Err(Error::LeadershipLost) };
-            self.respond(responder, result);
-        }
-    }
-
-    fn serve_reads(&mut self) {
-        let applied = self.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads_waiting_apply).into_iter().partition(|(index, _)| *index <= applied);
-        self.reads_waiting_apply = waiting;
-        for (_, query) in ready {
-            query(Ok(&self.state_machine));
-        }
-    }
-
-    /// Snapshots the state machine and compacts the log every `snapshot_after_entries`.
-    fn maybe_snapshot(&mut self) -> Result<()> {
-        if self.applied <= self.snapshot_index
-            || self.applied.0 < self.snapshot_index.0 + self.settings.snapshot_after_entries
-        {
-            return Ok(());
-        }
-        let meta = self.raft.compact(self.applied)?;
-        let mut data = Vec::new();
-        self.state_machine
-            .snapshot(&mut data)
-            .map_err(|error| Error::Storage(format!("taking a snapshot at {}: {error}", meta.last_log_id)))?;
-        let store = self.raft.storage_mut();
-        store.save_snapshot(meta.clone(), &mut std::io::Cursor::new(data))?;
-        store.compact(meta)?;
-        store.sync()?;
-        self.snapshot_index = self.applied;
         Ok(())
     }
 
@@ -483,7 +463,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             vote: status.vote,
             leader: status.leader,
             commit: status.commit,
-            applied: self.applied,
+            applied: Index(self.applied.load(Ordering::Acquire)),
             last_log_id: status.last_log_id,
             snapshot_index: self.raft.storage().snapshot_meta().last_log_id.index,
             membership: status.membership,
@@ -493,7 +473,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     fn fail_everything(&mut self, reason: &str) {
         for (_, (_, responder)) in std::mem::take(&mut self.writes) {
-            self.respond(responder, Err(Error::Stopped(reason.to_string())));
+            responder.respond(self.transport.as_ref(), Err(Error::Stopped(reason.to_string())));
         }
         for (_, reply) in std::mem::take(&mut self.forwarded) {
             let _ = reply.send(Err(Error::Stopped(reason.to_string())));
@@ -501,14 +481,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         for (_, query) in std::mem::take(&mut self.reads_waiting_index) {
             query(Err(Error::Stopped(reason.to_string())));
         }
-        for (_, query) in std::mem::take(&mut self.reads_waiting_apply) {
-            query(Err(Error::Stopped(reason.to_string())));
-        }
     }
 }
-
-/// The leader's answer to a forwarded request that the follower may safely retry.
-const RETRY_MARKER: &str = "retry: no leader or leadership changed";
 
 impl From<skiff_raft::StorageError> for Error {
     fn from(error: skiff_raft::StorageError) -> Error {

@@ -70,9 +70,12 @@
 //! ```
 //!
 //! ## How it works
-//! Each node runs a driver thread that owns the consensus core ([`skiff_raft::Raft`]), the
-//! store and the state machine. It feeds the core ticks, peer messages and requests, and
-//! executes each `Ready` as its contract says: persist and fsync, send, apply, advance.
+//! Each node runs a driver thread that owns the consensus core ([`skiff_raft::Raft`]) and
+//! the store. It feeds the core ticks, peer messages and requests, and executes each
+//! `Ready` as its contract says: send the leader's messages, persist and fsync, send the
+//! rest, hand the committed entries to the apply thread, advance. The apply thread owns the
+//! state machine: it applies in order, answers proposers, serves reads and takes
+//! snapshots, so a slow `apply` never delays heartbeats.
 //! Requests that arrive together share one `Ready`: one log append, one fsync, one
 //! `AppendEntries` per follower (group commit).
 //!
@@ -98,9 +101,10 @@
 //! The leader sends its `AppendEntries` before its own fsync, so its write overlaps its
 //! followers' (Raft thesis §10.2.1).
 //!
-//! Not yet: TLS; applying on a separate thread (a slow `apply` delays heartbeats).
+//! Not yet: TLS.
 #![forbid(unsafe_code)]
 
+mod apply;
 pub mod config;
 mod driver;
 mod error;

@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use skiff_storage::{DiskOptions, DiskStorage};
 
+use crate::apply::ReadQuery;
 use crate::config::ClusterConfig;
-use crate::driver::{Driver, ReadQuery, Request, Settings};
+use crate::driver::{Driver, Request, Settings};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;

@@ -220,3 +220,55 @@ async fn learners_join_catch_up_and_are_promoted() {
     assert!(status.membership.is_voter(NodeId(4)));
     assert_eq!(cluster.lines(NodeId(4)).await, ["early"]);
 }
+
+/// A state machine whose `apply` takes longer than an election timeout.
+#[derive(Default)]
+struct Slow {
+    applied: u64,
+}
+
+impl StateMachine for Slow {
+    type Command = ();
+    type Output = u64;
+
+    fn apply(&mut self, _index: Index, _command: ()) -> u64 {
+        std::thread::sleep(Duration::from_millis(150));
+        self.applied += 1;
+        self.applied
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.applied.to_le_bytes())
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
+        let mut bytes = [0; 8];
+        snapshot.read_exact(&mut bytes)?;
+        self.applied = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+/// Applying runs beside the driver: an `apply` slower than the election timeout (60-120
+/// ms here) does not stop heartbeats, so the leader keeps its leadership throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_state_machine_does_not_cost_the_leader_its_leadership() {
+    let network = MemoryNetwork::new();
+    let membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
+        let transport = network.join(NodeId(id), inbox);
+        let store = MemStore::new(membership.clone());
+        nodes.push(Node::start_with(options(NodeId(id)), Slow::default(), store, transport, receiver).expect("start"));
+    }
+    let leader = nodes[0].wait_for_leader(TIMEOUT).await.expect("leader");
+    let leader = nodes.iter().find(|node| node.id() == leader).expect("leader node");
+    leader.propose(()).await.expect("first proposal");
+    let term = leader.leader().term;
+    for expected in 2..=6 {
+        assert_eq!(leader.propose(()).await.expect("propose"), expected);
+    }
+    let after = leader.leader();
+    assert_eq!((after.term, after.leader), (term, Some(leader.id())), "leadership held through ~750 ms of applying");
+}
