@@ -7,49 +7,18 @@
 //! A crash is a dropped `Node`: it stops at once, without a transfer, keeping only what it
 //! synced. Each test uses its own port range, so the tests run in parallel.
 
+mod common;
+
+use common::{Command, Journal};
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use skiff::config::ClusterConfig;
-use skiff::{Index, Node, NodeId, StateMachine};
+use skiff::{Node, NodeId};
 use skiff_raft::{Payload, RoleName, Storage};
 use skiff_storage::{DiskOptions, DiskStorage};
-
-/// A replicated list of strings; applying returns the list's new length.
-#[derive(Default)]
-struct Journal {
-    lines: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum Command {
-    Push(String),
-}
-
-impl StateMachine for Journal {
-    type Command = Command;
-    type Output = usize;
-
-    fn apply(&mut self, _index: Index, command: Command) -> usize {
-        let Command::Push(line) = command;
-        self.lines.push(line);
-        self.lines.len()
-    }
-
-    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        out.write_all(self.lines.join("\n").as_bytes())
-    }
-
-    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
-        let mut text = String::new();
-        snapshot.read_to_string(&mut text)?;
-        self.lines = if text.is_empty() { Vec::new() } else { text.split('\n').map(str::to_string).collect() };
-        Ok(())
-    }
-}
 
 /// How long any awaited condition may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(10);
