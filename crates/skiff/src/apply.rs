@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::transport::Transport;
-use crate::wire::PeerMessage;
+use crate::wire::{ForwardError, PeerMessage};
 
 /// A query run on the state machine once it is fresh enough, or told why it can't be.
 pub(crate) type ReadQuery<S> = Box<dyn FnOnce(Result<&S>) + Send>;
@@ -25,9 +25,6 @@ pub(crate) enum Responder {
     Remote { peer: NodeId, request: u64 },
 }
 
-/// The leader's answer to a forwarded request that the follower may safely retry.
-pub(crate) const RETRY_MARKER: &str = "retry: no leader or leadership changed";
-
 impl Responder {
     pub fn respond(self, transport: &dyn Transport, result: Result<Bytes>) {
         match self {
@@ -36,8 +33,9 @@ impl Responder {
             }
             Responder::Remote { peer, request } => {
                 let result = result.map_err(|error| match error {
-                    Error::LeadershipLost | Error::NoLeader => RETRY_MARKER.to_string(),
-                    error => error.to_string(),
+                    Error::LeadershipLost | Error::NoLeader => ForwardError::Retry,
+                    Error::OutcomeUnknown => ForwardError::OutcomeUnknown,
+                    error => ForwardError::Refused(error.to_string()),
                 });
                 transport.send(peer, PeerMessage::ForwardResult { request, result });
             }
@@ -100,10 +98,23 @@ impl<S: StateMachine> Applier<S> {
     /// Runs until the driver hangs up; reads still waiting then fail.
     pub fn run(mut self, tasks: std::sync::mpsc::Receiver<Task<S>>) {
         while let Ok(task) = tasks.recv() {
-            if let Err(error) = self.handle(task) {
-                let _ = self.events.send(Event::Failed(error));
-                break;
-            }
+            // A panic in the user's state machine must stop the node, not leave it leading
+            // with nothing applied.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(task)));
+            let error = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| text.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    format!("the state machine panicked: {message}")
+                }
+            };
+            let _ = self.events.send(Event::Failed(error));
+            break;
         }
         for (_, query) in std::mem::take(&mut self.waiting_reads) {
             query(Err(Error::Stopped("the node stopped".into())));

@@ -10,20 +10,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use skiff_raft::{Index, Message, NodeId, Raft, ReadId, Ready, RoleName, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::{Applier, Event, RETRY_MARKER, ReadQuery, Responder, Task};
+use crate::apply::{Applier, Event, ReadQuery, Responder, Task};
 use crate::error::{Error, Result};
 use crate::node::{LeaderInfo, NodeStatus, PeerView};
 use crate::snapshot_stream::{self, Ack};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
 use crate::transport::Transport;
-use crate::wire::{ForwardedRequest, PeerMessage};
+use crate::wire::{ForwardError, ForwardedRequest, PeerMessage};
 
 /// What the [`crate::Node`] handle asks of its driver.
 pub(crate) enum Request<S: StateMachine> {
@@ -44,6 +44,17 @@ pub(crate) enum Request<S: StateMachine> {
     },
 }
 
+/// How many tasks may wait for the apply thread.
+const APPLY_QUEUE_TASKS: usize = 64;
+
+/// What woke the driver.
+enum Input<S: StateMachine> {
+    Tick,
+    Request(Option<Request<S>>),
+    Peer(NodeId, PeerMessage),
+    Event(Option<Event>),
+}
+
 pub(crate) struct Settings {
     pub tick: Duration,
     pub snapshot_after_entries: u64,
@@ -62,7 +73,7 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     reads_waiting_index: BTreeMap<ReadId, ReadQuery<S>>,
     next_read: u64,
     /// Work for the apply thread, in order; and what it reports back.
-    tasks: std::sync::mpsc::Sender<Task<S>>,
+    tasks: std::sync::mpsc::SyncSender<Task<S>>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     apply_thread: Option<std::thread::JoinHandle<()>>,
     /// The index the apply thread has applied.
@@ -95,7 +106,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             settings.snapshot_after_entries,
             events_sender,
         );
-        let (tasks, task_receiver) = std::sync::mpsc::channel();
+        // Bounded: a state machine slower than the commit rate makes the driver wait rather
+        // than queue without limit (each task is at most one Ready's committed entries).
+        let (tasks, task_receiver) = std::sync::mpsc::sync_channel(APPLY_QUEUE_TASKS);
         let apply_thread = std::thread::Builder::new()
             .name(format!("skiff-{}-apply", raft.id()))
             .spawn(move || applier.run(task_receiver))?;
@@ -124,42 +137,35 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         mut requests: mpsc::Receiver<Request<S>>,
         mut inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
     ) {
-        let mut ticker = tokio::time::interval(self.settings.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut shutdown: Option<(oneshot::Sender<()>, u32)> = None;
         let mut events = self.events.take().expect("run once");
+        let mut next_tick = Instant::now() + self.settings.tick;
         let result: Result<()> = async {
             loop {
-                // Biased toward ticks: after a stall (the process was paused, the machine
-                // busy), the missed ticks are fed to the core before any request, so it never
-                // judges a lease or a read on a clock that stopped.
-                tokio::select! {
-                    biased;
-                    _ = ticker.tick() => {
-                        self.raft.tick()?;
-                        if let Some((_, ticks_left)) = &mut shutdown {
-                            *ticks_left = ticks_left.saturating_sub(1);
-                        }
-                    }
-                    request = requests.recv() => match request {
-                        Some(Request::Shutdown { reply }) => {
-                            shutdown = Some((reply, self.begin_shutdown()?));
-                        }
-                        Some(request) => self.handle_request(request)?,
-                        None => return Ok(()),
-                    },
-                    Some((from, message)) = inbox.recv() => self.handle_peer(from, message)?,
-                    Some(event) = events.recv() => self.handle_event(event)?,
+                let input = tokio::select! {
+                    _ = tokio::time::sleep_until(next_tick.into()) => Input::Tick,
+                    request = requests.recv() => Input::Request(request),
+                    Some((from, message)) = inbox.recv() => Input::Peer(from, message),
+                    event = events.recv() => Input::Event(event),
+                };
+                // Ticks come from the wall clock, and every tick due is fed to the core
+                // before any input: after a stall (a slow fsync, a paused process) the core
+                // never judges a lease or a timeout on a clock that stopped.
+                self.catch_up_ticks(&mut next_tick, &mut shutdown)?;
+                match input {
+                    Input::Tick => {}
+                    Input::Request(None) => return Ok(()),
+                    Input::Request(Some(request)) => self.take_request(request, &mut shutdown)?,
+                    Input::Peer(from, message) => self.handle_peer(from, message)?,
+                    Input::Event(Some(event)) => self.handle_event(event)?,
+                    Input::Event(None) => return Err(Error::Stopped("the apply thread stopped".into())),
                 }
                 // Take everything already waiting, so it shares this Ready (group commit).
                 while let Ok((from, message)) = inbox.try_recv() {
                     self.handle_peer(from, message)?;
                 }
                 while let Ok(request) = requests.try_recv() {
-                    match request {
-                        Request::Shutdown { reply } => shutdown = Some((reply, self.begin_shutdown()?)),
-                        request => self.handle_request(request)?,
-                    }
+                    self.take_request(request, &mut shutdown)?;
                 }
                 while self.raft.has_ready() {
                     self.handle_ready()?;
@@ -182,13 +188,40 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         };
         self.fail_everything(&reason);
         // Let the apply thread finish what it was given, then stop.
-        let (closed, _) = std::sync::mpsc::channel();
+        let (closed, _) = std::sync::mpsc::sync_channel(0);
         drop(std::mem::replace(&mut self.tasks, closed));
         if let Some(thread) = self.apply_thread.take() {
             let _ = thread.join();
         }
         if let Some((reply, _)) = shutdown {
             let _ = reply.send(());
+        }
+    }
+
+    /// Feeds the core every tick that is due by the wall clock.
+    fn catch_up_ticks(
+        &mut self,
+        next_tick: &mut Instant,
+        shutdown: &mut Option<(oneshot::Sender<()>, u32)>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        while *next_tick <= now {
+            *next_tick += self.settings.tick;
+            self.raft.tick()?;
+            if let Some((_, ticks_left)) = shutdown {
+                *ticks_left = ticks_left.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_request(&mut self, request: Request<S>, shutdown: &mut Option<(oneshot::Sender<()>, u32)>) -> Result<()> {
+        match request {
+            Request::Shutdown { reply } => {
+                *shutdown = Some((reply, self.begin_shutdown()?));
+                Ok(())
+            }
+            request => self.handle_request(request),
         }
     }
 
@@ -266,6 +299,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Err(skiff_raft::Error::NotLeader { leader: None }) => {
                 responder.respond(self.transport.as_ref(), Err(Error::NoLeader));
             }
+            // Certainly not appended; the transfer ends within an election timeout.
+            Err(skiff_raft::Error::TransferInProgress { .. }) => {
+                responder.respond(self.transport.as_ref(), Err(Error::LeadershipLost));
+            }
             Err(skiff_raft::Error::Storage(error)) => return Err(Error::Storage(error.to_string())),
             Err(error) => responder.respond(self.transport.as_ref(), Err(error.into())),
         }
@@ -289,12 +326,18 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             PeerMessage::Forward { request, body } => self.write(body, Responder::Remote { peer: from, request })?,
             PeerMessage::ForwardResult { request, result } => {
                 if let Some(reply) = self.forwarded.remove(&request) {
-                    let result = result.map_err(|message| match message.as_str() {
-                        RETRY_MARKER => Error::LeadershipLost,
-                        _ => Error::Remote { leader: from, message },
+                    let result = result.map_err(|error| match error {
+                        ForwardError::Retry => Error::LeadershipLost,
+                        ForwardError::OutcomeUnknown => Error::OutcomeUnknown,
+                        ForwardError::Refused(message) => Error::Remote { leader: from, message },
                     });
                     let _ = reply.send(result);
                 }
+            }
+            PeerMessage::SnapshotChunk { meta, .. }
+                if self.raft.leader() != Some(from) || meta.last_log_id.index == Index(0) =>
+            {
+                tracing::warn!(%from, snapshot = %meta.last_log_id, "dropping a snapshot chunk not from the current leader");
             }
             PeerMessage::SnapshotChunk { meta, offset, data, done } => {
                 let ack = self.incoming.chunk(self.raft.storage_mut(), meta, offset, data, done)?;
@@ -472,8 +515,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     fn fail_everything(&mut self, reason: &str) {
+        // Appended writes may still commit under the next leader: their outcome is unknown.
         for (_, (_, responder)) in std::mem::take(&mut self.writes) {
-            responder.respond(self.transport.as_ref(), Err(Error::Stopped(reason.to_string())));
+            responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }
         for (_, reply) in std::mem::take(&mut self.forwarded) {
             let _ = reply.send(Err(Error::Stopped(reason.to_string())));

@@ -48,9 +48,11 @@ impl Sender {
         envelope: Envelope,
         meta: SnapshotMeta,
     ) -> Result<Option<PeerMessage>, StorageError> {
-        if let Some(stream) = self.streams.get(&to)
-            && stream.meta == meta
-        {
+        // A stream under way goes on even if a newer snapshot was taken since: restarting
+        // from zero at every retry could keep a slow follower from ever catching up. (Its
+        // file stays readable through the open handle.) A follower that lost it fails the
+        // stream, and the next retry starts afresh.
+        if let Some(stream) = self.streams.get(&to) {
             return Ok(Some(stream.chunk_message()));
         }
         let Some((stored_meta, data)) = store.open_snapshot()? else { return Ok(None) };

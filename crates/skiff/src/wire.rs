@@ -12,12 +12,24 @@ pub enum PeerMessage {
     /// A follower forwards a client's request to the leader it knows.
     Forward { request: u64, body: ForwardedRequest },
     /// The leader's answer to a forwarded request.
-    ForwardResult { request: u64, result: Result<Bytes, String> },
+    ForwardResult { request: u64, result: Result<Bytes, ForwardError> },
     /// A piece of the leader's snapshot `meta`, starting at byte `offset` of its data. The
     /// last chunk has `done`; the follower then hands `InstallSnapshot` to its core.
     SnapshotChunk { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool },
     /// The follower received `snapshot_index`'s data up to `offset` (or failed, `ok = false`).
     SnapshotAck { snapshot_index: Index, offset: u64, ok: bool },
+}
+
+/// Why a forwarded request failed, so the follower can tell its caller whether a retry
+/// is safe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// Certainly not applied (no leader, leadership changed, a transfer in progress): retry.
+    Retry,
+    /// Appended but the outcome is unknown (the leader stopped or lost its log position).
+    OutcomeUnknown,
+    /// Refused, with the leader's message (invalid membership change, too much uncommitted).
+    Refused(String),
 }
 
 /// A request a follower forwards to the leader. (Reads need none: the core forwards
