@@ -57,6 +57,8 @@ enum Input<S: StateMachine> {
 
 pub(crate) struct Settings {
     pub tick: Duration,
+    /// How long a caller waits for a request; after that its bookkeeping is dropped.
+    pub request_timeout: Duration,
     pub snapshot_after_entries: u64,
 }
 
@@ -66,11 +68,12 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     settings: Settings,
     /// Writes this node proposed as leader, by index, with the term they were proposed in.
     writes: BTreeMap<Index, (Term, Responder)>,
-    /// Requests forwarded to the leader, by request id.
-    forwarded: BTreeMap<u64, oneshot::Sender<Result<Bytes>>>,
+    /// Requests forwarded to the leader, by request id (so in deadline order), with the
+    /// time after which nobody waits any more (an answer may have been lost).
+    forwarded: BTreeMap<u64, (Instant, oneshot::Sender<Result<Bytes>>)>,
     next_request: u64,
     /// Reads waiting for the core's read index.
-    reads_waiting_index: BTreeMap<ReadId, ReadQuery<S>>,
+    reads_waiting_index: BTreeMap<ReadId, (Instant, ReadQuery<S>)>,
     next_read: u64,
     /// Work for the apply thread, in order; and what it reports back.
     tasks: std::sync::mpsc::SyncSender<Task<S>>,
@@ -198,6 +201,23 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
     }
 
+    /// Forgets forwarded requests and reads whose caller gave up: their answer was lost.
+    fn sweep_expired(&mut self, now: Instant) {
+        let timeout = self.settings.request_timeout;
+        while let Some(entry) = self.forwarded.first_entry() {
+            if entry.get().0 > now {
+                break;
+            }
+            let _ = entry.remove().1.send(Err(Error::Timeout(timeout)));
+        }
+        while let Some(entry) = self.reads_waiting_index.first_entry() {
+            if entry.get().0 > now {
+                break;
+            }
+            (entry.remove().1)(Err(Error::Timeout(timeout)));
+        }
+    }
+
     /// Feeds the core every tick that is due by the wall clock.
     fn catch_up_ticks(
         &mut self,
@@ -205,6 +225,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         shutdown: &mut Option<(oneshot::Sender<()>, u32)>,
     ) -> Result<()> {
         let now = Instant::now();
+        self.sweep_expired(now);
         while *next_tick <= now {
             *next_tick += self.settings.tick;
             self.raft.tick()?;
@@ -259,7 +280,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let id = ReadId(self.next_read);
                 match self.raft.read_index(id) {
                     Ok(()) => {
-                        self.reads_waiting_index.insert(id, query);
+                        let deadline = Instant::now() + self.settings.request_timeout;
+                        self.reads_waiting_index.insert(id, (deadline, query));
                     }
                     Err(skiff_raft::Error::NotLeader { leader: None }) => query(Err(Error::NoLeader)),
                     Err(error) => query(Err(error.into())),
@@ -290,7 +312,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Err(skiff_raft::Error::NotLeader { leader: Some(leader) }) => match responder {
                 Responder::Local(reply) => {
                     self.next_request += 1;
-                    self.forwarded.insert(self.next_request, reply);
+                    let deadline = Instant::now() + self.settings.request_timeout;
+                    self.forwarded.insert(self.next_request, (deadline, reply));
                     let message = PeerMessage::Forward { request: self.next_request, body };
                     self.transport.send(leader, message);
                 }
@@ -325,7 +348,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
             PeerMessage::Forward { request, body } => self.write(body, Responder::Remote { peer: from, request })?,
             PeerMessage::ForwardResult { request, result } => {
-                if let Some(reply) = self.forwarded.remove(&request) {
+                if let Some((_, reply)) = self.forwarded.remove(&request) {
                     let result = result.map_err(|error| match error {
                         ForwardError::Retry => Error::LeadershipLost,
                         ForwardError::OutcomeUnknown => Error::OutcomeUnknown,
@@ -382,7 +405,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             self.hand_over(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
         }
         for read in std::mem::take(&mut ready.reads) {
-            match (self.reads_waiting_index.remove(&read.id), read.result) {
+            match (self.reads_waiting_index.remove(&read.id).map(|(_, query)| query), read.result) {
                 (Some(query), Ok(index)) => self.hand_over(Task::ReadAt { index, query }),
                 (Some(query), Err(_)) => query(Err(Error::LeadershipLost)),
                 (None, _) => {}
@@ -472,10 +495,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             self.outgoing.clear();
         }
         // Requests forwarded to the old leader may or may not have been applied.
-        for (_, reply) in std::mem::take(&mut self.forwarded) {
+        for (_, (_, reply)) in std::mem::take(&mut self.forwarded) {
             let _ = reply.send(Err(Error::OutcomeUnknown));
         }
-        for (_, query) in std::mem::take(&mut self.reads_waiting_index) {
+        for (_, (_, query)) in std::mem::take(&mut self.reads_waiting_index) {
             query(Err(Error::LeadershipLost));
         }
         self.leader.send_replace(info);
@@ -519,10 +542,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         for (_, (_, responder)) in std::mem::take(&mut self.writes) {
             responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }
-        for (_, reply) in std::mem::take(&mut self.forwarded) {
+        for (_, (_, reply)) in std::mem::take(&mut self.forwarded) {
             let _ = reply.send(Err(Error::Stopped(reason.to_string())));
         }
-        for (_, query) in std::mem::take(&mut self.reads_waiting_index) {
+        for (_, (_, query)) in std::mem::take(&mut self.reads_waiting_index) {
             query(Err(Error::Stopped(reason.to_string())));
         }
     }

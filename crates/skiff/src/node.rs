@@ -133,7 +133,11 @@ impl<S: StateMachine> Node<S> {
         let id = options.raft.id;
         let raft = Raft::new(options.raft.clone(), store)?;
         let (leader_sender, leader) = watch::channel(LeaderInfo::default());
-        let settings = Settings { tick: options.tick, snapshot_after_entries: options.snapshot_after_entries };
+        let settings = Settings {
+            tick: options.tick,
+            request_timeout: options.request_timeout,
+            snapshot_after_entries: options.snapshot_after_entries,
+        };
         let driver = Driver::new(raft, state_machine, transport, settings, leader_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
