@@ -1,4 +1,4 @@
-//! The cluster file (DESIGN.md §7): which nodes make up the cluster, where they listen, and
+//! The cluster file: which nodes make up the cluster, where they listen, and
 //! the Raft settings they share.
 //!
 //! One file describes the whole cluster and every node reads the same file; a node is
@@ -501,7 +501,7 @@ impl ClusterConfig {
         Duration::from_millis(self.raft.tick_ms)
     }
 
-    /// The demo cluster of DESIGN.md §7 that `skiff demo` runs: cluster `"demo"`, nodes
+    /// The demo cluster that `skiff demo` runs: cluster `"demo"`, nodes
     /// n1..n3 with raft on 127.0.0.1:7001-7003, http on 127.0.0.1:8001-8003 and redis on
     /// 127.0.0.1:6001-6003, default Raft settings.
     pub fn demo() -> ClusterConfig {

@@ -1,5 +1,5 @@
 //! The cluster file: parsing TOML and JSON, validation messages, and the helpers the
-//! runtime uses (DESIGN.md §7).
+//! runtime uses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use skiff::config::{ClusterConfig, ConfigError, ConfigProblem, NodeConfig, parse_node_id};
 use skiff::{Membership, NodeId};
 
-/// The example of DESIGN.md §7, completed with three nodes.
+/// The example cluster file of the README, completed with three nodes.
 const DESIGN_EXAMPLE: &str = r#"
 [cluster]
 name = "demo"                       # peers of another cluster are refused

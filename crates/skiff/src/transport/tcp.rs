@@ -1,4 +1,4 @@
-//! TCP transport: one persistent connection per pair of nodes (DESIGN.md §5).
+//! TCP transport: one persistent connection per pair of nodes.
 //!
 //! **Connections.** Of two nodes, the one with the lower id dials and the higher one
 //! accepts; both directions then share that connection. There is never a simultaneous
