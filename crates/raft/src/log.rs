@@ -195,6 +195,11 @@ impl<S: Storage> RaftLog<S> {
         (self.unstable_snapshot.clone(), self.unstable.clone())
     }
 
+    /// Whether anything waits to be persisted (without copying it, as `unstable` does).
+    pub fn has_unstable(&self) -> bool {
+        self.unstable_snapshot.is_some() || !self.unstable.is_empty()
+    }
+
     /// Committed entries not yet handed out for applying, within `max_bytes`.
     pub fn next_committed(&self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         self.entries(self.applied.next(), self.commit.next(), max_bytes)

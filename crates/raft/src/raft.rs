@@ -571,11 +571,9 @@ impl<S: Storage> Raft<S> {
     /// Whether `ready()` would hand out anything.
     pub fn has_ready(&self) -> bool {
         let shared = &self.shared;
-        let (snapshot, entries) = shared.log.unstable();
         let leader_pending = matches!(&self.role, Role::Leader(leader) if leader.has_pending_flush());
         leader_pending
-            || snapshot.is_some()
-            || !entries.is_empty()
+            || shared.log.has_unstable()
             || !shared.outbox.is_empty()
             || !shared.reads.is_empty()
             || shared.hard_state() != shared.persisted_hard_state
