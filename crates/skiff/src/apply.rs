@@ -3,6 +3,7 @@
 //! beside the driver, so a slow `apply` or a large snapshot never delays ticks, heartbeats
 //! or replication; the order of entries is the order the driver hands them over.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +48,7 @@ impl Responder {
 pub(crate) enum Task<S: StateMachine> {
     /// Apply these committed entries; each write waits under its index, with the term it
     /// was proposed in.
-    Apply { entries: Vec<Entry>, writes: Vec<(Index, Term, Responder)> },
+    Apply { entries: Vec<Entry>, writes: BTreeMap<Index, (Term, Responder)> },
     /// Replace the state by the snapshot of everything up to `index`.
     Restore { index: Index, data: Box<dyn Read + Send> },
     /// Run `query` once everything up to `index` is applied.
@@ -129,12 +130,12 @@ impl<S: StateMachine> Applier<S> {
                     let log_id = entry.log_id;
                     // The driver keeps at most one write per index.
                     let mut output = Some(self.apply(entry));
-                    while let Some((index, term, _)) = writes.peek() {
+                    while let Some((index, (term, _))) = writes.peek() {
                         if *index > log_id.index {
                             break;
                         }
                         let matches = (*index, *term) == (log_id.index, log_id.term);
-                        let (_, _, responder) = writes.next().expect("peeked");
+                        let (_, (_, responder)) = writes.next().expect("peeked");
                         // Another leader's entry took the index: ours was never committed.
                         let result = match output.take() {
                             Some(output) if matches => output,

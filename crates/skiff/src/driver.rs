@@ -393,15 +393,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
         // Step 3, handed to the apply thread in order, with the proposers to answer.
         if let Some(last) = ready.committed.last() {
-            let last = last.index();
-            let writes = self.writes.range(..=last).map(|(index, _)| *index).collect::<Vec<_>>();
-            let writes = writes
-                .into_iter()
-                .map(|index| {
-                    let (term, responder) = self.writes.remove(&index).expect("listed");
-                    (index, term, responder)
-                })
-                .collect();
+            let writes = self.take_writes_through(last.index());
             self.hand_over(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
         }
         for read in std::mem::take(&mut ready.reads) {
@@ -472,15 +464,19 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         Ok(())
     }
 
+    /// Removes and returns the writes waiting at `index` or below, in index order.
+    fn take_writes_through(&mut self, index: Index) -> BTreeMap<Index, (Term, Responder)> {
+        let later = self.writes.split_off(&index.next());
+        std::mem::replace(&mut self.writes, later)
+    }
+
     fn restore_snapshot(&mut self, index: Index) -> Result<()> {
         let snapshot = self.raft.storage().open_snapshot()?;
         let Some((_, data)) = snapshot else {
             return Err(Error::Storage(format!("snapshot {index} was installed but its data is missing")));
         };
         self.hand_over(Task::Restore { index, data });
-        let stale: Vec<Index> = self.writes.range(..=index).map(|(index, _)| *index).collect();
-        for stale_index in stale {
-            let (_, responder) = self.writes.remove(&stale_index).expect("listed");
+        for (_, (_, responder)) in self.take_writes_through(index) {
             responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }
         Ok(())
