@@ -45,18 +45,6 @@ pub struct Ready {
     pub reads: Vec<ReadState>,
 }
 
-impl Ready {
-    pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none()
-            && self.snapshot.is_none()
-            && self.entries.is_empty()
-            && self.leader_messages.is_empty()
-            && self.messages.is_empty()
-            && self.committed.is_empty()
-            && self.reads.is_empty()
-    }
-}
-
 /// The answer to a read request: the index the state machine must have applied before the
 /// read is served, or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]

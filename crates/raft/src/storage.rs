@@ -104,11 +104,6 @@ impl MemStorage {
         self.durable.entries.last().map_or(snapshot, |entry| entry.log_id)
     }
 
-    /// Whether everything written is durable.
-    pub fn is_synced(&self) -> bool {
-        self.written == self.durable
-    }
-
     fn offset(&self) -> u64 {
         self.written.snapshot.last_log_id.index.0 + 1
     }
