@@ -433,12 +433,19 @@ impl Leader {
     /// now, and ask the most up-to-date voter to campaign at once (thesis §3.10).
     pub fn hand_over<S: Storage>(&mut self, shared: &mut Shared<S>) -> Result<(), Error> {
         self.flush(shared)?;
-        let last_index = shared.log.last_index();
-        let successor = shared.other_voters().into_iter().find(|id| self.progress[id].match_index == last_index);
-        if let Some(successor) = successor {
+        if let Some(successor) = self.successor(shared)
+            && self.progress[&successor].match_index == shared.log.last_index()
+        {
             shared.send(successor, Message::TimeoutNow);
         }
         Ok(())
+    }
+
+    /// The voter best placed to take over: the one holding the most of our log (the
+    /// lowest id among equals).
+    pub fn successor<S: Storage>(&self, shared: &Shared<S>) -> Option<NodeId> {
+        let matched = |id: &NodeId| self.progress.get(id).map_or(Index(0), |p| p.match_index);
+        shared.other_voters().into_iter().max_by(|a, b| matched(a).cmp(&matched(b)).then(b.cmp(a)))
     }
 
     pub fn transfer_leader<S: Storage>(&mut self, shared: &mut Shared<S>, target: NodeId) -> Result<(), Error> {

@@ -320,6 +320,15 @@ impl<S: Storage> Raft<S> {
         leader.transfer_leader(shared, target)
     }
 
+    /// On a leader, the voter best placed to take over (for a graceful shutdown:
+    /// `transfer_leader(successor)`); `None` elsewhere or without other voters.
+    pub fn successor(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(leader) => leader.successor(&self.shared),
+            _ => None,
+        }
+    }
+
     /// The state machine holds a snapshot of everything up to `index` (at most the applied
     /// index). Returns the metadata to store with it; the driver then compacts the log with
     /// [`Storage::compact`].

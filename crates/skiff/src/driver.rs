@@ -249,17 +249,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     /// A leader that shuts down first hands leadership to its most up-to-date voter
     /// (thesis §3.10), and waits up to an election timeout for it to take over.
     fn begin_shutdown(&mut self) -> Result<u32> {
-        let status = self.raft.status();
-        if status.role != RoleName::Leader {
-            return Ok(0);
-        }
-        let successor = status
-            .progress
-            .iter()
-            .filter(|peer| status.membership.is_voter(peer.id))
-            .max_by_key(|peer| peer.match_index)
-            .map(|peer| peer.id);
-        match successor {
+        match self.raft.successor() {
             Some(target) => {
                 self.raft.transfer_leader(target)?;
                 Ok(60)
