@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{Applier, Event, ReadQuery, Responder, Task};
 use crate::error::{Error, Result};
-use crate::node::{LeaderInfo, NodeStatus, PeerView};
+use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
 use crate::snapshot_stream::{self, Ack};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
@@ -38,6 +38,11 @@ pub(crate) enum Request<S: StateMachine> {
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
+    },
+    Log {
+        from: Option<Index>,
+        limit: usize,
+        reply: oneshot::Sender<Result<LogPage>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -282,6 +287,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let _ = reply.send(self.status());
                 Ok(())
             }
+            Request::Log { from, limit, reply } => {
+                let _ = reply.send(self.log_page(from, limit));
+                Ok(())
+            }
             Request::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -521,6 +530,24 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             membership: status.membership,
             peers,
         }
+    }
+
+    /// Up to `limit` entries of the durable log from `from` (default: the last `limit`).
+    /// Called between `Ready`s, so the store holds the whole log.
+    fn log_page(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
+        let store = self.raft.storage();
+        let (first_index, last_index) = (store.first_index(), store.last_index());
+        let limit = limit.max(1) as u64;
+        let low = from.unwrap_or(Index(last_index.0.saturating_sub(limit - 1))).max(first_index);
+        let high = Index(low.0.saturating_add(limit)).min(last_index.next());
+        let entries = store.entries(low, high, u64::MAX)?;
+        Ok(LogPage {
+            first_index,
+            last_index,
+            commit: self.raft.commit_index(),
+            applied: Index(self.applied.load(Ordering::Acquire)),
+            entries,
+        })
     }
 
     fn fail_everything(&mut self, reason: &str) {

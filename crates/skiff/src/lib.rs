@@ -116,7 +116,8 @@ pub mod transport;
 pub mod wire;
 
 pub use error::{Error, Result};
-pub use node::{LeaderInfo, Node, NodeOptions, NodeStatus, PeerView};
-pub use skiff_raft::{Index, Membership, MembershipChange, NodeId};
+pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
+pub use skiff_raft::Error as RaftError;
+pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
 pub use state_machine::StateMachine;
 pub use store::{LogStore, MemStore};

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use skiff_raft::{Config, Index, LogId, Membership, MembershipChange, NodeId, Raft, RoleName, Term};
+use skiff_raft::{Config, Entry, Index, LogId, Membership, MembershipChange, NodeId, Raft, RoleName, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use skiff_storage::{DiskOptions, DiskStorage};
@@ -67,6 +67,17 @@ pub struct NodeStatus {
     pub membership: Membership,
     /// The other members: replication progress (on the leader) and transport health.
     pub peers: Vec<PeerView>,
+}
+
+/// A page of a node's log, as [`Node::log`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPage {
+    /// The first index still in the log (earlier ones are in the snapshot).
+    pub first_index: Index,
+    pub last_index: Index,
+    pub commit: Index,
+    pub applied: Index,
+    pub entries: Vec<Entry>,
 }
 
 /// One peer as a node sees it: the failure-detector view.
@@ -195,6 +206,14 @@ impl<S: StateMachine> Node<S> {
         let (reply, status) = oneshot::channel();
         self.send(Request::Status { reply }).await?;
         status.await.map_err(|_| self.stopped())
+    }
+
+    /// Up to `limit` entries of this node's log, from `from` (default: the last `limit`),
+    /// with the commit and applied indexes.
+    pub async fn log(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
+        let (reply, page) = oneshot::channel();
+        self.send(Request::Log { from, limit, reply }).await?;
+        page.await.map_err(|_| self.stopped())?
     }
 
     /// The term and leader this node knows of now.

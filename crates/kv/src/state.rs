@@ -1,0 +1,481 @@
+//! The key-value state machine: an ordered map from keys to values with their revisions,
+//! and the table of remembered request results that makes retried writes exactly-once.
+//!
+//! Everything here is deterministic (thesis §6.3 and the `StateMachine` contract): the only
+//! inputs are the commands and their log indexes. Remembered results and deletion marks
+//! expire by log index and by count, never by a clock, so every replica forgets the same
+//! things at the same index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use skiff::{Index, StateMachine};
+use tokio::sync::watch;
+
+/// One stored value and its revisions (the Raft log indexes of the writes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    pub value: Bytes,
+    /// The index of the write that created the key.
+    pub create_index: u64,
+    /// The index of the last write to the key.
+    pub modify_index: u64,
+    /// An opaque number stored with the value (Consul's `flags`).
+    pub flags: u64,
+}
+
+/// A write, as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Set when the client asked for exactly-once: a retry with the same id returns the
+    /// first result without applying again.
+    pub request: Option<RequestId>,
+    pub op: Op,
+}
+
+/// A client's name for one write, for exactly-once retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client's key (an HTTP `Idempotency-Key`).
+    pub key: String,
+    /// A digest of the operation, computed by the proposer: the same key with another
+    /// operation is refused rather than answered with an unrelated result.
+    pub fingerprint: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Write `value`; with `cas`, only if the key's modify index is `cas` (0: only if absent).
+    Put { key: Bytes, value: Bytes, flags: u64, cas: Option<u64> },
+    /// Delete `key`; with `cas`, only if its modify index is `cas`.
+    Delete { key: Bytes, cas: Option<u64> },
+    /// Delete every key that starts with `prefix`.
+    DeletePrefix { prefix: Bytes },
+}
+
+impl Op {
+    /// A short human description, for the log view.
+    pub fn describe(&self) -> String {
+        let cas = |cas: &Option<u64>| cas.map(|index| format!(" if modify index = {index}")).unwrap_or_default();
+        match self {
+            Op::Put { key, value, cas: check, .. } => {
+                format!("put {} ({} bytes){}", show(key), value.len(), cas(check))
+            }
+            Op::Delete { key, cas: check } => format!("delete {}{}", show(key), cas(check)),
+            Op::DeletePrefix { prefix } => format!("delete prefix {}", show(prefix)),
+        }
+    }
+}
+
+/// A key for people to read: its text if it is UTF-8, else its bytes escaped.
+pub fn show(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("b\"{}\"", key.escape_ascii()),
+    }
+}
+
+/// What applying a [`Command`] returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// A put or delete: `ok` is false when its `cas` check failed; `deleted` counts the keys
+    /// a delete removed.
+    Done { ok: bool, deleted: u64 },
+    /// The request id was already used for another operation; nothing was applied.
+    RequestIdReused,
+}
+
+/// How much the state machine remembers for exactly-once retries and blocking queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Remembered request results, at most.
+    pub max_requests: usize,
+    /// A remembered result is forgotten once the log is this many entries past it.
+    pub max_request_age: u64,
+    /// Deletion marks (for blocking queries that wait on a deleted key), at most.
+    pub max_tombstones: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { max_requests: 100_000, max_request_age: 1_000_000, max_tombstones: 10_000 }
+    }
+}
+
+/// The replicated state. Feed it through [`skiff::Node`]; read it with [`skiff::Node::read`].
+#[derive(Debug, Default)]
+pub struct KvStore {
+    data: Data,
+    retention: Retention,
+    /// Told the last applied index after every command and restore, so blocking queries wake.
+    applied: Option<watch::Sender<u64>>,
+}
+
+/// The part of the state that snapshots carry.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Data {
+    map: BTreeMap<Bytes, Value>,
+    /// The index of the last applied command.
+    index: u64,
+    /// Deleted keys and the index of their deletion, so a blocking query on a key or prefix
+    /// sees the deletion as a change. Bounded: the oldest marks are folded into `floor`.
+    tombstones: BTreeMap<Bytes, u64>,
+    /// The same marks, oldest first.
+    tombstone_order: BTreeSet<(u64, Bytes)>,
+    /// Every deletion not in `tombstones` happened at or before this index.
+    tombstone_floor: u64,
+    /// Results of writes that carried a request id, by id; and the ids by index, oldest
+    /// first, for expiry.
+    requests: BTreeMap<String, Remembered>,
+    requests_by_index: BTreeMap<u64, String>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    fingerprint: u64,
+    index: u64,
+    output: Output,
+}
+
+/// Bumped when the snapshot layout changes; `restore` refuses other versions.
+const SNAPSHOT_VERSION: u8 = 1;
+
+impl KvStore {
+    pub fn new(retention: Retention) -> KvStore {
+        KvStore { data: Data::default(), retention, applied: None }
+    }
+
+    /// A receiver told the last applied index after every change.
+    pub fn subscribe(&mut self) -> watch::Receiver<u64> {
+        match &self.applied {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = watch::channel(self.data.index);
+                self.applied = Some(sender);
+                receiver
+            }
+        }
+    }
+
+    /// The index of the last applied command.
+    pub fn index(&self) -> u64 {
+        self.data.index
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.data.map.get(key)
+    }
+
+    /// The keys that start with `prefix`, in order.
+    pub fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Bytes, &'a Value)> + 'a {
+        self.data
+            .map
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.map.is_empty()
+    }
+
+    /// The index a blocking query on `key` (or on the prefix, with `prefix`) compares with:
+    /// the highest modify index among the matching keys, or of a matching deletion. At least 1.
+    pub fn watch_index(&self, key: &[u8], prefix: bool) -> u64 {
+        let data = &self.data;
+        let (live, deleted) = if prefix {
+            let live = self.range(key).map(|(_, value)| value.modify_index).max();
+            let deleted = data
+                .tombstones
+                .range::<[u8], _>((std::ops::Bound::Included(key), std::ops::Bound::Unbounded))
+                .take_while(|(name, _)| name.starts_with(key))
+                .map(|(_, &index)| index)
+                .max();
+            (live, deleted)
+        } else {
+            (data.map.get(key).map(|value| value.modify_index), data.tombstones.get(key).copied())
+        };
+        live.unwrap_or(0).max(deleted.unwrap_or(0)).max(data.tombstone_floor).max(1)
+    }
+
+    fn apply_op(&mut self, index: u64, op: Op) -> Output {
+        let data = &mut self.data;
+        match op {
+            Op::Put { key, value, flags, cas } => {
+                let current = data.map.get(&key);
+                if let Some(expected) = cas
+                    && current.map_or(0, |value| value.modify_index) != expected
+                {
+                    return Output::Done { ok: false, deleted: 0 };
+                }
+                let create_index = current.map_or(index, |value| value.create_index);
+                if let Some(deleted) = data.tombstones.remove(&key) {
+                    data.tombstone_order.remove(&(deleted, key.clone()));
+                }
+                data.map.insert(key, Value { value, create_index, modify_index: index, flags });
+                Output::Done { ok: true, deleted: 0 }
+            }
+            Op::Delete { key, cas } => {
+                let current = data.map.get(&key).map(|value| value.modify_index);
+                if let Some(expected) = cas
+                    && current != Some(expected)
+                {
+                    return Output::Done { ok: false, deleted: 0 };
+                }
+                let deleted = match current {
+                    Some(_) => {
+                        data.map.remove(&key);
+                        self.mark_deleted(key, index);
+                        1
+                    }
+                    None => 0,
+                };
+                Output::Done { ok: true, deleted }
+            }
+            Op::DeletePrefix { prefix } => {
+                let keys: Vec<Bytes> = self.range(&prefix).map(|(key, _)| key.clone()).collect();
+                for key in &keys {
+                    self.data.map.remove(key);
+                    self.mark_deleted(key.clone(), index);
+                }
+                Output::Done { ok: true, deleted: keys.len() as u64 }
+            }
+        }
+    }
+
+    fn mark_deleted(&mut self, key: Bytes, index: u64) {
+        let data = &mut self.data;
+        if let Some(earlier) = data.tombstones.insert(key.clone(), index) {
+            data.tombstone_order.remove(&(earlier, key.clone()));
+        }
+        data.tombstone_order.insert((index, key));
+        while data.tombstones.len() > self.retention.max_tombstones {
+            // Fold the oldest mark into the floor: blocking queries may wake spuriously for
+            // it, never miss it.
+            let Some((index, key)) = data.tombstone_order.pop_first() else { break };
+            data.tombstones.remove(&key);
+            data.tombstone_floor = data.tombstone_floor.max(index);
+        }
+    }
+
+    /// Forgets remembered results that are too old or too many (by log index only).
+    fn expire_requests(&mut self, now: u64) {
+        let data = &mut self.data;
+        while let Some(entry) = data.requests_by_index.first_entry() {
+            let too_old = now.saturating_sub(*entry.key()) > self.retention.max_request_age;
+            if !too_old && data.requests.len() <= self.retention.max_requests {
+                break;
+            }
+            let key = entry.remove();
+            data.requests.remove(&key);
+        }
+    }
+}
+
+impl StateMachine for KvStore {
+    type Command = Command;
+    type Output = Output;
+
+    fn apply(&mut self, index: Index, command: Command) -> Output {
+        let index = index.0;
+        assert!(index > self.data.index, "applied index {index} after {}", self.data.index);
+        self.data.index = index;
+        let output = match command.request {
+            Some(request) => match self.data.requests.get(&request.key) {
+                Some(seen) if seen.fingerprint == request.fingerprint => seen.output.clone(),
+                Some(_) => Output::RequestIdReused,
+                None => {
+                    let output = self.apply_op(index, command.op);
+                    let remembered = Remembered { fingerprint: request.fingerprint, index, output: output.clone() };
+                    self.data.requests_by_index.insert(index, request.key.clone());
+                    self.data.requests.insert(request.key, remembered);
+                    output
+                }
+            },
+            None => self.apply_op(index, command.op),
+        };
+        self.expire_requests(index);
+        if let Some(applied) = &self.applied {
+            applied.send_replace(index);
+        }
+        output
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_VERSION])?;
+        let bytes = postcard::to_stdvec(&self.data).map_err(std::io::Error::other)?;
+        out.write_all(&bytes)
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        snapshot.read_to_end(&mut bytes)?;
+        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+        match bytes.split_first() {
+            Some((&SNAPSHOT_VERSION, rest)) => {
+                self.data = postcard::from_bytes(rest)
+                    .map_err(|error| invalid(format!("the key-value snapshot does not decode: {error}")))?;
+            }
+            Some((version, _)) => return Err(invalid(format!("unknown key-value snapshot version {version}"))),
+            None => return Err(invalid("the key-value snapshot is empty".into())),
+        }
+        if let Some(applied) = &self.applied {
+            applied.send_replace(self.data.index);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            flags: 0,
+            cas: None,
+        }
+    }
+
+    fn run(store: &mut KvStore, index: u64, op: Op) -> Output {
+        store.apply(Index(index), Command { request: None, op })
+    }
+
+    const DONE: Output = Output::Done { ok: true, deleted: 0 };
+    const FAILED: Output = Output::Done { ok: false, deleted: 0 };
+
+    #[test]
+    fn revisions_are_log_indexes() {
+        let mut store = KvStore::default();
+        assert_eq!(run(&mut store, 3, put("a", "1")), DONE);
+        assert_eq!(run(&mut store, 5, put("a", "2")), DONE);
+        let value = store.get(b"a").expect("a was written");
+        assert_eq!((value.create_index, value.modify_index, &value.value[..]), (3, 5, &b"2"[..]));
+    }
+
+    #[test]
+    fn cas_compares_the_modify_index_and_zero_means_absent() {
+        let mut store = KvStore::default();
+        let cas = |value: &str, cas| Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            flags: 7,
+            cas: Some(cas),
+        };
+        assert_eq!(run(&mut store, 1, cas("first", 0)), DONE);
+        assert_eq!(run(&mut store, 2, cas("again", 0)), FAILED);
+        assert_eq!(run(&mut store, 3, cas("stale", 2)), FAILED);
+        assert_eq!(run(&mut store, 4, cas("second", 1)), DONE);
+        let value = store.get(b"k").expect("written");
+        assert_eq!((&value.value[..], value.flags, value.modify_index), (&b"second"[..], 7, 4));
+        let delete = |cas| Op::Delete { key: Bytes::from_static(b"k"), cas: Some(cas) };
+        assert_eq!(run(&mut store, 5, delete(1)), FAILED);
+        assert_eq!(run(&mut store, 6, delete(4)), Output::Done { ok: true, deleted: 1 });
+        assert!(store.get(b"k").is_none());
+    }
+
+    #[test]
+    fn prefix_delete_removes_only_the_prefix() {
+        let mut store = KvStore::default();
+        for (index, key) in ["a/1", "a/2", "ab", "b"].into_iter().enumerate() {
+            run(&mut store, index as u64 + 1, put(key, "x"));
+        }
+        assert_eq!(
+            run(&mut store, 9, Op::DeletePrefix { prefix: Bytes::from_static(b"a/") }),
+            Output::Done { ok: true, deleted: 2 }
+        );
+        let keys: Vec<&[u8]> = store.range(b"").map(|(key, _)| &key[..]).collect();
+        assert_eq!(keys, [&b"ab"[..], b"b"]);
+        assert_eq!(store.watch_index(b"a/", true), 9, "the deletion is a change to the prefix");
+        assert_eq!(store.watch_index(b"b", false), 4);
+    }
+
+    #[test]
+    fn a_retried_request_returns_the_first_result_without_applying_again() {
+        let mut store = KvStore::default();
+        let request = |fingerprint| Some(RequestId { key: "r1".into(), fingerprint });
+        let first = Command {
+            request: request(11),
+            op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v"), flags: 0, cas: Some(0) },
+        };
+        assert_eq!(store.apply(Index(1), first.clone()), DONE);
+        run(&mut store, 2, put("k", "other"));
+        // Applied again, cas=0 would now fail; the retry must answer the first result.
+        assert_eq!(store.apply(Index(3), first), DONE);
+        assert_eq!(&store.get(b"k").expect("k").value[..], b"other");
+        let reused = Command { request: request(12), op: put("k", "third") };
+        assert_eq!(store.apply(Index(4), reused), Output::RequestIdReused);
+        assert_eq!(&store.get(b"k").expect("k").value[..], b"other");
+    }
+
+    #[test]
+    fn remembered_results_expire_by_count_and_by_age() {
+        let retention = Retention { max_requests: 2, max_request_age: 10, max_tombstones: 2 };
+        let mut store = KvStore::new(retention);
+        let with_id =
+            |id: &str| Command { request: Some(RequestId { key: id.into(), fingerprint: 1 }), op: put("k", id) };
+        for (index, id) in ["a", "b", "c"].into_iter().enumerate() {
+            store.apply(Index(index as u64 + 1), with_id(id));
+        }
+        assert!(!store.data.requests.contains_key("a"), "the oldest of three is forgotten");
+        assert!(store.data.requests.contains_key("b") && store.data.requests.contains_key("c"));
+        run(&mut store, 13, put("x", "y"));
+        assert!(!store.data.requests.contains_key("b"), "b (index 2) is 11 entries old");
+        assert!(store.data.requests.contains_key("c"));
+        assert_eq!(store.data.requests_by_index.len(), store.data.requests.len());
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_fold_into_the_floor() {
+        let retention = Retention { max_tombstones: 2, ..Retention::default() };
+        let mut store = KvStore::new(retention);
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            run(&mut store, 2 * i as u64 + 1, put(key, "x"));
+            run(&mut store, 2 * i as u64 + 2, Op::Delete { key: Bytes::copy_from_slice(key.as_bytes()), cas: None });
+        }
+        assert_eq!(store.data.tombstones.len(), 2);
+        assert_eq!(store.data.tombstone_floor, 2, "a's deletion at 2 folded into the floor");
+        assert_eq!(store.watch_index(b"a", false), 2);
+        assert_eq!(store.watch_index(b"c", false), 6);
+        assert_eq!(store.watch_index(b"never", false), 2);
+    }
+
+    #[test]
+    fn snapshot_and_restore_round_trip_everything() {
+        let mut store = KvStore::default();
+        store.apply(
+            Index(1),
+            Command { request: Some(RequestId { key: "id".into(), fingerprint: 5 }), op: put("a", "1") },
+        );
+        run(&mut store, 2, put("b", "2"));
+        run(&mut store, 3, Op::Delete { key: Bytes::from_static(b"b"), cas: None });
+        let mut bytes = Vec::new();
+        store.snapshot(&mut bytes).expect("snapshot to memory");
+        let mut copy = KvStore::default();
+        let mut applied = copy.subscribe();
+        copy.restore(&mut &bytes[..]).expect("restore");
+        assert_eq!(copy.data, store.data);
+        assert_eq!(*applied.borrow_and_update(), 3);
+        // The remembered result survives the snapshot.
+        let retry = Command { request: Some(RequestId { key: "id".into(), fingerprint: 5 }), op: put("a", "1") };
+        assert_eq!(copy.apply(Index(4), retry), DONE);
+        assert_eq!(copy.get(b"a").expect("a").modify_index, 1);
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_refused_with_a_reason() {
+        let mut store = KvStore::default();
+        let error = store.restore(&mut &[9u8, 1, 2][..]).expect_err("version 9 is unknown");
+        assert!(error.to_string().contains("version 9"), "{error}");
+        let error = store.restore(&mut &[SNAPSHOT_VERSION, 0xff, 0xff][..]).expect_err("garbage");
+        assert!(error.to_string().contains("does not decode"), "{error}");
+        assert!(store.restore(&mut &[][..]).is_err());
+    }
+}
