@@ -97,7 +97,7 @@ async fn record(State(api): Shared, request: Request, next: Next) -> Response {
 
 /// A JSON error: `{"error": "...", "leader": "n2"}`.
 #[derive(Debug)]
-pub struct ApiError {
+struct ApiError {
     status: StatusCode,
     message: String,
     leader: Option<NodeId>,
@@ -227,6 +227,8 @@ fn parse_id(text: &str) -> ApiResult<NodeId> {
 /// The longest `wait` of a blocking query, and the default.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// A request body must arrive within this time.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest `Idempotency-Key`.
 const MAX_REQUEST_ID_BYTES: usize = 256;
 
@@ -422,16 +424,21 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<B
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let mut stream = body.into_data_stream();
-    let mut value = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| ApiError::bad_request(format!("reading the body: {error}")))?;
-        if value.len() + chunk.len() > limit {
-            return Err(too_large());
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut value = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| ApiError::bad_request(format!("reading the body: {error}")))?;
+            if value.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            value.extend_from_slice(&chunk);
         }
-        value.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(value))
+        Ok(Bytes::from(value))
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {BODY_TIMEOUT:?}")))
+    })
 }
 
 /// The `Idempotency-Key` header as a request id, with a digest of the operation.

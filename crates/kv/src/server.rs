@@ -5,9 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
 use skiff::{Node, NodeId};
-use tokio::sync::oneshot;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::http::Api;
@@ -72,7 +79,7 @@ impl Server {
             .clone()
             .ok_or_else(|| Error::Config(format!("{id} has no http address in the cluster file")))?;
         // Bind first: a port in use is reported before the node joins the cluster.
-        let listener = tokio::net::TcpListener::bind(&address).await.map_err(|source| Error::Listen {
+        let listener = TcpListener::bind(&address).await.map_err(|source| Error::Listen {
             id,
             address: address.clone(),
             source,
@@ -83,15 +90,7 @@ impl Server {
         let node = Arc::new(Node::start(&cluster, id, store, &data_dir).await?);
         let api = Api::new(Arc::clone(&node), applied, cluster, limits);
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let router = crate::http::router(api);
-        let http = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(error) = serve.await {
-                tracing::error!(node = %id, %error, "the HTTP server failed");
-            }
-        });
+        let http = tokio::spawn(serve_http(listener, crate::http::router(api), stopped));
         tracing::info!(node = %id, http = %http_address, "serving");
         Ok(Server { id, node, http_address, stop_http, http })
     }
@@ -115,11 +114,51 @@ impl Server {
         let result = self.node.shutdown().await;
         let _ = self.stop_http.send(());
         // Blocking queries may hold connections open; don't wait for them for long.
-        let http = self.http;
-        let abort = http.abort_handle();
-        if tokio::time::timeout(std::time::Duration::from_secs(2), http).await.is_err() {
-            abort.abort();
-        }
+        let _ = self.http.await;
         Ok(result?)
     }
+}
+
+/// At most this many client connections at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 10_000;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests under way when the server stops get this long to finish (blocking queries may
+/// hold a connection for minutes: they are cut).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves HTTP/1.1 until `stop`. Our own accept loop rather than `axum::serve`, for the
+/// header timeout (a client that trickles its headers is dropped) and a connection limit.
+async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, most likely: back off rather than spin.
+                tracing::warn!(%error, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue; // over the limit: the connection is dropped
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }

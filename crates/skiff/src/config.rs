@@ -115,6 +115,11 @@ pub struct NodeConfig {
     /// The Redis-protocol API address, if this node serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
+    /// `true` for a node that joins a running cluster: it is not in the initial membership,
+    /// and becomes a member when an operator adds it (`skiff members add`). Every node
+    /// still needs its entry to reach it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 /// `[raft]`: the consensus settings. Every field is optional in the file. Durations are
@@ -220,6 +225,9 @@ pub enum ConfigProblem {
     /// There is no `[[node]]` table.
     #[error("no nodes are listed; add a [[node]] table with id and raft for each node")]
     NoNodes,
+    /// Every node has `join = true`: there is no initial member.
+    #[error("every node has join = true; the nodes that start the cluster must not")]
+    OnlyJoiners,
     /// Entry `entry` has an id that is not `n<number>` or `<number>`.
     #[error("node entry {entry}: id {id:?} is not a node id; write n<number> or <number> (up to 2^64-1), like \"n1\"")]
     BadNodeId { entry: usize, id: String },
@@ -382,6 +390,8 @@ impl ClusterConfig {
         }
         if self.node.is_empty() {
             problems.push(ConfigProblem::NoNodes);
+        } else if self.node.iter().all(|node| node.join) {
+            problems.push(ConfigProblem::OnlyJoiners);
         }
         self.check_ids(&mut problems);
         self.check_addresses(&mut problems);
@@ -475,9 +485,9 @@ impl ClusterConfig {
         self.node.iter().filter_map(|node| node.node_id().ok())
     }
 
-    /// The initial membership: every listed node is a voter.
+    /// The initial membership: every listed node that does not `join` later is a voter.
     pub fn voters(&self) -> Membership {
-        Membership::with_voters(self.node_ids())
+        Membership::with_voters(self.node.iter().filter(|node| !node.join).filter_map(|node| node.node_id().ok()))
     }
 
     /// The advertised raft addresses of every node other than `id`, by id.
@@ -512,6 +522,7 @@ impl ClusterConfig {
                 raft_listen: None,
                 http: Some(format!("127.0.0.1:800{i}")),
                 redis: Some(format!("127.0.0.1:600{i}")),
+                join: false,
             })
             .collect();
         ClusterConfig { cluster: ClusterSection { name: "demo".to_string() }, node, raft: RaftSection::default() }

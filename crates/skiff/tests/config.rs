@@ -345,9 +345,30 @@ fn toml_round_trip() {
         raft_listen: Some("0.0.0.0:7004".to_string()),
         http: None,
         redis: None,
+        join: true,
     });
     config.raft.lease_reads = true;
     let text = config.to_toml_string().unwrap();
     assert_eq!(ClusterConfig::from_toml_str(&text).unwrap(), config, "{text}");
     assert!(!text.contains("redis = \"\""), "None fields are left out:\n{text}");
+}
+
+#[test]
+fn nodes_that_join_later_are_not_initial_voters() {
+    let text = r#"
+        [cluster]
+        name = "grow"
+        [[node]]
+        id = "n1"
+        raft = "127.0.0.1:7001"
+        [[node]]
+        id = "n2"
+        raft = "127.0.0.1:7002"
+        join = true
+    "#;
+    let config = ClusterConfig::from_toml_str(text).unwrap();
+    assert_eq!(config.voters(), Membership::with_voters([NodeId(1)]));
+    assert_eq!(config.peers_of(NodeId(1)).len(), 1, "a joiner's address is known from the start");
+    let error = ClusterConfig::from_toml_str(&text.replace("id = \"n1\"", "id = \"n1\"\njoin = true")).unwrap_err();
+    assert!(error.to_string().contains("every node has join = true"), "{error}");
 }
