@@ -227,6 +227,9 @@ fn parse_id(text: &str) -> ApiResult<NodeId> {
 /// The longest `wait` of a blocking query, and the default.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Of an oversized body, at most this much is read (and dropped) before answering 413;
+/// beyond it the connection is closed.
+const DISCARD_LIMIT: usize = 64 << 20;
 /// A request body must arrive within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest `Idempotency-Key`.
@@ -239,7 +242,7 @@ async fn kv(State(api): Shared, method: Method, uri: Uri, headers: HeaderMap, bo
             let query = Query::parse(&uri);
             match method {
                 Method::GET | Method::HEAD => kv_get(&api, key, &query).await,
-                Method::PUT | Method::POST => kv_put(&api, key, &query, &headers, body).await,
+                Method::PUT => kv_put(&api, key, &query, &headers, body).await,
                 Method::DELETE => kv_delete(&api, key, &query, &headers).await,
                 method => {
                     Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on /v1/kv")))
@@ -414,25 +417,38 @@ async fn kv_delete(api: &Api, key: String, query: &Query, headers: &HeaderMap) -
     api.write(op, headers).await
 }
 
-/// Reads a request body of at most `limit` bytes; a larger one is refused with 413 before
-/// more of it is read.
+/// Reads a request body of at most `limit` bytes. A larger one is refused with 413, after
+/// reading and discarding up to [`DISCARD_LIMIT`] of it: a client that does not wait for
+/// `100 Continue` is still sending, and would see a reset instead of the answer.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> ApiResult<Bytes> {
-    let too_large =
-        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the value is larger than the limit of {limit} bytes"));
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+    let too_large = || {
+        let message = format!("the value is larger than the limit of {limit} bytes");
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let waits_for_continue =
+        headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_for_continue && declared.is_some_and(|length: u64| length > limit as u64) {
+        return Err(too_large()); // refused before the client sends the body
     }
     let read = async {
         let mut stream = body.into_data_stream();
         let mut value = Vec::new();
+        let mut seen = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|error| ApiError::bad_request(format!("reading the body: {error}")))?;
-            if value.len() + chunk.len() > limit {
-                return Err(too_large());
+            seen = seen.saturating_add(chunk.len());
+            if seen > DISCARD_LIMIT {
+                break;
             }
-            value.extend_from_slice(&chunk);
+            if seen <= limit {
+                value.extend_from_slice(&chunk);
+            } else {
+                value = Vec::new();
+            }
+        }
+        if seen > limit {
+            return Err(too_large());
         }
         Ok(Bytes::from(value))
     };

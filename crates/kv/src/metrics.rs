@@ -30,3 +30,16 @@ pub fn record_request(node: &str, route: &'static str, status: u16, elapsed: Dur
     .increment(1);
     metrics::histogram!("skiff_http_request_seconds", &labels).record(elapsed.as_secs_f64());
 }
+
+/// Counts the leaders this node sees come and go, until it stops.
+pub async fn count_leader_changes(id: skiff::NodeId, mut leader: tokio::sync::watch::Receiver<skiff::LeaderInfo>) {
+    let counter = metrics::counter!("skiff_raft_leader_changes_total", "node" => id.to_string());
+    let mut last = leader.borrow_and_update().leader;
+    while leader.changed().await.is_ok() {
+        let now = leader.borrow_and_update().leader;
+        if now.is_some() && now != last {
+            counter.increment(1);
+        }
+        last = now;
+    }
+}

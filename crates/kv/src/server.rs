@@ -88,6 +88,8 @@ impl Server {
         let mut store = KvStore::new(retention);
         let applied = store.subscribe();
         let node = Arc::new(Node::start(&cluster, id, store, &data_dir).await?);
+        crate::metrics::handle();
+        tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));
         let api = Api::new(Arc::clone(&node), applied, cluster, limits);
         let (stop_http, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(serve_http(listener, crate::http::router(api), stopped));

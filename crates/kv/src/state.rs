@@ -61,7 +61,13 @@ impl Op {
         let cas = |cas: &Option<u64>| cas.map(|index| format!(" if modify index = {index}")).unwrap_or_default();
         match self {
             Op::Put { key, value, cas: check, .. } => {
-                format!("put {} ({} byte{}){}", show(key), value.len(), if value.len() == 1 { "" } else { "s" }, cas(check))
+                format!(
+                    "put {} ({} byte{}){}",
+                    show(key),
+                    value.len(),
+                    if value.len() == 1 { "" } else { "s" },
+                    cas(check)
+                )
             }
             Op::Delete { key, cas: check } => format!("delete {}{}", show(key), cas(check)),
             Op::DeletePrefix { prefix } => format!("delete prefix {}", show(prefix)),

@@ -221,6 +221,11 @@ impl<S: StateMachine> Node<S> {
         *self.leader.borrow()
     }
 
+    /// A receiver of every change of term or leader this node sees.
+    pub fn watch_leader(&self) -> watch::Receiver<LeaderInfo> {
+        self.leader.clone()
+    }
+
     /// Waits until this node knows a leader, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
         let mut leader = self.leader.clone();
