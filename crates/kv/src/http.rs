@@ -691,11 +691,13 @@ async fn members_add(State(api): Shared, headers: HeaderMap, body: Body) -> ApiR
     }
     if status.role != RoleName::Leader {
         // Only the leader can tell when the learner has caught up.
-        let leader = status.leader.and_then(|leader| api.http_address(leader));
+        let leader_http = status.leader.and_then(|leader| api.http_address(leader));
         let message = "membership changes are made through the leader; retry there";
-        let mut error = ApiError::new(StatusCode::TEMPORARY_REDIRECT, message).into_response();
+        let redirect =
+            ApiError { status: StatusCode::TEMPORARY_REDIRECT, message: message.into(), leader: status.leader };
+        let mut error = redirect.into_response();
         if let Some(location) =
-            leader.and_then(|address| HeaderValue::from_str(&format!("http://{address}/v1/skiff/members")).ok())
+            leader_http.and_then(|address| HeaderValue::from_str(&format!("http://{address}/v1/skiff/members")).ok())
         {
             error.headers_mut().insert(header::LOCATION, location);
         }

@@ -1,0 +1,162 @@
+//! `skiff demo`: a whole local cluster in one process, a banner that says how to use it,
+//! and a clean stop on Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use skiff::config::{ClusterConfig, NodeConfig};
+use skiff_kv::{Server, ServerOptions};
+
+use crate::client::{Client, normalize_endpoint};
+use crate::commands::Format;
+use crate::serve::wait_for_signal;
+use crate::status;
+
+/// How long the demo waits for the first leader before saying so.
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+pub struct DemoOptions {
+    pub nodes: usize,
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `ClusterConfig::demo()`'s pattern for `nodes` nodes: n<i> with raft on 127.0.0.1:700<i>,
+/// http on 800<i>, redis on 600<i>.
+pub fn demo_cluster(nodes: usize) -> ClusterConfig {
+    let mut cluster = ClusterConfig::demo();
+    let Some(template) = cluster.node.first().cloned() else { return cluster };
+    let port = |base: usize, i: usize| format!("127.0.0.1:{}", base + i);
+    cluster.node = (1..=nodes)
+        .map(|i| NodeConfig {
+            id: format!("n{i}"),
+            raft: port(7000, i),
+            http: Some(port(8000, i)),
+            redis: Some(port(6000, i)),
+            ..template.clone()
+        })
+        .collect();
+    cluster
+}
+
+pub fn run(options: DemoOptions) -> Result<()> {
+    let cluster = match &options.config {
+        Some(path) => ClusterConfig::load(path)?,
+        None => demo_cluster(options.nodes),
+    };
+    if let Some(node) = cluster.node.iter().find(|node| node.http.is_none()) {
+        bail!("node {} has no http address; the demo serves every node's API", node.id);
+    }
+    // The temporary directory is removed when `_temp` drops, after the servers stop.
+    let (data_dir, _temp) = match &options.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("skiff-demo-").tempdir().context("cannot create a temp dir")?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(demo(cluster, data_dir, options.data_dir.is_some()))?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool) -> Result<()> {
+    // All at once, so that no node waits long for peers that are not up yet.
+    let starts: Vec<_> = cluster
+        .node_ids()
+        .map(|id| {
+            let options = ServerOptions::new(cluster.clone(), id, data_dir.join(id.to_string()));
+            tokio::spawn(async move { (id, Server::start(options).await) })
+        })
+        .collect();
+    let mut servers = Vec::new();
+    let mut failure = None;
+    for start in starts {
+        match start.await {
+            Ok((_, Ok(server))) => servers.push(server),
+            Ok((id, Err(error))) => {
+                failure.get_or_insert(anyhow::Error::new(error).context(format!("cannot start node {id}")));
+            }
+            Err(error) => {
+                failure.get_or_insert(anyhow::Error::new(error).context("a node's start task failed"));
+            }
+        }
+    }
+    if let Some(error) = failure {
+        stop_all(servers).await;
+        return Err(error);
+    }
+    let endpoints: Vec<String> = cluster.node.iter().filter_map(|node| node.http.clone()).collect();
+    print_banner(&cluster, &data_dir, kept);
+    let started = Instant::now();
+    let leader = servers.first().map(|server| server.node().wait_for_leader(ELECTION_WAIT));
+    let stopped_early = tokio::select! {
+        elected = async { leader?.await.ok() } => {
+            match elected {
+                Some(leader) => println!("leader: {leader} (elected in {:.1}s)\n", started.elapsed().as_secs_f64()),
+                None => println!("no leader yet after {ELECTION_WAIT:?}; `skiff status` shows each node's view\n"),
+            }
+            false
+        }
+        signal = wait_for_signal() => { signal?; true }
+    };
+    if !stopped_early {
+        let table = tokio::task::spawn_blocking(move || print_status(&endpoints));
+        let _ = table.await;
+        println!("\nrunning; Ctrl-C stops the cluster");
+        wait_for_signal().await?;
+    }
+    println!("stopping...");
+    stop_all(servers).await;
+    Ok(())
+}
+
+/// Shuts every server down, together; a failure is logged, not fatal.
+async fn stop_all(servers: Vec<Server>) {
+    let mut tasks = Vec::new();
+    for server in servers {
+        let id = server.id();
+        tasks.push(tokio::spawn(async move { (id, server.shutdown().await) }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(error))) => tracing::warn!(node = %id, %error, "did not stop cleanly"),
+            Err(error) => tracing::warn!(%error, "a shutdown task failed"),
+        }
+    }
+}
+
+fn print_status(endpoints: &[String]) {
+    let endpoints: Vec<String> = endpoints.iter().filter_map(|endpoint| normalize_endpoint(endpoint).ok()).collect();
+    let client = Client::new(endpoints, Duration::from_secs(5));
+    if let Err(error) = status::show(&client, Format::Human) {
+        println!("(status unavailable: {error:#})");
+    }
+}
+
+fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool) {
+    println!("Skiff demo: cluster {:?}, {} nodes in this process", cluster.cluster.name, cluster.node.len());
+    println!();
+    println!("  {:<4} {:<22} {:<22} redis", "node", "http (client API)", "raft (peers)");
+    for node in &cluster.node {
+        let http = node.http.as_deref().unwrap_or("-");
+        println!("  {:<4} {:<22} {:<22} {}", node.id, http, node.raft, node.redis.as_deref().unwrap_or("-"));
+    }
+    let data = if kept { data_dir.display().to_string() } else { format!("{} (removed at exit)", data_dir.display()) };
+    println!("\n  data: {data}\n");
+    let first = cluster.node.first().and_then(|node| node.http.as_deref()).unwrap_or("127.0.0.1:8001");
+    let all: Vec<&str> = cluster.node.iter().filter_map(|node| node.http.as_deref()).collect();
+    let default = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"];
+    let flag = if all == default { String::new() } else { format!(" --endpoints {}", all.join(",")) };
+    println!("Try it, from another terminal:");
+    println!("  curl -X PUT -d 'hello' http://{first}/v1/kv/greeting");
+    println!("  curl http://{first}/v1/kv/greeting?raw");
+    println!("  skiff{flag} put greeting hello");
+    println!("  skiff{flag} get greeting");
+    println!("  skiff{flag} shell");
+    println!("  skiff{flag} status --watch");
+    println!();
+}

@@ -1,0 +1,345 @@
+//! `skiff`: run a node (`serve`), a local cluster (`demo`), or talk to a cluster over its
+//! HTTP API (`get`, `put`, `status`, `shell`, ...). See `skiff help`.
+
+mod api;
+mod client;
+mod commands;
+mod demo;
+mod serve;
+mod shell;
+mod status;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+use crate::commands::Format;
+use crate::serve::LogFormat;
+
+/// The demo's default log filter: warnings, but not the peers that refuse connections
+/// while the nodes start and stop together.
+const DEMO_LOG: &str = "warn,skiff::transport=error";
+
+/// Exit code of a `get` whose key does not exist.
+const EXIT_NOT_FOUND: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Skiff: a replicated key-value store on Raft")]
+#[command(after_help = "Start a local 3-node cluster with `skiff demo`, then try `skiff put greeting hello`.")]
+struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the client commands reach the cluster.
+#[derive(Args)]
+struct ClientArgs {
+    /// The nodes' HTTP addresses, host:port or http://host:port, comma-separated; tried in
+    /// order until one answers.
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_ENDPOINTS",
+        default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003",
+        value_name = "LIST"
+    )]
+    endpoints: String,
+    /// How long a command may take, retries included (500ms, 10s, 2m).
+    #[arg(long, global = true, env = "SKIFF_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the API's JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Run a whole local cluster in this process (3 nodes on 127.0.0.1:8001-8003).
+    Demo(DemoArgs),
+    /// Print a key's value (exit code 3 if it does not exist).
+    Get {
+        key: String,
+        /// Read this node's copy, however far behind, instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+        /// Print the value's bytes alone, without a final newline.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Set a key's value ("-" reads the value from standard input).
+    Put {
+        key: String,
+        value: String,
+        /// An opaque number stored with the value.
+        #[arg(long)]
+        flags: Option<u64>,
+    },
+    /// Delete a key (deleting a missing key succeeds).
+    Delete {
+        key: String,
+        /// Delete every key that starts with KEY.
+        #[arg(long)]
+        recurse: bool,
+    },
+    /// List the keys under a prefix, with their values.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The key names only.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Compare-and-set: write only if the key's ModifyIndex is N (0: only if it does not exist).
+    Cas {
+        key: String,
+        /// The value ("-" reads it from standard input).
+        value: String,
+        #[arg(long, value_name = "N")]
+        index: u64,
+    },
+    /// Every node's role, term, commit and health, one row per node.
+    Status {
+        /// Redraw the table in place until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws.
+        #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "watch")]
+        interval: Duration,
+    },
+    /// Print a node's log, one entry per line, `*` before committed entries.
+    Log {
+        /// The first index (default: the last --limit entries).
+        #[arg(long)]
+        from: Option<u64>,
+        /// At most this many entries (the server's default is 100, its maximum 1000).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// List, add, remove or promote cluster members.
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Hand leadership to ID, or to the most up-to-date voter.
+    TransferLeader { id: Option<String> },
+    /// An interactive shell (reads commands from standard input when it is not a terminal).
+    Shell,
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// The members, their roles and addresses.
+    List,
+    /// Add a node listed in the cluster file: as a learner, then (once caught up) a voter.
+    Add {
+        id: String,
+        /// Leave it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove { id: String },
+    /// Make a learner a voter.
+    Promote { id: String },
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// A RUST_LOG-style filter: info, debug, skiff=debug,warn (default: RUST_LOG, then the
+    /// command's default).
+    #[arg(long, env = "SKIFF_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// Log lines as text or as JSON objects, on standard error.
+    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The cluster file (TOML, or JSON).
+    #[arg(long, env = "SKIFF_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// This node's id in the cluster file (n1 or 1).
+    #[arg(long, env = "SKIFF_ID")]
+    id: String,
+    /// Where the node keeps its log and snapshots [default: data/<id>].
+    #[arg(long, env = "SKIFF_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The largest value accepted, in bytes.
+    #[arg(long, env = "SKIFF_MAX_VALUE_BYTES", default_value_t = skiff_kv::Limits::default().max_value_bytes)]
+    max_value_bytes: usize,
+    /// The largest key accepted, in bytes.
+    #[arg(long, env = "SKIFF_MAX_KEY_BYTES", default_value_t = skiff_kv::Limits::default().max_key_bytes)]
+    max_key_bytes: usize,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// How many nodes: n1..nN on 127.0.0.1, raft 7001.., http 8001.., redis 6001...
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9), conflicts_with = "config")]
+    nodes: u16,
+    /// Run every node of this cluster file instead.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Keep the data here (default: a temporary directory removed at exit).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// `500ms`, `10s`, `2m`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?} has unit {unit:?}; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// A value argument: `-` reads standard input whole.
+fn read_value(value: String) -> Result<Vec<u8>> {
+    if value != "-" {
+        return Ok(value.into_bytes());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).context("cannot read the value from standard input")?;
+    Ok(bytes)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            // `skiff list | head`: the reader left; nothing to say.
+            let broken_pipe = error.chain().any(|cause| {
+                cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if !broken_pipe {
+                eprintln!("error: {}", report(&error));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause that an outer message
+/// already quotes (many errors print their source in their own message).
+fn report(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let format = if cli.client.json { Format::Json } else { Format::Human };
+    let client = || -> Result<Client> {
+        let endpoints = client::parse_endpoints(&cli.client.endpoints)?;
+        if cli.client.timeout.is_zero() {
+            bail!("--timeout must be more than 0");
+        }
+        Ok(Client::new(endpoints, cli.client.timeout))
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            serve::init_logging(args.log.log.as_deref(), args.log.log_format, "info")?;
+            let limits = skiff_kv::Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
+            let options = serve::ServeOptions { config: args.config, id: args.id, data_dir: args.data_dir, limits };
+            serve::run(options)?;
+        }
+        Command::Demo(args) => {
+            serve::init_logging(args.log.log.as_deref(), args.log.log_format, DEMO_LOG)?;
+            let nodes = usize::from(args.nodes);
+            demo::run(demo::DemoOptions { nodes, config: args.config, data_dir: args.data_dir })?;
+        }
+        Command::Get { key, stale, raw } => {
+            if !commands::get(&client()?, &key, stale, raw, format)? {
+                eprintln!("not found: {key}");
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            }
+        }
+        Command::Put { key, value, flags } => commands::put(&client()?, &key, read_value(value)?, flags, format)?,
+        Command::Delete { key, recurse } => commands::delete(&client()?, &key, recurse, format)?,
+        Command::List { prefix, keys } => commands::list(&client()?, &prefix, keys, format)?,
+        Command::Cas { key, value, index } => commands::cas(&client()?, &key, read_value(value)?, index, format)?,
+        Command::Status { watch: true, interval } => status::watch(&client()?, interval)?,
+        Command::Status { watch: false, .. } => status::show(&client()?, format)?,
+        Command::Log { from, limit } => commands::log(&client()?, from, limit, format)?,
+        Command::Members(members) => {
+            let client = client()?;
+            match members {
+                MembersCommand::List => commands::members_list(&client, format)?,
+                MembersCommand::Add { id, learner } => commands::members_add(&client, &id, learner, format)?,
+                MembersCommand::Remove { id } => commands::members_remove(&client, &id, format)?,
+                MembersCommand::Promote { id } => commands::members_promote(&client, &id, format)?,
+            }
+        }
+        Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
+        Command::Shell => shell::run(&client()?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn report_leaves_out_quoted_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        let error = anyhow::Error::new(io).context("cannot listen: in use").context("cannot start n1");
+        assert_eq!(report(&error), "cannot start n1: cannot listen: in use");
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn demo_cluster_extends_the_demo_pattern() {
+        let five = demo::demo_cluster(5);
+        assert_eq!(five.node.len(), 5);
+        assert_eq!(five.node[4].raft, "127.0.0.1:7005");
+        assert_eq!(five.node[4].http.as_deref(), Some("127.0.0.1:8005"));
+        assert!(five.validate().is_ok());
+        let three = demo::demo_cluster(3);
+        assert_eq!(three, skiff::config::ClusterConfig::demo());
+    }
+}
