@@ -283,14 +283,26 @@ async fn kv_get(api: &Api, key: String, query: &Query) -> ApiResult {
     let mut applied = api.applied.clone();
     applied.borrow_and_update();
     let found = loop {
-        let (key, separator) = (key.clone(), separator.clone());
-        let read = move |store: &KvStore| collect(store, key.as_bytes(), prefix, names_only, separator.as_deref());
+        let (read_key, separator) = (key.clone(), separator.clone());
+        let read = move |store: &KvStore| collect(store, read_key.as_bytes(), prefix, names_only, separator.as_deref());
         let found = if stale { api.node.read_stale(read).await } else { api.node.read(read).await };
         let found = found.map_err(|error| api.fail(error))?;
         match wait_index {
             // A blocking query: wait for a change past `index`, or for `wait`.
             Some(index) if found.index <= index && tokio::time::Instant::now() < deadline => {
-                if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                // Wake on each applied command, but redo the full read only once this
+                // key's (or prefix's) index has moved: a cheap local look first.
+                loop {
+                    if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                        break;
+                    }
+                    let key = key.clone();
+                    let moved = api.node.read_stale(move |store| store.watch_index(key.as_bytes(), prefix)).await;
+                    if moved.map_err(|error| api.fail(error))? > index {
+                        break;
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
                     break found;
                 }
             }
@@ -330,13 +342,17 @@ fn collect(store: &KvStore, key: &[u8], prefix: bool, names_only: bool, separato
     }
     let mut names: Vec<String> = Vec::new();
     for (name, _) in store.range(key) {
-        let name = String::from_utf8_lossy(name);
+        // On bytes: a stored key need not be UTF-8, and slicing text could split a character.
+        let rest = &name[key.len()..]; // `range` yields only keys that start with `key`
         let cut = separator
+            .filter(|separator| !separator.is_empty())
             .and_then(|separator| {
-                name[key.len().min(name.len())..].find(separator).map(|at| key.len() + at + separator.len())
+                let separator = separator.as_bytes();
+                rest.windows(separator.len()).position(|window| window == separator).map(|at| at + separator.len())
             })
-            .unwrap_or(name.len());
-        let name = &name[..cut.min(name.len())];
+            .map_or(name.len(), |at| key.len() + at);
+        let name = String::from_utf8_lossy(&name[..cut]);
+        let name = name.as_ref();
         if names.last().map(String::as_str) != Some(name) {
             names.push(name.to_string());
         }
@@ -408,6 +424,10 @@ async fn kv_delete(api: &Api, key: String, query: &Query, headers: &HeaderMap) -
     let op = if query.flag("recurse") {
         if cas.is_some() {
             return Err(ApiError::bad_request("cas cannot be combined with recurse"));
+        }
+        if key.len() > api.limits.max_key_bytes {
+            let message = format!("the prefix is {} bytes; the limit is {} bytes", key.len(), api.limits.max_key_bytes);
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message));
         }
         Op::DeletePrefix { prefix: Bytes::from(key) }
     } else {

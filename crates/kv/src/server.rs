@@ -43,19 +43,11 @@ pub struct ServerOptions {
     /// Where the node keeps its log, hard state and snapshots.
     pub data_dir: PathBuf,
     pub limits: Limits,
-    /// What the state machine remembers for exactly-once retries.
-    pub retention: Retention,
 }
 
 impl ServerOptions {
     pub fn new(cluster: ClusterConfig, id: NodeId, data_dir: impl Into<PathBuf>) -> ServerOptions {
-        ServerOptions {
-            cluster,
-            id,
-            data_dir: data_dir.into(),
-            limits: Limits::default(),
-            retention: Retention::default(),
-        }
+        ServerOptions { cluster, id, data_dir: data_dir.into(), limits: Limits::default() }
     }
 }
 
@@ -71,7 +63,7 @@ pub struct Server {
 impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
-        let ServerOptions { cluster, id, data_dir, limits, retention } = options;
+        let ServerOptions { cluster, id, data_dir, limits } = options;
         let address = cluster
             .node(id)
             .map_err(|error| Error::Config(error.to_string()))?
@@ -85,7 +77,8 @@ impl Server {
             source,
         })?;
         let http_address = listener.local_addr().map_err(|source| Error::Listen { id, address, source })?;
-        let mut store = KvStore::new(retention);
+        // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
+        let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
         let node = Arc::new(Node::start(&cluster, id, store, &data_dir).await?);
         crate::metrics::handle();

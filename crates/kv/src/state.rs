@@ -228,8 +228,9 @@ impl KvStore {
             }
             Op::Delete { key, cas } => {
                 let current = data.map.get(&key).map(|value| value.modify_index);
-                if let Some(expected) = cas
-                    && current != Some(expected)
+                // As Consul: a missing key is already deleted, whatever `cas` says.
+                if let (Some(expected), Some(current)) = (cas, current)
+                    && current != expected
                 {
                     return Output::Done { ok: false, deleted: 0 };
                 }
@@ -385,6 +386,7 @@ mod tests {
         assert_eq!(run(&mut store, 5, delete(1)), FAILED);
         assert_eq!(run(&mut store, 6, delete(4)), Output::Done { ok: true, deleted: 1 });
         assert!(store.get(b"k").is_none());
+        assert_eq!(run(&mut store, 7, delete(4)), DONE, "a missing key is already deleted, as in Consul");
     }
 
     #[test]

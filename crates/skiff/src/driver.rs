@@ -49,6 +49,9 @@ pub(crate) enum Request<S: StateMachine> {
     },
 }
 
+/// The most bytes of entries one [`crate::Node::log`] page reads (at least one entry).
+const LOG_PAGE_BYTES: u64 = 4 << 20;
+
 /// How many tasks may wait for the apply thread.
 const APPLY_QUEUE_TASKS: usize = 64;
 
@@ -532,7 +535,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
     }
 
-    /// Up to `limit` entries of the durable log from `from` (default: the last `limit`).
+    /// Up to `limit` entries (and about [`LOG_PAGE_BYTES`]) of the durable log from `from`
+    /// (default: the last `limit`).
     /// Called between `Ready`s, so the store holds the whole log.
     fn log_page(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
         let store = self.raft.storage();
@@ -540,7 +544,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let limit = limit.max(1) as u64;
         let low = from.unwrap_or(Index(last_index.0.saturating_sub(limit - 1))).max(first_index);
         let high = Index(low.0.saturating_add(limit)).min(last_index.next());
-        let entries = store.entries(low, high, u64::MAX)?;
+        let entries = store.entries(low, high, LOG_PAGE_BYTES)?;
         Ok(LogPage {
             first_index,
             last_index,
