@@ -75,16 +75,12 @@ pub fn router(api: Api) -> Router {
 /// Counts each request and its latency, by route.
 async fn record(State(api): Shared, request: Request, next: Next) -> Response {
     let route = match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
-        Some("/v1/kv/" | "/v1/kv/{*key}") => "kv",
+        Some("/v1/kv/" | "/v1/kv/{*key}") if request.method() == Method::GET => "kv",
+        Some("/v1/kv/" | "/v1/kv/{*key}") => "kv_write",
         Some(path) if path.starts_with("/v1/skiff/") => "skiff",
         Some(path) if path.starts_with("/v1/operator/") || path.starts_with("/v1/status/") => "cluster",
         Some("/metrics") => "metrics",
         _ => "other",
-    };
-    let method = if request.method() == Method::GET { "" } else { "_write" };
-    let route = match (route, method) {
-        ("kv", "_write") => "kv_write",
-        (route, _) => route,
     };
     let started = Instant::now();
     let response = next.run(request).await;
@@ -389,8 +385,14 @@ impl Api {
         if key.is_empty() {
             return Err(ApiError::bad_request("a key is required: /v1/kv/<key>"));
         }
+        self.check_key_size(key, "key")
+    }
+
+    /// A key or prefix (`what`) over the key limit is refused with 413.
+    fn check_key_size(&self, key: &str, what: &str) -> ApiResult<()> {
         if key.len() > self.limits.max_key_bytes {
-            let message = format!("the key is {} bytes; the limit is {} bytes", key.len(), self.limits.max_key_bytes);
+            let message =
+                format!("the {what} is {} bytes; the limit is {} bytes", key.len(), self.limits.max_key_bytes);
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message));
         }
         Ok(())
@@ -425,10 +427,7 @@ async fn kv_delete(api: &Api, key: String, query: &Query, headers: &HeaderMap) -
         if cas.is_some() {
             return Err(ApiError::bad_request("cas cannot be combined with recurse"));
         }
-        if key.len() > api.limits.max_key_bytes {
-            let message = format!("the prefix is {} bytes; the limit is {} bytes", key.len(), api.limits.max_key_bytes);
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message));
-        }
+        api.check_key_size(&key, "prefix")?;
         Op::DeletePrefix { prefix: Bytes::from(key) }
     } else {
         api.check_key(&key)?;
@@ -543,12 +542,10 @@ async fn transfer_leader(State(api): Shared, uri: Uri) -> ApiResult {
     }
     api.node.transfer_leader(target).await.map_err(|error| api.fail(error))?;
     // The transfer completes within an election timeout, or is abandoned.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < deadline {
-        if api.node.leader().leader == Some(target) {
-            return Ok(axum::Json(json!({ "Success": true })).into_response());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut leader = api.node.watch_leader();
+    let moved = leader.wait_for(|info| info.leader == Some(target));
+    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), moved).await {
+        return Ok(axum::Json(json!({ "Success": true })).into_response());
     }
     let message = format!("leadership did not move to {target} within 3 s");
     Err(ApiError { status: StatusCode::GATEWAY_TIMEOUT, message, leader: api.node.leader().leader })
@@ -601,10 +598,9 @@ async fn skiff_status(State(api): Shared) -> ApiResult {
             })
         })
         .collect();
-    let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().map(ToString::to_string).collect::<Vec<_>>();
     Ok(axum::Json(json!({
         "id": status.id.to_string(),
-        "role": role_name(status.role),
+        "role": status.role.to_string(),
         "term": status.term.0,
         "voted_for": status.vote.map(|id| id.to_string()),
         "leader": status.leader.map(|id| id.to_string()),
@@ -612,8 +608,8 @@ async fn skiff_status(State(api): Shared) -> ApiResult {
         "applied": status.applied.0,
         "last_log": { "index": status.last_log_id.index.0, "term": status.last_log_id.term.0 },
         "snapshot_index": status.snapshot_index.0,
-        "voters": ids(&status.membership.voters),
-        "learners": ids(&status.membership.learners),
+        "voters": id_list(&status.membership.voters),
+        "learners": id_list(&status.membership.learners),
         "raft_address": api.raft_address(status.id),
         "http_address": api.http_address(status.id),
         "peers": peers,
@@ -621,8 +617,9 @@ async fn skiff_status(State(api): Shared) -> ApiResult {
     .into_response())
 }
 
-fn role_name(role: RoleName) -> String {
-    role.to_string()
+/// Node ids as text, in order.
+fn id_list(set: &std::collections::BTreeSet<NodeId>) -> Vec<String> {
+    set.iter().map(ToString::to_string).collect()
 }
 
 /// The most entries `/v1/skiff/log` returns at once.
@@ -644,9 +641,7 @@ async fn skiff_log(State(api): Shared, uri: Uri) -> ApiResult {
                     Err(_) => ("command", format!("({} bytes, not a key-value command)", bytes.len())),
                 },
                 Payload::Membership(membership) => {
-                    let ids = |set: &std::collections::BTreeSet<NodeId>| {
-                        set.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
-                    };
+                    let ids = |set| id_list(set).join(" ");
                     let mut text = format!("voters {}", ids(&membership.voters));
                     if !membership.learners.is_empty() {
                         text.push_str(&format!(", learners {}", ids(&membership.learners)));
