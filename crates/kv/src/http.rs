@@ -409,6 +409,10 @@ impl Api {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "this Idempotency-Key was already used for a different request",
             )),
+            other => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected output of a put or delete: {other:?}"),
+            )),
         }
     }
 }

@@ -1,16 +1,19 @@
 //! Skiff's key-value service: a replicated, ordered key-value map on the Skiff runtime,
-//! served over a Consul-compatible HTTP API.
+//! served over a Consul-compatible HTTP API and the Redis protocol.
 //!
 //! - [`state`]: the state machine. Keys map to a value, the Raft indexes of the writes that
 //!   created and last changed it, and flags. Writes may carry a request id: a retried write
 //!   returns the first result without applying again (exactly-once, thesis §6.3).
 //! - [`http`]: the API (`docs/http-api.md`): Consul's `/v1/kv`, `/v1/status` and
 //!   `/v1/operator/raft` routes, Skiff's `/v1/skiff/*`, and `/metrics`.
+//! - [`redis`]: RESP2 and RESP3 (`docs/redis.md`) over the same keyspace; pipelined
+//!   writes share a log entry.
 //! - [`Server`]: one node: the Raft node and its HTTP listener, started from the cluster file.
 
 mod error;
 pub mod http;
 mod metrics;
+pub mod redis;
 mod server;
 pub mod state;
 

@@ -1,5 +1,6 @@
 //! [`Server`]: one node of a Skiff key-value cluster: the Raft node replicating a
-//! [`KvStore`] and the HTTP API on the node's `http` address.
+//! [`KvStore`], the HTTP API on the node's `http` address, and the Redis protocol on its
+//! `redis` address if it has one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::http::Api;
+use crate::redis::Redis;
 use crate::state::{KvStore, Retention};
 
 /// Sizes a request may not exceed; checked before anything is proposed.
@@ -51,13 +53,14 @@ impl ServerOptions {
     }
 }
 
-/// A running node: Raft, storage, peer transport and the HTTP API.
+/// A running node: Raft, storage, peer transport, the HTTP API and the Redis listener.
 pub struct Server {
     id: NodeId,
     node: Arc<Node<KvStore>>,
     http_address: SocketAddr,
-    stop_http: oneshot::Sender<()>,
-    http: tokio::task::JoinHandle<()>,
+    redis_address: Option<SocketAddr>,
+    stop: Vec<oneshot::Sender<()>>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -71,23 +74,36 @@ impl Server {
             .clone()
             .ok_or_else(|| Error::Config(format!("{id} has no http address in the cluster file")))?;
         // Bind first: a port in use is reported before the node joins the cluster.
-        let listener = TcpListener::bind(&address).await.map_err(|source| Error::Listen {
-            id,
-            address: address.clone(),
-            source,
-        })?;
-        let http_address = listener.local_addr().map_err(|source| Error::Listen { id, address, source })?;
+        let listener = bind(id, &address).await?;
+        let http_address = local_address(id, &address, &listener)?;
+        let redis_address = cluster.node(id).ok().and_then(|node| node.redis.clone());
+        let redis_listener = match &redis_address {
+            Some(address) => Some((bind(id, address).await?, address.clone())),
+            None => None,
+        };
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
         let node = Arc::new(Node::start(&cluster, id, store, &data_dir).await?);
         crate::metrics::handle();
         tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));
+        let mut stop = Vec::new();
+        let mut listeners = Vec::new();
+        let mut redis_address = None;
+        if let Some((listener, address)) = redis_listener {
+            let local = local_address(id, &address, &listener)?;
+            redis_address = Some(local);
+            let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port());
+            let (stop_redis, stopped) = oneshot::channel::<()>();
+            stop.push(stop_redis);
+            listeners.push(tokio::spawn(crate::redis::serve(listener, Arc::new(redis), stopped)));
+        }
         let api = Api::new(Arc::clone(&node), applied, cluster, limits);
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(serve_http(listener, crate::http::router(api), stopped));
-        tracing::info!(node = %id, http = %http_address, "serving");
-        Ok(Server { id, node, http_address, stop_http, http })
+        stop.push(stop_http);
+        listeners.push(tokio::spawn(serve_http(listener, crate::http::router(api), stopped)));
+        tracing::info!(node = %id, http = %http_address, redis = ?redis_address, "serving");
+        Ok(Server { id, node, http_address, redis_address, stop, listeners })
     }
 
     pub fn id(&self) -> NodeId {
@@ -98,20 +114,37 @@ impl Server {
         self.http_address
     }
 
+    /// The address of the Redis-protocol listener, if the node has a `redis` address.
+    pub fn redis_address(&self) -> Option<SocketAddr> {
+        self.redis_address
+    }
+
     /// The Raft node, for embedding programs and tests.
     pub fn node(&self) -> &Arc<Node<KvStore>> {
         &self.node
     }
 
     /// Stops gracefully: a leader first hands leadership to its most up-to-date voter; then
-    /// the node stops, and the HTTP listener after the requests under way.
+    /// the node stops, and the listeners after the requests under way.
     pub async fn shutdown(self) -> Result<()> {
         let result = self.node.shutdown().await;
-        let _ = self.stop_http.send(());
+        for stop in self.stop {
+            let _ = stop.send(());
+        }
         // Blocking queries may hold connections open; don't wait for them for long.
-        let _ = self.http.await;
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
         Ok(result?)
     }
+}
+
+async fn bind(id: NodeId, address: &str) -> Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|source| Error::Listen { id, address: address.to_string(), source })
+}
+
+fn local_address(id: NodeId, address: &str, listener: &TcpListener) -> Result<SocketAddr> {
+    listener.local_addr().map_err(|source| Error::Listen { id, address: address.to_string(), source })
 }
 
 /// At most this many client connections at once; more are closed as they arrive.

@@ -53,6 +53,30 @@ pub enum Op {
     Delete { key: Bytes, cas: Option<u64> },
     /// Delete every key that starts with `prefix`.
     DeletePrefix { prefix: Bytes },
+    // The variants below were added for the Redis protocol. New variants go at the end:
+    // postcard numbers them in order, and entries already in logs must still decode.
+    /// Redis `SET`: write `value` (flags 0) if `when` allows; with `get`, answer the old value.
+    Set { key: Bytes, value: Bytes, when: When, get: bool },
+    /// Redis `INCRBY`: add `delta` to the key's value read as a decimal integer (a missing
+    /// key counts as 0) and answer the sum.
+    IncrBy { key: Bytes, delta: i64 },
+    /// Redis `APPEND`: add `value` to the end of the key's value (creating it) and answer the
+    /// new length; refused if that would pass `max_len`, which the proposer sets from its
+    /// limits so that every replica checks the same number.
+    Append { key: Bytes, value: Bytes, max_len: u64 },
+    /// Several operations applied in order as one entry: atomically, with one output each.
+    /// Pipelined Redis writes travel this way, so they share one log entry and one fsync.
+    Batch(Vec<Op>),
+}
+
+/// When a [`Op::Set`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum When {
+    Always,
+    /// Only if the key is absent (Redis `NX`).
+    Absent,
+    /// Only if the key exists (Redis `XX`).
+    Present,
 }
 
 impl Op {
@@ -61,18 +85,35 @@ impl Op {
         let cas = |cas: &Option<u64>| cas.map(|index| format!(" if modify index = {index}")).unwrap_or_default();
         match self {
             Op::Put { key, value, cas: check, .. } => {
-                format!(
-                    "put {} ({} byte{}){}",
-                    show(key),
-                    value.len(),
-                    if value.len() == 1 { "" } else { "s" },
-                    cas(check)
-                )
+                format!("put {} ({}){}", show(key), bytes(value.len()), cas(check))
             }
             Op::Delete { key, cas: check } => format!("delete {}{}", show(key), cas(check)),
             Op::DeletePrefix { prefix } => format!("delete prefix {}", show(prefix)),
+            Op::Set { key, value, when, .. } => {
+                let when = match when {
+                    When::Always => "",
+                    When::Absent => " if absent",
+                    When::Present => " if present",
+                };
+                format!("set {} ({}){when}", show(key), bytes(value.len()))
+            }
+            Op::IncrBy { key, delta } => format!("incrby {} {delta}", show(key)),
+            Op::Append { key, value, .. } => format!("append {} ({})", show(key), bytes(value.len())),
+            Op::Batch(ops) => {
+                const SHOWN: usize = 3;
+                let mut text: Vec<String> = ops.iter().take(SHOWN).map(Op::describe).collect();
+                if ops.len() > SHOWN {
+                    text.push(format!("{} more", ops.len() - SHOWN));
+                }
+                format!("batch of {}: {}", ops.len(), text.join("; "))
+            }
         }
     }
+}
+
+/// "1 byte", "7 bytes".
+fn bytes(count: usize) -> String {
+    format!("{count} byte{}", if count == 1 { "" } else { "s" })
 }
 
 /// A key for people to read: its text if it is UTF-8, else its bytes escaped.
@@ -91,6 +132,42 @@ pub enum Output {
     Done { ok: bool, deleted: u64 },
     /// The request id was already used for another operation; nothing was applied.
     RequestIdReused,
+    /// A [`Op::Set`]: whether it wrote, and with `get`, the value before (None if absent).
+    Set { written: bool, old: Option<Bytes> },
+    /// The answer of [`Op::IncrBy`] and [`Op::Append`].
+    Integer(i64),
+    /// The operation did not apply to the value it found (not an integer, an overflow, too
+    /// long), in Redis's words; nothing was written.
+    Refused(String),
+    /// One output per operation of an [`Op::Batch`].
+    Batch(Vec<Output>),
+}
+
+/// Redis's wording, so that clients recognise the errors.
+pub const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+
+/// A value as Redis reads an integer: an optional minus sign and decimal digits, without
+/// leading zeros, spaces or a plus sign, within 64 bits.
+pub fn parse_integer(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    let valid = match digits {
+        [] => false,
+        [b'0'] => !negative,
+        [first, ..] => *first != b'0' && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !valid {
+        return None;
+    }
+    // Accumulate negatively so that i64::MIN, whose magnitude has no positive i64, parses.
+    let mut value: i64 = 0;
+    for &digit in digits {
+        value = value.checked_mul(10)?.checked_sub(i64::from(digit - b'0'))?;
+    }
+    if negative { Some(value) } else { value.checked_neg() }
 }
 
 /// How much the state machine remembers for exactly-once retries and blocking queries.
@@ -182,6 +259,15 @@ impl KvStore {
             .take_while(move |(key, _)| key.starts_with(prefix))
     }
 
+    /// The keys after `after` (all of them without it), in order.
+    pub fn after<'a>(&'a self, after: Option<&'a [u8]>) -> impl Iterator<Item = (&'a Bytes, &'a Value)> + 'a {
+        let start = match after {
+            Some(key) => std::ops::Bound::Excluded(key),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.data.map.range::<[u8], _>((start, std::ops::Bound::Unbounded))
+    }
+
     pub fn len(&self) -> usize {
         self.data.map.len()
     }
@@ -219,11 +305,7 @@ impl KvStore {
                 {
                     return Output::Done { ok: false, deleted: 0 };
                 }
-                let create_index = current.map_or(index, |value| value.create_index);
-                if let Some(deleted) = data.tombstones.remove(&key) {
-                    data.tombstone_order.remove(&(deleted, key.clone()));
-                }
-                data.map.insert(key, Value { value, create_index, modify_index: index, flags });
+                self.store(index, key, value, flags);
                 Output::Done { ok: true, deleted: 0 }
             }
             Op::Delete { key, cas } => {
@@ -252,7 +334,58 @@ impl KvStore {
                 }
                 Output::Done { ok: true, deleted: keys.len() as u64 }
             }
+            Op::Set { key, value, when, get } => {
+                let current = data.map.get(&key);
+                let old = if get { current.map(|value| value.value.clone()) } else { None };
+                let written = match when {
+                    When::Always => true,
+                    When::Absent => current.is_none(),
+                    When::Present => current.is_some(),
+                };
+                if written {
+                    self.store(index, key, value, 0);
+                }
+                Output::Set { written, old }
+            }
+            Op::IncrBy { key, delta } => {
+                let current = match data.map.get(&key) {
+                    Some(found) => match parse_integer(&found.value) {
+                        Some(number) => number,
+                        None => return Output::Refused(NOT_AN_INTEGER.into()),
+                    },
+                    None => 0,
+                };
+                let Some(sum) = current.checked_add(delta) else { return Output::Refused(OVERFLOW.into()) };
+                let flags = data.map.get(&key).map_or(0, |value| value.flags);
+                self.store(index, key, Bytes::from(sum.to_string()), flags);
+                Output::Integer(sum)
+            }
+            Op::Append { key, value, max_len } => {
+                let (mut joined, flags) = match data.map.get(&key) {
+                    Some(found) => (found.value.to_vec(), found.flags),
+                    None => (Vec::new(), 0),
+                };
+                let length = joined.len() + value.len();
+                if length as u64 > max_len {
+                    return Output::Refused(format!("ERR string exceeds maximum allowed size ({max_len} bytes)"));
+                }
+                joined.extend_from_slice(&value);
+                self.store(index, key, Bytes::from(joined), flags);
+                Output::Integer(length as i64)
+            }
+            Op::Batch(ops) => Output::Batch(ops.into_iter().map(|op| self.apply_op(index, op)).collect()),
         }
+    }
+
+    /// Writes `key` at `index`, keeping its create index if it exists and clearing a
+    /// deletion mark.
+    fn store(&mut self, index: u64, key: Bytes, value: Bytes, flags: u64) {
+        let data = &mut self.data;
+        let create_index = data.map.get(&key).map_or(index, |value| value.create_index);
+        if let Some(deleted) = data.tombstones.remove(&key) {
+            data.tombstone_order.remove(&(deleted, key.clone()));
+        }
+        data.map.insert(key, Value { value, create_index, modify_index: index, flags });
     }
 
     fn mark_deleted(&mut self, key: Bytes, index: u64) {

@@ -1,0 +1,489 @@
+//! The commands: their table (for `COMMAND`, arity checks and `redis-cli`'s hints), and how
+//! each becomes a [`Plan`]: an answer now, a write (operations for the state machine), or a
+//! read (a [`Query`] run on the state machine after ReadIndex).
+//!
+//! Errors use Redis's words, so that clients and people recognise them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::glob;
+use super::resp::Reply;
+use crate::server::Limits;
+use crate::state::{KvStore, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
+
+/// One command as `COMMAND` describes it.
+pub struct Spec {
+    pub name: &'static str,
+    /// The number of arguments with the name; negative: at least that many.
+    pub arity: i32,
+    pub flags: &'static [&'static str],
+    pub first_key: i32,
+    pub last_key: i32,
+    pub step: i32,
+    pub group: &'static str,
+    pub summary: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i32,
+    flags: &'static [&'static str],
+    keys: (i32, i32, i32),
+    group: &'static str,
+    summary: &'static str,
+) -> Spec {
+    Spec { name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, group, summary }
+}
+
+const READ: &[&str] = &["readonly", "fast"];
+const WRITE: &[&str] = &["write", "denyoom", "fast"];
+const NONE: (i32, i32, i32) = (0, 0, 0);
+const ONE: (i32, i32, i32) = (1, 1, 1);
+const ALL: (i32, i32, i32) = (1, -1, 1);
+
+pub const COMMANDS: &[Spec] = &[
+    spec("append", 3, WRITE, ONE, "string", "Appends a string to the value of a key; creates the key if missing."),
+    spec("client", -2, &["noscript", "loading", "stale"], NONE, "connection", "Names and describes this connection."),
+    spec("command", -1, &["loading", "stale"], NONE, "server", "Describes the commands."),
+    spec("config", -2, &["admin", "noscript", "loading", "stale"], NONE, "server", "Reads configuration parameters."),
+    spec("dbsize", 1, READ, NONE, "server", "Returns the number of keys."),
+    spec("decr", 2, WRITE, ONE, "string", "Decrements the integer value of a key by one."),
+    spec("decrby", 3, WRITE, ONE, "string", "Decrements the integer value of a key by a number."),
+    spec("del", -2, &["write"], ALL, "generic", "Deletes keys and returns how many existed."),
+    spec("echo", 2, &["fast"], NONE, "connection", "Returns the given string."),
+    spec("exists", -2, READ, ALL, "generic", "Counts how many of the given keys exist."),
+    spec("flushall", -1, &["write"], NONE, "server", "Deletes every key."),
+    spec("flushdb", -1, &["write"], NONE, "server", "Deletes every key."),
+    spec("get", 2, READ, ONE, "string", "Returns the value of a key (linearizable)."),
+    spec("hello", -1, &["noscript", "loading", "stale", "fast"], NONE, "connection", "Chooses RESP2 or RESP3."),
+    spec("incr", 2, WRITE, ONE, "string", "Increments the integer value of a key by one."),
+    spec("incrby", 3, WRITE, ONE, "string", "Increments the integer value of a key by a number."),
+    spec("info", -1, &["loading", "stale"], NONE, "server", "Server, Raft and keyspace information."),
+    spec("keys", 2, &["readonly"], NONE, "generic", "Returns the keys that match a pattern."),
+    spec("mget", -2, READ, ALL, "string", "Returns the values of several keys."),
+    spec("mset", -3, &["write", "denyoom"], (1, -1, 2), "string", "Sets several keys atomically."),
+    spec("ping", -1, &["fast"], NONE, "connection", "Answers PONG, or the given string."),
+    spec("pttl", 2, READ, ONE, "generic", "Time to live in milliseconds: -1 (no expiry) or -2 (no key)."),
+    spec("quit", -1, &["fast"], NONE, "connection", "Closes the connection."),
+    spec("scan", -2, &["readonly"], NONE, "generic", "Iterates over the keys with a cursor."),
+    spec("select", 2, &["loading", "stale", "fast"], NONE, "connection", "Selects database 0 (the only one)."),
+    spec("set", -3, &["write", "denyoom"], ONE, "string", "Sets a key, with NX, XX and GET."),
+    spec("strlen", 2, READ, ONE, "string", "Returns the length of a key's value."),
+    spec("ttl", 2, READ, ONE, "generic", "Time to live in seconds: -1 (no expiry) or -2 (no key)."),
+    spec("type", 2, READ, ONE, "generic", "Returns the type of a key: string, or none."),
+];
+
+/// The command named `name`, in any case.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS.iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// What a command becomes.
+pub enum Plan {
+    /// The answer, now.
+    Reply(Reply),
+    /// Operations to propose; `answer` turns their outputs into the reply.
+    Write { ops: Vec<Op>, answer: Answer },
+    /// A query on the state machine, after ReadIndex.
+    Read(Query),
+}
+
+/// How the outputs of a write become its reply.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    /// `+OK` (MSET, FLUSHDB).
+    Ok,
+    /// SET: `+OK` or nil; with GET, the old value.
+    Set { get: bool },
+    /// DEL: the number of keys deleted.
+    Deleted,
+    /// INCR, APPEND: the integer, or the refusal.
+    Integer,
+}
+
+impl Answer {
+    pub fn reply(self, outputs: &[Output]) -> Reply {
+        match (self, outputs) {
+            (Answer::Ok, _) => Reply::Ok,
+            (Answer::Set { get: true }, [Output::Set { old, .. }]) => old.clone().map_or(Reply::Nil, Reply::Bulk),
+            (Answer::Set { get: false }, [Output::Set { written, .. }]) => {
+                if *written {
+                    Reply::Ok
+                } else {
+                    Reply::Nil
+                }
+            }
+            (Answer::Deleted, outputs) => {
+                let count =
+                    outputs.iter().map(|output| if let Output::Done { deleted, .. } = output { *deleted } else { 0 });
+                Reply::Integer(count.sum::<u64>() as i64)
+            }
+            (Answer::Integer, [Output::Integer(number)]) => Reply::Integer(*number),
+            (_, [Output::Refused(message)]) => Reply::error(message.clone()),
+            (answer, outputs) => Reply::error(format!("ERR unexpected outputs {outputs:?} for {answer:?}")),
+        }
+    }
+}
+
+/// A read, run on the state machine.
+#[derive(Debug)]
+pub enum Query {
+    Get(Bytes),
+    MGet(Vec<Bytes>),
+    Exists(Vec<Bytes>),
+    StrLen(Bytes),
+    Type(Bytes),
+    /// TTL and PTTL: no key expires.
+    Ttl(Bytes),
+    Keys(Bytes),
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        strings: bool,
+    },
+    DbSize,
+}
+
+impl Query {
+    pub fn run(self, store: &KvStore, cursors: &Mutex<Cursors>) -> Reply {
+        let value = |key: &Bytes| store.get(key).map_or(Reply::Nil, |found| Reply::Bulk(found.value.clone()));
+        match self {
+            Query::Get(key) => value(&key),
+            Query::MGet(keys) => Reply::Array(keys.iter().map(value).collect()),
+            Query::Exists(keys) => Reply::Integer(keys.iter().filter(|key| store.get(key).is_some()).count() as i64),
+            Query::StrLen(key) => Reply::Integer(store.get(&key).map_or(0, |found| found.value.len() as i64)),
+            Query::Type(key) => Reply::Simple(if store.get(&key).is_some() { "string" } else { "none" }.into()),
+            Query::Ttl(key) => Reply::Integer(if store.get(&key).is_some() { -1 } else { -2 }),
+            Query::Keys(pattern) => Reply::Array(
+                store
+                    .after(None)
+                    .filter(|(key, _)| glob::matches(&pattern, key))
+                    .map(|(key, _)| Reply::Bulk(key.clone()))
+                    .collect(),
+            ),
+            Query::Scan { cursor, pattern, count, strings } => {
+                let Ok(mut cursors) = cursors.lock() else { return Reply::error("ERR the cursor table is unusable") };
+                let after = match cursor {
+                    0 => None,
+                    cursor => match cursors.take(cursor) {
+                        Some(key) => Some(key),
+                        None => return Reply::error("ERR invalid cursor"),
+                    },
+                };
+                let keys = store.after(after.as_deref()).take(count).map(|(key, _)| key.clone());
+                let mut found = Vec::new();
+                let mut last = None;
+                for key in keys {
+                    if strings && pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, &key)) {
+                        found.push(Reply::Bulk(key.clone()));
+                    }
+                    last = Some(key);
+                }
+                let more = last.as_ref().is_some_and(|last| store.after(Some(last)).next().is_some());
+                let next = match last {
+                    Some(last) if more => cursors.insert(last),
+                    _ => 0,
+                };
+                Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(found)])
+            }
+            Query::DbSize => Reply::Integer(store.len() as i64),
+        }
+    }
+}
+
+/// SCAN's cursors: a number stands for the last key returned, so that a scan resumes after
+/// it whatever was written meanwhile (every key present throughout is returned). Kept per
+/// node and bounded: the oldest cursors are forgotten, and answer `ERR invalid cursor`.
+#[derive(Debug)]
+pub struct Cursors {
+    next: u64,
+    keys: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+}
+
+const MAX_CURSORS: usize = 10_000;
+
+impl Cursors {
+    /// Numbers start at `start` (made random per node, so that a cursor taken to another
+    /// node is most likely refused rather than misread).
+    pub fn new(start: u64) -> Cursors {
+        Cursors { next: start % (1 << 48) + 1, keys: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn insert(&mut self, key: Bytes) -> u64 {
+        let cursor = self.next;
+        self.next += 1;
+        self.keys.insert(cursor, key);
+        self.order.push_back(cursor);
+        while self.order.len() > MAX_CURSORS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+        cursor
+    }
+
+    /// The key a cursor stands for. Kept, not removed: a client may retry a SCAN call.
+    fn take(&self, cursor: u64) -> Option<Bytes> {
+        self.keys.get(&cursor).cloned()
+    }
+}
+
+pub fn wrong_arity(name: &str) -> Reply {
+    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+pub fn unknown_command(args: &[Bytes]) -> Reply {
+    let quote = |bytes: &Bytes| String::from_utf8_lossy(&bytes[..bytes.len().min(128)]).into_owned();
+    let name = args.first().map(quote).unwrap_or_default();
+    let rest: String = args.iter().skip(1).take(20).map(|arg| format!("'{}' ", quote(arg))).collect();
+    Reply::error(format!("ERR unknown command '{name}', with args beginning with: {rest}"))
+}
+
+fn syntax_error() -> Reply {
+    Reply::error("ERR syntax error")
+}
+
+fn integer(arg: &[u8]) -> Result<i64, Reply> {
+    parse_integer(arg).ok_or_else(|| Reply::error(NOT_AN_INTEGER))
+}
+
+fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// Plans a keyspace command (`spec` found and arity checked). Connection and server
+/// commands (`HELLO`, `CLIENT`, `INFO`, ...) are the connection's own and do not come here.
+pub fn plan(spec: &Spec, args: &[Bytes], limits: &Limits) -> Plan {
+    match plan_or_refuse(spec, args, limits) {
+        Ok(plan) => plan,
+        Err(reply) => Plan::Reply(reply),
+    }
+}
+
+fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits) -> Result<Plan, Reply> {
+    let key = || args[1].clone();
+    let keys = || args[1..].to_vec();
+    let check_key = |key: &Bytes| {
+        if key.len() > limits.max_key_bytes {
+            let message = format!("ERR the key is {} bytes; the limit is {} bytes", key.len(), limits.max_key_bytes);
+            return Err(Reply::error(message));
+        }
+        Ok(())
+    };
+    let check_value = |value: &Bytes| {
+        if value.len() > limits.max_value_bytes {
+            let limit = limits.max_value_bytes;
+            return Err(Reply::error(format!("ERR the value is {} bytes; the limit is {limit} bytes", value.len())));
+        }
+        Ok(())
+    };
+    let write = |ops: Vec<Op>, answer| Ok(Plan::Write { ops, answer });
+    let incr_by = |delta: i64| {
+        check_key(&args[1])?;
+        write(vec![Op::IncrBy { key: key(), delta }], Answer::Integer)
+    };
+    match spec.name {
+        "get" => Ok(Plan::Read(Query::Get(key()))),
+        "mget" => Ok(Plan::Read(Query::MGet(keys()))),
+        "exists" => Ok(Plan::Read(Query::Exists(keys()))),
+        "strlen" => Ok(Plan::Read(Query::StrLen(key()))),
+        "type" => Ok(Plan::Read(Query::Type(key()))),
+        "ttl" | "pttl" => Ok(Plan::Read(Query::Ttl(key()))),
+        "keys" => Ok(Plan::Read(Query::Keys(key()))),
+        "dbsize" => Ok(Plan::Read(Query::DbSize)),
+        "scan" => scan(args).map(Plan::Read),
+        "set" => {
+            let (when, get) = set_options(&args[3..])?;
+            check_key(&args[1])?;
+            check_value(&args[2])?;
+            write(vec![Op::Set { key: key(), value: args[2].clone(), when, get }], Answer::Set { get })
+        }
+        "mset" => {
+            if args.len().is_multiple_of(2) {
+                return Err(wrong_arity(spec.name));
+            }
+            let mut ops = Vec::with_capacity(args.len() / 2);
+            for pair in args[1..].chunks_exact(2) {
+                check_key(&pair[0])?;
+                check_value(&pair[1])?;
+                ops.push(Op::Set { key: pair[0].clone(), value: pair[1].clone(), when: When::Always, get: false });
+            }
+            write(ops, Answer::Ok)
+        }
+        "del" => {
+            write(args[1..].iter().map(|key| Op::Delete { key: key.clone(), cas: None }).collect(), Answer::Deleted)
+        }
+        "incr" => incr_by(1),
+        "decr" => incr_by(-1),
+        "incrby" => incr_by(integer(&args[2])?),
+        "decrby" => incr_by(integer(&args[2])?.checked_neg().ok_or_else(|| Reply::error(OVERFLOW))?),
+        "append" => {
+            check_key(&args[1])?;
+            let max_len = limits.max_value_bytes as u64;
+            write(vec![Op::Append { key: key(), value: args[2].clone(), max_len }], Answer::Integer)
+        }
+        "flushdb" | "flushall" => match args.get(1) {
+            None => write(vec![Op::DeletePrefix { prefix: Bytes::new() }], Answer::Ok),
+            Some(mode) if args.len() == 2 && (is(mode, "sync") || is(mode, "async")) => {
+                write(vec![Op::DeletePrefix { prefix: Bytes::new() }], Answer::Ok)
+            }
+            Some(_) => Err(syntax_error()),
+        },
+        _ => Err(unknown_command(args)),
+    }
+}
+
+/// SET's options: NX or XX, GET; KEEPTTL is accepted (no key has a TTL), the others that
+/// set one are refused.
+fn set_options(options: &[Bytes]) -> Result<(When, bool), Reply> {
+    let (mut when, mut get) = (When::Always, false);
+    for option in options {
+        if is(option, "nx") && when != When::Present {
+            when = When::Absent;
+        } else if is(option, "xx") && when != When::Absent {
+            when = When::Present;
+        } else if is(option, "get") {
+            get = true;
+        } else if is(option, "keepttl") {
+        } else if ["ex", "px", "exat", "pxat"].iter().any(|word| is(option, word)) {
+            return Err(Reply::error(format!(
+                "ERR SET {} is not supported: Skiff keys do not expire (no TTLs yet)",
+                String::from_utf8_lossy(option).to_uppercase()
+            )));
+        } else {
+            return Err(syntax_error());
+        }
+    }
+    Ok((when, get))
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type].
+fn scan(args: &[Bytes]) -> Result<Query, Reply> {
+    let cursor = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut strings) = (None, 10usize, true);
+    for pair in args[2..].chunks(2) {
+        let [option, value] = pair else { return Err(syntax_error()) };
+        if is(option, "match") {
+            pattern = Some(value.clone()).filter(|pattern| &pattern[..] != b"*");
+        } else if is(option, "count") {
+            count = usize::try_from(integer(value)?).ok().filter(|&count| count > 0).ok_or_else(syntax_error)?;
+        } else if is(option, "type") {
+            strings = is(value, "string");
+        } else {
+            return Err(syntax_error());
+        }
+    }
+    Ok(Query::Scan { cursor, pattern, count, strings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+    use skiff::{Index, StateMachine};
+
+    fn args(line: &str) -> Vec<Bytes> {
+        line.split(' ').map(|part| Bytes::copy_from_slice(part.as_bytes())).collect()
+    }
+
+    /// Plans `line`, applies a write at `index` or runs a read, and returns the reply.
+    fn run(store: &mut KvStore, cursors: &Mutex<Cursors>, index: u64, line: &str) -> Reply {
+        let args = args(line);
+        let spec = lookup(&args[0]).expect("a known command");
+        match plan(spec, &args, &Limits::default()) {
+            Plan::Reply(reply) => reply,
+            Plan::Read(query) => query.run(store, cursors),
+            Plan::Write { ops, answer } => {
+                let Output::Batch(outputs) = store.apply(Index(index), Command { request: None, op: Op::Batch(ops) })
+                else {
+                    panic!("a batch has a batch output")
+                };
+                answer.reply(&outputs)
+            }
+        }
+    }
+
+    #[test]
+    fn string_commands_behave_as_in_redis() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(0)));
+        let mut index = 0;
+        let mut check = |line: &str, expected: Reply| {
+            index += 1;
+            assert_eq!(run(&mut store, &cursors, index, line), expected, "{line}");
+        };
+        let bulk = |text: &str| Reply::bulk(text);
+        check("SET a 1", Reply::Ok);
+        check("SET a 2 NX", Reply::Nil);
+        check("SET b 2 XX", Reply::Nil);
+        check("SET a 3 XX GET", bulk("1"));
+        check("SET a 4 NX XX", syntax_error());
+        check("SET a 4 EX 10", Reply::error("ERR SET EX is not supported: Skiff keys do not expire (no TTLs yet)"));
+        check("GET a", bulk("3"));
+        check("INCR a", Reply::Integer(4));
+        check("INCRBY a -10", Reply::Integer(-6));
+        check("DECRBY a 4", Reply::Integer(-10));
+        check("INCRBY a x", Reply::error(NOT_AN_INTEGER));
+        check("SET big 9223372036854775807", Reply::Ok);
+        check("INCR big", Reply::error(OVERFLOW));
+        check("DECRBY big -9223372036854775808", Reply::error(OVERFLOW));
+        check("APPEND s hello", Reply::Integer(5));
+        check("APPEND s !", Reply::Integer(6));
+        check("INCR s", Reply::error(NOT_AN_INTEGER));
+        check("STRLEN s", Reply::Integer(6));
+        check("MSET k1 v1 k2 v2", Reply::Ok);
+        check("MSET k1 v1 k2", wrong_arity("mset"));
+        check("MGET k1 nope k2", Reply::Array(vec![bulk("v1"), Reply::Nil, bulk("v2")]));
+        check("EXISTS k1 k1 nope", Reply::Integer(2));
+        check("DEL k1 k2 nope", Reply::Integer(2));
+        check("TYPE k1", Reply::Simple("none".into()));
+        check("TTL s", Reply::Integer(-1));
+        check("KEYS [ab]*", Reply::Array(vec![bulk("a"), bulk("big")]));
+        check("DBSIZE", Reply::Integer(3));
+        check("FLUSHDB", Reply::Ok);
+        check("DBSIZE", Reply::Integer(0));
+    }
+
+    #[test]
+    fn scan_visits_every_key_once_across_writes() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(7)));
+        for i in 0..25 {
+            run(&mut store, &cursors, i + 1, &format!("SET key{i:02} v"));
+        }
+        let mut seen = Vec::new();
+        let mut cursor = "0".to_string();
+        let mut index = 100;
+        loop {
+            let reply = run(&mut store, &cursors, 0, &format!("SCAN {cursor} MATCH key* COUNT 4"));
+            let Reply::Array(parts) = reply else { panic!("SCAN answers an array") };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else { panic!("{parts:?}") };
+            seen.extend(keys.iter().map(|key| format!("{key:?}")));
+            // Keys written during the scan, before and after the cursor, do not disturb it.
+            index += 1;
+            run(&mut store, &cursors, index, &format!("SET aaa{index} v"));
+            cursor = String::from_utf8(next.to_vec()).expect("a number");
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 25, "{seen:?}");
+        assert_eq!(run(&mut store, &cursors, 0, "SCAN 12345 COUNT 4"), Reply::error("ERR invalid cursor"));
+        assert_eq!(run(&mut store, &cursors, 0, "SCAN 0 COUNT 0"), syntax_error());
+    }
+
+    #[test]
+    fn errors_use_redis_wording() {
+        assert_eq!(
+            unknown_command(&args("FOO a b")),
+            Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b' ")
+        );
+        assert_eq!(wrong_arity("get"), Reply::error("ERR wrong number of arguments for 'get' command"));
+    }
+}

@@ -1,0 +1,557 @@
+//! The Redis protocol: RESP2 and RESP3 on a node's `redis` address, over the same keyspace
+//! as the HTTP API (docs/redis.md).
+//!
+//! A connection reads whatever commands have arrived and runs them in order. Consecutive
+//! writes go to the leader as one proposal (one log entry, one fsync, however many commands
+//! a client pipelined); consecutive reads share one ReadIndex. A read after a write in the
+//! same pipeline waits for the write, so a connection sees its own writes, as in Redis.
+//! While a batch runs, nothing more is read from the connection: a client that sends
+//! without reading its replies fills its socket buffers and waits, holding bounded memory.
+
+mod commands;
+mod glob;
+mod resp;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use skiff::config::ClusterConfig;
+use skiff::{Node, NodeStatus, RoleName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+
+use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
+use self::resp::{Frame, Parser, ParserLimits, Reply};
+use crate::server::Limits;
+use crate::state::{Command, KvStore, Op, Output};
+
+/// The Redis version whose commands and replies this listener follows, for clients that ask.
+const REDIS_VERSION: &str = "7.0.0";
+/// At most this many client connections at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Commands run in one round, at most (the rest wait for the next).
+const MAX_BATCH_COMMANDS: usize = 1024;
+/// Bytes of one proposal, at most: a longer run of writes is split.
+const MAX_PROPOSAL_BYTES: usize = 4 << 20;
+/// The arguments of one command, at most.
+const MAX_COMMAND_BYTES: usize = 8 << 20;
+/// A client that does not take its replies for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every connection of a node shares.
+pub struct Redis {
+    node: Arc<Node<KvStore>>,
+    cluster: ClusterConfig,
+    limits: Limits,
+    cursors: Arc<Mutex<Cursors>>,
+    next_client: AtomicU64,
+    connected: AtomicUsize,
+    started: Instant,
+    port: u16,
+}
+
+impl Redis {
+    pub fn new(node: Arc<Node<KvStore>>, cluster: ClusterConfig, limits: Limits, port: u16) -> Redis {
+        // Cursor numbers start somewhere random, so that a cursor taken to another node is
+        // refused rather than misread.
+        let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), port);
+        Redis {
+            node,
+            cluster,
+            limits,
+            cursors: Arc::new(Mutex::new(Cursors::new(start))),
+            next_client: AtomicU64::new(1),
+            connected: AtomicUsize::new(0),
+            started: Instant::now(),
+            port,
+        }
+    }
+}
+
+/// Accepts connections until `stop`, then closes the listener; connections under way end
+/// when the node stops answering.
+pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::Receiver<()>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a Redis connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue };
+        let _ = stream.set_nodelay(true);
+        let redis = Arc::clone(&redis);
+        connections.spawn(async move {
+            redis.connected.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = serve_client(stream, &redis).await {
+                tracing::debug!(%error, "a Redis connection ended");
+            }
+            redis.connected.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.close();
+}
+
+/// One connection's own state.
+struct Session {
+    id: u64,
+    name: Option<Bytes>,
+    resp3: bool,
+    address: String,
+    quit: bool,
+}
+
+async fn serve_client(mut stream: TcpStream, redis: &Redis) -> std::io::Result<()> {
+    let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
+    let mut session = Session { id, name: None, resp3: false, address, quit: false };
+    let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
+    let mut parser = Parser::new(ParserLimits { max_bulk, max_command_bytes: MAX_COMMAND_BYTES });
+    let mut input = BytesMut::with_capacity(16 << 10);
+    let mut output = BytesMut::with_capacity(16 << 10);
+    loop {
+        let mut frames = Vec::new();
+        let mut broken = None;
+        while frames.len() < MAX_BATCH_COMMANDS {
+            match parser.next(&mut input) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(error) => {
+                    broken = Some(error);
+                    break;
+                }
+            }
+        }
+        if frames.is_empty() && broken.is_none() {
+            if stream.read_buf(&mut input).await? == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        for reply in run(redis, &mut session, frames).await {
+            reply.encode(session.resp3, &mut output);
+        }
+        if let Some(error) = &broken {
+            Reply::error(format!("ERR Protocol error: {}", error.0)).encode(session.resp3, &mut output);
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads no replies")),
+        }
+        output.clear();
+        if session.quit || broken.is_some() {
+            return stream.shutdown().await;
+        }
+    }
+}
+
+/// Runs a round of commands in order and returns their replies in order.
+async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Reply> {
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(frames.len());
+    let mut pending = Pending::None;
+    for frame in frames {
+        if session.quit {
+            break;
+        }
+        let slot = replies.len();
+        replies.push(None);
+        let plan = match frame {
+            Frame::Command(args) => command(redis, session, &args).await,
+            Frame::TooLarge { name, bytes, limit } => {
+                let name = name.map(|name| String::from_utf8_lossy(&name).to_lowercase()).unwrap_or_default();
+                let message = if limit == redis.limits.max_value_bytes.max(redis.limits.max_key_bytes) as u64 {
+                    format!("ERR '{name}' refused: an argument is over the limit of {limit} bytes")
+                } else {
+                    format!("ERR '{name}' refused: its arguments are {bytes} bytes, over the limit of {limit} bytes")
+                };
+                Plan::Reply(Reply::error(message))
+            }
+        };
+        match plan {
+            Plan::Reply(reply) => replies[slot] = Some(reply),
+            Plan::Write { ops, answer } => {
+                let size: usize = ops.iter().map(op_size).sum();
+                match &mut pending {
+                    Pending::Writes(writes) if writes.bytes + size <= MAX_PROPOSAL_BYTES => {
+                        writes.add(slot, ops, answer, size)
+                    }
+                    _ => {
+                        pending.run(redis, &mut replies).await;
+                        let mut writes = Writes::default();
+                        writes.add(slot, ops, answer, size);
+                        pending = Pending::Writes(writes);
+                    }
+                }
+            }
+            Plan::Read(query) => match &mut pending {
+                Pending::Reads(reads) => reads.push((slot, query)),
+                _ => {
+                    pending.run(redis, &mut replies).await;
+                    pending = Pending::Reads(vec![(slot, query)]);
+                }
+            },
+        }
+    }
+    pending.run(redis, &mut replies).await;
+    replies.into_iter().map(|reply| reply.unwrap_or_else(|| Reply::error("ERR no reply"))).collect()
+}
+
+/// Commands waiting to run together.
+enum Pending {
+    None,
+    Writes(Writes),
+    Reads(Vec<(usize, Query)>),
+}
+
+#[derive(Default)]
+struct Writes {
+    ops: Vec<Op>,
+    /// Per command: its reply slot, how its outputs become a reply, how many ops it has.
+    commands: Vec<(usize, Answer, usize)>,
+    bytes: usize,
+}
+
+impl Writes {
+    fn add(&mut self, slot: usize, ops: Vec<Op>, answer: Answer, bytes: usize) {
+        self.commands.push((slot, answer, ops.len()));
+        self.ops.extend(ops);
+        self.bytes += bytes;
+    }
+}
+
+impl Pending {
+    async fn run(&mut self, redis: &Redis, replies: &mut [Option<Reply>]) {
+        match std::mem::replace(self, Pending::None) {
+            Pending::None => {}
+            Pending::Writes(Writes { mut ops, commands, .. }) => {
+                let single = ops.len() == 1;
+                let op = if single { ops.pop().expect("one op") } else { Op::Batch(ops) };
+                let outputs = match redis.node.propose(Command { request: None, op }).await {
+                    Ok(Output::Batch(outputs)) if !single => Ok(outputs),
+                    Ok(output) => Ok(vec![output]),
+                    Err(error) => Err(node_error(&error)),
+                };
+                let mut at = 0;
+                for (slot, answer, count) in commands {
+                    replies[slot] = Some(match &outputs {
+                        Ok(outputs) => answer.reply(outputs.get(at..at + count).unwrap_or_default()),
+                        Err(reply) => reply.clone(),
+                    });
+                    at += count;
+                }
+            }
+            Pending::Reads(queries) => {
+                let (slots, queries): (Vec<usize>, Vec<Query>) = queries.into_iter().unzip();
+                let cursors = Arc::clone(&redis.cursors);
+                let answered = redis
+                    .node
+                    .read(move |store| queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>())
+                    .await;
+                match answered {
+                    Ok(answers) => {
+                        for (slot, reply) in slots.into_iter().zip(answers) {
+                            replies[slot] = Some(reply);
+                        }
+                    }
+                    Err(error) => {
+                        let reply = node_error(&error);
+                        for slot in slots {
+                            replies[slot] = Some(reply.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The size of an operation's keys and values, to bound proposals.
+fn op_size(op: &Op) -> usize {
+    match op {
+        Op::Put { key, value, .. } | Op::Set { key, value, .. } | Op::Append { key, value, .. } => {
+            key.len() + value.len()
+        }
+        Op::Delete { key, .. } | Op::IncrBy { key, .. } => key.len(),
+        Op::DeletePrefix { prefix } => prefix.len(),
+        Op::Batch(ops) => ops.iter().map(op_size).sum(),
+    }
+}
+
+/// A node's error as a Redis error. `TRYAGAIN` says the command certainly did not apply and
+/// may be sent again; a plain `ERR` after a timeout says it may have applied.
+fn node_error(error: &skiff::Error) -> Reply {
+    use skiff::Error as E;
+    use skiff::RaftError as R;
+    match error {
+        E::NoLeader | E::LeadershipLost | E::Raft(R::TooManyUncommitted { .. } | R::LeaderNotReady { .. }) => {
+            Reply::error(format!("TRYAGAIN {error}"))
+        }
+        E::Raft(R::TransferInProgress { .. } | R::NotLeader { .. }) => Reply::error(format!("TRYAGAIN {error}")),
+        _ => Reply::error(format!("ERR {error}")),
+    }
+}
+
+/// Plans one command: the connection and server commands here, the keyspace ones in
+/// [`commands::plan`].
+async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
+    let Some(spec) = lookup(&args[0]) else { return Plan::Reply(unknown_command(args)) };
+    let arity_ok =
+        if spec.arity >= 0 { args.len() == spec.arity as usize } else { args.len() >= (-spec.arity) as usize };
+    if !arity_ok {
+        return Plan::Reply(wrong_arity(spec.name));
+    }
+    let reply = match spec.name {
+        "ping" => match args.get(1) {
+            None => Reply::Simple("PONG".into()),
+            Some(message) if args.len() == 2 => Reply::Bulk(message.clone()),
+            Some(_) => wrong_arity("ping"),
+        },
+        "echo" => Reply::Bulk(args[1].clone()),
+        "quit" => {
+            session.quit = true;
+            Reply::Ok
+        }
+        "select" => match crate::state::parse_integer(&args[1]) {
+            Some(0) => Reply::Ok,
+            Some(_) => Reply::error("ERR DB index is out of range"),
+            None => Reply::error(crate::state::NOT_AN_INTEGER),
+        },
+        "hello" => hello(redis, session, &args[1..]),
+        "client" => client(session, &args[1..]),
+        "command" => command_info(&args[1..]),
+        "config" => config(&args[1..]),
+        "info" => info(redis, &args[1..]).await,
+        _ => return commands::plan(spec, args, &redis.limits),
+    };
+    Plan::Reply(reply)
+}
+
+/// HELLO [protover [AUTH username password] [SETNAME clientname]]
+fn hello(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
+    let mut resp3 = session.resp3;
+    let mut name = None;
+    if let Some(version) = args.first() {
+        match crate::state::parse_integer(version) {
+            Some(2) => resp3 = false,
+            Some(3) => resp3 = true,
+            Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
+            None => return Reply::error("ERR Protocol version is not an integer or out of range"),
+        }
+        let mut rest = &args[1..];
+        while let Some(option) = rest.first() {
+            if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
+                rest = &rest[3..]; // there is no authentication: any credentials are accepted
+            } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
+                name = Some(rest[1].clone());
+                rest = &rest[2..];
+            } else {
+                return Reply::error(format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(option)));
+            }
+        }
+    }
+    if let Some(name) = name {
+        if let Err(reply) = check_client_name(&name) {
+            return reply;
+        }
+        session.name = Some(name).filter(|name| !name.is_empty());
+    }
+    session.resp3 = resp3;
+    let leader = redis.node.leader().leader == Some(redis.node.id());
+    let pair = |key: &str, value: Reply| (Reply::bulk(key), value);
+    Reply::Map(vec![
+        pair("server", Reply::bulk("skiff")),
+        pair("version", Reply::bulk(REDIS_VERSION)),
+        pair("skiff_version", Reply::bulk(env!("CARGO_PKG_VERSION"))),
+        pair("proto", Reply::Integer(if resp3 { 3 } else { 2 })),
+        pair("id", Reply::Integer(session.id as i64)),
+        pair("mode", Reply::bulk("standalone")),
+        pair("role", Reply::bulk(if leader { "master" } else { "replica" })),
+        pair("modules", Reply::Array(Vec::new())),
+    ])
+}
+
+fn check_client_name(name: &[u8]) -> Result<(), Reply> {
+    if name.iter().any(|&byte| !(b'!'..=b'~').contains(&byte)) {
+        return Err(Reply::error("ERR Client names cannot contain spaces, newlines or special characters."));
+    }
+    Ok(())
+}
+
+/// CLIENT SETNAME | GETNAME | ID | INFO | LIST | SETINFO
+fn client(session: &mut Session, args: &[Bytes]) -> Reply {
+    let sub = String::from_utf8_lossy(&args[0]).to_lowercase();
+    let arity = |count: usize| if args.len() == count { Ok(()) } else { Err(wrong_arity(&format!("client|{sub}"))) };
+    let result = match sub.as_str() {
+        "setname" => arity(2).and_then(|()| check_client_name(&args[1])).map(|()| {
+            session.name = Some(args[1].clone()).filter(|name| !name.is_empty());
+            Reply::Ok
+        }),
+        "getname" => arity(1).map(|()| session.name.clone().map_or(Reply::Nil, Reply::Bulk)),
+        "id" => arity(1).map(|()| Reply::Integer(session.id as i64)),
+        "setinfo" => arity(3).map(|()| Reply::Ok),
+        "info" | "list" => {
+            let name = session.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let protocol = if session.resp3 { 3 } else { 2 };
+            Ok(Reply::bulk(format!(
+                "id={} addr={} name={name} db=0 resp={protocol}
+",
+                session.id, session.address
+            )))
+        }
+        _ => Err(Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&args[0])
+        ))),
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// COMMAND, COMMAND COUNT | LIST | INFO name... | DOCS [name...]
+fn command_info(args: &[Bytes]) -> Reply {
+    let named = |names: &[Bytes]| -> Vec<Option<&'static Spec>> {
+        if names.is_empty() { COMMANDS.iter().map(Some).collect() } else { names.iter().map(|n| lookup(n)).collect() }
+    };
+    let Some(sub) = args.first() else { return Reply::Array(COMMANDS.iter().map(describe).collect()) };
+    let sub = String::from_utf8_lossy(sub).to_lowercase();
+    match sub.as_str() {
+        "count" => Reply::Integer(COMMANDS.len() as i64),
+        "list" => Reply::Array(COMMANDS.iter().map(|spec| Reply::bulk(spec.name)).collect()),
+        "info" => Reply::Array(named(&args[1..]).into_iter().map(|spec| spec.map_or(Reply::Nil, describe)).collect()),
+        "docs" => Reply::Map(
+            named(&args[1..])
+                .into_iter()
+                .flatten()
+                .map(|spec| {
+                    let docs = vec![
+                        (Reply::bulk("summary"), Reply::bulk(spec.summary)),
+                        (Reply::bulk("since"), Reply::bulk("1.0.0")),
+                        (Reply::bulk("group"), Reply::bulk(spec.group)),
+                    ];
+                    (Reply::bulk(spec.name), Reply::Map(docs))
+                })
+                .collect(),
+        ),
+        _ => Reply::error(format!("ERR unknown subcommand '{sub}'. Try COMMAND HELP.")),
+    }
+}
+
+/// A command as `COMMAND INFO` describes it (Redis 7's ten fields).
+fn describe(spec: &Spec) -> Reply {
+    let words = |words: &[&str]| Reply::Array(words.iter().map(|word| Reply::Simple(word.to_string())).collect());
+    let access = if spec.flags.contains(&"write") { "@write" } else { "@read" };
+    let categories = [format!("@{}", spec.group), access.to_string()];
+    Reply::Array(vec![
+        Reply::bulk(spec.name),
+        Reply::Integer(spec.arity.into()),
+        words(spec.flags),
+        Reply::Integer(spec.first_key.into()),
+        Reply::Integer(spec.last_key.into()),
+        Reply::Integer(spec.step.into()),
+        Reply::Array(categories.into_iter().map(Reply::Simple).collect()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+/// CONFIG GET parameter...: the few parameters clients and `redis-benchmark` ask about.
+fn config(args: &[Bytes]) -> Reply {
+    const PARAMETERS: &[(&str, &str)] =
+        &[("appendfsync", "always"), ("appendonly", "yes"), ("databases", "1"), ("maxmemory", "0"), ("save", "")];
+    if !args[0].eq_ignore_ascii_case(b"get") {
+        let sub = String::from_utf8_lossy(&args[0]);
+        return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP. (Skiff supports CONFIG GET)"));
+    }
+    if args.len() < 2 {
+        return wrong_arity("config|get");
+    }
+    let found = PARAMETERS
+        .iter()
+        .filter(|(name, _)| {
+            args[1..].iter().any(|pattern| glob::matches(&pattern.to_ascii_lowercase(), name.as_bytes()))
+        })
+        .map(|(name, value)| (Reply::bulk(*name), Reply::bulk(*value)))
+        .collect();
+    Reply::Map(found)
+}
+
+/// INFO [section...]: server, clients, replication (the Raft view) and keyspace.
+async fn info(redis: &Redis, args: &[Bytes]) -> Reply {
+    let wanted = |section: &str| {
+        args.is_empty()
+            || args.iter().any(|arg| {
+                ["all", "everything", "default", section].iter().any(|name| arg.eq_ignore_ascii_case(name.as_bytes()))
+            })
+    };
+    let status = match redis.node.status().await {
+        Ok(status) => status,
+        Err(error) => return node_error(&error),
+    };
+    let keys = redis.node.read_stale(|store| store.len()).await.unwrap_or(0);
+    let mut text = String::new();
+    if wanted("server") {
+        text += &format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nskiff_version:{}\r\nredis_mode:standalone\r\n\
+             process_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nnode_id:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            redis.port,
+            redis.started.elapsed().as_secs(),
+            status.id,
+        );
+    }
+    if wanted("clients") {
+        text += &format!("# Clients\r\nconnected_clients:{}\r\n\r\n", redis.connected.load(Ordering::Relaxed));
+    }
+    if wanted("replication") {
+        text += &replication(redis, &status);
+    }
+    if wanted("keyspace") {
+        text += "# Keyspace\r\n";
+        if keys > 0 {
+            text += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
+        }
+    }
+    Reply::Text(text)
+}
+
+/// INFO's replication section: Redis's role (the leader is the master), then Raft's view.
+fn replication(redis: &Redis, status: &NodeStatus) -> String {
+    let leader = status.leader.map(|id| id.to_string()).unwrap_or_else(|| "none".into());
+    let mut text = String::from("# Replication\r\n");
+    if status.role == RoleName::Leader {
+        text += &format!("role:master\r\nconnected_slaves:{}\r\n", status.peers.len());
+    } else {
+        text += "role:slave\r\n";
+        if let Some(address) =
+            status.leader.and_then(|id| redis.cluster.node(id).ok()).and_then(|node| node.redis.clone())
+        {
+            let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
+            text += &format!("master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n");
+        }
+    }
+    text += &format!(
+        "raft_role:{}\r\nraft_term:{}\r\nraft_leader:{leader}\r\nraft_commit_index:{}\r\n\
+         raft_applied_index:{}\r\nraft_last_log_index:{}\r\nraft_voters:{}\r\n\r\n",
+        status.role,
+        status.term.0,
+        status.commit.0,
+        status.applied.0,
+        status.last_log_id.index.0,
+        status.membership.voters.len(),
+    );
+    text
+}
