@@ -158,5 +158,10 @@ fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool)
     println!("  skiff{flag} get greeting");
     println!("  skiff{flag} shell");
     println!("  skiff{flag} status --watch");
+    if let Some(redis) = cluster.node.first().and_then(|node| node.redis.as_deref()) {
+        let (host, port) = redis.rsplit_once(':').unwrap_or((redis, "6379"));
+        let host = if host == "127.0.0.1" { String::new() } else { format!(" -h {host}") };
+        println!("  redis-cli{host} -p {port} set greeting hello");
+    }
     println!();
 }

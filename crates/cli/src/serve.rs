@@ -56,7 +56,13 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::start(server_options).await.with_context(|| format!("cannot start node {id}"))?;
-        tracing::info!(node = %id, http = %server.http_address(), data_dir = %data_dir.display(), "node started");
+        tracing::info!(
+            node = %id,
+            http = %server.http_address(),
+            redis = ?server.redis_address(),
+            data_dir = %data_dir.display(),
+            "node started"
+        );
         let signal = wait_for_signal().await?;
         tracing::info!(node = %id, signal, "shutting down (a leader hands off leadership first)");
         server.shutdown().await.with_context(|| format!("node {id} did not shut down cleanly"))?;

@@ -10,7 +10,7 @@
 
 mod commands;
 mod glob;
-mod resp;
+pub mod resp;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,10 @@ const MAX_BATCH_COMMANDS: usize = 1024;
 const MAX_PROPOSAL_BYTES: usize = 4 << 20;
 /// The arguments of one command, at most.
 const MAX_COMMAND_BYTES: usize = 8 << 20;
+/// Encoded replies are written out once this many bytes are waiting.
+const FLUSH_BYTES: usize = 64 << 10;
+/// A connection keeps buffers up to this size between rounds.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// A client that does not take its replies for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -141,17 +145,32 @@ async fn serve_client(mut stream: TcpStream, redis: &Redis) -> std::io::Result<(
             }
             continue;
         }
-        for reply in run(redis, &mut session, frames).await {
-            reply.encode(session.resp3, &mut output);
-        }
+        let mut replies = run(redis, &mut session, frames).await;
         if let Some(error) = &broken {
-            Reply::error(format!("ERR Protocol error: {}", error.0)).encode(session.resp3, &mut output);
+            replies.push(Reply::error(format!("ERR Protocol error: {}", error.0)));
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
-            Ok(written) => written?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads no replies")),
+        // Encode a little at a time: replies share their values with the store, while
+        // encoded they are copies.
+        let count = replies.len();
+        for (index, reply) in replies.into_iter().enumerate() {
+            reply.encode(session.resp3, &mut output);
+            if output.len() >= FLUSH_BYTES || index + 1 == count {
+                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
+                    Ok(written) => written?,
+                    Err(_) => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads no replies"));
+                    }
+                }
+                output.clear();
+            }
         }
-        output.clear();
+        // A large command or reply leaves large buffers behind: give them back.
+        if output.capacity() > KEEP_BUFFER_BYTES {
+            output = BytesMut::with_capacity(16 << 10);
+        }
+        if input.is_empty() && input.capacity() > KEEP_BUFFER_BYTES {
+            input = BytesMut::with_capacity(16 << 10);
+        }
         if session.quit || broken.is_some() {
             return stream.shutdown().await;
         }

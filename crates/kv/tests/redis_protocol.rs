@@ -1,0 +1,322 @@
+//! The Redis listener under load and abuse, spoken to over raw TCP: pipelines answered in
+//! order and batched into few log entries, malformed and oversized input answered with an
+//! error, and a client that never reads its replies held back without hurting others.
+//! (Real clients, `redis-cli`, `redis-benchmark` and redis-py, are in `redis_clients.rs`.)
+//!
+//! Each test starts a 3-node cluster in one tokio runtime; ports 19900-19959.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use skiff::config::ClusterConfig;
+use skiff_kv::{Server, ServerOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A reply as RESP2 sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn bulk(text: &str) -> Reply {
+    Reply::Bulk(Some(text.as_bytes().to_vec()))
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+/// A blocking RESP client.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Connection {
+    fn open(address: SocketAddr) -> Connection {
+        let stream = TcpStream::connect(address).unwrap_or_else(|error| panic!("connect {address}: {error}"));
+        stream.set_read_timeout(Some(TIMEOUT)).expect("a read timeout");
+        let writer = stream.try_clone().expect("a second handle");
+        Connection { reader: BufReader::new(stream), writer }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("sending to the server");
+    }
+
+    fn send(&mut self, commands: &[Vec<&[u8]>]) {
+        let mut bytes = Vec::new();
+        for command in commands {
+            bytes.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+            for arg in command {
+                bytes.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                bytes.extend_from_slice(arg);
+                bytes.extend_from_slice(b"\r\n");
+            }
+        }
+        self.send_raw(&bytes);
+    }
+
+    fn call(&mut self, line: &str) -> Reply {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        self.send(&[args]);
+        self.read()
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let read = self.reader.read_line(&mut line).expect("a reply line");
+        assert!(read > 0, "the server closed the connection");
+        assert!(line.ends_with("\r\n"), "a reply line ends with CRLF: {line:?}");
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    fn read(&mut self) -> Reply {
+        let line = self.line();
+        let (kind, rest) = line.split_at(1);
+        let number = || rest.parse::<i64>().unwrap_or_else(|_| panic!("a number in {line:?}"));
+        match kind {
+            "+" => Reply::Simple(rest.into()),
+            "-" => Reply::Error(rest.into()),
+            ":" => Reply::Integer(number()),
+            "$" if number() < 0 => Reply::Bulk(None),
+            "$" => {
+                let mut bytes = vec![0; number() as usize + 2];
+                self.reader.read_exact(&mut bytes).expect("a bulk string");
+                bytes.truncate(bytes.len() - 2);
+                Reply::Bulk(Some(bytes))
+            }
+            "*" => Reply::Array((0..number()).map(|_| self.read()).collect()),
+            _ => panic!("not a RESP2 reply: {line:?}"),
+        }
+    }
+
+    /// Whether the server closed the connection (read gives end of file).
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0))
+    }
+}
+
+struct Cluster {
+    redis: Vec<SocketAddr>,
+    servers: Vec<Server>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// n1..n3: raft on base+1.., http on base+11.., redis on base+14...
+    fn start(name: &str, base: u16) -> Cluster {
+        let mut text = format!("[cluster]\nname = \"{name}\"\n");
+        for i in 1..=3 {
+            text += &format!(
+                "[[node]]\nid = \"n{i}\"\nraft = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\nredis = \"127.0.0.1:{}\"\n",
+                base + i,
+                base + 10 + i,
+                base + 13 + i
+            );
+        }
+        let config = ClusterConfig::from_toml_str(&text).expect("a valid cluster file");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut servers = Vec::new();
+        for id in config.node_ids() {
+            let options = ServerOptions::new(config.clone(), id, dir.path().join(id.to_string()));
+            servers.push(runtime.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}")));
+        }
+        let redis = servers.iter().map(|server| server.redis_address().expect("a redis address")).collect();
+        let cluster = Cluster { redis, servers, runtime, _dir: dir };
+        for server in &cluster.servers {
+            cluster.runtime.block_on(server.node().wait_for_leader(TIMEOUT)).expect("a leader");
+        }
+        cluster
+    }
+
+    /// The redis address of a follower, and of the leader.
+    fn follower_and_leader(&self) -> (SocketAddr, SocketAddr) {
+        let leader = self.servers[0].node().leader().leader.expect("a known leader");
+        let find = |is_leader: bool| {
+            let at = self.servers.iter().position(|server| (server.id() == leader) == is_leader).expect("a node");
+            self.redis[at]
+        };
+        (find(false), find(true))
+    }
+
+    fn commit_index(&self, connection: &mut Connection) -> u64 {
+        let Reply::Bulk(Some(text)) = connection.call("INFO replication") else { panic!("INFO answers a bulk string") };
+        let text = String::from_utf8(text).expect("INFO is text");
+        let line = text.lines().find_map(|line| line.strip_prefix("raft_commit_index:")).expect("raft_commit_index");
+        line.parse().expect("a number")
+    }
+
+    fn shutdown(self) {
+        for server in self.servers {
+            self.runtime.block_on(server.shutdown()).expect("a clean shutdown");
+        }
+    }
+}
+
+#[test]
+fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() {
+    let cluster = Cluster::start("redis-pipelines", 19900);
+    let (follower, _) = cluster.follower_and_leader();
+    let mut connection = Connection::open(follower);
+    let before = cluster.commit_index(&mut connection);
+
+    // 1000 increments in one write, through a follower: each answered, in order, once.
+    let increments: Vec<Vec<&[u8]>> = (0..1000).map(|_| vec![&b"INCR"[..], b"counter"]).collect();
+    connection.send(&increments);
+    for expected in 1..=1000 {
+        assert_eq!(connection.read(), Reply::Integer(expected), "INCR number {expected}");
+    }
+    let after = cluster.commit_index(&mut connection);
+    assert!(
+        after - before <= 100,
+        "1000 pipelined writes took {} log entries: they should share entries",
+        after - before
+    );
+
+    // Reads and writes interleaved: each read sees the writes before it, none after it.
+    let mut commands: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let key = format!("k{}", i % 7).into_bytes();
+        commands.push(vec![b"SET".to_vec(), key.clone(), format!("v{i}").into_bytes()]);
+        expected.push(ok());
+        commands.push(vec![b"GET".to_vec(), key.clone()]);
+        expected.push(bulk(&format!("v{i}")));
+        commands.push(vec![b"APPEND".to_vec(), key.clone(), b"!".to_vec()]);
+        expected.push(Reply::Integer(format!("v{i}!").len() as i64));
+        commands.push(vec![b"MGET".to_vec(), key, b"counter".to_vec()]);
+        expected.push(Reply::Array(vec![bulk(&format!("v{i}!")), bulk("1000")]));
+    }
+    let borrowed: Vec<Vec<&[u8]>> = commands.iter().map(|args| args.iter().map(Vec::as_slice).collect()).collect();
+    connection.send(&borrowed);
+    for (number, expected) in expected.into_iter().enumerate() {
+        assert_eq!(connection.read(), expected, "reply {number}");
+    }
+
+    // Another connection, through every node, sees the same keyspace.
+    for &address in &cluster.redis {
+        assert_eq!(Connection::open(address).call("GET counter"), bulk("1000"), "GET counter via {address}");
+    }
+    cluster.shutdown();
+}
+
+#[test]
+fn bad_input_gets_an_error_and_the_server_goes_on() {
+    let cluster = Cluster::start("redis-bad-input", 19920);
+    let address = cluster.redis[0];
+    let mut connection = Connection::open(address);
+
+    // Inline commands, as telnet and redis-benchmark send them.
+    connection.send_raw(b"PING\r\nECHO \"two words\"\r\n");
+    assert_eq!(connection.read(), Reply::Simple("PONG".into()));
+    assert_eq!(connection.read(), bulk("two words"));
+
+    // Errors in Redis's words; the connection stays usable.
+    let wrong = |name: &str| Reply::Error(format!("ERR wrong number of arguments for '{name}' command"));
+    assert_eq!(connection.call("GET"), wrong("get"));
+    assert_eq!(connection.call("MSET a 1 b"), wrong("mset"));
+    assert_eq!(
+        connection.call("FROB x"),
+        Reply::Error("ERR unknown command 'FROB', with args beginning with: 'x' ".into())
+    );
+    assert_eq!(connection.call("SET n abc"), ok());
+    assert_eq!(connection.call("INCR n"), Reply::Error("ERR value is not an integer or out of range".into()));
+    assert_eq!(connection.call("SELECT 3"), Reply::Error("ERR DB index is out of range".into()));
+
+    // An oversized value is refused, its bytes skipped, and the next command answered.
+    let big = vec![b'x'; (1 << 20) + 1];
+    connection.send(&[vec![b"SET", b"big", &big], vec![b"PING"]]);
+    let Reply::Error(message) = connection.read() else { panic!("SET of 1 MiB + 1 is refused") };
+    assert!(message.starts_with("ERR") && message.contains("1048576"), "{message}");
+    assert_eq!(connection.read(), Reply::Simple("PONG".into()));
+    assert_eq!(connection.call("EXISTS big"), Reply::Integer(0));
+    // One byte under the limit is fine.
+    let fits = vec![b'y'; 1 << 20];
+    connection.send(&[vec![b"SET", b"big", &fits]]);
+    assert_eq!(connection.read(), ok());
+    assert_eq!(connection.call("STRLEN big"), Reply::Integer(1 << 20));
+    assert_eq!(
+        connection.call("APPEND big z"),
+        Reply::Error("ERR string exceeds maximum allowed size (1048576 bytes)".into())
+    );
+
+    // Malformed RESP: an error, then the connection is closed, as Redis does.
+    for garbage in [&b"*1\r\n+PING\r\n"[..], b"*1\r\n$-7\r\n", b"*abc\r\n", b"*1\r\n$4\r\nPINGxx"] {
+        let mut bad = Connection::open(address);
+        bad.send_raw(garbage);
+        let Reply::Error(message) = bad.read() else { panic!("{garbage:?} is answered with an error") };
+        assert!(message.starts_with("ERR Protocol error"), "{garbage:?}: {message}");
+        assert!(bad.closed(), "{garbage:?}: the connection is closed after a protocol error");
+    }
+    // None of it disturbed the first connection.
+    assert_eq!(connection.call("GET n"), bulk("abc"));
+    assert_eq!(connection.call("QUIT"), ok());
+    assert!(connection.closed(), "QUIT closes the connection");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_client_that_never_reads_is_held_back_and_others_are_served() {
+    let cluster = Cluster::start("redis-slow-reader", 19940);
+    let address = cluster.redis[1];
+    let mut other = Connection::open(address);
+    let value = vec![b'v'; 1 << 20];
+    other.send(&[vec![b"SET", b"large", &value]]);
+    assert_eq!(other.read(), ok());
+
+    // Ask for the 1 MiB value over and over and never read: the server must stop reading
+    // this client once its replies back up, so our writes stall long before we have asked
+    // for gigabytes.
+    let mut greedy = TcpStream::connect(address).expect("connect");
+    greedy.set_write_timeout(Some(Duration::from_secs(2))).expect("a write timeout");
+    let request = b"*2\r\n$3\r\nGET\r\n$5\r\nlarge\r\n".repeat(1000);
+    let mut sent = 0usize;
+    let stalled = loop {
+        match greedy.write(&request) {
+            Ok(written) => sent += written,
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                break true;
+            }
+            Err(error) => panic!("writing to the server: {error}"),
+        }
+        if sent > 64 << 20 {
+            break false;
+        }
+    };
+    let asked = sent / 24;
+    assert!(stalled, "the server kept reading: {asked} requests for a 1 MiB value were accepted unread");
+    eprintln!("the server stopped reading after {sent} bytes ({asked} requests, {} MiB of replies)", asked);
+
+    // Meanwhile, another client is served at once.
+    let started = Instant::now();
+    assert_eq!(other.call("PING"), Reply::Simple("PONG".into()));
+    assert_eq!(other.call("SET small 1"), ok());
+    assert_eq!(other.call("GET small"), bulk("1"));
+    assert!(started.elapsed() < Duration::from_secs(5), "the other client waited {:?}", started.elapsed());
+
+    // When the greedy client goes away, its connection ends and is counted no more.
+    drop(greedy);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let Reply::Bulk(Some(text)) = other.call("INFO clients") else { panic!("INFO answers a bulk string") };
+        let text = String::from_utf8(text).expect("text");
+        if text.contains("connected_clients:1\r\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dropped client is still connected: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.shutdown();
+}
