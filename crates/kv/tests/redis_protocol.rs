@@ -205,6 +205,15 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
         assert_eq!(connection.read(), expected, "reply {number}");
     }
 
+    // READONLY: reads from the follower's own state (eventually the same), READWRITE back.
+    assert_eq!(connection.call("READONLY"), ok());
+    let deadline = Instant::now() + TIMEOUT;
+    while connection.call("GET counter") != bulk("1000") {
+        assert!(Instant::now() < deadline, "the follower's own state never reached counter = 1000");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(connection.call("READWRITE"), ok());
+
     // Another connection, through every node, sees the same keyspace.
     for &address in &cluster.redis {
         assert_eq!(Connection::open(address).call("GET counter"), bulk("1000"), "GET counter via {address}");

@@ -68,6 +68,8 @@ pub const COMMANDS: &[Spec] = &[
     spec("ping", -1, &["fast"], NONE, "connection", "Answers PONG, or the given string."),
     spec("pttl", 2, READ, ONE, "generic", "Time to live in milliseconds: -1 (no expiry) or -2 (no key)."),
     spec("quit", -1, &["fast"], NONE, "connection", "Closes the connection."),
+    spec("readonly", 1, &["loading", "stale", "fast"], NONE, "cluster", "Reads answer from this node's state (stale)."),
+    spec("readwrite", 1, &["loading", "stale", "fast"], NONE, "cluster", "Reads are linearizable again (the default)."),
     spec("scan", -2, &["readonly"], NONE, "generic", "Iterates over the keys with a cursor."),
     spec("select", 2, &["loading", "stale", "fast"], NONE, "connection", "Selects database 0 (the only one)."),
     spec("set", -3, &["write", "denyoom"], ONE, "string", "Sets a key, with NX, XX and GET."),

@@ -54,6 +54,7 @@ pub struct Redis {
     next_client: AtomicU64,
     connected: AtomicUsize,
     started: Instant,
+    metrics: Metrics,
     port: u16,
 }
 
@@ -62,6 +63,7 @@ impl Redis {
         // Cursor numbers start somewhere random, so that a cursor taken to another node is
         // refused rather than misread.
         let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), port);
+        let node_label = node.id().to_string();
         Redis {
             node,
             cluster,
@@ -70,7 +72,33 @@ impl Redis {
             next_client: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
             started: Instant::now(),
+            metrics: Metrics::new(node_label),
             port,
+        }
+    }
+}
+
+/// The listener's metrics, registered once (labels cost an allocation per use).
+struct Metrics {
+    writes: metrics::Counter,
+    reads: metrics::Counter,
+    other: metrics::Counter,
+    errors: metrics::Counter,
+    write_seconds: metrics::Histogram,
+    read_seconds: metrics::Histogram,
+}
+
+impl Metrics {
+    fn new(node: String) -> Metrics {
+        let commands = |kind: &'static str| metrics::counter!("skiff_redis_commands_total", "node" => node.clone(), "kind" => kind);
+        let seconds = |kind: &'static str| metrics::histogram!("skiff_redis_batch_seconds", "node" => node.clone(), "kind" => kind);
+        Metrics {
+            writes: commands("write"),
+            reads: commands("read"),
+            other: commands("other"),
+            errors: metrics::counter!("skiff_redis_errors_total", "node" => node.clone()),
+            write_seconds: seconds("write"),
+            read_seconds: seconds("read"),
         }
     }
 }
@@ -116,12 +144,14 @@ struct Session {
     resp3: bool,
     address: String,
     quit: bool,
+    /// After `READONLY`: reads answer from this node's state without ReadIndex.
+    stale: bool,
 }
 
 async fn serve_client(mut stream: TcpStream, redis: &Redis) -> std::io::Result<()> {
     let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
-    let mut session = Session { id, name: None, resp3: false, address, quit: false };
+    let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false };
     let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
     let mut parser = Parser::new(ParserLimits { max_bulk, max_command_bytes: MAX_COMMAND_BYTES });
     let mut input = BytesMut::with_capacity(16 << 10);
@@ -200,7 +230,10 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
             }
         };
         match plan {
-            Plan::Reply(reply) => replies[slot] = Some(reply),
+            Plan::Reply(reply) => {
+                redis.metrics.other.increment(1);
+                replies[slot] = Some(reply)
+            }
             Plan::Write { ops, answer } => {
                 let size: usize = ops.iter().map(op_size).sum();
                 match &mut pending {
@@ -208,7 +241,7 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
                         writes.add(slot, ops, answer, size)
                     }
                     _ => {
-                        pending.run(redis, &mut replies).await;
+                        pending.run(redis, session.stale, &mut replies).await;
                         let mut writes = Writes::default();
                         writes.add(slot, ops, answer, size);
                         pending = Pending::Writes(writes);
@@ -218,14 +251,18 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
             Plan::Read(query) => match &mut pending {
                 Pending::Reads(reads) => reads.push((slot, query)),
                 _ => {
-                    pending.run(redis, &mut replies).await;
+                    pending.run(redis, session.stale, &mut replies).await;
                     pending = Pending::Reads(vec![(slot, query)]);
                 }
             },
         }
     }
-    pending.run(redis, &mut replies).await;
-    replies.into_iter().map(|reply| reply.unwrap_or_else(|| Reply::error("ERR no reply"))).collect()
+    pending.run(redis, session.stale, &mut replies).await;
+    let replies: Vec<Reply> =
+        replies.into_iter().map(|reply| reply.unwrap_or_else(|| Reply::error("ERR no reply"))).collect();
+    let errors = replies.iter().filter(|reply| matches!(reply, Reply::Error(_))).count();
+    redis.metrics.errors.increment(errors as u64);
+    replies
 }
 
 /// Commands waiting to run together.
@@ -252,17 +289,23 @@ impl Writes {
 }
 
 impl Pending {
-    async fn run(&mut self, redis: &Redis, replies: &mut [Option<Reply>]) {
+    async fn run(&mut self, redis: &Redis, stale: bool, replies: &mut [Option<Reply>]) {
         match std::mem::replace(self, Pending::None) {
             Pending::None => {}
-            Pending::Writes(Writes { mut ops, commands, .. }) => {
-                let single = ops.len() == 1;
-                let op = if single { ops.pop().expect("one op") } else { Op::Batch(ops) };
+            Pending::Writes(Writes { ops, commands, .. }) => {
+                let started = Instant::now();
+                redis.metrics.writes.increment(commands.len() as u64);
+                // One operation travels bare (and reads well in the log); more as a batch.
+                let (op, single) = match <[Op; 1]>::try_from(ops) {
+                    Ok([op]) => (op, true),
+                    Err(ops) => (Op::Batch(ops), false),
+                };
                 let outputs = match redis.node.propose(Command { request: None, op }).await {
                     Ok(Output::Batch(outputs)) if !single => Ok(outputs),
                     Ok(output) => Ok(vec![output]),
                     Err(error) => Err(node_error(&error)),
                 };
+                redis.metrics.write_seconds.record(started.elapsed().as_secs_f64());
                 let mut at = 0;
                 for (slot, answer, count) in commands {
                     replies[slot] = Some(match &outputs {
@@ -273,12 +316,15 @@ impl Pending {
                 }
             }
             Pending::Reads(queries) => {
+                let started = Instant::now();
+                redis.metrics.reads.increment(queries.len() as u64);
                 let (slots, queries): (Vec<usize>, Vec<Query>) = queries.into_iter().unzip();
                 let cursors = Arc::clone(&redis.cursors);
-                let answered = redis
-                    .node
-                    .read(move |store| queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>())
-                    .await;
+                let run = move |store: &KvStore| {
+                    queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>()
+                };
+                let answered = if stale { redis.node.read_stale(run).await } else { redis.node.read(run).await };
+                redis.metrics.read_seconds.record(started.elapsed().as_secs_f64());
                 match answered {
                     Ok(answers) => {
                         for (slot, reply) in slots.into_iter().zip(answers) {
@@ -349,6 +395,10 @@ async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
             None => Reply::error(crate::state::NOT_AN_INTEGER),
         },
         "hello" => hello(redis, session, &args[1..]),
+        "readonly" | "readwrite" => {
+            session.stale = spec.name == "readonly";
+            Reply::Ok
+        }
         "client" => client(session, &args[1..]),
         "command" => command_info(&args[1..]),
         "config" => config(&args[1..]),
