@@ -67,7 +67,9 @@ async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool) -> Result<(
     let starts: Vec<_> = cluster
         .node_ids()
         .map(|id| {
-            let options = ServerOptions::new(cluster.clone(), id, data_dir.join(id.to_string()));
+            let mut options = ServerOptions::new(cluster.clone(), id, data_dir.join(id.to_string()));
+            // The demo is for experiments: partition a node with POST /v1/skiff/faults.
+            options.fault_injection = true;
             tokio::spawn(async move { (id, Server::start(options).await) })
         })
         .collect();

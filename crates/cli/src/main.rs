@@ -178,6 +178,10 @@ struct ServeArgs {
     /// The largest key accepted, in bytes.
     #[arg(long, env = "SKIFF_MAX_KEY_BYTES", default_value_t = skiff_kv::Limits::default().max_key_bytes)]
     max_key_bytes: usize,
+    /// Serve /v1/skiff/faults, which can drop or delay this node's peer traffic (for
+    /// `skiff check` and experiments; never in production).
+    #[arg(long, env = "SKIFF_FAULT_INJECTION")]
+    fault_injection: bool,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -268,7 +272,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => {
             serve::init_logging(args.log.log.as_deref(), args.log.log_format, "info")?;
             let limits = skiff_kv::Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
-            let options = serve::ServeOptions { config: args.config, id: args.id, data_dir: args.data_dir, limits };
+            let options = serve::ServeOptions {
+                config: args.config,
+                id: args.id,
+                data_dir: args.data_dir,
+                limits,
+                fault_injection: args.fault_injection,
+            };
             serve::run(options)?;
         }
         Command::Demo(args) => {

@@ -38,6 +38,7 @@ pub struct ServeOptions {
     pub id: String,
     pub data_dir: Option<PathBuf>,
     pub limits: Limits,
+    pub fault_injection: bool,
 }
 
 /// Reads the cluster file and checks that it lists `id`.
@@ -53,6 +54,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let data_dir = options.data_dir.unwrap_or_else(|| Path::new("data").join(id.to_string()));
     let mut server_options = ServerOptions::new(cluster, id, &data_dir);
     server_options.limits = options.limits;
+    server_options.fault_injection = options.fault_injection;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::start(server_options).await.with_context(|| format!("cannot start node {id}"))?;

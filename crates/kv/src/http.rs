@@ -63,6 +63,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/skiff/members", get(members_list).post(members_add))
         .route("/v1/skiff/members/{id}", axum::routing::delete(members_remove))
         .route("/v1/skiff/members/{id}/promote", post(members_promote))
+        .route("/v1/skiff/faults", get(faults_list).post(faults_add).delete(faults_clear))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/http-api.md") })
         .method_not_allowed_fallback(|method: Method| async move {
@@ -764,6 +765,54 @@ async fn members_remove(State(api): Shared, axum::extract::Path(id): axum::extra
 
 // ---------------------------------------------------------------------------------------
 // Metrics
+
+// ---------------------------------------------------------------------------------------
+// Fault injection (off unless the node was started with it)
+
+/// The node's fault table, or 403 when fault injection is off.
+fn faults(api: &Api) -> ApiResult<&skiff::transport::faults::Faults> {
+    api.node.faults().ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "fault injection is off; start the node with --fault-injection to use it")
+    })
+}
+
+fn faults_json(faults: &skiff::transport::faults::Faults) -> Response {
+    axum::Json(json!({ "enabled": true, "faults": faults.list() })).into_response()
+}
+
+async fn faults_list(State(api): Shared) -> ApiResult {
+    Ok(faults_json(faults(&api)?))
+}
+
+/// Adds a fault: `{"action": "drop" | "delay", "delay_ms": N, "peers": ["n2"], "direction":
+/// "in" | "out" | "both"}`.
+async fn faults_add(State(api): Shared, headers: HeaderMap, body: Body) -> ApiResult {
+    let faults = faults(&api)?;
+    let body = read_body(body, &headers, 64 << 10).await?;
+    let fault: skiff::transport::faults::Fault = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "a fault is {{\"action\": \"drop\" or \"delay\", \"delay_ms\": N, \"peers\": [\"n2\"], \
+             \"direction\": \"in\", \"out\" or \"both\"}}: {error}"
+        ))
+    })?;
+    let members: Vec<NodeId> = api.cluster.node_ids().collect();
+    if let Some(unknown) = fault.peers.iter().find(|id| !members.contains(id)) {
+        return Err(ApiError::bad_request(format!("{unknown} is not a node of the cluster file")));
+    }
+    if fault.peers.contains(&api.node.id()) {
+        return Err(ApiError::bad_request(format!("{} cannot cut itself off; name its peers", api.node.id())));
+    }
+    tracing::warn!(node = %api.node.id(), ?fault, "fault injected");
+    faults.add(fault);
+    Ok(faults_json(faults))
+}
+
+async fn faults_clear(State(api): Shared) -> ApiResult {
+    let faults = faults(&api)?;
+    faults.clear();
+    tracing::warn!(node = %api.node.id(), "faults cleared");
+    Ok(faults_json(faults))
+}
 
 async fn metrics(State(api): Shared) -> ApiResult {
     let Some(handle) = crate::metrics::handle() else {

@@ -45,11 +45,14 @@ pub struct ServerOptions {
     /// Where the node keeps its log, hard state and snapshots.
     pub data_dir: PathBuf,
     pub limits: Limits,
+    /// Serve `/v1/skiff/faults`, which drops or delays this node's peer traffic: for
+    /// testing only (`skiff check`, the demo). Off by default.
+    pub fault_injection: bool,
 }
 
 impl ServerOptions {
     pub fn new(cluster: ClusterConfig, id: NodeId, data_dir: impl Into<PathBuf>) -> ServerOptions {
-        ServerOptions { cluster, id, data_dir: data_dir.into(), limits: Limits::default() }
+        ServerOptions { cluster, id, data_dir: data_dir.into(), limits: Limits::default(), fault_injection: false }
     }
 }
 
@@ -66,7 +69,7 @@ pub struct Server {
 impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
-        let ServerOptions { cluster, id, data_dir, limits } = options;
+        let ServerOptions { cluster, id, data_dir, limits, fault_injection } = options;
         let address = cluster
             .node(id)
             .map_err(|error| Error::Config(error.to_string()))?
@@ -84,7 +87,13 @@ impl Server {
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
-        let node = Arc::new(Node::start(&cluster, id, store, &data_dir).await?);
+        let node = if fault_injection {
+            tracing::warn!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
+            Node::start_with_fault_injection(&cluster, id, store, &data_dir).await?
+        } else {
+            Node::start(&cluster, id, store, &data_dir).await?
+        };
+        let node = Arc::new(node);
         crate::metrics::handle();
         tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));
         let mut stop = Vec::new();

@@ -16,6 +16,7 @@ use crate::driver::{Driver, Request, Settings};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
+use crate::transport::faults::Faults;
 use crate::transport::tcp::{TcpOptions, TcpTransport};
 use crate::transport::{PeerHealth, Transport};
 use crate::wire::{ForwardedRequest, PeerMessage};
@@ -100,6 +101,7 @@ pub struct Node<S: StateMachine> {
     leader: watch::Receiver<LeaderInfo>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     options: NodeOptions,
+    faults: Option<Faults>,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -112,6 +114,28 @@ impl<S: StateMachine> Node<S> {
         state_machine: S,
         data_dir: impl AsRef<Path>,
     ) -> Result<Node<S>> {
+        Node::start_from_file(cluster, id, state_machine, data_dir.as_ref(), None).await
+    }
+
+    /// As [`Node::start`], with fault injection on: [`Node::faults`] drops or delays
+    /// messages to and from chosen peers, for testing how the cluster copes with partitions
+    /// and slow links. Never for production.
+    pub async fn start_with_fault_injection(
+        cluster: &ClusterConfig,
+        id: NodeId,
+        state_machine: S,
+        data_dir: impl AsRef<Path>,
+    ) -> Result<Node<S>> {
+        Node::start_from_file(cluster, id, state_machine, data_dir.as_ref(), Some(Faults::default())).await
+    }
+
+    async fn start_from_file(
+        cluster: &ClusterConfig,
+        id: NodeId,
+        state_machine: S,
+        data_dir: &Path,
+        faults: Option<Faults>,
+    ) -> Result<Node<S>> {
         let node = cluster.node(id).map_err(|error| Error::Config(error.to_string()))?;
         let listen_address = node.raft_listen_address();
         let listen = tokio::net::lookup_host(listen_address).await?.next().ok_or_else(|| {
@@ -119,17 +143,24 @@ impl<S: StateMachine> Node<S> {
         })?;
         let name = cluster.cluster.name.clone();
         let disk_options = DiskOptions::new(id, name.clone(), cluster.voters());
-        let store =
-            DiskStorage::open(data_dir.as_ref(), disk_options).map_err(|error| Error::Storage(error.to_string()))?;
+        let store = DiskStorage::open(data_dir, disk_options).map_err(|error| Error::Storage(error.to_string()))?;
         let (inbox, receiver) = mpsc::channel(4096);
         let mut tcp = TcpOptions::new(id, name, listen);
         tcp.peers = cluster.peers_of(id);
-        let transport = TcpTransport::start(tcp, inbox).await?;
         let mut options = NodeOptions::new(id);
         options.raft = cluster.raft_config(id);
         options.tick = cluster.tick_interval();
         options.snapshot_after_entries = cluster.raft.snapshot_after_entries;
-        Node::start_with(options, state_machine, store, transport, receiver)
+        let Some(faults) = faults else {
+            let transport = TcpTransport::start(tcp, inbox).await?;
+            return Node::start_with(options, state_machine, store, transport, receiver);
+        };
+        // Faults sit between the transport and the core, both ways.
+        let transport = TcpTransport::start(tcp, faults.filter_inbox(inbox)).await?;
+        let transport = faults.wrap(transport, tokio::runtime::Handle::current());
+        let mut node = Node::start_with(options, state_machine, store, transport, receiver)?;
+        node.faults = Some(faults);
+        Ok(node)
     }
 
     /// Starts a node from its parts: a store (new, or holding a previous run's state), a
@@ -155,11 +186,17 @@ impl<S: StateMachine> Node<S> {
         let thread = std::thread::Builder::new()
             .name(format!("skiff-{id}"))
             .spawn(move || runtime.block_on(driver.run(requests_receiver, inbox)))?;
-        Ok(Node { id, requests, leader, thread: Mutex::new(Some(thread)), options })
+        Ok(Node { id, requests, leader, thread: Mutex::new(Some(thread)), options, faults: None })
     }
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The injected faults, if the node was started with
+    /// [`Node::start_with_fault_injection`].
+    pub fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
     }
 
     /// Proposes `command` and returns its output once it is committed and applied. From a

@@ -12,6 +12,7 @@ use skiff_raft::NodeId;
 
 use crate::wire::PeerMessage;
 
+pub mod faults;
 pub mod memory;
 pub mod tcp;
 
