@@ -14,8 +14,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
 use skiff::{Node, NodeId};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::http::Api;
@@ -168,25 +168,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// header timeout (a client that trickles its headers is dropped) and a connection limit.
 async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut stop => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors, most likely: back off rather than spin.
-                tracing::warn!(%error, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            continue; // over the limit: the connection is dropped
-        };
-        let _ = stream.set_nodelay(true);
+    let acceptor = Acceptor::new(listener, "HTTP");
+    while let Some((stream, slot)) = acceptor.next(&mut stop).await {
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
         let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
@@ -196,6 +179,42 @@ async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: onesh
             drop(slot);
         });
     }
-    drop(listener);
+    drop(acceptor);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+/// Takes client connections (HTTP or Redis) off a listener, at most [`MAX_CONNECTIONS`] at
+/// once: a connection over the limit is closed as it arrives.
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    protocol: &'static str,
+}
+
+impl Acceptor {
+    pub(crate) fn new(listener: TcpListener, protocol: &'static str) -> Acceptor {
+        Acceptor { listener, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)), protocol }
+    }
+
+    /// The next connection and the slot it holds until dropped; `None` once `stop` fires.
+    pub(crate) async fn next(&self, stop: &mut oneshot::Receiver<()>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = &mut *stop => return None,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else { continue };
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, slot));
+                }
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off rather than spin.
+                    tracing::warn!(%error, protocol = self.protocol, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
 }

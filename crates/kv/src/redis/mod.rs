@@ -21,17 +21,15 @@ use skiff::config::ClusterConfig;
 use skiff::{Node, NodeStatus, RoleName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
 use self::resp::{Frame, Parser, ParserLimits, Reply};
-use crate::server::Limits;
+use crate::server::{Acceptor, Limits};
 use crate::state::{Command, KvStore, Op, Output};
 
 /// The Redis version whose commands and replies this listener follows, for clients that ask.
 const REDIS_VERSION: &str = "7.0.0";
-/// At most this many client connections at once; more are closed as they arrive.
-const MAX_CONNECTIONS: usize = 10_000;
 /// Commands run in one round, at most (the rest wait for the next).
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// Bytes of one proposal, at most: a longer run of writes is split.
@@ -106,23 +104,9 @@ impl Metrics {
 /// Accepts connections until `stop`, then closes the listener; connections under way end
 /// when the node stops answering.
 pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::Receiver<()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let acceptor = Acceptor::new(listener, "Redis");
     let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut stop => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a Redis connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, slot)) = acceptor.next(&mut stop).await {
         let redis = Arc::clone(&redis);
         connections.spawn(async move {
             redis.connected.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +117,7 @@ pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::
             drop(slot);
         });
     }
-    drop(listener);
+    drop(acceptor);
     connections.close();
 }
 
