@@ -208,7 +208,9 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
                 let message = if limit == redis.limits.max_value_bytes.max(redis.limits.max_key_bytes) as u64 {
                     format!("ERR '{name}' refused: an argument is over the limit of {limit} bytes")
                 } else {
-                    format!("ERR '{name}' refused: its arguments are {bytes} bytes, over the limit of {limit} bytes")
+                    format!(
+                        "ERR '{name}' refused: with {bytes} bytes of arguments, the command is over the limit of {limit} bytes"
+                    )
                 };
                 Plan::Reply(Reply::error(message))
             }

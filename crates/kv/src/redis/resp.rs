@@ -17,6 +17,8 @@ const MAX_ARGUMENTS: i64 = 1 << 20;
 /// The longest `*N` or `$N` line, and the longest inline command.
 const MAX_HEADER_LINE: usize = 32;
 const MAX_INLINE: usize = 64 << 10;
+/// Arguments at least this long share the read buffer's memory; shorter ones are copied.
+const SHARE_FROM_BYTES: usize = 256;
 
 /// What one read of the buffer gives.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,15 +38,24 @@ pub struct ProtocolError(pub String);
 pub struct ParserLimits {
     /// A bulk string longer than this is skipped and its command refused.
     pub max_bulk: usize,
-    /// The arguments of one command together.
+    /// What one command may hold: the lengths of its arguments, each plus
+    /// [`ARGUMENT_COST`].
     pub max_command_bytes: usize,
 }
+
+/// What each argument costs beyond its length, against `max_command_bytes`: the most its
+/// header and CRLF can take, and the handle it is kept in. Without it, a million empty
+/// arguments would count as nothing.
+pub const ARGUMENT_COST: u64 = MAX_HEADER_LINE as u64 + 2 + std::mem::size_of::<Bytes>() as u64;
 
 #[derive(Debug)]
 pub struct Parser {
     limits: ParserLimits,
     /// The multibulk command being read, if one is under way.
     command: Option<Partial>,
+    /// How far an inline line has been searched for its newline, so that a long line
+    /// arriving in small pieces is not searched again from its start each time.
+    inline_scanned: usize,
 }
 
 #[derive(Debug, Default)]
@@ -52,17 +63,19 @@ struct Partial {
     /// Arguments still to come.
     remaining: usize,
     arguments: Vec<Bytes>,
-    /// Bytes of all the arguments announced so far.
+    /// The lengths of all the arguments announced so far.
     bytes: u64,
+    /// What the command holds, against `max_command_bytes`.
+    cost: u64,
     /// Set once the command is over a limit: nothing more is kept.
     too_large: Option<u64>,
-    /// Bytes of the current oversized bulk string (with its CRLF) still to discard.
-    skipping: usize,
+    /// Bytes of the current oversized bulk string still to discard (then its CRLF).
+    skipping: Option<usize>,
 }
 
 impl Parser {
     pub fn new(limits: ParserLimits) -> Parser {
-        Parser { limits, command: None }
+        Parser { limits, command: None, inline_scanned: 0 }
     }
 
     /// The next complete frame in `buffer`, taking its bytes; `None` if more input is needed.
@@ -81,7 +94,7 @@ impl Parser {
                         }
                         self.command = Some(Partial { remaining: count as usize, ..Partial::default() });
                     }
-                    Some(_) => match inline(buffer)? {
+                    Some(_) => match self.inline(buffer)? {
                         Some(arguments) if arguments.is_empty() => continue,
                         Some(arguments) => return Ok(Some(Frame::Command(arguments))),
                         None => return Ok(None),
@@ -89,50 +102,8 @@ impl Parser {
                 }
             }
             let Some(partial) = self.command.as_mut() else { continue };
-            while partial.remaining > 0 {
-                if partial.skipping > 0 {
-                    let discarded = partial.skipping.min(buffer.len());
-                    buffer.advance(discarded);
-                    partial.skipping -= discarded;
-                    if partial.skipping > 0 {
-                        return Ok(None);
-                    }
-                    partial.remaining -= 1;
-                    continue;
-                }
-                let Some(length) = peek_header_line(buffer, b'$', "bulk length")? else { return Ok(None) };
-                let (line, length) = length;
-                if !(0..=MAX_BULK_LENGTH).contains(&length) {
-                    return Err(ProtocolError("invalid bulk length".into()));
-                }
-                let length = length as usize;
-                let total = partial.bytes + length as u64;
-                let over = if length > self.limits.max_bulk {
-                    Some(self.limits.max_bulk as u64)
-                } else if total > self.limits.max_command_bytes as u64 {
-                    Some(self.limits.max_command_bytes as u64)
-                } else {
-                    None
-                };
-                if over.is_some() || partial.too_large.is_some() {
-                    buffer.advance(line);
-                    partial.bytes = total;
-                    partial.too_large = partial.too_large.or(over);
-                    partial.skipping = length + 2;
-                    continue;
-                }
-                if buffer.len() < line + length + 2 {
-                    buffer.reserve(line + length + 2 - buffer.len());
-                    return Ok(None);
-                }
-                if &buffer[line + length..line + length + 2] != b"\r\n" {
-                    return Err(ProtocolError("a bulk string does not end with CRLF".into()));
-                }
-                buffer.advance(line);
-                partial.arguments.push(buffer.split_to(length).freeze());
-                buffer.advance(2);
-                partial.bytes = total;
-                partial.remaining -= 1;
+            if !read_arguments(partial, buffer, self.limits)? {
+                return Ok(None);
             }
             let Some(done) = self.command.take() else { continue };
             return Ok(Some(match done.too_large {
@@ -141,6 +112,101 @@ impl Parser {
             }));
         }
     }
+
+    /// An inline command: one line, arguments separated by spaces, as Redis reads
+    /// `PING\r\n`. Double-quoted arguments may hold spaces and `\n`, `\r`, `\t`, `\"`, `\\`,
+    /// `\xHH` escapes.
+    fn inline(&mut self, buffer: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        let searched = self.inline_scanned.min(buffer.len());
+        let Some(end) = buffer[searched..].iter().position(|&byte| byte == b'\n').map(|at| searched + at) else {
+            self.inline_scanned = buffer.len();
+            if buffer.len() > MAX_INLINE {
+                return Err(ProtocolError("too big inline request".into()));
+            }
+            return Ok(None);
+        };
+        self.inline_scanned = 0;
+        // The same limit whether the line came in one read or many.
+        if end > MAX_INLINE {
+            return Err(ProtocolError("too big inline request".into()));
+        }
+        let line = buffer.split_to(end + 1);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        split_inline(line).map(Some).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))
+    }
+}
+
+/// Reads the arguments of a multibulk command; true once all have arrived.
+fn read_arguments(partial: &mut Partial, buffer: &mut BytesMut, limits: ParserLimits) -> Result<bool, ProtocolError> {
+    while partial.remaining > 0 {
+        if let Some(left) = partial.skipping {
+            let discarded = left.min(buffer.len());
+            buffer.advance(discarded);
+            partial.skipping = Some(left - discarded);
+            if left > discarded {
+                return Ok(false);
+            }
+            if buffer.len() < 2 {
+                return Ok(false);
+            }
+            crlf(buffer)?;
+            partial.skipping = None;
+            partial.remaining -= 1;
+            continue;
+        }
+        let Some((line, length)) = peek_header_line(buffer, b'$', "bulk length")? else { return Ok(false) };
+        if !(0..=MAX_BULK_LENGTH).contains(&length) {
+            return Err(ProtocolError("invalid bulk length".into()));
+        }
+        let length = length as usize;
+        let cost = partial.cost + length as u64 + ARGUMENT_COST;
+        let over = if length > limits.max_bulk {
+            Some(limits.max_bulk as u64)
+        } else if cost > limits.max_command_bytes as u64 {
+            Some(limits.max_command_bytes as u64)
+        } else {
+            None
+        };
+        partial.too_large = partial.too_large.or(over);
+        if partial.too_large.is_some() {
+            // Nothing more of this command is kept: the bytes are dropped as they come.
+            buffer.advance(line);
+            partial.bytes += length as u64;
+            partial.cost = cost;
+            partial.skipping = Some(length);
+            continue;
+        }
+        if buffer.len() < line + length + 2 {
+            buffer.reserve(line + length + 2 - buffer.len());
+            return Ok(false);
+        }
+        buffer.advance(line);
+        // A short argument is copied out: shared, it would keep the whole read buffer alive
+        // for a few bytes. A long one is shared, not copied.
+        let argument = if length < SHARE_FROM_BYTES {
+            let argument = Bytes::copy_from_slice(&buffer[..length]);
+            buffer.advance(length);
+            argument
+        } else {
+            buffer.split_to(length).freeze()
+        };
+        crlf(buffer)?;
+        partial.arguments.push(argument);
+        partial.bytes += length as u64;
+        partial.cost = cost;
+        partial.remaining -= 1;
+    }
+    Ok(true)
+}
+
+/// Takes the CRLF that ends a bulk string (two bytes must be there).
+fn crlf(buffer: &mut BytesMut) -> Result<(), ProtocolError> {
+    if &buffer[..2] != b"\r\n" {
+        return Err(ProtocolError("a bulk string does not end with CRLF".into()));
+    }
+    buffer.advance(2);
+    Ok(())
 }
 
 /// Reads a `<marker><integer>\r\n` line and takes it from the buffer.
@@ -173,21 +239,6 @@ fn peek_header_line(buffer: &BytesMut, marker: u8, what: &str) -> Result<Option<
         .and_then(|text| text.parse::<i64>().ok())
         .ok_or_else(|| ProtocolError(format!("invalid {what}")))?;
     Ok(Some((end + 2, value)))
-}
-
-/// An inline command: one line, arguments separated by spaces, as Redis reads `PING\r\n`.
-/// Double-quoted arguments may contain spaces and `\n`, `\r`, `\t`, `\"`, `\\`, `\xHH` escapes.
-fn inline(buffer: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some(end) = buffer.iter().position(|&byte| byte == b'\n') else {
-        if buffer.len() > MAX_INLINE {
-            return Err(ProtocolError("too big inline request".into()));
-        }
-        return Ok(None);
-    };
-    let line = buffer.split_to(end + 1);
-    let line = line.strip_suffix(b"\n").unwrap_or(&line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    split_inline(line).map(Some).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))
 }
 
 /// Splits an inline command line into arguments; None if a quote is not closed.
@@ -334,7 +385,7 @@ fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    const LIMITS: ParserLimits = ParserLimits { max_bulk: 16, max_command_bytes: 40 };
+    const LIMITS: ParserLimits = ParserLimits { max_bulk: 16, max_command_bytes: 300 };
 
     fn parse_all(input: &[u8]) -> (Vec<Frame>, Result<(), ProtocolError>, usize) {
         let mut parser = Parser::new(LIMITS);
@@ -385,11 +436,12 @@ mod tests {
         assert_eq!(result, Ok(()));
         let too_large = Frame::TooLarge { name: Some(Bytes::from_static(b"SET")), bytes: 24, limit: 16 };
         assert_eq!(frames, vec![too_large, command(&["PING"])]);
-        // Arguments each under the bulk limit but over the command limit together.
+        // Arguments each under the bulk limit but over the command limit together: each
+        // costs its length and ARGUMENT_COST (66), so the fourth passes 300.
         let input =
             b"*4\r\n$4\r\nMSET\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$16\r\nbbbbbbbbbbbbbbbb\r\n$16\r\ncccccccccccccccc\r\n";
         let (frames, _, left) = parse_all(input);
-        assert_eq!(frames, vec![Frame::TooLarge { name: Some(Bytes::from_static(b"MSET")), bytes: 52, limit: 40 }]);
+        assert_eq!(frames, vec![Frame::TooLarge { name: Some(Bytes::from_static(b"MSET")), bytes: 52, limit: 300 }]);
         assert_eq!(left, 0);
     }
 
