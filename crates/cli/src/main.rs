@@ -2,6 +2,7 @@
 //! HTTP API (`get`, `put`, `status`, `shell`, ...). See `skiff help`.
 
 mod api;
+mod check;
 mod client;
 mod commands;
 mod demo;
@@ -131,6 +132,9 @@ enum Command {
     TransferLeader { id: Option<String> },
     /// An interactive shell (reads commands from standard input when it is not a terminal).
     Shell,
+    /// Run a workload against a cluster while killing, pausing and partitioning nodes, then
+    /// check that the history is linearizable and the replicas converged (docs/check.md).
+    Check(CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -180,7 +184,7 @@ struct ServeArgs {
     max_key_bytes: usize,
     /// Serve /v1/skiff/faults, which can drop or delay this node's peer traffic (for
     /// `skiff check` and experiments; never in production).
-    #[arg(long, env = "SKIFF_FAULT_INJECTION")]
+    #[arg(long, env = "SKIFF_FAULT_INJECTION", value_parser = clap::builder::BoolishValueParser::new())]
     fault_injection: bool,
     #[command(flatten)]
     log: LogArgs,
@@ -199,6 +203,47 @@ struct DemoArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
+}
+
+#[derive(Args)]
+#[command(after_help = "Exit codes: 0 linearizable and converged, 1 a violation, divergence or an inconclusive \
+check, 2 usage. With --endpoints, check your own cluster (started with --fault-injection) instead of starting one.")]
+struct CheckArgs {
+    /// How many nodes to start: n1..nN on 127.0.0.1.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
+    nodes: u16,
+    /// How long the workload runs (30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    time: Duration,
+    /// The faults, comma-separated: kill, pause, partition, leader, restart-all, or none
+    /// [default: all; with --endpoints: partition,leader].
+    #[arg(long, value_name = "LIST", value_parser = check::parse_faults)]
+    faults: Option<check::FaultList>,
+    /// Concurrent clients, each one operation at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    clients: u16,
+    /// How many keys the clients share (fewer keys: more contention).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    keys: u16,
+    /// The seed of the clients' choices and of the fault schedule [default: random, printed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Save the recorded history here as JSON (it is always saved when the check fails).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// Nodes listen on raft BASE+i and http BASE+100+i.
+    #[arg(long, default_value_t = 17000, value_name = "BASE")]
+    base_port: u16,
+    /// Keep the nodes' data directories and logs even when the check passes.
+    #[arg(long)]
+    keep_data: bool,
+    /// How long a client waits for one answer before recording the outcome as unknown.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// The nodes snapshot and compact their log after this many entries (small, so that
+    /// restarted nodes catch up from snapshots).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    snapshot_after: u64,
 }
 
 /// `500ms`, `10s`, `2m`, or a number of seconds.
@@ -310,6 +355,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
         Command::Shell => shell::run(&client()?)?,
+        Command::Check(args) => {
+            let endpoints =
+                check::endpoints_given().then(|| client::parse_endpoints(&cli.client.endpoints)).transpose()?;
+            return check::run(check::CheckOptions {
+                nodes: usize::from(args.nodes),
+                time: args.time,
+                faults: args.faults.map(|list| list.0),
+                clients: usize::from(args.clients),
+                keys: usize::from(args.keys),
+                seed: args.seed,
+                history: args.history,
+                json: cli.client.json,
+                base_port: args.base_port,
+                keep_data: args.keep_data,
+                endpoints,
+                request_timeout: args.request_timeout,
+                snapshot_after_entries: args.snapshot_after,
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,177 @@
+//! What `skiff check` is asked to do: the fault kinds, `--faults`, and the checks of the
+//! options that make a usage error.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A kind of fault the fault thread injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL a random node; restart it (same data directory) when healing.
+    Kill,
+    /// SIGSTOP a random node; SIGCONT when healing.
+    Pause,
+    /// Cut a minority of nodes off from the others through the fault API.
+    Partition,
+    /// Kill the leader (with `--endpoints`: isolate it through the fault API).
+    Leader,
+    /// SIGKILL every node; restart them all when healing.
+    RestartAll,
+}
+
+impl FaultKind {
+    const ALL: [FaultKind; 5] =
+        [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Leader, FaultKind::RestartAll];
+
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Leader => "leader",
+            FaultKind::RestartAll => "restart-all",
+        }
+    }
+
+    /// Whether it needs the nodes' processes, which only a cluster started here has.
+    fn needs_processes(self) -> bool {
+        matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::RestartAll)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `--faults`: a comma-separated list of kinds, or `none`.
+#[derive(Clone, Debug)]
+pub struct FaultList(pub Vec<FaultKind>);
+
+/// Parses `--faults`.
+pub fn parse_faults(text: &str) -> Result<FaultList, String> {
+    if text.trim() == "none" {
+        return Ok(FaultList(Vec::new()));
+    }
+    let mut kinds = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        let kind = FaultKind::ALL.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
+            format!("unknown fault {name:?}; the faults are kill, pause, partition, leader and restart-all (or none)")
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    if kinds.is_empty() {
+        return Err("no fault given; write none for a run without faults".to_string());
+    }
+    Ok(FaultList(kinds))
+}
+
+/// What `skiff check` was asked to do.
+pub struct CheckOptions {
+    pub nodes: usize,
+    pub time: Duration,
+    /// `None`: every kind possible (partition and leader with `--endpoints`).
+    pub faults: Option<Vec<FaultKind>>,
+    pub clients: usize,
+    pub keys: usize,
+    pub seed: Option<u64>,
+    pub history: Option<PathBuf>,
+    pub json: bool,
+    pub base_port: u16,
+    pub keep_data: bool,
+    /// The user's cluster (base URLs), instead of starting one.
+    pub endpoints: Option<Vec<String>>,
+    pub request_timeout: Duration,
+    pub snapshot_after_entries: u64,
+}
+
+impl CheckOptions {
+    /// The fault kinds to inject, or what is wrong with the options.
+    pub(super) fn fault_kinds(&self) -> Result<Vec<FaultKind>, String> {
+        if self.time.is_zero() {
+            return Err("--time must be more than 0 (for instance 60s)".to_string());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout must be more than 0".to_string());
+        }
+        let kinds = match (&self.faults, &self.endpoints) {
+            (Some(kinds), _) => kinds.clone(),
+            (None, Some(_)) => vec![FaultKind::Partition, FaultKind::Leader],
+            (None, None) => {
+                FaultKind::ALL.into_iter().filter(|&kind| kind != FaultKind::Partition || self.nodes > 1).collect()
+            }
+        };
+        if self.endpoints.is_some() {
+            if let Some(kind) = kinds.iter().find(|kind| kind.needs_processes()) {
+                return Err(format!(
+                    "--faults {kind} cannot be used with --endpoints: skiff check can kill, pause and restart only \
+                     the nodes it starts itself; against your own cluster use --faults partition,leader (leader \
+                     isolates the leader through the fault API)"
+                ));
+            }
+        } else {
+            if self.nodes < 2 && kinds.contains(&FaultKind::Partition) {
+                return Err("--faults partition needs at least 2 nodes".to_string());
+            }
+            if usize::from(self.base_port) + 100 + self.nodes > usize::from(u16::MAX) {
+                return Err(format!("--base-port {} leaves no room for the http ports (base + 101..)", self.base_port));
+            }
+        }
+        Ok(kinds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> CheckOptions {
+        CheckOptions {
+            nodes: 3,
+            time: Duration::from_secs(60),
+            faults: None,
+            clients: 8,
+            keys: 8,
+            seed: None,
+            history: None,
+            json: false,
+            base_port: 17000,
+            keep_data: false,
+            endpoints: None,
+            request_timeout: Duration::from_secs(2),
+            snapshot_after_entries: 1000,
+        }
+    }
+
+    #[test]
+    fn fault_lists_parse() {
+        let kinds = |text| parse_faults(text).map(|list| list.0);
+        assert_eq!(kinds("kill,pause"), Ok(vec![FaultKind::Kill, FaultKind::Pause]));
+        assert_eq!(kinds("restart-all, kill,kill"), Ok(vec![FaultKind::RestartAll, FaultKind::Kill]));
+        assert_eq!(kinds("none"), Ok(vec![]));
+        assert!(kinds("explode").unwrap_err().contains("unknown fault \"explode\""));
+        assert!(kinds(",").is_err());
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        assert_eq!(options().fault_kinds().unwrap(), FaultKind::ALL.to_vec());
+        let remote = CheckOptions { endpoints: Some(vec!["http://127.0.0.1:8001".into()]), ..options() };
+        assert_eq!(remote.fault_kinds().unwrap(), vec![FaultKind::Partition, FaultKind::Leader]);
+        let kill = CheckOptions { faults: Some(vec![FaultKind::Kill]), ..remote };
+        assert!(kill.fault_kinds().unwrap_err().contains("--faults kill cannot be used with --endpoints"));
+        let zero = CheckOptions { time: Duration::ZERO, ..options() };
+        assert!(zero.fault_kinds().unwrap_err().contains("--time must be more than 0"));
+        let single = CheckOptions { nodes: 1, ..options() };
+        assert!(!single.fault_kinds().unwrap().contains(&FaultKind::Partition));
+        let single_partition = CheckOptions { faults: Some(vec![FaultKind::Partition]), ..single };
+        assert!(single_partition.fault_kinds().is_err());
+    }
+}

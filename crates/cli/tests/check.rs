@@ -1,0 +1,137 @@
+//! `skiff check` end to end: real clusters of `skiff serve` processes, killed, paused,
+//! partitioned and restarted while clients run, and the report it prints.
+//!
+//! Ports (this file uses 20000-20199 only): a run at `--base-port B` takes raft `B+1..`
+//! and http `B+101..`; the `--endpoints` test's cluster uses the common plan at 20150.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{Cluster, skiff, stderr, stdout};
+use serde_json::Value;
+
+/// Runs `skiff check ARGS --json --history FILE`; returns the output, the report and the
+/// history file's operations.
+fn check(args: &[&str], dir: &Path) -> (Output, Value, Vec<Value>) {
+    let history = dir.join("history.json");
+    let output = skiff()
+        .arg("check")
+        .args(args)
+        .arg("--json")
+        .arg("--history")
+        .arg(&history)
+        // For the client commands only: without --endpoints, check starts its own cluster.
+        .env("SKIFF_ENDPOINTS", "127.0.0.1:1")
+        .output()
+        .expect("run skiff check");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON report ({error}): {}\n{}", stdout(&output), stderr(&output)));
+    let text = std::fs::read_to_string(&history).expect("the history file");
+    let operations: Vec<Value> = serde_json::from_str(&text).expect("the history is a JSON array");
+    (output, report, operations)
+}
+
+/// The report says every kind of operation completed, every fault kind in `faults` was
+/// injected, the replicas converged, the history is linearizable, and the saved history has
+/// as many operations as the report counts.
+fn assert_passed(output: &Output, report: &Value, history: &[Value], faults: &[&str]) {
+    let context = || format!("report: {report:#}\nstderr:\n{}", stderr(output));
+    assert!(output.status.success(), "skiff check failed: {}", context());
+    assert_eq!(report["passed"], true, "{}", context());
+    for kind in ["get", "put", "delete", "cas"] {
+        assert!(report["operations"][kind]["ok"].as_u64().unwrap() > 0, "no {kind} completed: {}", context());
+    }
+    for kind in faults {
+        assert!(report["faults"]["counts"][kind].as_u64().unwrap() > 0, "no {kind} fault: {}", context());
+    }
+    assert_eq!(report["convergence"]["converged"], true, "{}", context());
+    assert!(report["convergence"]["applied_index"].as_u64().unwrap() > 0);
+    assert_eq!(report["check"]["verdict"], "linearizable", "{}", context());
+    assert!(report["check"]["operations_checked"].as_u64().unwrap() > 0);
+    assert_eq!(report["check"]["violations"], serde_json::json!([]));
+    assert_eq!(report["operations"]["total"].as_u64().unwrap(), history.len() as u64);
+    // A passing run without --keep-data leaves nothing behind.
+    assert_eq!(report["data_dir"], Value::Null);
+    let first = &history[0];
+    assert!(first["client"].is_u64() && first["key"].is_string() && first["invoke_ns"].is_u64(), "{first}");
+}
+
+#[test]
+fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--nodes", "3", "--time", "20s", "--faults", "kill,pause,partition", "--base-port", "20000"];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["kill", "pause", "partition"]);
+    assert_eq!(report["settings"]["nodes"], 3);
+    assert!(report["leaders"]["last_term"].as_u64().unwrap() >= 1);
+    assert_eq!(report["leaders"]["split_terms"], serde_json::json!([]));
+    assert_eq!(report["unexpected_exits"], serde_json::json!([]));
+    assert_eq!(report["history"], dir.path().join("history.json").display().to_string());
+}
+
+#[test]
+fn five_nodes_lose_their_leader_and_restart_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--nodes", "5", "--time", "16s", "--faults", "leader,partition,restart-all", "--base-port", "20010"];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["leader", "partition", "restart-all"]);
+    assert_eq!(report["convergence"]["nodes"], 5);
+    assert!(report["leaders"]["changes"].as_u64().unwrap() >= 1, "the leader was killed: {report:#}");
+}
+
+#[test]
+fn a_running_cluster_is_checked_through_its_fault_api() {
+    let cluster = Cluster::start(20150, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = cluster.endpoints.join(",");
+    let args = ["--endpoints", &endpoints, "--time", "6s", "--clients", "4"];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["partition", "leader"]);
+    assert_eq!(report["settings"]["nodes"], Value::Null);
+    // The run's keys were fresh, and are gone; no fault is left behind.
+    let key = report["settings"]["keys"][0].as_str().unwrap();
+    assert!(key.starts_with("skiff-check/"), "{key}");
+    assert_eq!(cluster.run(&["list", "skiff-check/"]).status.code(), Some(0));
+    assert_eq!(stdout(&cluster.run(&["list", "skiff-check/"])), "");
+    for endpoint in &cluster.endpoints {
+        let faults: Value = ureq::get(format!("http://{endpoint}/v1/skiff/faults"))
+            .call()
+            .expect("faults")
+            .body_mut()
+            .read_json()
+            .expect("JSON");
+        assert_eq!(faults["faults"], serde_json::json!([]), "{endpoint}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_clear_message() {
+    let run = |args: &[&str]| skiff().arg("check").args(args).output().expect("run skiff check");
+    let kill = run(&["--endpoints", "127.0.0.1:1", "--faults", "partition,kill"]);
+    assert_eq!(kill.status.code(), Some(2), "{kill:?}");
+    assert!(stderr(&kill).contains("--faults kill cannot be used with --endpoints"), "{}", stderr(&kill));
+    assert!(stderr(&kill).contains("partition,leader"), "{}", stderr(&kill));
+
+    let zero = run(&["--time", "0s"]);
+    assert_eq!(zero.status.code(), Some(2), "{zero:?}");
+    assert!(stderr(&zero).contains("--time must be more than 0"), "{}", stderr(&zero));
+
+    // Any count from 1 to 7 is accepted (even ones too): here only --time is refused.
+    let four = run(&["--nodes", "4", "--time", "0s"]);
+    assert_eq!(four.status.code(), Some(2));
+    assert!(!stderr(&four).contains("--nodes"), "{}", stderr(&four));
+    for nodes in ["0", "8"] {
+        let refused = run(&["--nodes", nodes]);
+        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+        assert!(stderr(&refused).contains("--nodes"), "{}", stderr(&refused));
+    }
+
+    let unknown = run(&["--faults", "flood"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("unknown fault \"flood\""), "{}", stderr(&unknown));
+    let lonely = run(&["--nodes", "1", "--faults", "partition"]);
+    assert_eq!(lonely.status.code(), Some(2));
+    assert!(stderr(&lonely).contains("partition needs at least 2 nodes"), "{}", stderr(&lonely));
+}
