@@ -218,7 +218,9 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
     for &address in &cluster.redis {
         assert_eq!(Connection::open(address).call("GET counter"), bulk("1000"), "GET counter via {address}");
     }
+    // Stopping the servers closes idle connections.
     cluster.shutdown();
+    assert!(connection.closed(), "an idle connection is closed when its server stops");
 }
 
 #[test]

@@ -22,6 +22,7 @@ use skiff::{Node, NodeStatus, RoleName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
 use self::resp::{Frame, Parser, ParserLimits, Reply};
@@ -101,16 +102,18 @@ impl Metrics {
     }
 }
 
-/// Accepts connections until `stop`, then closes the listener; connections under way end
-/// when the node stops answering.
+/// Accepts connections until `stop`, then closes the listener and every connection as soon
+/// as it waits for its next command.
 pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::Receiver<()>) {
     let acceptor = Acceptor::new(listener, "Redis");
     let connections = tokio_util::task::TaskTracker::new();
+    let closing = CancellationToken::new();
     while let Some((stream, slot)) = acceptor.next(&mut stop).await {
         let redis = Arc::clone(&redis);
+        let closing = closing.clone();
         connections.spawn(async move {
             redis.connected.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = serve_client(stream, &redis).await {
+            if let Err(error) = serve_client(stream, &redis, closing).await {
                 tracing::debug!(%error, "a Redis connection ended");
             }
             redis.connected.fetch_sub(1, Ordering::Relaxed);
@@ -118,7 +121,10 @@ pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::
         });
     }
     drop(acceptor);
+    closing.cancel();
     connections.close();
+    // A connection stuck writing to a client that reads nothing is not waited for long.
+    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
 }
 
 /// One connection's own state.
@@ -132,7 +138,7 @@ struct Session {
     stale: bool,
 }
 
-async fn serve_client(mut stream: TcpStream, redis: &Redis) -> std::io::Result<()> {
+async fn serve_client(mut stream: TcpStream, redis: &Redis, closing: CancellationToken) -> std::io::Result<()> {
     let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
     let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false };
@@ -154,7 +160,11 @@ async fn serve_client(mut stream: TcpStream, redis: &Redis) -> std::io::Result<(
             }
         }
         if frames.is_empty() && broken.is_none() {
-            if stream.read_buf(&mut input).await? == 0 {
+            let read = tokio::select! {
+                read = stream.read_buf(&mut input) => read?,
+                _ = closing.cancelled() => 0,
+            };
+            if read == 0 {
                 return Ok(());
             }
             continue;
