@@ -302,7 +302,7 @@ impl Client {
 }
 
 /// Whether the request surely never reached the server.
-fn is_connect_failure(error: &ureq::Error) -> bool {
+pub(crate) fn is_connect_failure(error: &ureq::Error) -> bool {
     match error {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
         ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,

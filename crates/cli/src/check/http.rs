@@ -77,7 +77,7 @@ impl Http {
     pub fn send(&self, method: Method, url: &str, body: Option<&[u8]>) -> Answer {
         match self.exchange(method, url, body) {
             Ok((status, body)) => Answer::Reply { status, body },
-            Err(error) if never_sent(&error) => Answer::NotSent(describe(&error)),
+            Err(error) if crate::client::is_connect_failure(&error) => Answer::NotSent(describe(&error)),
             Err(error) => Answer::Lost(describe(&error)),
         }
     }
@@ -141,16 +141,6 @@ pub struct KvEntry {
     pub modify_index: u64,
     #[serde(default)]
     pub flags: u64,
-}
-
-/// Whether the request surely never reached the server.
-fn never_sent(error: &ureq::Error) -> bool {
-    match error {
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
-        ureq::Error::Timeout(timeout) => matches!(timeout, ureq::Timeout::Connect | ureq::Timeout::Resolve),
-        _ => false,
-    }
 }
 
 /// A short, stable description of a transport error, used as a tally key.
