@@ -2,6 +2,7 @@
 //! HTTP API (`get`, `put`, `status`, `shell`, ...). See `skiff help`.
 
 mod api;
+mod bench;
 mod check;
 mod client;
 mod commands;
@@ -135,6 +136,9 @@ enum Command {
     /// Run a workload against a cluster while killing, pausing and partitioning nodes, then
     /// check that the history is linearizable and the replicas converged (docs/check.md).
     Check(CheckArgs),
+    /// Load a cluster (Skiff over HTTP or Redis, or etcd) with puts, gets or both, and report
+    /// throughput and latency percentiles (docs/bench.md).
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -244,6 +248,54 @@ struct CheckArgs {
     /// restarted nodes catch up from snapshots).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     snapshot_after: u64,
+}
+
+#[derive(Args)]
+#[command(after_help = "Without --endpoints: the demo's nodes (http 127.0.0.1:8001-8003, redis 6001-6003), or etcd \
+on 127.0.0.1:2379. Exit codes: 0 done, 1 nothing answers (or no request succeeded), 2 usage.")]
+struct BenchArgs {
+    /// put: writes; get: reads (every key is written first); mixed: both (--read-ratio).
+    #[arg(value_enum)]
+    workload: bench::Workload,
+    /// Concurrent clients, each one request at a time, back to back.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Persistent connections the clients share, spread over the endpoints.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Keys `key-0` .. `key-<N-1>`, drawn uniformly.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    keys: u64,
+    /// Bytes per value (printable, random).
+    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    value_size: usize,
+    /// How long the measured run lasts [default: 30s].
+    #[arg(long, value_parser = parse_duration, conflicts_with = "total")]
+    duration: Option<Duration>,
+    /// Stop after this many measured requests instead of after --duration.
+    #[arg(long, value_name = "N")]
+    total: Option<u64>,
+    /// Reads: linearizable, or from each node's own copy.
+    #[arg(long, value_enum, default_value = "consistent")]
+    consistency: bench::Consistency,
+    /// What to load, and through which protocol.
+    #[arg(long, value_enum, default_value = "skiff-http")]
+    target: bench::Target,
+    /// Requests before the measured run, not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// For mixed: the share of reads.
+    #[arg(long, default_value_t = 0.9, value_name = "RATIO")]
+    read_ratio: f64,
+    /// Skip writing every key before a get or mixed run.
+    #[arg(long)]
+    no_fill: bool,
+    /// The seed of the keys, values and operations [default: random, printed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long a request may wait for its answer before it counts as a timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
 }
 
 /// `500ms`, `10s`, `2m`, or a number of seconds.
@@ -372,6 +424,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 endpoints,
                 request_timeout: args.request_timeout,
                 snapshot_after_entries: args.snapshot_after,
+            });
+        }
+        Command::Bench(args) => {
+            return bench::run(bench::BenchOptions {
+                workload: args.workload,
+                target: args.target,
+                endpoints: bench::endpoints_given().then(|| cli.client.endpoints.clone()),
+                clients: args.clients,
+                connections: args.connections,
+                keys: args.keys,
+                value_size: args.value_size,
+                duration: args.duration,
+                total: args.total,
+                warmup: args.warmup,
+                consistency: args.consistency,
+                read_ratio: args.read_ratio,
+                fill: !args.no_fill,
+                seed: args.seed,
+                json: cli.client.json,
+                request_timeout: args.request_timeout,
             });
         }
     }

@@ -1,0 +1,108 @@
+//! The connections a run opens, and what one request returns.
+//!
+//! Connection `j` goes to endpoint `j mod endpoints` (round-robin), and client `i` uses
+//! connection `i mod connections` for the whole run, as etcd's benchmark assigns them.
+//! Each connection is driven by one thread ([`super::worker`]) on behalf of its clients.
+
+use anyhow::Result;
+
+use super::http::HttpConnection;
+use super::options::{Consistency, Settings, Target};
+use super::resp::RespConnection;
+
+/// What a request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Get,
+    Put,
+}
+
+/// How one request ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: a write was acknowledged, a read found its key.
+    Ok,
+    /// A read found no such key (an answer, not an error).
+    Miss,
+    /// Failed: the kind, for counting (`HTTP 503`, `timeout`, `connection refused`,
+    /// `TRYAGAIN no leader is known`, ...). A small set of kinds: no numbers or keys in it.
+    Error(String),
+}
+
+impl Outcome {
+    /// Whether the connection itself failed, so that the next request would probably fail
+    /// the same way at once (the client then pauses, rather than spin on a dead node).
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            Outcome::Error(kind) => kind.starts_with("connection") || kind == "host not found",
+            Outcome::Ok | Outcome::Miss => false,
+        }
+    }
+}
+
+/// One request: its operation, key and (for a put) value.
+pub struct Request<'a> {
+    pub operation: Operation,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// A persistent connection to one endpoint.
+pub enum Connection {
+    Http(HttpConnection),
+    Resp(RespConnection),
+}
+
+/// Opens `--connections` connections over the endpoints, round-robin, and checks that each
+/// answers: an error names the endpoint that does not and says what to do.
+pub fn open(settings: &Settings) -> Result<Vec<Connection>> {
+    // Stale reads only matter when there are reads (and READONLY is Skiff's, not Redis's).
+    let stale = settings.consistency == Consistency::Stale && settings.read_ratio > 0.0;
+    let mut connections = Vec::with_capacity(settings.connections);
+    for index in 0..settings.connections {
+        let endpoint = &settings.endpoints[index % settings.endpoints.len()];
+        let connection = match settings.target {
+            Target::SkiffHttp | Target::Etcd => {
+                Connection::Http(HttpConnection::open(settings.target, endpoint, stale, settings.request_timeout)?)
+            }
+            Target::SkiffRedis => Connection::Resp(RespConnection::open(endpoint, stale, settings.request_timeout)?),
+        };
+        connections.push(connection);
+    }
+    Ok(connections)
+}
+
+/// The kind of an I/O error, for counting.
+pub fn io_error_kind(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            "connection reset".to_string()
+        }
+        ErrorKind::UnexpectedEof => "connection closed by the server".to_string(),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".to_string(),
+        kind => format!("connection error: {kind}"),
+    }
+}
+
+/// The message of an error that says nothing answers at `endpoint`.
+pub fn unreachable(target: Target, endpoint: &str, cause: &str) -> anyhow::Error {
+    anyhow::anyhow!("nothing answers at {endpoint} ({cause}): {}", target.start_hint())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_told_apart() {
+        assert!(Outcome::Error("connection refused".into()).is_connection_failure());
+        assert!(!Outcome::Error("HTTP 503".into()).is_connection_failure());
+        assert!(!Outcome::Miss.is_connection_failure());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_error_kind(&refused), "connection refused");
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(io_error_kind(&eof), "connection closed by the server");
+    }
+}

@@ -1,0 +1,314 @@
+//! What `skiff bench` is asked to do: the workload, the target and its endpoints, and the
+//! checks of the options that make a usage error.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The most clients a run may have: each is a thread.
+pub const MAX_CLIENTS: usize = 4096;
+/// The largest value a run may write (Skiff refuses more than 1 MiB by default, etcd 1.5 MiB).
+pub const MAX_VALUE_SIZE: usize = 16 << 20;
+/// The longest a request may wait for its answer (the latency histograms stop there).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Writes of random keys.
+    Put,
+    /// Reads of random keys (written first by the fill phase).
+    Get,
+    /// Reads and writes, `--read-ratio` of them reads.
+    Mixed,
+}
+
+/// The system under load, and the protocol that reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Skiff's HTTP API: `PUT /v1/kv/<key>`, `GET /v1/kv/<key>?raw`.
+    SkiffHttp,
+    /// Skiff's Redis protocol: `SET`, `GET`.
+    SkiffRedis,
+    /// etcd's v3 JSON gateway: `POST /v3/kv/put`, `POST /v3/kv/range`.
+    Etcd,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::SkiffHttp => "skiff-http",
+            Target::SkiffRedis => "skiff-redis",
+            Target::Etcd => "etcd",
+        }
+    }
+
+    /// Whether it speaks HTTP/1.1 (one request at a time per connection).
+    pub fn is_http(self) -> bool {
+        matches!(self, Target::SkiffHttp | Target::Etcd)
+    }
+
+    /// The endpoints when `--endpoints` is not given: the demo's nodes, or a local etcd.
+    fn default_endpoints(self) -> &'static str {
+        match self {
+            Target::SkiffHttp => "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003",
+            Target::SkiffRedis => "127.0.0.1:6001,127.0.0.1:6002,127.0.0.1:6003",
+            Target::Etcd => "http://127.0.0.1:2379",
+        }
+    }
+
+    /// What to do when nothing answers.
+    pub fn start_hint(self) -> &'static str {
+        match self {
+            Target::SkiffHttp | Target::SkiffRedis => {
+                "start the demo with `cargo run --release -- demo`, or give your nodes' addresses with --endpoints"
+            }
+            Target::Etcd => {
+                "start etcd (its JSON gateway is on the client URL, 2379 by default), or give it with --endpoints"
+            }
+        }
+    }
+}
+
+/// How reads are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Linearizable reads (Skiff: ReadIndex through the leader; etcd: a quorum read).
+    Consistent,
+    /// Each node answers from its own copy (Skiff: `?stale` or `READONLY`; etcd:
+    /// `serializable`).
+    Stale,
+}
+
+/// When the measured run ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// After this long.
+    After(Duration),
+    /// After this many requests (errors included).
+    Total(u64),
+}
+
+/// What `skiff bench` was asked to do, as given on the command line.
+pub struct BenchOptions {
+    pub workload: Workload,
+    pub target: Target,
+    /// `--endpoints` as given on the command line; `None`: the target's defaults.
+    pub endpoints: Option<String>,
+    pub clients: usize,
+    pub connections: usize,
+    pub keys: u64,
+    pub value_size: usize,
+    pub duration: Option<Duration>,
+    pub total: Option<u64>,
+    pub warmup: Duration,
+    pub consistency: Consistency,
+    pub read_ratio: f64,
+    pub fill: bool,
+    pub seed: Option<u64>,
+    pub json: bool,
+    pub request_timeout: Duration,
+}
+
+/// The run's settings, checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub workload: Workload,
+    pub target: Target,
+    pub endpoints: Vec<Endpoint>,
+    pub clients: usize,
+    pub connections: usize,
+    pub keys: u64,
+    pub value_size: usize,
+    pub stop: Stop,
+    pub warmup: Duration,
+    pub consistency: Consistency,
+    /// The share of reads: 1 for `get`, 0 for `put`.
+    pub read_ratio: f64,
+    /// Whether every key is written once before the measured run.
+    pub fill: bool,
+    pub seed: u64,
+    pub json: bool,
+    pub request_timeout: Duration,
+}
+
+/// One endpoint: what the user wrote (normalized) and where it is.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `http://host:port` for HTTP targets, `host:port` for Redis.
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// The default duration of a run given neither `--duration` nor `--total`.
+const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+
+impl BenchOptions {
+    /// The checked settings, or what is wrong with the options (a usage error).
+    pub fn settings(&self) -> Result<Settings, String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".to_string());
+        }
+        if self.clients < self.connections {
+            return Err(format!(
+                "--clients {} is fewer than --connections {}: every connection needs at least one client (as in \
+                 etcd's benchmark, clients share the connections); use --clients {} or more, or fewer connections",
+                self.clients, self.connections, self.connections
+            ));
+        }
+        if self.clients > MAX_CLIENTS {
+            return Err(format!("--clients {} is more than {MAX_CLIENTS} (each client is a thread)", self.clients));
+        }
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".to_string());
+        }
+        if self.value_size > MAX_VALUE_SIZE {
+            return Err(format!("--value-size {} is more than {MAX_VALUE_SIZE} bytes", self.value_size));
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return Err(format!("--read-ratio {} is not between 0 and 1", self.read_ratio));
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > MAX_REQUEST_TIMEOUT {
+            return Err("--request-timeout must be more than 0 and at most 60s".to_string());
+        }
+        let stop = match (self.duration, self.total) {
+            (Some(duration), _) if duration.is_zero() => return Err("--duration must be more than 0".to_string()),
+            (_, Some(0)) => return Err("--total must be at least 1".to_string()),
+            (Some(duration), None) => Stop::After(duration),
+            (None, Some(total)) => Stop::Total(total),
+            (None, None) => Stop::After(DEFAULT_DURATION),
+            (Some(_), Some(_)) => return Err("give --duration or --total, not both".to_string()),
+        };
+        let endpoints = parse_endpoints(self.target, self.endpoints.as_deref())?;
+        let read_ratio = match self.workload {
+            Workload::Put => 0.0,
+            Workload::Get => 1.0,
+            Workload::Mixed => self.read_ratio,
+        };
+        Ok(Settings {
+            workload: self.workload,
+            target: self.target,
+            endpoints,
+            clients: self.clients,
+            connections: self.connections,
+            keys: self.keys,
+            value_size: self.value_size,
+            stop,
+            warmup: self.warmup,
+            consistency: self.consistency,
+            read_ratio,
+            fill: self.fill && read_ratio > 0.0,
+            seed: self.seed.unwrap_or_else(rand::random),
+            json: self.json,
+            request_timeout: self.request_timeout,
+        })
+    }
+}
+
+/// The endpoints of `--endpoints` (comma-separated), or the target's defaults.
+fn parse_endpoints(target: Target, given: Option<&str>) -> Result<Vec<Endpoint>, String> {
+    let text = given.unwrap_or(target.default_endpoints());
+    let mut endpoints = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let name = if target.is_http() {
+            crate::client::normalize_endpoint(entry).map_err(|error| error.to_string())?
+        } else {
+            let address = entry.strip_prefix("redis://").unwrap_or(entry).trim_end_matches('/');
+            if address.contains("://") || address.contains('/') || !address.contains(':') {
+                return Err(format!("endpoint {entry:?} is not host:port or redis://host:port"));
+            }
+            address.to_string()
+        };
+        let host_port = name.strip_prefix("http://").unwrap_or(&name);
+        let address = host_port
+            .to_socket_addrs()
+            .map_err(|error| format!("endpoint {entry:?}: {error}"))?
+            .next()
+            .ok_or_else(|| format!("endpoint {entry:?} has no address"))?;
+        endpoints.push(Endpoint { name, address });
+    }
+    if endpoints.is_empty() {
+        return Err("--endpoints lists no endpoint".to_string());
+    }
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> BenchOptions {
+        BenchOptions {
+            workload: Workload::Put,
+            target: Target::SkiffHttp,
+            endpoints: None,
+            clients: 64,
+            connections: 16,
+            keys: 100_000,
+            value_size: 256,
+            duration: None,
+            total: None,
+            warmup: Duration::from_secs(2),
+            consistency: Consistency::Consistent,
+            read_ratio: 0.9,
+            fill: true,
+            seed: Some(7),
+            json: false,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_target() {
+        let settings = options().settings().unwrap();
+        assert_eq!(settings.stop, Stop::After(DEFAULT_DURATION));
+        let names: Vec<_> = settings.endpoints.iter().map(|endpoint| endpoint.name.as_str()).collect();
+        assert_eq!(names, ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
+        assert_eq!(settings.read_ratio, 0.0);
+        assert!(!settings.fill, "a put run writes without a fill");
+        let redis = BenchOptions { target: Target::SkiffRedis, workload: Workload::Get, ..options() };
+        let settings = redis.settings().unwrap();
+        assert_eq!(settings.endpoints[2].name, "127.0.0.1:6003");
+        assert_eq!(settings.read_ratio, 1.0);
+        assert!(settings.fill);
+        let etcd = BenchOptions { target: Target::Etcd, ..options() };
+        assert_eq!(etcd.settings().unwrap().endpoints[0].name, "http://127.0.0.1:2379");
+    }
+
+    #[test]
+    fn endpoints_are_normalized() {
+        let given = |target, text: &str| {
+            BenchOptions { target, endpoints: Some(text.to_string()), ..options() }
+                .settings()
+                .map(|settings| settings.endpoints.into_iter().map(|endpoint| endpoint.name).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            given(Target::SkiffHttp, "127.0.0.1:1, http://127.0.0.1:2/").unwrap(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert_eq!(given(Target::SkiffRedis, "redis://127.0.0.1:6379").unwrap(), ["127.0.0.1:6379"]);
+        assert!(given(Target::SkiffRedis, "http://127.0.0.1:6379").is_err());
+        assert!(given(Target::SkiffHttp, "https://127.0.0.1:1").is_err());
+        assert!(given(Target::SkiffHttp, " , ").unwrap_err().contains("no endpoint"));
+    }
+
+    #[test]
+    fn refusals() {
+        let refused = |options: BenchOptions| options.settings().unwrap_err();
+        assert!(
+            refused(BenchOptions { clients: 8, ..options() }).contains("--clients 8 is fewer than --connections 16")
+        );
+        assert!(refused(BenchOptions { connections: 0, ..options() }).contains("--connections"));
+        assert!(refused(BenchOptions { keys: 0, ..options() }).contains("--keys"));
+        assert!(refused(BenchOptions { read_ratio: 1.5, ..options() }).contains("--read-ratio"));
+        assert!(refused(BenchOptions { total: Some(0), ..options() }).contains("--total"));
+        let both = BenchOptions { total: Some(5), duration: Some(Duration::from_secs(1)), ..options() };
+        assert!(refused(both).contains("not both"));
+        let total = BenchOptions { total: Some(5), ..options() };
+        assert_eq!(total.settings().unwrap().stop, Stop::Total(5));
+    }
+}

@@ -1,0 +1,236 @@
+//! `skiff bench` end to end: a 3-node cluster (`skiff demo --config`, with HTTP and Redis
+//! listeners) loaded over both protocols, the JSON report checked, and the data it wrote
+//! read back; then the usage errors and an endpoint where nothing answers.
+//!
+//! Ports (this file uses 20200-20299 only): raft 20201-20203, http 20211-20213, redis
+//! 20221-20223; 20299 stays closed.
+
+mod common;
+
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{skiff, stderr, stdout};
+use serde_json::Value;
+
+const HTTP: [&str; 3] = ["127.0.0.1:20211", "127.0.0.1:20212", "127.0.0.1:20213"];
+const REDIS: &str = "127.0.0.1:20221,127.0.0.1:20222,127.0.0.1:20223";
+
+/// A 3-node cluster with Redis listeners, killed when dropped.
+struct Cluster {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut toml = String::from("[cluster]\nname = \"bench-test\"\n");
+        for i in 1..=3 {
+            toml.push_str(&format!(
+                "\n[[node]]\nid = \"n{i}\"\nraft = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\nredis = \"127.0.0.1:{}\"\n",
+                20200 + i,
+                20210 + i,
+                20220 + i
+            ));
+        }
+        let config = common::write_file(dir.path(), "cluster.toml", &toml);
+        let log = std::fs::File::create(dir.path().join("demo.log")).expect("log file");
+        let child = skiff()
+            .args(["demo", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start skiff demo");
+        let cluster = Cluster { child, dir };
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    /// Waits until every node names the same leader.
+    fn wait_for_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = skiff().args(["--endpoints", &HTTP.join(","), "status", "--json"]).output().expect("status");
+            let nodes: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            let leader = nodes.first().map(|node| node["leader"].clone()).unwrap_or(Value::Null);
+            if nodes.len() == 3 && leader.is_string() && nodes.iter().all(|node| node["leader"] == leader) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leader: {nodes:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("demo.log")).unwrap_or_default()
+    }
+
+    /// Runs `skiff bench ARGS --json --warmup 500ms`; checks that it succeeded and returns
+    /// its report.
+    fn bench(&self, args: &[&str]) -> Value {
+        let output = skiff().arg("bench").args(args).args(["--json", "--warmup", "500ms"]).output().expect("bench");
+        assert!(output.status.success(), "skiff bench {args:?} failed: {}\n{}", stderr(&output), self.log());
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("no JSON report ({error}): {}\n{}", stdout(&output), stderr(&output)))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests were answered, none failed, and the latencies are in order.
+fn assert_clean(report: &Value) {
+    let number = |value: &Value| value.as_u64().unwrap_or_else(|| panic!("not a number: {value} in {report:#}"));
+    assert!(number(&report["requests"]) > 0, "{report:#}");
+    assert_eq!(report["errors"], 0, "{report:#}");
+    assert_eq!(report["errors_by_kind"], serde_json::json!({}), "{report:#}");
+    assert!(report["throughput"].as_f64().unwrap() > 0.0, "{report:#}");
+    let latency = &report["latency_us"];
+    let (p50, p90, p99, p99_9, max) = (
+        number(&latency["p50"]),
+        number(&latency["p90"]),
+        number(&latency["p99"]),
+        number(&latency["p99_9"]),
+        number(&latency["max"]),
+    );
+    assert!(0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p99_9 && p99_9 <= max, "{report:#}");
+}
+
+fn http_get(path: &str) -> (u16, Vec<u8>) {
+    let mut response = ureq::get(format!("http://{}{path}", HTTP[1]))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .expect("GET");
+    (response.status().as_u16(), response.body_mut().read_to_vec().expect("body"))
+}
+
+#[test]
+fn a_cluster_loaded_over_http_and_redis() {
+    let cluster = Cluster::start();
+    let http = HTTP.join(",");
+
+    // Exactly 500 writes of 50 keys: afterwards the cluster holds those keys, and no other.
+    let report = cluster.bench(&[
+        "put",
+        "--endpoints",
+        &http,
+        "--keys",
+        "50",
+        "--total",
+        "500",
+        "--value-size",
+        "37",
+        "--clients",
+        "8",
+        "--connections",
+        "4",
+    ]);
+    assert_clean(&report);
+    assert_eq!(report["requests"], 500, "{report:#}");
+    assert_eq!(report["target"], "skiff-http");
+    assert_eq!(report["operations"]["put"]["requests"], 500);
+    let (status, body) = http_get("/v1/kv/key-?keys");
+    assert_eq!(status, 200);
+    let keys: Vec<String> = serde_json::from_slice(&body).expect("a JSON list of keys");
+    assert!(keys.len() >= 45, "500 uniform writes of 50 keys left only {keys:?}");
+    for key in &keys {
+        let n: u64 = key.strip_prefix("key-").and_then(|n| n.parse().ok()).expect("key-<n>");
+        assert!(n < 50, "{key}");
+    }
+    for key in keys.iter().take(5) {
+        let (status, value) = http_get(&format!("/v1/kv/{key}?raw"));
+        assert_eq!(status, 200, "{key}");
+        assert_eq!(value.len(), 37, "{key}: {value:?}");
+        assert!(value.iter().all(|byte| byte.is_ascii_graphic()), "{key}: {value:?}");
+    }
+
+    let put = cluster.bench(&["put", "--endpoints", &http, "--duration", "2s", "--target", "skiff-http"]);
+    assert_clean(&put);
+    assert_eq!(put["in_flight"], 16);
+    assert_eq!(put["consistency"], Value::Null);
+    assert!((2.0..4.0).contains(&put["duration_seconds"].as_f64().unwrap()), "{put:#}");
+
+    // A get run writes its keys first, so no read misses.
+    let get =
+        cluster.bench(&["get", "--endpoints", REDIS, "--target", "skiff-redis", "--keys", "2000", "--duration", "2s"]);
+    assert_clean(&get);
+    assert_eq!(get["fill"]["keys"], 2000, "{get:#}");
+    assert_eq!(get["fill"]["failed"], 0, "{get:#}");
+    assert_eq!(get["misses"], 0, "{get:#}");
+    assert_eq!(get["in_flight"], 64, "pipelined: every client in flight");
+    assert_eq!(get["operations"]["put"], Value::Null, "the fill is not measured");
+
+    // Mixed, with stale reads (READONLY on every connection).
+    let mixed = cluster.bench(&[
+        "mixed",
+        "--endpoints",
+        REDIS,
+        "--target",
+        "skiff-redis",
+        "--keys",
+        "1000",
+        "--duration",
+        "2s",
+        "--consistency",
+        "stale",
+        "--read-ratio",
+        "0.5",
+    ]);
+    assert_clean(&mixed);
+    assert_eq!(mixed["consistency"], "stale");
+    assert_eq!(mixed["misses"], 0, "{mixed:#}");
+    for operation in ["get", "put"] {
+        assert!(mixed["operations"][operation]["requests"].as_u64().unwrap() > 0, "{mixed:#}");
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    skiff().arg("bench").args(args).output().expect("run skiff bench")
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    let few = run(&["put", "--clients", "4", "--connections", "16"]);
+    assert_eq!(few.status.code(), Some(2), "{few:?}");
+    assert!(stderr(&few).contains("--clients 4 is fewer than --connections 16"), "{}", stderr(&few));
+
+    let target = run(&["put", "--target", "zookeeper"]);
+    assert_eq!(target.status.code(), Some(2), "{target:?}");
+    assert!(stderr(&target).contains("invalid value 'zookeeper' for '--target"), "{}", stderr(&target));
+    assert!(stderr(&target).contains("skiff-http, skiff-redis, etcd"), "{}", stderr(&target));
+
+    let both = run(&["put", "--duration", "1s", "--total", "10"]);
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+
+    let ratio = run(&["mixed", "--read-ratio", "2"]);
+    assert_eq!(ratio.status.code(), Some(2), "{ratio:?}");
+    assert!(stderr(&ratio).contains("--read-ratio 2 is not between 0 and 1"), "{}", stderr(&ratio));
+
+    let workload = run(&["delete"]);
+    assert_eq!(workload.status.code(), Some(2), "{workload:?}");
+}
+
+#[test]
+fn nothing_answering_exits_1_and_says_how_to_start_the_demo() {
+    let output = run(&["put", "--endpoints", "127.0.0.1:20299", "--duration", "1s"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let message = stderr(&output);
+    assert!(message.contains("nothing answers at http://127.0.0.1:20299"), "{message}");
+    assert!(message.contains("start the demo with `cargo run --release -- demo`"), "{message}");
+    assert_eq!(stdout(&output), "");
+
+    let redis = run(&["get", "--target", "skiff-redis", "--endpoints", "127.0.0.1:20299"]);
+    assert_eq!(redis.status.code(), Some(1), "{redis:?}");
+    assert!(stderr(&redis).contains("nothing answers at 127.0.0.1:20299"), "{}", stderr(&redis));
+}
