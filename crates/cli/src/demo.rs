@@ -165,5 +165,14 @@ fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool)
         let host = if host == "127.0.0.1" { String::new() } else { format!(" -h {host}") };
         println!("  redis-cli{host} -p {port} set greeting hello");
     }
+    let first_id = cluster.node.first().map(|node| node.id.to_string()).unwrap_or_default();
+    println!();
+    println!("Fault injection is on: cut {first_id} off from the others, then heal it:");
+    let others: Vec<String> = cluster.node.iter().skip(1).map(|node| format!("\"{}\"", node.id)).collect();
+    println!(
+        "  curl -X POST -d '{{\"action\":\"drop\",\"peers\":[{}]}}' http://{first}/v1/skiff/faults",
+        others.join(",")
+    );
+    println!("  curl -X DELETE http://{first}/v1/skiff/faults");
     println!();
 }

@@ -52,6 +52,9 @@ pub fn load_node(config: &Path, id: &str) -> Result<(ClusterConfig, NodeId)> {
 pub fn run(options: ServeOptions) -> Result<()> {
     let (cluster, id) = load_node(&options.config, &options.id)?;
     let data_dir = options.data_dir.unwrap_or_else(|| Path::new("data").join(id.to_string()));
+    if options.fault_injection {
+        tracing::warn!(node = %id, "fault injection is on: anyone who reaches the HTTP port can cut this node off");
+    }
     let mut server_options = ServerOptions::new(cluster, id, &data_dir);
     server_options.limits = options.limits;
     server_options.fault_injection = options.fault_injection;

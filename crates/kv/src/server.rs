@@ -88,7 +88,7 @@ impl Server {
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
         let node = if fault_injection {
-            tracing::warn!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
+            tracing::info!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
             Node::start_with_fault_injection(&cluster, id, store, &data_dir).await?
         } else {
             Node::start(&cluster, id, store, &data_dir).await?
