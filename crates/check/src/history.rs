@@ -86,39 +86,30 @@ pub enum Reply {
 
 /// A history that cannot be checked because an operation contradicts itself. This is a bug
 /// in the recorder, not in the system under test.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidHistory {
     /// The operation completed before it was invoked.
+    #[error(
+        "operation {index} of the history completed at {at_ns} ns, before it was invoked at {invoke_ns} ns; \
+         the recorder must take both times from one monotonic clock"
+    )]
     CompletedBeforeInvoked { index: usize, invoke_ns: u64, at_ns: u64 },
     /// The reply does not fit the call (`call` is `get`, `put`, `delete` or `cas`).
+    #[error(
+        "operation {index} of the history is a {call} but its reply is {reply:?}; a {call} replies {}",
+        expected_reply(call)
+    )]
     WrongReply { index: usize, call: &'static str, reply: Reply },
 }
 
-impl fmt::Display for InvalidHistory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::CompletedBeforeInvoked { index, invoke_ns, at_ns } => write!(
-                f,
-                "operation {index} of the history completed at {at_ns} ns, before it was invoked at {invoke_ns} ns; \
-                 the recorder must take both times from one monotonic clock"
-            ),
-            Self::WrongReply { index, call, reply } => {
-                let expected = match *call {
-                    "get" => "a value ({\"value\": ...})",
-                    "cas" => "whether it swapped ({\"swapped\": ...})",
-                    _ => "\"done\"",
-                };
-                write!(
-                    f,
-                    "operation {index} of the history is a {call} but its reply is {reply:?}; \
-                     a {call} replies {expected}"
-                )
-            }
-        }
+/// What a call's reply looks like in JSON, for [`InvalidHistory::WrongReply`].
+fn expected_reply(call: &str) -> &'static str {
+    match call {
+        "get" => "a value ({\"value\": ...})",
+        "cas" => "whether it swapped ({\"swapped\": ...})",
+        _ => "\"done\"",
     }
 }
-
-impl std::error::Error for InvalidHistory {}
 
 impl Call {
     /// The call's name as the API and the reports spell it.
