@@ -1,0 +1,504 @@
+#!/usr/bin/env bash
+# Skiff, etcd and Redis side by side on one machine: see bench/README.md.
+#
+#   bench/compare.sh                      # the full run: 10 s per measurement, about 7 minutes
+#   DURATION=1s WARMUP=0s bench/compare.sh   # a quick smoke test
+#
+# Settings (environment): DURATION (10s), WARMUP (2s), CLIENTS ("1 16 64 256"), KEYS (10000),
+# VALUE_SIZE (256), RB_REQUESTS (100000, per redis-benchmark test), BENCH_TMPDIR (where the
+# temporary directory goes; default the workspace's target/), RESULTS (bench/RESULTS.md),
+# SKIP_INSTALL=1 (do not call apt-get), SKIP_BUILD=1 (use target/release/skiff as it is).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CLIENTS=${CLIENTS:-"1 16 64 256"}
+KEYS=${KEYS:-10000}
+VALUE_SIZE=${VALUE_SIZE:-256}
+RB_REQUESTS=${RB_REQUESTS:-100000}
+SEED=${SEED:-1}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
+SKIFF=$ROOT/target/release/skiff
+START_SECONDS=$SECONDS
+
+# Ports, all on 127.0.0.1.
+ETCD_CLIENT_PORTS=(12379 22379 32379)
+ETCD_PEER_PORTS=(12380 22380 32380)
+SKIFF_RAFT_PORTS=(17101 17102 17103)
+SKIFF_HTTP_PORTS=(17111 17112 17113)
+SKIFF_REDIS_PORTS=(17121 17122 17123)
+REDIS_PORT=17379
+
+log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# Cleanup: every process this script started is in PIDS; the EXIT trap stops them all and
+# removes the temporary directory, whether the script ends normally, fails or is interrupted.
+PIDS=()
+WORK=""
+
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Up to 10 s for a graceful stop, then SIGKILL.
+        local waited=0
+        while kill -0 "$pid" 2>/dev/null && ((waited < 100)); do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]} > 0)); then
+        log "stopping ${#PIDS[@]} process(es) still running"
+        stop_all
+    fi
+    if [[ -n $WORK && -d $WORK ]]; then
+        rm -rf -- "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ---------------------------------------------------------------------------------------
+# 1. What we need: etcd, Redis, a few tools, and Skiff's release build.
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root or sudo to run: $*"
+    fi
+}
+
+install_missing() {
+    local -a packages=()
+    command -v etcd >/dev/null || packages+=(etcd-server)
+    command -v etcdctl >/dev/null || packages+=(etcd-client)
+    command -v redis-server >/dev/null || packages+=(redis-server)
+    command -v redis-benchmark >/dev/null || packages+=(redis-tools)
+    command -v redis-cli >/dev/null || packages+=(redis-tools)
+    command -v curl >/dev/null || packages+=(curl)
+    command -v python3 >/dev/null || packages+=(python3)
+    if ((${#packages[@]} == 0)); then
+        log "etcd, Redis, curl and python3 are installed"
+        return
+    fi
+    [[ ${SKIP_INSTALL:-0} == 1 ]] && die "missing packages: ${packages[*]} (and SKIP_INSTALL=1)"
+    log "installing ${packages[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${packages[@]}" >/dev/null
+}
+
+install_missing
+# Debian's redis-server package starts a system Redis on 6379; we use our own on $REDIS_PORT.
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building skiff (cargo build --release -p skiff-cli)"
+    (cd "$ROOT" && cargo build --release -p skiff-cli --quiet)
+fi
+[[ -x $SKIFF ]] || die "$SKIFF not found: build it with cargo build --release -p skiff-cli"
+
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+for port in "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}" "${SKIFF_RAFT_PORTS[@]}" \
+    "${SKIFF_HTTP_PORTS[@]}" "${SKIFF_REDIS_PORTS[@]}" "$REDIS_PORT"; do
+    port_free "$port" || die "port $port is in use"
+done
+
+# One temporary directory, on a real disk (target/ by default: the system temporary directory may be a tmpfs), for
+# the fsync test and every system's data.
+TMP_PARENT=${BENCH_TMPDIR:-$ROOT/target}
+mkdir -p "$TMP_PARENT"
+WORK=$(mktemp -d "$TMP_PARENT/skiff-compare.XXXXXX")
+FSTYPE=$(df --output=fstype "$WORK" | tail -n 1 | tr -d ' ')
+[[ $FSTYPE == tmpfs ]] && log "warning: $WORK is on a tmpfs: fsync costs nothing there; set BENCH_TMPDIR"
+ROWS=$WORK/rows.jsonl
+: >"$ROWS"
+log "data in $WORK ($FSTYPE)"
+
+# ---------------------------------------------------------------------------------------
+# 2. One fdatasync on this disk: 4 KiB written and fdatasync'd, over and over (at most
+# 1,000 times or 3 s), in a plain loop.
+FSYNC_JSON=$(python3 - "$WORK/fsync-test" <<'EOF'
+import json, os, sys, time
+path = sys.argv[1]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+block = b"x" * 4096
+samples = []
+start = time.perf_counter()
+for i in range(1000):
+    t = time.perf_counter()
+    os.write(fd, block)
+    os.fdatasync(fd)
+    samples.append(time.perf_counter() - t)
+    if time.perf_counter() - start > 3:
+        break
+os.close(fd)
+os.unlink(path)
+samples.sort()
+pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1e6
+print(json.dumps({"n": len(samples), "mean_us": sum(samples) / len(samples) * 1e6,
+                  "p50_us": pick(0.5), "p99_us": pick(0.99)}))
+EOF
+)
+FSYNC_LINE=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("one 4 KiB write + fdatasync: mean %.0f us, p50 %.0f us, p99 %.0f us (%d writes, %.0f per second from one writer)" % (d["mean_us"], d["p50_us"], d["p99_us"], d["n"], 1e6 / d["mean_us"]))' "$FSYNC_JSON")
+log "fsync: $FSYNC_LINE"
+
+# ---------------------------------------------------------------------------------------
+# Helpers to run the load generators and keep one JSON line per measurement in $ROWS.
+
+# bench SYSTEM TARGET ENDPOINTS WORKLOAD CLIENTS [extra skiff bench flags...]
+bench() {
+    local system=$1 target=$2 endpoints=$3 workload=$4 clients=$5
+    shift 5
+    local connections=$((clients < 16 ? clients : 16))
+    local out=$WORK/bench-$system-$workload-$clients.json
+    log "$system: skiff bench $workload --target $target --clients $clients --connections $connections"
+    local -a args=(bench "$workload" --target "$target" --endpoints "$endpoints"
+        --clients "$clients" --connections "$connections" --keys "$KEYS" --value-size "$VALUE_SIZE"
+        --duration "$DURATION" --warmup "$WARMUP" --seed "$SEED" --json "$@")
+    if [[ $workload == get ]]; then
+        args+=(--consistency consistent --no-fill)
+    fi
+    if ! "$SKIFF" "${args[@]}" >"$out" 2>"$out.err"; then
+        log "  failed: $(tail -n 3 "$out.err")"
+        printf '{"system":"%s","workload":"%s","clients":%d,"failed":true}\n' \
+            "$system" "$workload" "$clients" >>"$ROWS"
+        return 0
+    fi
+    python3 - "$system" "$workload" "$clients" "$out" >>"$ROWS" <<'EOF'
+import json, sys
+system, workload, clients, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+r = json.load(open(path))
+print(json.dumps({"system": system, "workload": workload, "clients": clients,
+                  "connections": r["connections"], "in_flight": r["in_flight"],
+                  "throughput": r["throughput"], "p50_us": r["latency_us"]["p50"],
+                  "p99_us": r["latency_us"]["p99"], "errors": r["errors"],
+                  "errors_by_kind": r["errors_by_kind"], "misses": r["misses"],
+                  "requests": r["requests"]}))
+EOF
+    tail -n 1 "$ROWS" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print("[compare]   %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors, %d misses" % (r["throughput"], r["p50_us"]/1e3, r["p99_us"]/1e3, r["errors"], r["misses"]))' >&2
+}
+
+# Writes every key once (the fill of a get run), so that the measured gets all hit.
+fill() {
+    local system=$1 target=$2 endpoints=$3
+    log "$system: writing the $KEYS keys"
+    "$SKIFF" bench get --target "$target" --endpoints "$endpoints" --clients 64 --connections 16 \
+        --keys "$KEYS" --value-size "$VALUE_SIZE" --total 1 --warmup 0s --seed "$SEED" --json \
+        >"$WORK/fill-$system.json" 2>"$WORK/fill-$system.err" || die "fill of $system failed: $(tail -n 3 "$WORK/fill-$system.err")"
+}
+
+# The put and get workloads at every client count.
+workloads() {
+    local system=$1 target=$2 endpoints=$3 clients
+    for clients in $CLIENTS; do
+        bench "$system" "$target" "$endpoints" put "$clients"
+    done
+    fill "$system" "$target" "$endpoints"
+    for clients in $CLIENTS; do
+        bench "$system" "$target" "$endpoints" get "$clients"
+    done
+}
+
+# redis_benchmark SYSTEM PORT PIPELINE: SET and GET, 64 clients, RB_REQUESTS each.
+redis_benchmark() {
+    local system=$1 port=$2 pipeline=$3
+    local out=$WORK/rb-$system-P$pipeline.csv
+    log "$system: redis-benchmark -t set,get -n $RB_REQUESTS -c 64 -P $pipeline -d $VALUE_SIZE -r $KEYS"
+    if ! redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$RB_REQUESTS" -c 64 -P "$pipeline" \
+        -d "$VALUE_SIZE" -r "$KEYS" --csv >"$out" 2>"$out.err"; then
+        log "  failed: $(tail -n 3 "$out.err")"
+        printf '{"system":"%s","workload":"rb-%s","clients":64,"pipeline":%d,"failed":true}\n' \
+            "$system" set "$pipeline" >>"$ROWS"
+        return 0
+    fi
+    python3 - "$system" "$pipeline" "$out" >>"$ROWS" <<'EOF'
+import csv, json, sys
+system, pipeline, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = list(csv.reader(open(path)))
+header = rows[0]
+for row in rows[1:]:
+    d = dict(zip(header, row))
+    print(json.dumps({"system": system, "workload": "rb-" + d["test"].lower(), "clients": 64,
+                      "pipeline": pipeline, "throughput": float(d["rps"]),
+                      "p50_us": float(d["p50_latency_ms"]) * 1000,
+                      "p99_us": float(d["p99_latency_ms"]) * 1000, "errors": 0, "misses": 0}))
+EOF
+    log "  $(tr '\n' ' ' <"$out" | tr -d '"')"
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...: retries COMMAND every 0.2 s.
+wait_until() {
+    local what=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "$what: not ready after ${seconds}s (logs in $WORK)"
+        local pid
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || die "$what: process $pid exited (logs in $WORK)"
+        done
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+# 3a. etcd: three members, fsync on (etcd always fsyncs its WAL).
+etcd_healthy() {
+    local port
+    for port in "${ETCD_CLIENT_PORTS[@]}"; do
+        curl -sf "http://127.0.0.1:$port/health" | grep -q '"health":"true"' || return 1
+    done
+}
+
+run_etcd() {
+    local cluster="" i
+    for i in 0 1 2; do
+        cluster+="${cluster:+,}e$((i + 1))=http://127.0.0.1:${ETCD_PEER_PORTS[i]}"
+    done
+    mkdir -p "$WORK/etcd"
+    for i in 0 1 2; do
+        local name=e$((i + 1))
+        etcd --name "$name" --data-dir "$WORK/etcd/$name" \
+            --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[i]}" \
+            --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[i]}" \
+            --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[i]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[i]}" \
+            --initial-cluster "$cluster" --initial-cluster-token skiff-compare \
+            --initial-cluster-state new --logger zap --log-level warn \
+            >"$WORK/etcd/$name.log" 2>&1 &
+        PIDS+=($!)
+    done
+    wait_until "etcd" 60 etcd_healthy
+    log "etcd: 3 members up"
+    local endpoints
+    endpoints=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")
+    workloads etcd etcd "${endpoints%,}"
+    stop_all
+    log "etcd: stopped"
+}
+
+# 3b. Skiff: three `skiff serve` processes (every write is fsync'd before it is acknowledged;
+# there is no switch to turn that off).
+SKIFF_HTTP_ENDPOINTS=$(printf '127.0.0.1:%s,' "${SKIFF_HTTP_PORTS[@]}")
+SKIFF_HTTP_ENDPOINTS=${SKIFF_HTTP_ENDPOINTS%,}
+SKIFF_REDIS_ENDPOINTS=$(printf '127.0.0.1:%s,' "${SKIFF_REDIS_PORTS[@]}")
+SKIFF_REDIS_ENDPOINTS=${SKIFF_REDIS_ENDPOINTS%,}
+
+# Every node names the same leader; prints the leader's id.
+skiff_leader() {
+    "$SKIFF" --endpoints "$SKIFF_HTTP_ENDPOINTS" --timeout 2s status --json | python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)
+leaders = {n.get("leader") for n in nodes}
+ok = len(nodes) == 3 and len(leaders) == 1 and None not in leaders and all(n.get("health", "ok") == "ok" for n in nodes)
+print(leaders.pop() if ok else "")
+sys.exit(0 if ok else 1)'
+}
+
+run_skiff() {
+    local config=$WORK/skiff/cluster.toml i
+    mkdir -p "$WORK/skiff"
+    printf '[cluster]\nname = "skiff-compare"\n' >"$config"
+    for i in 0 1 2; do
+        printf '\n[[node]]\nid = "n%d"\nraft = "127.0.0.1:%s"\nhttp = "127.0.0.1:%s"\nredis = "127.0.0.1:%s"\n' \
+            $((i + 1)) "${SKIFF_RAFT_PORTS[i]}" "${SKIFF_HTTP_PORTS[i]}" "${SKIFF_REDIS_PORTS[i]}" >>"$config"
+    done
+    for i in 1 2 3; do
+        "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$WORK/skiff/n$i" --log warn \
+            >"$WORK/skiff/n$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    wait_until "skiff" 60 skiff_leader
+    local leader
+    leader=$(skiff_leader)
+    log "skiff: 3 nodes up, leader $leader"
+    workloads skiff-http skiff-http "$SKIFF_HTTP_ENDPOINTS"
+    workloads skiff-redis skiff-redis "$SKIFF_REDIS_ENDPOINTS"
+    # redis-benchmark talks to one node: the leader (a follower forwards writes to it).
+    leader=$(skiff_leader)
+    local port=${SKIFF_REDIS_PORTS[${leader#n} - 1]}
+    redis_benchmark skiff "$port" 1
+    redis_benchmark skiff "$port" 16
+    stop_all
+    log "skiff: stopped"
+}
+
+# 3c. Redis: one server, every write appended and fsync'd before the reply.
+run_redis() {
+    mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" \
+        --appendonly yes --appendfsync always --save '' --daemonize no \
+        --logfile "$WORK/redis/redis.log" >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_until "redis" 30 redis-cli -p "$REDIS_PORT" ping
+    log "redis: up ($(redis-cli -p "$REDIS_PORT" config get appendfsync | tr '\n' ' '))"
+    redis_benchmark redis "$REDIS_PORT" 1
+    redis_benchmark redis "$REDIS_PORT" 16
+    stop_all
+    log "redis: stopped"
+}
+
+run_etcd
+run_skiff
+run_redis
+
+# ---------------------------------------------------------------------------------------
+# 5. The table, on standard output and in $RESULTS with the machine and the versions.
+ELAPSED=$((SECONDS - START_SECONDS))
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    COMMIT="$COMMIT (with uncommitted changes)"
+fi
+CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
+[[ -n $CPU ]] || CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)
+MEM=$(free -h | awk '/^Mem:/ {print $2}')
+DISK=$(df -h --output=source,fstype,size,avail,target "$WORK" | tail -n 1 |
+    awk '{printf "%s (%s, mounted on %s), %s, %s free", $1, $2, $5, $3, $4}')
+
+export FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS
+NPROC_OUT=$(nproc)
+ETCD_VERSION=$(etcd --version | head -n 1)
+REDIS_VERSION=$(redis-server --version)
+RUSTC_VERSION=$(rustc --version)
+DATE_UTC=$(date -u '+%Y-%m-%d %H:%M UTC')
+KERNEL=$(uname -sr)
+export NPROC_OUT ETCD_VERSION REDIS_VERSION RUSTC_VERSION DATE_UTC KERNEL
+
+python3 - "$ROWS" "$RESULTS" <<'EOF'
+import json, os, sys
+rows_path, results_path = sys.argv[1], sys.argv[2]
+rows = [json.loads(line) for line in open(rows_path) if line.strip()]
+env = os.environ
+
+def find(system, workload, clients, pipeline=None):
+    for r in rows:
+        if r["system"] == system and r["workload"] == workload and r["clients"] == clients \
+                and r.get("pipeline") == pipeline:
+            return r
+    return None
+
+def num(x):
+    return f"{x:,.0f}"
+
+def ms(us):
+    v = us / 1000
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+def cell(r):
+    if r is None:
+        return "—"
+    if r.get("failed"):
+        return "failed"
+    s = f"{num(r['throughput'])} · {ms(r['p50_us'])} · {ms(r['p99_us'])}"
+    if r.get("errors"):
+        s += f" ({r['errors']} errors)"
+    if r.get("misses"):
+        s += f" ({r['misses']} misses)"
+    return s
+
+def ratio(a, b):
+    if not a or not b or a.get("failed") or b.get("failed"):
+        return "—"
+    return f"{a['throughput'] / b['throughput']:.2f}× · {a['p99_us'] / b['p99_us']:.2f}×"
+
+clients = [int(c) for c in env["CLIENTS"].split()]
+lines = []
+lines.append("| workload | clients | baseline | baseline: req/s · p50 · p99 | Skiff HTTP | Skiff Redis protocol | Skiff HTTP ÷ baseline: req/s · p99 | Skiff Redis ÷ baseline: req/s · p99 |")
+lines.append("|---|---:|---|---|---|---|---|---|")
+for workload, label in [("put", "put (write)"), ("get", "get (linearizable read)")]:
+    for c in clients:
+        e = find("etcd", workload, c)
+        h = find("skiff-http", workload, c)
+        r = find("skiff-redis", workload, c)
+        lines.append(f"| {label} | {c} | etcd | {cell(e)} | {cell(h)} | {cell(r)} | {ratio(h, e)} | {ratio(r, e)} |")
+for workload, label in [("rb-set", "redis-benchmark SET"), ("rb-get", "redis-benchmark GET")]:
+    for p in (1, 16):
+        base = find("redis", workload, 64, p)
+        sk = find("skiff", workload, 64, p)
+        lines.append(f"| {label}{' -P 16' if p > 1 else ''} | 64 | Redis | {cell(base)} | — | {cell(sk)} | — | {ratio(sk, base)} |")
+table = "\n".join(lines)
+
+legend = ("Each cell: throughput (req/s) · p50 (ms) · p99 (ms). A ratio cell: Skiff's throughput ÷ "
+          "the baseline's (above 1: Skiff does more) · Skiff's p99 ÷ the baseline's (below 1: "
+          "Skiff's tail is shorter).")
+print()
+print(table)
+print()
+print(legend)
+print(f"fsync: {env['FSYNC_LINE']}")
+print(f"run time: {int(env['ELAPSED']) // 60} min {int(env['ELAPSED']) % 60} s")
+
+failed = [r for r in rows if r.get("failed")]
+errors = [r for r in rows if r.get("errors")]
+notes = []
+for r in failed:
+    notes.append(f"- {r['system']} {r['workload']} at {r['clients']} clients failed (no report).")
+for r in errors:
+    notes.append(f"- {r['system']} {r['workload']} at {r['clients']} clients: {r['errors']} errors {json.dumps(r.get('errors_by_kind', {}))}.")
+
+md = f"""# Skiff, etcd and Redis on one machine
+
+Written by `bench/compare.sh` on {env['DATE_UTC']}, in {int(env['ELAPSED']) // 60} min {int(env['ELAPSED']) % 60} s. See `bench/README.md` for what it does and its caveats.
+
+## Machine
+
+- CPUs: {env['NPROC_OUT']} (`nproc`), {env['CPU']}; kernel {env['KERNEL']}
+- memory: {env['MEM']}
+- disk (`df`, the temporary directory that held every system's data): {env['DISK']}
+- fsync on that disk: {env['FSYNC_LINE']}
+
+## Versions
+
+- {env['ETCD_VERSION']} (Debian `etcd-server`), 3 members, each its own process
+- {env['REDIS_VERSION']}
+- {env['RUSTC_VERSION']}
+- Skiff at commit {env['COMMIT']}, `cargo build --release`, 3 `skiff serve` processes
+
+## Setup
+
+All on 127.0.0.1, one system at a time, fsync on for all: etcd (always fsyncs its WAL),
+Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --appendfsync always --save ''`.
+
+- `skiff bench put|get --clients N --connections min(N, 16) --keys {env['KEYS']} --value-size {env['VALUE_SIZE']} --duration {env['DURATION']} --warmup {env['WARMUP']} --seed {env['SEED']}`,
+  gets with `--consistency consistent` (linearizable) after every key was written once;
+  `--target etcd` (etcd's v3 JSON gateway, `/v3/kv/put` and `/v3/kv/range`) against its three
+  members, `--target skiff-http` and `--target skiff-redis` against Skiff's three nodes.
+  Over HTTP at most `--connections` requests are in flight (16 for 16 clients and more: the
+  other clients wait for a turn, and that wait is in their latency); over the Redis
+  protocol every client's request is in flight (pipelined on the shared connections).
+- `redis-benchmark -t set,get -n {env['RB_REQUESTS']} -c 64 -d {env['VALUE_SIZE']} -r {env['KEYS']}`, with and without `-P 16`,
+  against the Redis server and against the Skiff leader's Redis port.
+
+## Results
+
+{legend}
+
+{table}
+"""
+if notes:
+    md += "\nProblems during the run:\n\n" + "\n".join(notes) + "\n"
+with open(results_path, "w") as f:
+    f.write(md)
+if notes:
+    print("\n".join(notes))
+print(f"written to {results_path}")
+EOF
