@@ -5,7 +5,8 @@
 #   DURATION=1s WARMUP=0s bench/compare.sh   # a quick smoke test
 #
 # Settings (environment): DURATION (10s), WARMUP (2s), CLIENTS ("1 16 64 256"), KEYS (10000),
-# VALUE_SIZE (256), RB_REQUESTS (100000, per redis-benchmark test), BENCH_TMPDIR (where the
+# VALUE_SIZE (256), RB_REQUESTS (100000, per redis-benchmark test), SYSTEMS ("etcd skiff
+# redis": which to run, for a partial table), BENCH_TMPDIR (where the
 # temporary directory goes; default the workspace's target/), RESULTS (bench/RESULTS.md),
 # SKIP_INSTALL=1 (do not call apt-get), SKIP_BUILD=1 (use target/release/skiff as it is).
 set -euo pipefail
@@ -17,6 +18,7 @@ KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 RB_REQUESTS=${RB_REQUESTS:-100000}
 SEED=${SEED:-1}
+SYSTEMS=${SYSTEMS:-"etcd skiff redis"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
@@ -168,7 +170,9 @@ log "fsync: $FSYNC_LINE"
 bench() {
     local system=$1 target=$2 endpoints=$3 workload=$4 clients=$5
     shift 5
-    local connections=$((clients < 16 ? clients : 16))
+    # One connection per client: over HTTP/1.1 a connection carries one request at a time,
+    # so every client has its request in flight, as with etcd's own benchmark tool.
+    local connections=$clients
     local out=$WORK/bench-$system-$workload-$clients.json
     log "$system: skiff bench $workload --target $target --clients $clients --connections $connections"
     local -a args=(bench "$workload" --target "$target" --endpoints "$endpoints"
@@ -357,9 +361,14 @@ run_redis() {
     log "redis: stopped"
 }
 
-run_etcd
-run_skiff
-run_redis
+for system in $SYSTEMS; do
+    case $system in
+        etcd) run_etcd ;;
+        skiff) run_skiff ;;
+        redis) run_redis ;;
+        *) die "unknown system in SYSTEMS: $system (etcd, skiff, redis)" ;;
+    esac
+done
 
 # ---------------------------------------------------------------------------------------
 # 5. The table, on standard output and in $RESULTS with the machine and the versions.
@@ -478,13 +487,12 @@ Written by `bench/compare.sh` on {env['DATE_UTC']}, in {int(env['ELAPSED']) // 6
 All on 127.0.0.1, one system at a time, fsync on for all: etcd (always fsyncs its WAL),
 Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --appendfsync always --save ''`.
 
-- `skiff bench put|get --clients N --connections min(N, 16) --keys {env['KEYS']} --value-size {env['VALUE_SIZE']} --duration {env['DURATION']} --warmup {env['WARMUP']} --seed {env['SEED']}`,
+- `skiff bench put|get --clients N --connections N --keys {env['KEYS']} --value-size {env['VALUE_SIZE']} --duration {env['DURATION']} --warmup {env['WARMUP']} --seed {env['SEED']}`,
   gets with `--consistency consistent` (linearizable) after every key was written once;
   `--target etcd` (etcd's v3 JSON gateway, `/v3/kv/put` and `/v3/kv/range`) against its three
   members, `--target skiff-http` and `--target skiff-redis` against Skiff's three nodes.
-  Over HTTP at most `--connections` requests are in flight (16 for 16 clients and more: the
-  other clients wait for a turn, and that wait is in their latency); over the Redis
-  protocol every client's request is in flight (pipelined on the shared connections).
+  One connection per client, so every client has one request in flight, over HTTP/1.1
+  (etcd, Skiff HTTP) and over the Redis protocol alike.
 - `redis-benchmark -t set,get -n {env['RB_REQUESTS']} -c 64 -d {env['VALUE_SIZE']} -r {env['KEYS']}`, with and without `-P 16`,
   against the Redis server and against the Skiff leader's Redis port.
 
