@@ -14,7 +14,7 @@ use crate::hardstate;
 use crate::identity::{self, Identity};
 use crate::scan::TornTail;
 use crate::segment::{ReadLimit, TermRuns, parse_segment_name, segment_name};
-use crate::snapshot::{self, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{self, SnapshotDir, SnapshotReader, SnapshotWriter};
 use crate::wal::Wal;
 
 /// The WAL's directory inside the data directory.
@@ -197,6 +197,11 @@ impl DiskStorage {
     /// the state machine may write it on another thread.
     pub fn snapshot_writer(&self, meta: SnapshotMeta) -> Result<SnapshotWriter> {
         SnapshotWriter::create(&self.snapshots_dir(), meta)
+    }
+
+    /// The snapshot directory, as a handle another thread can write snapshots through.
+    pub fn snapshot_dir(&self) -> SnapshotDir {
+        SnapshotDir::new(self.snapshots_dir())
     }
 
     /// Writes a whole snapshot from `data` (streamed, not held in memory) and finishes it.

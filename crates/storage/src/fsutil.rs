@@ -144,6 +144,10 @@ pub(crate) mod fault {
         FAIL_PREALLOCATE.with(|cell| cell.set(fail));
     }
 
+    pub(crate) fn preallocation_fails() -> bool {
+        FAIL_PREALLOCATE.with(Cell::get)
+    }
+
     pub(super) fn check_preallocate(path: &Path) -> Result<()> {
         if FAIL_PREALLOCATE.with(Cell::get) {
             return Err(Error::io("preallocate space for", path, io::Error::from_raw_os_error(libc::ENOSPC)));

@@ -96,10 +96,11 @@ mod record;
 mod scan;
 mod segment;
 mod snapshot;
+mod spare;
 mod wal;
 
 pub use disk::{DiskOptions, DiskStorage, Recovery};
 pub use error::{Error, Result};
 pub use scan::TornTail;
 pub use skiff_raft::MemStorage;
-pub use snapshot::{SnapshotReader, SnapshotWriter};
+pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};

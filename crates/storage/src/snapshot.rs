@@ -133,6 +133,26 @@ impl Layout {
     }
 }
 
+/// The snapshot directory of a store, detached from it: a node's apply thread writes new
+/// snapshots through it while the store goes on taking appends on another thread. (A
+/// snapshot is only adopted by the store, with [`skiff_raft::Storage::compact`] or
+/// `install_snapshot`, once its writer finished.)
+#[derive(Clone, Debug)]
+pub struct SnapshotDir {
+    dir: PathBuf,
+}
+
+impl SnapshotDir {
+    pub(crate) fn new(dir: PathBuf) -> SnapshotDir {
+        SnapshotDir { dir }
+    }
+
+    /// Starts writing the snapshot for `meta`: see [`SnapshotWriter`].
+    pub fn writer(&self, meta: SnapshotMeta) -> Result<SnapshotWriter> {
+        SnapshotWriter::create(&self.dir, meta)
+    }
+}
+
 /// Streams a snapshot's data into a new snapshot file; [`SnapshotWriter::finish`] makes it
 /// durable and visible. Dropped without `finish`, it removes its temporary file.
 #[derive(Debug)]

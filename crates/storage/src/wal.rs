@@ -17,6 +17,10 @@ use crate::fsutil;
 use crate::record;
 use crate::scan::{HardStateRecord, TornTail, open_segment};
 use crate::segment::{ReadLimit, Segment, TermRuns, parse_segment_name, segment_name};
+use crate::spare::Spare;
+
+/// How much of the active segment is written before the next segment's spare is started.
+const SPARE_AFTER_BYTES: u64 = 1 << 20;
 
 /// What a scan of the whole WAL found.
 #[derive(Debug, Default)]
@@ -49,6 +53,13 @@ pub(crate) struct Wal {
     entry_offsets: Vec<u32>,
     /// How many fdatasyncs [`Wal::sync`] issued.
     pub syncs: u64,
+    /// The next segment's file, being filled with zeros in the background (with
+    /// preallocation on): see [`crate::spare`].
+    spare: Option<Spare>,
+    /// The last segment was made from a spare (its blocks are written zeros).
+    active_from_spare: bool,
+    /// How many segments were made from a spare.
+    pub segments_from_spare: u64,
     /// The first index of the log while `segments` is empty: only after [`Wal::reset`]
     /// failed half-way (the store is poisoned then, but may still be read).
     first_if_empty: Index,
@@ -70,6 +81,9 @@ impl Wal {
             buffer: Vec::new(),
             entry_offsets: Vec::new(),
             syncs: 0,
+            spare: None,
+            active_from_spare: false,
+            segments_from_spare: 0,
             first_if_empty: first,
         };
         let firsts: Vec<Index> = names.iter().filter_map(|name| parse_segment_name(name)).collect();
@@ -135,14 +149,20 @@ impl Wal {
             record::encode_entry(&mut self.buffer, entry)?;
         }
         let active = self.active();
-        if active.end + self.buffer.len() as u64 > self.segment_bytes && active.entry_count() > 0 {
+        let full = active.end + self.buffer.len() as u64 > self.segment_bytes;
+        // A segment made with `fallocate` (the first one, or the one in use at a restart)
+        // gives way to the zero-filled spare as soon as it is ready: see `crate::spare`.
+        let spare_is_better = !self.active_from_spare && self.spare.as_ref().is_some_and(Spare::is_ready);
+        if (full || spare_is_better) && active.entry_count() > 0 {
             self.roll(first.index())?;
         }
         let (buffer, offsets) = (std::mem::take(&mut self.buffer), std::mem::take(&mut self.entry_offsets));
         let result = self.active_mut().append(&buffer, &offsets);
         (self.buffer, self.entry_offsets) = (buffer, offsets);
         self.unsynced = true;
-        result
+        result?;
+        self.maybe_start_spare();
+        Ok(())
     }
 
     /// Seals the last segment (synced first, so the log on disk never has a hole) and
@@ -157,11 +177,38 @@ impl Wal {
         self.create_segment(first)
     }
 
+    /// Creates the segment for entries from `first` on: from the spare if it is ready, else
+    /// with `fallocate`, without waiting.
     fn create_segment(&mut self, first: Index) -> Result<()> {
-        let segment = Segment::create(&self.dir, first, self.preallocation())?;
+        let ready = self.spare.as_ref().is_some_and(Spare::is_ready);
+        let spare = if ready { self.spare.take().and_then(Spare::into_file) } else { None };
+        let from_spare = spare.is_some();
+        let segment = match spare {
+            Some((path, file)) => Segment::create_from_spare(&self.dir, first, &path, file)?,
+            None => Segment::create(&self.dir, first, self.preallocation())?,
+        };
+        self.active_from_spare = from_spare;
+        self.segments_from_spare += u64::from(from_spare);
         self.segments.push(segment);
         self.dir_dirty = true;
         Ok(())
+    }
+
+    /// Starts preparing the next segment's spare once the active segment takes real writes
+    /// ([`SPARE_AFTER_BYTES`], so that a store opened briefly, as in tests, never writes
+    /// one), unless one is under way, or preallocation is off (segments then grow as they
+    /// are written, and zeros would be a waste).
+    fn maybe_start_spare(&mut self) {
+        let threshold = SPARE_AFTER_BYTES.min(self.segment_bytes / 4);
+        if self.preallocate && self.spare.is_none() && self.active().end >= threshold {
+            self.spare = Some(Spare::start(&self.dir, self.segment_bytes));
+        }
+    }
+
+    /// Waits until the spare is ready; whether there is one (for tests).
+    #[cfg(test)]
+    pub fn wait_for_spare(&self) -> bool {
+        self.spare.as_ref().is_some_and(Spare::wait)
     }
 
     /// Appends a hard state record.
