@@ -4,16 +4,17 @@
 //! or replication; the order of entries is the order the driver hands them over.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use skiff_raft::{Entry, Index, NodeId, Payload, Term};
+use skiff_raft::{Entry, Index, LogId, Membership, NodeId, Payload, SnapshotMeta, Term};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
+use crate::store::SnapshotTarget;
 use crate::transport::Transport;
 use crate::wire::{ForwardError, PeerMessage};
 
@@ -49,8 +50,8 @@ pub(crate) enum Task<S: StateMachine> {
     /// Apply these committed entries; each write waits under its index, with the term it
     /// was proposed in.
     Apply { entries: Vec<Entry>, writes: BTreeMap<Index, (Term, Responder)> },
-    /// Replace the state by the snapshot of everything up to `index`.
-    Restore { index: Index, data: Box<dyn Read + Send> },
+    /// Replace the state by the snapshot `meta` (from the leader), read from `data`.
+    Restore { meta: SnapshotMeta, data: Box<dyn Read + Send> },
     /// Run `query` once everything up to `index` is applied.
     ReadAt { index: Index, query: ReadQuery<S> },
     /// Run `query` now.
@@ -59,8 +60,9 @@ pub(crate) enum Task<S: StateMachine> {
 
 /// What the apply thread tells the driver.
 pub(crate) enum Event {
-    /// A snapshot of the state after applying `index`, to store and compact the log to.
-    SnapshotTaken { index: Index, data: Vec<u8> },
+    /// A snapshot of the state after applying `meta.last_log_id` is written and durable:
+    /// compact the log to it.
+    SnapshotTaken { meta: SnapshotMeta },
     /// The state machine failed (restoring or snapshotting): the node must stop.
     Failed(String),
 }
@@ -70,29 +72,69 @@ pub(crate) struct Applier<S: StateMachine> {
     /// The index applied so far, shared with the driver for status.
     pub applied: Arc<AtomicU64>,
     pub transport: Arc<dyn Transport>,
-    pub snapshot_index: Index,
-    pub snapshot_after_entries: u64,
     pub events: mpsc::UnboundedSender<Event>,
     waiting_reads: Vec<(Index, ReadQuery<S>)>,
+    /// What a snapshot taken now would say: the last applied entry's id and the latest
+    /// configuration at or before it (a snapshot carries the membership it ends with).
+    last_applied: LogId,
+    membership: Membership,
+    snapshots: SnapshotPolicy,
+    target: Arc<dyn SnapshotTarget>,
+}
+
+/// When to snapshot: after at least `after_entries` entries, and once the log since the last
+/// snapshot holds at least as many bytes as that snapshot had. The second rule keeps the
+/// cost of snapshots in proportion to the writes: a large state (1M keys: a snapshot of
+/// 100+ MB) is not written out again every few thousand small writes, while a small state
+/// is snapshotted as often as `after_entries` says. The log on disk stays below about
+/// twice the state's size, plus `after_entries` entries.
+pub(crate) struct SnapshotPolicy {
+    after_entries: u64,
+    /// The last snapshot's index and its data's size.
+    index: Index,
+    bytes: u64,
+    /// The bytes of the entries applied since.
+    log_bytes: u64,
+}
+
+impl SnapshotPolicy {
+    /// The policy right after the snapshot at `index` of `bytes` bytes (0, 0: none yet).
+    pub fn new(after_entries: u64, index: Index, bytes: u64) -> SnapshotPolicy {
+        SnapshotPolicy { after_entries, index, bytes, log_bytes: 0 }
+    }
+
+    fn due(&self, applied: Index) -> bool {
+        applied.0 >= self.index.0.saturating_add(self.after_entries) && self.log_bytes >= self.bytes
+    }
+
+    fn taken(&mut self, index: Index, bytes: u64) {
+        (self.index, self.bytes, self.log_bytes) = (index, bytes, 0);
+    }
 }
 
 impl<S: StateMachine> Applier<S> {
+    /// An applier whose state machine holds the snapshot `restored` (index 0 and the
+    /// initial membership: none), which the policy knows of.
     pub fn new(
         state_machine: S,
+        restored: SnapshotMeta,
+        snapshots: SnapshotPolicy,
         applied: Arc<AtomicU64>,
         transport: Arc<dyn Transport>,
-        snapshot_after_entries: u64,
+        target: Arc<dyn SnapshotTarget>,
         events: mpsc::UnboundedSender<Event>,
     ) -> Applier<S> {
-        let snapshot_index = Index(applied.load(Ordering::Acquire));
+        applied.store(restored.last_log_id.index.0, Ordering::Release);
         Applier {
             state_machine,
             applied,
             transport,
-            snapshot_index,
-            snapshot_after_entries,
             events,
             waiting_reads: Vec::new(),
+            last_applied: restored.last_log_id,
+            membership: restored.membership,
+            snapshots,
+            target,
         }
     }
 
@@ -147,11 +189,15 @@ impl<S: StateMachine> Applier<S> {
                 self.serve_reads();
                 self.maybe_snapshot()
             }
-            Task::Restore { index, mut data } => {
+            Task::Restore { meta, data } => {
+                let mut data = CountingReader::new(data);
+                let index = meta.last_log_id.index;
                 self.state_machine
                     .restore(&mut data)
                     .map_err(|error| format!("restoring snapshot {index}: {error}"))?;
-                self.snapshot_index = index;
+                self.snapshots.taken(index, data.bytes);
+                self.last_applied = meta.last_log_id;
+                self.membership = meta.membership;
                 self.applied.store(index.0, Ordering::Release);
                 self.serve_reads();
                 Ok(())
@@ -172,6 +218,8 @@ impl<S: StateMachine> Applier<S> {
         let index = entry.index();
         let applied = Index(self.applied.load(Ordering::Acquire));
         assert_eq!(index, applied.next(), "entries are applied in order, once");
+        self.last_applied = entry.log_id;
+        self.snapshots.log_bytes += entry.size_bytes();
         let output = match entry.payload {
             Payload::Command(data) => match postcard::from_bytes::<S::Command>(&data) {
                 Ok(command) => {
@@ -183,7 +231,11 @@ impl<S: StateMachine> Applier<S> {
                     Err(Error::Codec(error.to_string()))
                 }
             },
-            Payload::Empty | Payload::Membership(_) => Ok(Bytes::new()),
+            Payload::Membership(membership) => {
+                self.membership = membership;
+                Ok(Bytes::new())
+            }
+            Payload::Empty => Ok(Bytes::new()),
         };
         self.applied.store(index.0, Ordering::Release);
         output
@@ -199,16 +251,99 @@ impl<S: StateMachine> Applier<S> {
         }
     }
 
-    /// Every `snapshot_after_entries` applied entries, snapshot the state for the driver.
+    /// When the policy says so, streams a snapshot of the state into a new snapshot file
+    /// and tells the driver, which compacts the log to it. The driver goes on meanwhile:
+    /// only applying waits (the state machine is borrowed), and the policy keeps that rare.
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let applied = Index(self.applied.load(Ordering::Acquire));
-        if applied <= self.snapshot_index || applied.0 < self.snapshot_index.0 + self.snapshot_after_entries {
+        if !self.snapshots.due(applied) {
             return Ok(());
         }
-        let mut data = Vec::new();
-        self.state_machine.snapshot(&mut data).map_err(|error| format!("taking a snapshot at {applied}: {error}"))?;
-        self.snapshot_index = applied;
-        let _ = self.events.send(Event::SnapshotTaken { index: applied, data });
+        assert_eq!(self.last_applied.index, applied, "the snapshot's id is the last applied entry's");
+        let meta = SnapshotMeta { last_log_id: self.last_applied, membership: self.membership.clone() };
+        let failed = |error: &dyn std::fmt::Display| format!("taking a snapshot at {applied}: {error}");
+        let sink = self.target.create(meta.clone()).map_err(|error| failed(&error))?;
+        let mut out = CountingWriter { inner: sink, bytes: 0 };
+        self.state_machine.snapshot(&mut out).map_err(|error| failed(&error))?;
+        out.inner.flush().map_err(|error| failed(&error))?;
+        let bytes = out.bytes;
+        out.inner.finish().map_err(|error| failed(&error))?;
+        tracing::debug!(index = %applied, bytes, "snapshot taken");
+        self.snapshots.taken(applied, bytes);
+        let _ = self.events.send(Event::SnapshotTaken { meta });
         Ok(())
+    }
+}
+
+/// Counts the bytes read through it (a snapshot's size, for the policy).
+pub(crate) struct CountingReader<R> {
+    inner: R,
+    pub bytes: u64,
+}
+
+impl<R> CountingReader<R> {
+    pub fn new(inner: R) -> CountingReader<R> {
+        CountingReader { inner, bytes: 0 }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.bytes += read as u64;
+        Ok(read)
+    }
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(data)?;
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotPolicy;
+    use skiff_raft::Index;
+
+    fn policy(index: u64, bytes: u64) -> SnapshotPolicy {
+        SnapshotPolicy::new(100, Index(index), bytes)
+    }
+
+    #[test]
+    fn a_small_state_is_snapshotted_every_after_entries() {
+        let mut policy = policy(0, 0);
+        assert!(!policy.due(Index(99)));
+        assert!(policy.due(Index(100)));
+        policy.taken(Index(100), 10);
+        policy.log_bytes = 5_000;
+        assert!(!policy.due(Index(199)));
+        assert!(policy.due(Index(200)));
+    }
+
+    #[test]
+    fn a_large_state_waits_until_the_log_is_as_large_as_its_last_snapshot() {
+        let mut policy = policy(1_000, 1_000_000);
+        policy.log_bytes = 999_999;
+        assert!(!policy.due(Index(50_000)), "50k entries, but less log than one snapshot");
+        policy.log_bytes = 1_000_000;
+        assert!(policy.due(Index(50_000)));
+        policy.taken(Index(50_000), 2_000_000);
+        assert_eq!(policy.log_bytes, 0);
+        policy.log_bytes = 3_000_000;
+        assert!(!policy.due(Index(50_099)), "and never before `after_entries`");
+        assert!(policy.due(Index(50_100)));
     }
 }

@@ -33,7 +33,7 @@
 //! tick_ms = 10                    # how long one tick of the consensus core lasts
 //! heartbeat_ticks = 5             # a leader sends heartbeats this often
 //! election_ticks = 30             # timeout drawn from [election_ticks, 2 * election_ticks)
-//! snapshot_after_entries = 10000  # snapshot and compact after this many applied entries
+//! snapshot_after_entries = 10000  # snapshot after at least this many entries (and log bytes ≥ the last snapshot's)
 //! pre_vote = true                 # pre-vote before campaigning (thesis §9.6)
 //! check_quorum = true             # a leader cut off from a majority steps down (thesis §6.2)
 //! lease_reads = false             # reads from the leader's lease (thesis §6.4.1); needs check_quorum
@@ -135,7 +135,9 @@ pub struct RaftSection {
     /// The election timeout is drawn from `[election_ticks, 2 * election_ticks)` for each
     /// wait (Raft §5.2). Must exceed `heartbeat_ticks`. Default 30.
     pub election_ticks: u32,
-    /// Take a snapshot and compact the log after this many applied entries, at least 1.
+    /// Take a snapshot and compact the log after at least this many applied entries, at
+    /// least 1, and once the log since the last snapshot is at least as large as that
+    /// snapshot (so a large state is not rewritten every few thousand small writes).
     /// Default 10000.
     pub snapshot_after_entries: u64,
     /// Pre-vote before campaigning (thesis §9.6). Default on.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use skiff_raft::{Index, Message, NodeId, Raft, ReadId, Ready, RoleName, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::{Applier, Event, ReadQuery, Responder, Task};
+use crate::apply::{Applier, CountingReader, Event, ReadQuery, Responder, SnapshotPolicy, Task};
 use crate::error::{Error, Result};
 use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
 use crate::snapshot_stream::{self, Ack};
@@ -103,18 +103,24 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         leader: watch::Sender<LeaderInfo>,
     ) -> Result<Self> {
         let snapshot = raft.storage().open_snapshot().map_err(|e| Error::Storage(e.to_string()))?;
-        let mut snapshot_index = Index(0);
-        if let Some((meta, mut data)) = snapshot {
-            state_machine.restore(&mut data).map_err(|e| Error::Storage(format!("restoring the snapshot: {e}")))?;
-            snapshot_index = meta.last_log_id.index;
-        }
-        let applied = Arc::new(AtomicU64::new(snapshot_index.0));
+        let (restored, snapshot_bytes) = match snapshot {
+            Some((meta, data)) => {
+                let mut data = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, data));
+                state_machine.restore(&mut data).map_err(|e| Error::Storage(format!("restoring the snapshot: {e}")))?;
+                (meta, data.bytes)
+            }
+            None => (raft.storage().snapshot_meta(), 0),
+        };
+        let applied = Arc::new(AtomicU64::new(0));
         let (events_sender, events) = mpsc::unbounded_channel();
+        let policy = SnapshotPolicy::new(settings.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
         let applier = Applier::new(
             state_machine,
+            restored,
+            policy,
             Arc::clone(&applied),
             Arc::clone(&transport),
-            settings.snapshot_after_entries,
+            raft.storage().snapshot_target(),
             events_sender,
         );
         // Bounded: a state machine slower than the commit rate makes the driver wait rather
@@ -419,15 +425,23 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     fn handle_event(&mut self, event: Event) -> Result<()> {
         match event {
             Event::Failed(error) => Err(Error::Storage(error)),
-            Event::SnapshotTaken { index, data } => {
-                let meta = match self.raft.compact(index) {
+            Event::SnapshotTaken { meta: written } => {
+                let meta = match self.raft.compact(written.last_log_id.index) {
                     Ok(meta) => meta,
-                    // A snapshot from the leader overtook it: nothing to do.
+                    // A snapshot from the leader overtook it: nothing to do (the file is
+                    // pruned with the next snapshot).
                     Err(skiff_raft::Error::InvalidSnapshot { .. }) => return Ok(()),
                     Err(error) => return Err(error.into()),
                 };
+                // The apply thread followed the same entries as the core: anything else is
+                // a bug, and the snapshot's header would be wrong.
+                if meta != written {
+                    return Err(Error::Storage(format!(
+                        "the apply thread wrote snapshot {} with {:?}, the log says {} with {:?}",
+                        written.last_log_id, written.membership, meta.last_log_id, meta.membership
+                    )));
+                }
                 let store = self.raft.storage_mut();
-                store.save_snapshot(meta.clone(), &mut std::io::Cursor::new(data))?;
                 store.compact(meta)?;
                 store.sync()?;
                 Ok(())
@@ -474,10 +488,11 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     fn restore_snapshot(&mut self, index: Index) -> Result<()> {
         let snapshot = self.raft.storage().open_snapshot()?;
-        let Some((_, data)) = snapshot else {
+        let Some((meta, data)) = snapshot else {
             return Err(Error::Storage(format!("snapshot {index} was installed but its data is missing")));
         };
-        self.hand_over(Task::Restore { index, data });
+        let data = Box::new(std::io::BufReader::with_capacity(1 << 20, data));
+        self.hand_over(Task::Restore { meta, data });
         for (_, (_, responder)) in self.take_writes_through(index) {
             responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }

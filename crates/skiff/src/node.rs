@@ -28,7 +28,9 @@ pub struct NodeOptions {
     pub raft: Config,
     /// How long one tick lasts. Default 10 ms.
     pub tick: Duration,
-    /// Snapshot the state machine and compact the log after this many applied entries.
+    /// Snapshot the state machine and compact the log after at least this many applied
+    /// entries, once the log since the last snapshot is at least as large as that snapshot.
+    /// The apply thread streams the snapshot into its file; the log goes on meanwhile.
     pub snapshot_after_entries: u64,
     /// How long `propose` and `read` wait before giving up. Default 5 s.
     pub request_timeout: Duration,

@@ -8,12 +8,12 @@
 //! data it lacks.
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
+use std::io::{Read, Write};
 
 use bytes::Bytes;
 use skiff_raft::{Envelope, Index, NodeId, SnapshotMeta, StorageError};
 
-use crate::store::LogStore;
+use crate::store::{LogStore, SnapshotSink};
 use crate::wire::PeerMessage;
 
 /// The size of one snapshot chunk, well below the transport's frame limit.
@@ -122,10 +122,11 @@ impl Outgoing {
     }
 }
 
-/// A snapshot being received from the leader.
+/// A snapshot being received from the leader, written to its file chunk by chunk.
 #[derive(Default)]
 pub(crate) struct Receiver {
-    receiving: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The snapshot, its file being written, and the bytes received.
+    receiving: Option<(SnapshotMeta, Box<dyn SnapshotSink>, u64)>,
     /// The last snapshot whose data was saved: the only one the core may be told to install.
     pub saved: Option<SnapshotMeta>,
 }
@@ -141,27 +142,30 @@ impl Receiver {
         done: bool,
     ) -> Result<PeerMessage, StorageError> {
         let index = meta.last_log_id.index;
-        let same = matches!(&self.receiving, Some((receiving, _)) if *receiving == meta);
+        let same = matches!(&self.receiving, Some((receiving, _, _)) if *receiving == meta);
         if !same {
             if offset != 0 {
                 return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: 0, ok: false });
             }
-            self.receiving = Some((meta.clone(), Vec::new()));
+            // A new snapshot replaces one half received (dropping its writer removes its file).
+            let sink = store.snapshot_target().create(meta.clone())?;
+            self.receiving = Some((meta, sink, 0));
         }
-        let (_, buffer) = self.receiving.as_mut().expect("set above");
-        let received = buffer.len() as u64;
-        if offset < received {
-            return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: true });
+        let (_, sink, received) = self.receiving.as_mut().expect("set above");
+        if offset < *received {
+            return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: *received, ok: true });
         }
-        if offset > received {
+        if offset > *received {
+            let received = *received;
             self.receiving = None;
             return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: false });
         }
-        buffer.extend_from_slice(&data);
-        let received = buffer.len() as u64;
+        sink.write_all(&data).map_err(|error| StorageError::Io(format!("writing snapshot {index}: {error}")))?;
+        *received += data.len() as u64;
+        let received = *received;
         if done {
-            let (meta, buffer) = self.receiving.take().expect("set above");
-            store.save_snapshot(meta.clone(), &mut Cursor::new(buffer))?;
+            let (meta, sink, _) = self.receiving.take().expect("set above");
+            sink.finish()?;
             self.saved = Some(meta);
         }
         Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: true })

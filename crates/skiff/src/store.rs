@@ -1,28 +1,44 @@
 //! The log store the runtime drives: the core's [`Storage`] plus snapshot data.
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use skiff_raft::{Entry, HardState, Index, MemStorage, Membership, SnapshotMeta, Storage, StorageError, Term};
-use skiff_storage::DiskStorage;
+use skiff_storage::{DiskStorage, SnapshotDir, SnapshotWriter};
 
 /// A stored snapshot: its metadata and a reader of its data.
 pub type StoredSnapshot = (SnapshotMeta, Box<dyn Read + Send>);
 
-/// A [`Storage`] that also keeps snapshot data. The runtime writes a snapshot's data with
-/// [`LogStore::save_snapshot`] *before* it calls `compact` or `install_snapshot` with that
-/// snapshot's metadata, so a restart always finds either the entries or the snapshot.
+/// A [`Storage`] that also keeps snapshot data. The runtime writes a snapshot's data
+/// through [`LogStore::snapshot_target`] and finishes it *before* it calls `compact` or
+/// `install_snapshot` with that snapshot's metadata, so a restart always finds either the
+/// entries or the snapshot.
 pub trait LogStore: Storage + Send + 'static {
-    /// Writes the data of the snapshot `meta` from `data`, durably.
-    fn save_snapshot(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<(), StorageError>;
+    /// Where new snapshots are written: a handle apart from the store, so that the apply
+    /// thread streams the state machine into a snapshot while the driver goes on with the
+    /// log, and a snapshot received from the leader is written chunk by chunk as it comes.
+    fn snapshot_target(&self) -> Arc<dyn SnapshotTarget>;
 
     /// Opens the data of the snapshot `snapshot_meta()` describes; `None` before any.
     fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError>;
 }
 
+/// Creates snapshots, from any thread.
+pub trait SnapshotTarget: Send + Sync {
+    /// Starts the snapshot `meta`: write its data, then [`SnapshotSink::finish`] it.
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError>;
+}
+
+/// The data of one snapshot being written. Dropped without `finish`, it leaves nothing.
+pub trait SnapshotSink: Write + Send {
+    /// Makes the snapshot whole and durable; from then on the store may adopt it.
+    fn finish(self: Box<Self>) -> Result<(), StorageError>;
+}
+
 impl LogStore for DiskStorage {
-    fn save_snapshot(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<(), StorageError> {
-        self.write_snapshot(meta, data).map(|_| ()).map_err(|error| StorageError::Io(error.to_string()))
+    fn snapshot_target(&self) -> Arc<dyn SnapshotTarget> {
+        Arc::new(self.snapshot_dir())
     }
 
     fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
@@ -31,18 +47,43 @@ impl LogStore for DiskStorage {
     }
 }
 
+impl SnapshotTarget for SnapshotDir {
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
+        let writer = self.writer(meta).map_err(|error| StorageError::Io(error.to_string()))?;
+        Ok(Box::new(writer))
+    }
+}
+
+impl SnapshotSink for SnapshotWriter {
+    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        SnapshotWriter::finish(*self).map(|_| ()).map_err(|error| StorageError::Io(error.to_string()))
+    }
+}
+
 /// An in-memory [`LogStore`]: [`MemStorage`] plus snapshot data in memory. For tests and
 /// for clusters that need no durability.
 #[derive(Debug, Default)]
 pub struct MemStore {
     storage: MemStorage,
-    snapshots: BTreeMap<Index, (SnapshotMeta, Vec<u8>)>,
+    snapshots: Arc<MemSnapshots>,
+}
+
+/// Snapshot data by index, shared with the writers.
+#[derive(Debug, Default)]
+struct MemSnapshots(Mutex<BTreeMap<Index, MemSnapshot>>);
+
+type MemSnapshot = (SnapshotMeta, Arc<[u8]>);
+
+impl MemSnapshots {
+    fn get(&self, index: Index) -> Option<MemSnapshot> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&index).cloned()
+    }
 }
 
 impl MemStore {
     /// The store of a node of a new cluster with `membership` (empty for a joining node).
     pub fn new(membership: Membership) -> MemStore {
-        MemStore { storage: MemStorage::new(membership), snapshots: BTreeMap::new() }
+        MemStore { storage: MemStorage::new(membership), snapshots: Arc::default() }
     }
 }
 
@@ -83,11 +124,8 @@ impl Storage for MemStore {
 }
 
 impl LogStore for MemStore {
-    fn save_snapshot(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<(), StorageError> {
-        let mut bytes = Vec::new();
-        data.read_to_end(&mut bytes).map_err(|error| StorageError::Io(error.to_string()))?;
-        self.snapshots.insert(meta.last_log_id.index, (meta, bytes));
-        Ok(())
+    fn snapshot_target(&self) -> Arc<dyn SnapshotTarget> {
+        Arc::new(Arc::clone(&self.snapshots))
     }
 
     fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
@@ -97,8 +135,39 @@ impl LogStore for MemStore {
         }
         let (meta, bytes) = self
             .snapshots
-            .get(&index)
+            .get(index)
             .ok_or_else(|| StorageError::Io(format!("the data of snapshot {index} is missing")))?;
-        Ok(Some((meta.clone(), Box::new(Cursor::new(bytes.clone())))))
+        Ok(Some((meta, Box::new(Cursor::new(bytes)))))
+    }
+}
+
+impl SnapshotTarget for Arc<MemSnapshots> {
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
+        Ok(Box::new(MemSnapshotWriter { meta, data: Vec::new(), snapshots: Arc::clone(self) }))
+    }
+}
+
+struct MemSnapshotWriter {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    snapshots: Arc<MemSnapshots>,
+}
+
+impl Write for MemSnapshotWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.data.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapshotSink for MemSnapshotWriter {
+    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        let MemSnapshotWriter { meta, data, snapshots } = *self;
+        let mut map = snapshots.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(meta.last_log_id.index, (meta, data.into()));
+        Ok(())
     }
 }

@@ -62,8 +62,8 @@ impl Storage for StallStore {
 }
 
 impl LogStore for StallStore {
-    fn save_snapshot(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<(), StorageError> {
-        self.inner.save_snapshot(meta, data)
+    fn snapshot_target(&self) -> Arc<dyn skiff::SnapshotTarget> {
+        self.inner.snapshot_target()
     }
     fn open_snapshot(&self) -> Result<Option<skiff::store::StoredSnapshot>, StorageError> {
         self.inner.open_snapshot()
