@@ -1,6 +1,6 @@
 //! The logical clients: each issues one request at a time, back to back, and waits for its
 //! answer before the next. A [`Group`] holds the clients that share one connection (driven
-//! by one thread, [`super::worker`]), their random choices and what they measured; the
+//! by one task, [`super::worker`]), their random choices and what they measured; the
 //! groups share nothing but a few counters while they run, and are merged at the end.
 
 use std::collections::BTreeMap;

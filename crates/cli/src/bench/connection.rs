@@ -2,7 +2,7 @@
 //!
 //! Connection `j` goes to endpoint `j mod endpoints` (round-robin), and client `i` uses
 //! connection `i mod connections` for the whole run, as etcd's benchmark assigns them.
-//! Each connection is driven by one thread ([`super::worker`]) on behalf of its clients.
+//! Each connection is driven by one task ([`super::worker`]) on behalf of its clients.
 
 use anyhow::Result;
 
@@ -53,23 +53,18 @@ pub enum Connection {
     Resp(RespConnection),
 }
 
-/// Opens `--connections` connections over the endpoints, round-robin, and checks that each
+/// Opens connection `index` (to endpoint `index mod endpoints`) and checks that it
 /// answers: an error names the endpoint that does not and says what to do.
-pub fn open(settings: &Settings) -> Result<Vec<Connection>> {
+pub async fn open(settings: &Settings, index: usize) -> Result<Connection> {
     // Stale reads only matter when there are reads (and READONLY is Skiff's, not Redis's).
     let stale = settings.consistency == Consistency::Stale && settings.read_ratio > 0.0;
-    let mut connections = Vec::with_capacity(settings.connections);
-    for index in 0..settings.connections {
-        let endpoint = &settings.endpoints[index % settings.endpoints.len()];
-        let connection = match settings.target {
-            Target::SkiffHttp | Target::Etcd => {
-                Connection::Http(HttpConnection::open(settings.target, endpoint, stale, settings.request_timeout)?)
-            }
-            Target::SkiffRedis => Connection::Resp(RespConnection::open(endpoint, stale, settings.request_timeout)?),
-        };
-        connections.push(connection);
-    }
-    Ok(connections)
+    let endpoint = &settings.endpoints[index % settings.endpoints.len()];
+    Ok(match settings.target {
+        Target::SkiffHttp | Target::Etcd => {
+            Connection::Http(HttpConnection::open(settings.target, endpoint, stale, settings.request_timeout).await?)
+        }
+        Target::SkiffRedis => Connection::Resp(RespConnection::open(endpoint, stale, settings.request_timeout).await?),
+    })
 }
 
 /// The kind of an I/O error, for counting.

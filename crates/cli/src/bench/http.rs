@@ -1,17 +1,26 @@
-//! The HTTP targets: Skiff's KV API and etcd's v3 JSON gateway, over ureq.
+//! The HTTP targets: Skiff's KV API and etcd's v3 JSON gateway, over hyper's low-level
+//! HTTP/1.1 client connection.
 //!
-//! One [`ureq::Agent`] per connection, keeping at most one idle connection: used by one
-//! thread, one request at a time, it holds exactly one keep-alive connection (reopened by
-//! the next request if it fails). HTTP/1.1 carries one request at a time, so the clients
-//! that share a connection take turns ([`super::worker`]).
+//! One [`HttpConnection`] is one keep-alive TCP connection, driven by one task
+//! ([`super::worker`]), one request at a time: HTTP/1.1 carries one request at a time, so
+//! the clients that share a connection take turns. The task polls hyper's connection
+//! itself, alongside the request, rather than spawning it as a task of its own: the answer
+//! then wakes the one task that waits for it, with no hand-off between tasks. A request
+//! that fails closes the connection; the next one reopens it.
 
-use std::fmt::Write as _;
-use std::io::Read;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::connection::{Operation, Outcome, Request, io_error_kind, unreachable};
 use super::options::{Endpoint, Target};
@@ -26,75 +35,94 @@ enum Api {
     Etcd,
 }
 
+/// An open connection: the handle that sends requests, and hyper's state machine that
+/// reads and writes the socket (polled by whoever waits for an answer).
+struct Open {
+    sender: http1::SendRequest<Full<Bytes>>,
+    driver: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+}
+
 /// A keep-alive HTTP connection to one endpoint, and its buffers, reused from request to
 /// request.
 pub struct HttpConnection {
     api: Api,
-    /// `http://host:port`.
+    /// `http://host:port`, for messages.
     base: String,
+    address: SocketAddr,
+    /// `host:port`, the `Host` header.
+    host: HeaderValue,
     stale: bool,
-    agent: ureq::Agent,
-    url: String,
+    /// How long a request may take, from sending it to the end of its answer.
+    timeout: Duration,
+    /// `None` after a failure, until the next request reopens it. Boxed: hyper's state is
+    /// most of a connection's size, and is replaced only when it reconnects.
+    open: Option<Box<Open>>,
+    /// A request's path (and query).
+    path: String,
     /// A JSON request body (etcd), and base64 scratch for it.
     body: Vec<u8>,
     base64: Vec<u8>,
-    /// A response body, read and dropped.
-    response: Vec<u8>,
+}
+
+/// How one exchange went wrong.
+enum Failure {
+    Timeout,
+    Hyper(hyper::Error),
+    Io(std::io::Error),
+    /// The server closed the connection (cleanly) before it answered.
+    Closed,
+}
+
+impl Failure {
+    /// The kind, for counting: the same words whichever layer saw the failure.
+    fn kind(&self) -> String {
+        match self {
+            Failure::Timeout => "timeout".to_string(),
+            Failure::Io(error) => io_error_kind(error),
+            Failure::Closed => "connection closed by the server".to_string(),
+            Failure::Hyper(error) => hyper_error_kind(error),
+        }
+    }
 }
 
 impl HttpConnection {
     /// Opens a connection to `endpoint` and checks that it is the API of `target`.
-    pub fn open(target: Target, endpoint: &Endpoint, stale: bool, timeout: Duration) -> Result<HttpConnection> {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(1)
-            .max_idle_connections_per_host(1)
-            .max_redirects(0)
-            // Timeouts for each step, not a global one: with a global timeout, ureq
-            // resolves the host on a new thread for every request (measured: a thread
-            // per request, most of the generator's CPU).
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_send_request(Some(timeout))
-            .timeout_send_body(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build()
-            .new_agent();
-        let connection = HttpConnection {
+    pub async fn open(target: Target, endpoint: &Endpoint, stale: bool, timeout: Duration) -> Result<HttpConnection> {
+        let host = endpoint.name.trim_start_matches("http://");
+        let mut connection = HttpConnection {
             api: if target == Target::Etcd { Api::Etcd } else { Api::Skiff },
             base: endpoint.name.clone(),
+            address: endpoint.address,
+            host: HeaderValue::from_str(host)?,
             stale,
-            agent,
-            url: String::new(),
+            timeout,
+            open: None,
+            path: String::new(),
             body: Vec::new(),
             base64: Vec::new(),
-            response: Vec::new(),
         };
-        connection.probe(target)?;
+        connection.probe(target).await?;
         Ok(connection)
     }
 
     /// One request that any node of the target answers with 200, which also opens the
     /// connection.
-    fn probe(&self, target: Target) -> Result<()> {
-        let agent = &self.agent;
-        let (route, answer) = match self.api {
-            Api::Skiff => ("GET /v1/status/leader", agent.get(format!("{}/v1/status/leader", self.base)).call()),
-            Api::Etcd => {
-                let url = format!("{}/v3/maintenance/status", self.base);
-                ("POST /v3/maintenance/status", agent.post(url).content_type("application/json").send("{}"))
-            }
+    async fn probe(&mut self, target: Target) -> Result<()> {
+        let (route, method, path, body): (_, _, _, &[u8]) = match self.api {
+            Api::Skiff => ("GET /v1/status/leader", Method::GET, "/v1/status/leader", b""),
+            Api::Etcd => ("POST /v3/maintenance/status", Method::POST, "/v3/maintenance/status", b"{}"),
         };
-        let mut response = match answer {
-            Ok(response) => response,
-            Err(error) => return Err(unreachable(target, &self.base, &ureq_error_kind(&error))),
+        self.path.clear();
+        self.path.push_str(path);
+        let status = match self.exchange(method, Bytes::from_static(body)).await {
+            Ok((status, _)) => status,
+            Err(failure) => return Err(unreachable(target, &self.base, &failure.kind())),
         };
-        let _ = response.body_mut().as_reader().read_to_end(&mut Vec::new());
-        let status = response.status().as_u16();
-        if status != 200 {
+        if status != StatusCode::OK {
             bail!(
-                "{} answered HTTP {status} to {route}: is it {}? (--target {})",
+                "{} answered HTTP {} to {route}: is it {}? (--target {})",
                 self.base,
+                status.as_u16(),
                 match self.api {
                     Api::Skiff => "a Skiff node's HTTP API",
                     Api::Etcd => "etcd's client URL",
@@ -106,56 +134,111 @@ impl HttpConnection {
     }
 
     /// Sends one request and reads the whole answer (so that the connection is reused).
-    pub fn request(&mut self, request: &Request<'_>) -> Outcome {
-        let answer = match self.api {
+    pub async fn request(&mut self, request: &Request<'_>) -> Outcome {
+        let (method, body) = match self.api {
             Api::Skiff => self.skiff(request),
             Api::Etcd => self.etcd(request),
         };
-        let mut response = match answer {
-            Ok(response) => response,
-            Err(error) => return Outcome::Error(ureq_error_kind(&error)),
+        let (status, answer) = match self.exchange(method, body).await {
+            Ok(answered) => answered,
+            Err(failure) => return Outcome::Error(failure.kind()),
         };
-        self.response.clear();
-        if let Err(error) = response.body_mut().as_reader().read_to_end(&mut self.response) {
-            return Outcome::Error(io_error_kind(&error));
-        }
-        match (self.api, request.operation, response.status().as_u16()) {
+        match (self.api, request.operation, status.as_u16()) {
             (Api::Skiff, Operation::Get, 404) => Outcome::Miss,
             // A range that found nothing has no "kvs" field.
-            (Api::Etcd, Operation::Get, 200) if !contains(&self.response, b"\"kvs\"") => Outcome::Miss,
+            (Api::Etcd, Operation::Get, 200) if !contains(&answer, b"\"kvs\"") => Outcome::Miss,
             (_, _, 200) => Outcome::Ok,
             (_, _, status) => Outcome::Error(format!("HTTP {status}")),
         }
     }
 
     /// `PUT /v1/kv/<key>` with the value as the body, or `GET /v1/kv/<key>?raw[&stale]`.
-    fn skiff(&mut self, request: &Request<'_>) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        self.url.clear();
-        self.url.push_str(&self.base);
-        self.url.push_str("/v1/kv/");
+    fn skiff(&mut self, request: &Request<'_>) -> (Method, Bytes) {
+        self.path.clear();
+        self.path.push_str("/v1/kv/");
         // Keys are `key-<n>`: nothing to escape.
-        self.url.push_str(std::str::from_utf8(request.key).unwrap_or_default());
+        self.path.push_str(std::str::from_utf8(request.key).unwrap_or_default());
         match request.operation {
-            Operation::Put => self.agent.put(&self.url).send(request.value),
+            Operation::Put => (Method::PUT, Bytes::copy_from_slice(request.value)),
             Operation::Get => {
-                self.url.push_str(if self.stale { "?raw&stale" } else { "?raw" });
-                self.agent.get(&self.url).call()
+                self.path.push_str(if self.stale { "?raw&stale" } else { "?raw" });
+                (Method::GET, Bytes::new())
             }
         }
     }
 
     /// `POST /v3/kv/put {"key", "value"}` or `POST /v3/kv/range {"key"[, "serializable"]}`,
     /// keys and values in base64.
-    fn etcd(&mut self, request: &Request<'_>) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        self.url.clear();
-        self.url.push_str(&self.base);
-        self.url.push_str(match request.operation {
+    fn etcd(&mut self, request: &Request<'_>) -> (Method, Bytes) {
+        self.path.clear();
+        self.path.push_str(match request.operation {
             Operation::Put => "/v3/kv/put",
             Operation::Get => "/v3/kv/range",
         });
         etcd_body(request, self.stale, &mut self.base64, &mut self.body);
-        self.agent.post(&self.url).content_type("application/json").send(&self.body[..])
+        (Method::POST, Bytes::copy_from_slice(&self.body))
     }
+
+    /// Sends `method` to `self.path` with `body`, within the request timeout, opening the
+    /// connection first if it is closed; returns the status and the body of the answer. On
+    /// a failure the connection is closed.
+    async fn exchange(&mut self, method: Method, body: Bytes) -> Result<(StatusCode, Bytes), Failure> {
+        let request = hyper::Request::builder().method(method).uri(self.path.as_str()).header(HOST, self.host.clone());
+        let request = if self.api == Api::Etcd {
+            request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        } else {
+            request
+        };
+        // The path is ours (`/v1/kv/key-<n>...`), always valid; a failure here is a bug.
+        let request = request.body(Full::new(body)).expect("a valid request");
+        let result = match tokio::time::timeout(self.timeout, self.send(request)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Failure::Timeout),
+        };
+        if result.is_err() {
+            self.open = None;
+        }
+        result
+    }
+
+    /// Sends `request` and reads its answer, polling the connection meanwhile.
+    async fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Failure> {
+        if self.open.as_ref().is_none_or(|open| open.sender.is_closed()) {
+            self.open = Some(Box::new(connect(self.address).await?));
+        }
+        let Some(Open { sender, driver }) = self.open.as_deref_mut() else {
+            unreachable!("opened above");
+        };
+        let answer = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        tokio::select! {
+            // The answer first: a server that answers and then closes the connection has
+            // answered.
+            biased;
+            answer = answer => answer.map_err(Failure::Hyper),
+            ended = driver => Err(match ended {
+                Ok(()) => Failure::Closed,
+                Err(error) => Failure::Hyper(error),
+            }),
+        }
+    }
+}
+
+/// Opens a TCP connection to `address` (without Nagle's delay: a request is one write, its
+/// answer awaited at once) and starts HTTP/1.1 on it.
+async fn connect(address: SocketAddr) -> Result<Open, Failure> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+        Ok(connected) => connected.map_err(Failure::Io)?,
+        Err(_elapsed) => return Err(Failure::Timeout),
+    };
+    stream.set_nodelay(true).map_err(Failure::Io)?;
+    let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(Failure::Hyper)?;
+    Ok(Open { sender, driver })
 }
 
 /// The JSON body of an etcd request, written into `body` (`text` is base64 scratch).
@@ -184,20 +267,24 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
 }
 
-/// The kind of a ureq error, for counting.
-fn ureq_error_kind(error: &ureq::Error) -> String {
-    match error {
-        ureq::Error::Timeout(_) => "timeout".to_string(),
-        ureq::Error::Io(io) => io_error_kind(io),
-        ureq::Error::ConnectionFailed => "connection refused".to_string(),
-        ureq::Error::HostNotFound => "host not found".to_string(),
-        ureq::Error::Protocol(_) => "HTTP protocol error".to_string(),
-        other => {
-            let mut kind = String::from("client error: ");
-            let _ = write!(kind, "{other}");
-            kind.truncate(kind.find(|c: char| c.is_ascii_digit()).unwrap_or(kind.len()).min(60));
-            kind.trim_end().to_string()
+/// The kind of a hyper error, for counting: an I/O error's kind if one caused it.
+fn hyper_error_kind(error: &hyper::Error) -> String {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io_error_kind(io);
         }
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        "timeout".to_string()
+    } else if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
+        // The server closed the connection before (or while) it answered.
+        "connection closed by the server".to_string()
+    } else if error.is_parse() || error.is_parse_status() {
+        "HTTP protocol error".to_string()
+    } else {
+        "HTTP client error".to_string()
     }
 }
 
@@ -216,5 +303,72 @@ mod tests {
         assert_eq!(body, br#"{"key":"a2V5LTE=","serializable":true}"#);
         etcd_body(&get, false, &mut text, &mut body);
         assert_eq!(body, br#"{"key":"a2V5LTE="}"#);
+    }
+
+    /// Reads a request's head (the tests send no bodies).
+    async fn read_head(socket: &mut TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            if socket.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_failures_and_reconnection() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (heads, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            // The first connection: the probe, a read of a missing key, then a request
+            // that it closes the connection on.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nn1";
+            let missing = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+            for answer in [ok, missing] {
+                heads.send(read_head(&mut socket).await).unwrap();
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+            read_head(&mut socket).await;
+            drop(socket);
+            // The second: a 503, then silence.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            read_head(&mut socket).await;
+            socket.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            read_head(&mut socket).await;
+            std::future::pending::<()>().await;
+        });
+        let endpoint = Endpoint { name: format!("http://{address}"), address };
+        let timeout = Duration::from_millis(300);
+        let mut connection = HttpConnection::open(Target::SkiffHttp, &endpoint, false, timeout).await.unwrap();
+        let get = Request { operation: Operation::Get, key: b"key-1", value: b"" };
+        assert_eq!(connection.request(&get).await, Outcome::Miss);
+        let closed = connection.request(&get).await;
+        assert_eq!(closed, Outcome::Error("connection closed by the server".into()));
+        assert!(closed.is_connection_failure());
+        assert_eq!(connection.request(&get).await, Outcome::Error("HTTP 503".into()));
+        assert_eq!(connection.request(&get).await, Outcome::Error("timeout".into()));
+        server.abort();
+        let probe = received.recv().await.unwrap().to_ascii_lowercase();
+        assert!(probe.starts_with("get /v1/status/leader http/1.1\r\n"), "{probe}");
+        assert!(probe.contains(&format!("\r\nhost: {address}\r\n")), "{probe}");
+        let read = received.recv().await.unwrap();
+        assert!(read.starts_with("GET /v1/kv/key-1?raw HTTP/1.1\r\n"), "{read}");
+    }
+
+    #[tokio::test]
+    async fn nothing_answering_is_named() {
+        // Bound, then closed: nothing listens there.
+        let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let endpoint = Endpoint { name: format!("http://{address}"), address };
+        let error = HttpConnection::open(Target::Etcd, &endpoint, false, Duration::from_secs(1)).await.err().unwrap();
+        let message = error.to_string();
+        assert!(message.starts_with(&format!("nothing answers at http://{address} (connection refused)")), "{message}");
     }
 }

@@ -9,18 +9,19 @@
 //! 3. The fill (`get` and `mixed`, unless `--no-fill`): the clients write every key once.
 //!    Not measured.
 //! 4. The run: `--clients` logical clients ([`client`]), each one request at a time, back
-//!    to back, on connection `client mod connections`, driven by one thread per connection
-//!    ([`worker`]): first the warm-up (not recorded), then the measured part, for
-//!    `--duration` or `--total` requests. Latencies go into HDR histograms (microseconds),
+//!    to back, on connection `client mod connections`, driven by one task per connection
+//!    ([`worker`]) on one of a few threads ([`drivers`]): first the warm-up (not recorded), then the
+//!    measured part, for `--duration` or `--total` requests. Latencies go into HDR histograms (microseconds),
 //!    one per connection and operation, merged at the end.
 //! 5. The [`report`], for people or as JSON.
 //!
 //! Errors do not stop a run: they are counted by kind. The generator is cheap per request
-//! (no thread hand-offs, buffers reused), since it shares the machine's cores with the
+//! (no thread per connection, no hand-off between tasks, buffers reused), since it shares the machine's cores with the
 //! servers it measures; docs/bench.md says what it can generate.
 
 mod client;
 mod connection;
+mod drivers;
 mod http;
 mod options;
 mod report;
@@ -30,13 +31,13 @@ mod worker;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use self::client::{Group, Job, JobKind, OperationStats, Phase, Shared};
+use self::client::{Group, JobKind, OperationStats, Phase, Shared};
 use self::connection::Connection;
+use self::drivers::{Drivers, Work};
 pub use self::options::{BenchOptions, Consistency, Target, Workload};
 use self::options::{Settings, Stop};
 use self::report::{Fill, Progress, Report, millis_u64};
@@ -47,8 +48,6 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 /// How often the progress display is redrawn and the phases checked.
 const TICK: Duration = Duration::from_millis(100);
-/// A connection thread's stack (it holds little on it).
-const WORKER_STACK_BYTES: usize = 512 * 1024;
 
 /// A line on standard error.
 fn note(text: &str) {
@@ -76,7 +75,9 @@ pub fn run(options: BenchOptions) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let mut connections = connection::open(&settings)?;
+    let settings = Arc::new(settings);
+    let drivers = Drivers::new()?;
+    let mut connections = drivers.open(&settings)?;
     if settings.target.is_http() && settings.clients > settings.connections {
         note(&format!(
             "HTTP/1.1 carries one request at a time per connection: the {} clients take turns on {} connections, \
@@ -87,12 +88,13 @@ pub fn run(options: BenchOptions) -> Result<ExitCode> {
     let interrupts = interrupts().context("cannot listen for Ctrl-C")?;
     let mut groups: Vec<Group> =
         (0..settings.connections).map(|connection| Group::new(connection, &settings)).collect();
-    let fill = if settings.fill { Some(fill(&settings, &mut connections, &mut groups, &interrupts)?) } else { None };
+    let fill =
+        if settings.fill { Some(fill(&drivers, &settings, &mut connections, &mut groups, &interrupts)?) } else { None };
     if interrupts.load(Ordering::SeqCst) > 0 {
         note("interrupted during the fill; nothing was measured");
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    let duration = measure(&settings, &mut connections, &mut groups, &interrupts)?;
+    let duration = measure(&drivers, &settings, &mut connections, &mut groups, &interrupts)?;
     let (mut gets, mut puts) = (OperationStats::new(), OperationStats::new());
     for group in &groups {
         gets.merge(&group.gets);
@@ -114,16 +116,17 @@ pub fn run(options: BenchOptions) -> Result<ExitCode> {
 
 /// Writes every key once, with a progress bar; not measured.
 fn fill(
-    settings: &Settings,
-    connections: &mut [Connection],
-    groups: &mut [Group],
+    drivers: &Drivers,
+    settings: &Arc<Settings>,
+    connections: &mut Vec<Connection>,
+    groups: &mut Vec<Group>,
     interrupts: &AtomicUsize,
 ) -> Result<Fill> {
-    let shared = Shared::new(Phase::WARMUP);
+    let shared = Arc::new(Shared::new(Phase::WARMUP));
     let start = Instant::now();
     let mut progress = Progress::new(settings.keys);
-    let job = Job { kind: JobKind::Fill, settings, shared: &shared };
-    run_workers(connections, groups, job, || {
+    let work = Work { kind: JobKind::Fill, settings: Arc::clone(settings), shared: Arc::clone(&shared) };
+    drivers.run(connections, groups, &work, TICK, || {
         if interrupts.load(Ordering::SeqCst) > 0 {
             shared.phase.set(Phase::STOP);
         }
@@ -142,18 +145,19 @@ fn fill(
 /// The warm-up, then the measured run; returns how long the measured part took (from the
 /// end of the warm-up to the last answer).
 fn measure(
-    settings: &Settings,
-    connections: &mut [Connection],
-    groups: &mut [Group],
+    drivers: &Drivers,
+    settings: &Arc<Settings>,
+    connections: &mut Vec<Connection>,
+    groups: &mut Vec<Group>,
     interrupts: &AtomicUsize,
 ) -> Result<Duration> {
     let first = if settings.warmup.is_zero() { Phase::MEASURE } else { Phase::WARMUP };
-    let shared = Shared::new(first);
+    let shared = Arc::new(Shared::new(first));
     let start = Instant::now();
     let mut measure_start = (first == Phase::MEASURE).then_some(start);
     let mut progress = Progress::for_run(settings);
-    let job = Job { kind: JobKind::Run, settings, shared: &shared };
-    run_workers(connections, groups, job, || {
+    let work = Work { kind: JobKind::Run, settings: Arc::clone(settings), shared: Arc::clone(&shared) };
+    drivers.run(connections, groups, &work, TICK, || {
         let now = Instant::now();
         if interrupts.load(Ordering::SeqCst) > 0 {
             shared.phase.set(Phase::STOP);
@@ -188,38 +192,6 @@ fn measure(
     progress.finish();
     let end = groups.iter().filter_map(|group| group.finished).max().unwrap_or_else(Instant::now);
     Ok(measure_start.map(|measuring| end.saturating_duration_since(measuring)).unwrap_or_default())
-}
-
-/// Runs `job` on one thread per connection, for the connection's group of clients, and
-/// `tick` on this thread until they all return: every [`TICK`], or sooner when `tick` says
-/// its next phase change comes sooner, so that the phases change on time.
-fn run_workers<T>(connections: &mut [Connection], groups: &mut [Group], job: Job<'_>, mut tick: T) -> Result<()>
-where
-    T: FnMut() -> Duration,
-{
-    std::thread::scope(|scope| {
-        let mut handles: Vec<ScopedJoinHandle<'_, ()>> = Vec::with_capacity(connections.len());
-        for (index, (connection, group)) in connections.iter_mut().zip(groups.iter_mut()).enumerate() {
-            let spawned = std::thread::Builder::new()
-                .name(format!("bench-connection-{index}"))
-                .stack_size(WORKER_STACK_BYTES)
-                .spawn_scoped(scope, move || worker::drive(connection, group, job));
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(error) => {
-                    // The threads started so far stop, and the scope waits for them.
-                    job.shared.phase.set(Phase::STOP);
-                    return Err(error).context(format!("cannot start the thread of connection {index}"));
-                }
-            }
-        }
-        let mut next = tick();
-        while !handles.iter().all(|handle| handle.is_finished()) {
-            std::thread::sleep(next.clamp(Duration::from_millis(1), TICK));
-            next = tick();
-        }
-        Ok(())
-    })
 }
 
 /// Counts SIGINT and SIGTERM: the first ends the run early (it is reported as usual), the

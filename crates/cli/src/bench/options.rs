@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// The most clients a run may have: each is a thread.
+/// The most clients a run may have (and so connections, each a socket): a bound on what one
+/// generator opens, far beyond what one machine's servers answer usefully.
 pub const MAX_CLIENTS: usize = 4096;
 /// The largest value a run may write (Skiff refuses more than 1 MiB by default, etcd 1.5 MiB).
 pub const MAX_VALUE_SIZE: usize = 16 << 20;
@@ -161,7 +162,7 @@ impl BenchOptions {
             ));
         }
         if self.clients > MAX_CLIENTS {
-            return Err(format!("--clients {} is more than {MAX_CLIENTS} (each client is a thread)", self.clients));
+            return Err(format!("--clients {} is more than {MAX_CLIENTS}", self.clients));
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".to_string());
