@@ -80,6 +80,8 @@ pub(crate) struct Applier<S: StateMachine> {
     membership: Membership,
     snapshots: SnapshotPolicy,
     target: Arc<dyn SnapshotTarget>,
+    /// The thread making the last snapshot durable.
+    finishing: Option<std::thread::JoinHandle<()>>,
 }
 
 /// When to snapshot: after at least `after_entries` entries, and once the log since the last
@@ -135,6 +137,7 @@ impl<S: StateMachine> Applier<S> {
             membership: restored.membership,
             snapshots,
             target,
+            finishing: None,
         }
     }
 
@@ -162,6 +165,7 @@ impl<S: StateMachine> Applier<S> {
         for (_, query) in std::mem::take(&mut self.waiting_reads) {
             query(Err(Error::Stopped("the node stopped".into())));
         }
+        self.wait_for_snapshot_finish();
     }
 
     fn handle(&mut self, task: Task<S>) -> Result<(), String> {
@@ -261,17 +265,39 @@ impl<S: StateMachine> Applier<S> {
         }
         assert_eq!(self.last_applied.index, applied, "the snapshot's id is the last applied entry's");
         let meta = SnapshotMeta { last_log_id: self.last_applied, membership: self.membership.clone() };
-        let failed = |error: &dyn std::fmt::Display| format!("taking a snapshot at {applied}: {error}");
+        let failed = move |error: &dyn std::fmt::Display| format!("taking a snapshot at {applied}: {error}");
         let sink = self.target.create(meta.clone()).map_err(|error| failed(&error))?;
         let mut out = CountingWriter { inner: sink, bytes: 0 };
         self.state_machine.snapshot(&mut out).map_err(|error| failed(&error))?;
         out.inner.flush().map_err(|error| failed(&error))?;
         let bytes = out.bytes;
-        out.inner.finish().map_err(|error| failed(&error))?;
-        tracing::debug!(index = %applied, bytes, "snapshot taken");
         self.snapshots.taken(applied, bytes);
-        let _ = self.events.send(Event::SnapshotTaken { meta });
+        // Making it durable (fsync of the file and of its directory: milliseconds to tens
+        // of milliseconds) is left to a thread of its own, so applying, and every write
+        // waiting for its answer, goes on meanwhile. One at a time, so they land in order.
+        self.wait_for_snapshot_finish();
+        let events = self.events.clone();
+        let sink = out.inner;
+        let finish = move || {
+            let event = match sink.finish() {
+                Ok(()) => {
+                    tracing::debug!(index = %applied, bytes, "snapshot taken");
+                    Event::SnapshotTaken { meta }
+                }
+                Err(error) => Event::Failed(failed(&error)),
+            };
+            let _ = events.send(event);
+        };
+        let thread = std::thread::Builder::new().name("skiff-snapshot".into()).spawn(finish);
+        self.finishing = Some(thread.map_err(|error| format!("taking a snapshot at {applied}: {error}"))?);
         Ok(())
+    }
+
+    /// Waits for the snapshot being made durable, if any.
+    fn wait_for_snapshot_finish(&mut self) {
+        if let Some(thread) = self.finishing.take() {
+            let _ = thread.join();
+        }
     }
 }
 
