@@ -163,6 +163,42 @@ EOF
 FSYNC_LINE=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("one 4 KiB write + fdatasync: mean %.0f us, p50 %.0f us, p99 %.0f us (%d writes, %.0f per second from one writer)" % (d["mean_us"], d["p50_us"], d["p99_us"], d["n"], 1e6 / d["mean_us"]))' "$FSYNC_JSON")
 log "fsync: $FSYNC_LINE"
 
+# One loopback round trip: a 64-byte ping-pong over TCP (TCP_NODELAY) between two Python
+# processes, 2,000 times. Python's own time is in it, so it overstates the kernel's round
+# trip a little (and the latency target built on it is a little easier).
+RTT_JSON=$(python3 - <<'EOF'
+import json, socket, subprocess, sys, time
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+port = server.getsockname()[1]
+echo = subprocess.Popen([sys.executable, "-c", """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    data = s.recv(64)
+    if not data:
+        break
+    s.sendall(data)
+""", str(port)])
+conn, _ = server.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+samples = []
+for i in range(2200):
+    t = time.perf_counter()
+    conn.sendall(b"x" * 64)
+    got = 0
+    while got < 64:
+        got += len(conn.recv(64 - got))
+    if i >= 200:
+        samples.append(time.perf_counter() - t)
+conn.close(); echo.wait()
+samples.sort()
+print(json.dumps({"n": len(samples), "p50_us": samples[len(samples) // 2] * 1e6}))
+EOF
+)
+RTT_LINE=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("one 64-byte TCP round trip between two processes: p50 %.0f us (%d round trips)" % (d["p50_us"], d["n"]))' "$RTT_JSON")
+log "loopback: $RTT_LINE"
+
 # ---------------------------------------------------------------------------------------
 # Helpers to run the load generators and keep one JSON line per measurement in $ROWS.
 
@@ -273,6 +309,25 @@ etcd_healthy() {
     done
 }
 
+# The endpoint of etcd's leader, from `etcdctl endpoint status`.
+etcd_leader_endpoint() {
+    ETCDCTL_API=3 etcdctl --endpoints "$1" endpoint status -w json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    if e["Status"]["header"]["member_id"] == e["Status"]["leader"]:
+        print(e["Endpoint"])'
+}
+
+# leader_first LEADER LIST: the comma-separated LIST with LEADER moved to the front, so that
+# the single-client runs (one connection: the first endpoint) talk to the leader, for etcd
+# and Skiff alike, and no follower's forwarding hop is in their latency.
+leader_first() {
+    local leader=$1 list=$2 rest
+    [[ -n $leader ]] || { echo "$list"; return; }
+    rest=$(tr ',' '\n' <<<"$list" | grep -vxF "$leader" | paste -sd, -)
+    echo "$leader${rest:+,$rest}"
+}
+
 run_etcd() {
     local cluster="" i
     for i in 0 1 2; do
@@ -292,10 +347,11 @@ run_etcd() {
         PIDS+=($!)
     done
     wait_until "etcd" 60 etcd_healthy
-    log "etcd: 3 members up"
     local endpoints
     endpoints=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}")
-    workloads etcd etcd "${endpoints%,}"
+    endpoints=$(leader_first "$(etcd_leader_endpoint "${endpoints%,}")" "${endpoints%,}")
+    log "etcd: 3 members up, endpoints (leader first) $endpoints"
+    workloads etcd etcd "$endpoints"
     stop_all
     log "etcd: stopped"
 }
@@ -335,8 +391,9 @@ run_skiff() {
     local leader
     leader=$(skiff_leader)
     log "skiff: 3 nodes up, leader $leader"
-    workloads skiff-http skiff-http "$SKIFF_HTTP_ENDPOINTS"
-    workloads skiff-redis skiff-redis "$SKIFF_REDIS_ENDPOINTS"
+    local n=${leader#n}
+    workloads skiff-http skiff-http "$(leader_first "127.0.0.1:${SKIFF_HTTP_PORTS[n - 1]}" "$SKIFF_HTTP_ENDPOINTS")"
+    workloads skiff-redis skiff-redis "$(leader_first "127.0.0.1:${SKIFF_REDIS_PORTS[n - 1]}" "$SKIFF_REDIS_ENDPOINTS")"
     # redis-benchmark talks to one node: the leader (a follower forwards writes to it).
     leader=$(skiff_leader)
     local port=${SKIFF_REDIS_PORTS[${leader#n} - 1]}
@@ -383,7 +440,7 @@ MEM=$(free -h | awk '/^Mem:/ {print $2}')
 DISK=$(df -h --output=source,fstype,size,avail,target "$WORK" | tail -n 1 |
     awk '{printf "%s (%s, mounted on %s), %s, %s free", $1, $2, $5, $3, $4}')
 
-export FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS
+export FSYNC_JSON RTT_JSON RTT_LINE FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS
 NPROC_OUT=$(nproc)
 ETCD_VERSION=$(etcd --version | head -n 1)
 REDIS_VERSION=$(redis-server --version)
@@ -446,6 +503,48 @@ for workload, label in [("rb-set", "redis-benchmark SET"), ("rb-get", "redis-ben
         lines.append(f"| {label}{' -P 16' if p > 1 else ''} | 64 | Redis | {cell(base)} | — | {cell(sk)} | — | {ratio(sk, base)} |")
 table = "\n".join(lines)
 
+# The issue's targets, judged from this run.
+fsync = json.loads(env["FSYNC_JSON"])
+rtt = json.loads(env["RTT_JSON"])
+
+def ok(flag):
+    return "**met**" if flag else "not met"
+
+def usable(*rows):
+    return all(r and not r.get("failed") for r in rows)
+
+checks = []
+e, h, r = find("etcd", "put", 64), find("skiff-http", "put", 64), find("skiff-redis", "put", 64)
+if usable(e, h):
+    t, p = h["throughput"] / e["throughput"], h["p99_us"] / e["p99_us"]
+    line = f"| writes at 64 clients: ≥ 5× etcd's throughput, p99 ≤ 0.3× etcd's | HTTP: {t:.2f}×, p99 {p:.2f}×"
+    if usable(r):
+        line += f"; Redis protocol: {r['throughput'] / e['throughput']:.2f}×, p99 {r['p99_us'] / e['p99_us']:.2f}×"
+    checks.append(f"{line} | {ok(t >= 5 and p <= 0.3)} (HTTP) |")
+h1, e1 = find("skiff-http", "put", 1), find("etcd", "put", 1)
+if usable(h1):
+    # Two round trips: client to leader, leader to follower (the client talks to the leader).
+    bound = 2 * fsync["p50_us"] + 2 * rtt["p50_us"]
+    etcd_p50 = f" (etcd: {e1['p50_us']:.0f} µs)" if usable(e1) else ""
+    checks.append(f"| single-client write p50 ≤ 2 fdatasyncs + 2 loopback round trips "
+                  f"(2 × {fsync['p50_us']:.0f} + 2 × {rtt['p50_us']:.0f} = {bound:.0f} µs) | "
+                  f"HTTP: {h1['p50_us']:.0f} µs{etcd_p50} | {ok(h1['p50_us'] <= bound)} |")
+e, h = find("etcd", "get", 64), find("skiff-http", "get", 64)
+if usable(e, h):
+    t = h["throughput"] / e["throughput"]
+    checks.append(f"| linearizable reads at 64 clients: ≥ 5× etcd | HTTP: {t:.2f}× | {ok(t >= 5)} |")
+for p, label in ((1, "redis-benchmark SET -c 64"), (16, "redis-benchmark SET -c 64 -P 16")):
+    base, sk = find("redis", "rb-set", 64, p), find("skiff", "rb-set", 64, p)
+    if usable(base, sk):
+        t = sk["throughput"] / base["throughput"]
+        checks.append(f"| {label}: Skiff (3 nodes) ≥ 60 % of Redis (1 node, appendfsync always) | {t * 100:.0f} % | {ok(t >= 0.6)} |")
+if env.get("MEMORY_JSON"):
+    m = json.loads(env["MEMORY_JSON"])
+    rss = max(m["rss_mb"])
+    checks.append(f"| RSS per node ≤ 150 MB with {m['keys']:,} keys of {m['value_size']} bytes | {rss:.0f} MB (largest node; peak {max(m['peak_mb']):.0f} MB) | {ok(rss <= 150)} |")
+    checks.append(f"| restart to serving with {m['entries']:,} entries and {m['keys']:,} keys ≤ 3 s | {m['restart_seconds']:.2f} s | {ok(m['restart_seconds'] <= 3)} |")
+targets = "\n".join(["| target | this run | |", "|---|---|---|"] + checks)
+
 legend = ("Each cell: throughput (req/s) · p50 (ms) · p99 (ms). A ratio cell: Skiff's throughput ÷ "
           "the baseline's (above 1: Skiff does more) · Skiff's p99 ÷ the baseline's (below 1: "
           "Skiff's tail is shorter).")
@@ -453,7 +552,10 @@ print()
 print(table)
 print()
 print(legend)
+print()
+print(targets)
 print(f"fsync: {env['FSYNC_LINE']}")
+print(f"loopback: {env['RTT_LINE']}")
 print(f"run time: {int(env['ELAPSED']) // 60} min {int(env['ELAPSED']) % 60} s")
 
 failed = [r for r in rows if r.get("failed")]
@@ -474,6 +576,7 @@ Written by `bench/compare.sh` on {env['DATE_UTC']}, in {int(env['ELAPSED']) // 6
 - memory: {env['MEM']}
 - disk (`df`, the temporary directory that held every system's data): {env['DISK']}
 - fsync on that disk: {env['FSYNC_LINE']}
+- loopback: {env['RTT_LINE']}
 
 ## Versions
 
@@ -501,6 +604,10 @@ Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --app
 {legend}
 
 {table}
+
+## Targets
+
+{targets}
 """
 if notes:
     md += "\nProblems during the run:\n\n" + "\n".join(notes) + "\n"
