@@ -566,8 +566,13 @@ impl<S: Storage> Raft<S> {
             && shared.persisted_hard_state.vote == Some(shared.id);
         let outbox = std::mem::take(&mut shared.outbox);
         let (leader_messages, messages) = if durable_leader { (outbox, Vec::new()) } else { (Vec::new(), outbox) };
+        let persisted = &shared.persisted_hard_state;
+        let must_sync = snapshot.is_some()
+            || !entries.is_empty()
+            || (hard_state.term, hard_state.vote) != (persisted.term, persisted.vote);
         Ok(Ready {
             hard_state: (hard_state != shared.persisted_hard_state).then_some(hard_state),
+            must_sync,
             snapshot,
             entries,
             leader_messages,

@@ -15,8 +15,11 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta,
 ///    step 2 instead is also correct, only slower.
 /// 1. **Persist.** Install `snapshot` if there is one ([`crate::Storage::install_snapshot`]),
 ///    append `entries` (the first entry's index says where the old tail is cut:
-///    everything from there on is replaced), save `hard_state` if it is `Some`, then make
-///    all of it durable with **one** [`crate::Storage::sync`] (group commit).
+///    everything from there on is replaced), save `hard_state` if it is `Some`, then, if
+///    `must_sync`, make all of it durable with **one** [`crate::Storage::sync`] (group
+///    commit). Without `must_sync` only the commit index changed: it is volatile state
+///    (Raft Figure 2; a restart learns it again from the leader, and never below the
+///    snapshot), so it is written and made durable by the next sync, not waited for.
 /// 2. **Send** `messages`. Each may depend on step 1 (a vote, an acknowledgement of
 ///    entries), so none may leave before the sync returns.
 /// 3. **Apply.** If `snapshot` is `Some`, restore the state machine from the snapshot data
@@ -31,6 +34,10 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta,
 pub struct Ready {
     /// The term, vote and commit to persist, when they changed.
     pub hard_state: Option<HardState>,
+    /// Step 1 must end with a sync: there is a snapshot, there are entries, or the term or
+    /// the vote changed. False when only the commit index moved (on a follower that is
+    /// every write, once more: a sync for nothing on the path of the next write).
+    pub must_sync: bool,
     /// A snapshot received from the leader, to install in place of the whole log.
     pub snapshot: Option<SnapshotMeta>,
     /// Entries to append, replacing the log's tail from `entries[0]`'s index on.

@@ -10,6 +10,8 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Raft<MemStorage>>,
     applied: BTreeMap<NodeId, Vec<Bytes>>,
     reads: Vec<(NodeId, ReadId, Index)>,
+    /// Readies whose only change to persist was the commit index.
+    commit_only_readies: usize,
 }
 
 impl Cluster {
@@ -20,7 +22,7 @@ impl Cluster {
             .iter()
             .map(|&id| (id, Raft::new(Config::new(id), MemStorage::new(membership.clone())).unwrap()))
             .collect();
-        Cluster { nodes, applied: BTreeMap::new(), reads: Vec::new() }
+        Cluster { nodes, applied: BTreeMap::new(), reads: Vec::new(), commit_only_readies: 0 }
     }
 
     /// Runs every node's `Ready` and delivers every message until nothing moves.
@@ -40,7 +42,16 @@ impl Cluster {
                 if let Some(hard_state) = ready.hard_state {
                     storage.set_hard_state(hard_state).unwrap();
                 }
-                storage.sync().unwrap();
+                // What the durable state was before this Ready, to check `must_sync` by.
+                let before = storage.durable_hard_state();
+                let needed = ready.snapshot.is_some()
+                    || !ready.entries.is_empty()
+                    || ready.hard_state.is_some_and(|new| (new.term, new.vote) != (before.term, before.vote));
+                assert_eq!(ready.must_sync, needed, "{id}: must_sync of {ready:?}");
+                self.commit_only_readies += usize::from(ready.hard_state.is_some() && !needed);
+                if ready.must_sync {
+                    storage.sync().unwrap();
+                }
                 inbox.extend(ready.leader_messages);
                 inbox.extend(ready.messages);
                 for entry in ready.committed {
@@ -89,6 +100,9 @@ fn three_nodes_elect_replicate_commit_and_read() {
         assert_eq!(node.commit_index(), second.log_id.index, "{id} commit");
         assert_eq!(cluster.applied[id], vec![Bytes::from("a"), Bytes::from("b")], "{id} applied");
     }
+    // Followers learn the new commit in a Ready of its own, which needs no sync: the commit
+    // index is volatile (Raft Figure 2).
+    assert!(cluster.commit_only_readies > 0);
     let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
     cluster.nodes.get_mut(&follower).unwrap().read_index(ReadId(7)).unwrap();
     cluster.nodes.get_mut(&leader).unwrap().read_index(ReadId(8)).unwrap();

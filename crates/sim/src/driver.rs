@@ -90,7 +90,7 @@ impl SimNode {
 
     /// One `Ready`, in the contract's order. Returns true when the node crashes in it.
     fn handle_ready(&mut self, ready: Ready, crash: Option<CrashPoint>, env: &mut DriveEnv) -> Result<bool, Violation> {
-        let Ready { hard_state, snapshot, entries, leader_messages, messages, committed, reads } = ready;
+        let Ready { hard_state, must_sync, snapshot, entries, leader_messages, messages, committed, reads } = ready;
         // Step 0: a durable leader's messages leave before its own fsync (thesis §10.2.1),
         // so a crash below can lose entries that followers already have.
         self.send(leader_messages, false, env)?;
@@ -98,7 +98,9 @@ impl SimNode {
         if crash == Some(CrashPoint::BeforeSync) {
             return Ok(true);
         }
-        self.sync(&entries, env)?;
+        if must_sync {
+            self.sync(&entries, env)?;
+        }
         if crash == Some(CrashPoint::AfterSync) {
             return Ok(true);
         }

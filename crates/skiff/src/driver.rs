@@ -449,7 +449,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
     }
 
-    /// Step 1: make the snapshot, entries and hard state durable, with one sync.
+    /// Step 1: write the snapshot, entries and hard state, and make them durable with one
+    /// sync when the core says it must (a commit index alone is not waited for).
     fn persist(&mut self, ready: &Ready) -> Result<()> {
         if ready.snapshot.is_none() && ready.entries.is_empty() && ready.hard_state.is_none() {
             return Ok(());
@@ -462,7 +463,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         if let Some(hard_state) = ready.hard_state {
             store.set_hard_state(hard_state)?;
         }
-        store.sync()?;
+        if ready.must_sync {
+            store.sync()?;
+        }
         Ok(())
     }
 
