@@ -18,8 +18,11 @@
 //!
 //! ## On-disk format (little-endian; CRC32C = Castagnoli)
 //! - **Segment**: a 32-byte header (`"SKIFFWAL"`, version 1, first index, CRC32C of the
-//!   header), then records, then zeros (the space is preallocated). A segment takes writes
-//!   until it holds about [`DiskOptions::segment_bytes`] (64 MiB by default).
+//!   header), then records, then zeros (the space is preallocated: with `fallocate`, or
+//!   as a spare file a background thread filled with zeros, see `spare.rs`; a leftover
+//!   `spare.wal.tmp` is removed on open). A segment takes writes until it holds about
+//!   [`DiskOptions::segment_bytes`] (64 MiB by default), or until a spare is ready to
+//!   replace a segment made with `fallocate`.
 //! - **Record**: `length: u32 | crc: u32 | body`, with `crc = CRC32C(length bytes ++ body)`.
 //!   The body is an entry (`1 | index: u64 | term: u64 | payload`, payload `0` empty,
 //!   `1 | bytes` a command, `2 | postcard(Membership)`) or a hard state
