@@ -23,6 +23,14 @@ use crate::client::Client;
 use crate::commands::Format;
 use crate::serve::LogFormat;
 
+/// jemalloc rather than glibc's malloc: with a million keys a node's RSS is about 23 MB
+/// (13%) lower (bench/memory.sh: 155 MB against 178 MB per node, the state itself being
+/// about 120 MB under both: the difference is freed memory glibc keeps), and write
+/// throughput measured the same within the noise. (mimalloc kept more: up to 290 MB.)
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The demo's default log filter: warnings, but not the peers that refuse connections
 /// while the nodes start and stop together.
 const DEMO_LOG: &str = "warn,skiff::transport=error";

@@ -25,7 +25,7 @@ use skiff::{Index, Node, NodeId, NodeStatus, Payload, RoleName};
 use tokio::sync::watch;
 
 use crate::server::Limits;
-use crate::state::{Command, KvStore, Op, Output, RequestId, Value};
+use crate::state::{Command, Entry, KvStore, Op, Output, RequestId, Value};
 
 /// What every handler shares.
 pub struct Api {
@@ -330,15 +330,16 @@ async fn kv_get(api: &Api, key: String, query: &Query) -> ApiResult {
 fn collect(store: &KvStore, key: &[u8], prefix: bool, names_only: bool, separator: Option<&str>) -> Found {
     let index = store.watch_index(key, prefix);
     if !prefix {
-        let entries = store.get(key).map(|value| (Bytes::copy_from_slice(key), value.clone())).into_iter().collect();
+        let entries =
+            store.get(key).map(|entry| (Bytes::copy_from_slice(key), Value::from(entry))).into_iter().collect();
         return Found { index, entries, names: Vec::new() };
     }
     if !names_only {
-        let entries = store.range(key).map(|(name, value)| (name.clone(), value.clone())).collect();
+        let entries = store.range(key).map(|entry| (Bytes::copy_from_slice(entry.key), Value::from(entry))).collect();
         return Found { index, entries, names: Vec::new() };
     }
     let mut names: Vec<String> = Vec::new();
-    for (name, _) in store.range(key) {
+    for Entry { key: name, .. } in store.range(key) {
         // On bytes: a stored key need not be UTF-8, and slicing text could split a character.
         let rest = &name[key.len()..]; // `range` yields only keys that start with `key`
         let cut = separator

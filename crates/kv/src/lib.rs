@@ -12,6 +12,7 @@
 
 mod error;
 pub mod http;
+mod keymap;
 mod metrics;
 pub mod redis;
 mod server;
@@ -19,4 +20,4 @@ pub mod state;
 
 pub use error::{Error, Result};
 pub use server::{Limits, Server, ServerOptions};
-pub use state::{Command, KvStore, Op, Output, Retention, Value};
+pub use state::{Command, Entry, KvStore, Op, Output, Retention, Value};

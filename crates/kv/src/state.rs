@@ -7,15 +7,19 @@
 //! things at the same index.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use skiff::{Index, StateMachine};
 use tokio::sync::watch;
 
-/// One stored value and its revisions (the Raft log indexes of the writes).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub use crate::keymap::Entry;
+use crate::keymap::{self, KeyMap, Meta};
+
+/// A copy of one stored value and its revisions (the Raft log indexes of the writes), to
+/// keep after a read of the state machine: an [`Entry`] borrows from the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
     pub value: Bytes,
     /// The index of the write that created the key.
@@ -24,6 +28,17 @@ pub struct Value {
     pub modify_index: u64,
     /// An opaque number stored with the value (Consul's `flags`).
     pub flags: u64,
+}
+
+impl From<Entry<'_>> for Value {
+    fn from(entry: Entry<'_>) -> Value {
+        Value {
+            value: Bytes::copy_from_slice(entry.value),
+            create_index: entry.create_index,
+            modify_index: entry.modify_index,
+            flags: entry.flags,
+        }
+    }
 }
 
 /// A write, as it travels through the log.
@@ -196,10 +211,12 @@ pub struct KvStore {
     applied: Option<watch::Sender<u64>>,
 }
 
-/// The part of the state that snapshots carry.
+/// The part of the state that snapshots carry. The map is written apart from the rest, as
+/// its records (see [`KvStore::snapshot`]).
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Data {
-    map: BTreeMap<Bytes, Value>,
+    #[serde(skip)]
+    map: KeyMap,
     /// The index of the last applied command.
     index: u64,
     /// Deleted keys and the index of their deletion, so a blocking query on a key or prefix
@@ -223,7 +240,12 @@ struct Remembered {
 }
 
 /// Bumped when the snapshot layout changes; `restore` refuses other versions.
-const SNAPSHOT_VERSION: u8 = 1;
+///
+/// Version 2: the version byte; the length (a varint) and postcard encoding of everything
+/// but the map; the number of keys (a varint); each key's record in key order (`keymap`'s
+/// `record.rs`). Version 1 was the postcard encoding of all of it with the map as a
+/// `BTreeMap<Bytes, Value>`.
+const SNAPSHOT_VERSION: u8 = 2;
 
 impl KvStore {
     pub fn new(retention: Retention) -> KvStore {
@@ -247,25 +269,25 @@ impl KvStore {
         self.data.index
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+    pub fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
         self.data.map.get(key)
     }
 
     /// The keys that start with `prefix`, in order.
-    pub fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Bytes, &'a Value)> + 'a {
+    pub fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Entry<'a>> + 'a {
         self.data
             .map
-            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-            .take_while(move |(key, _)| key.starts_with(prefix))
+            .range_from(std::ops::Bound::Included(prefix))
+            .take_while(move |entry| entry.key.starts_with(prefix))
     }
 
     /// The keys after `after` (all of them without it), in order.
-    pub fn after<'a>(&'a self, after: Option<&'a [u8]>) -> impl Iterator<Item = (&'a Bytes, &'a Value)> + 'a {
+    pub fn after<'a>(&'a self, after: Option<&[u8]>) -> impl Iterator<Item = Entry<'a>> + 'a {
         let start = match after {
             Some(key) => std::ops::Bound::Excluded(key),
             None => std::ops::Bound::Unbounded,
         };
-        self.data.map.range::<[u8], _>((start, std::ops::Bound::Unbounded))
+        self.data.map.range_from(start)
     }
 
     pub fn len(&self) -> usize {
@@ -281,7 +303,7 @@ impl KvStore {
     pub fn watch_index(&self, key: &[u8], prefix: bool) -> u64 {
         let data = &self.data;
         let (live, deleted) = if prefix {
-            let live = self.range(key).map(|(_, value)| value.modify_index).max();
+            let live = self.range(key).map(|entry| entry.modify_index).max();
             let deleted = data
                 .tombstones
                 .range::<[u8], _>((std::ops::Bound::Included(key), std::ops::Bound::Unbounded))
@@ -301,15 +323,15 @@ impl KvStore {
             Op::Put { key, value, flags, cas } => {
                 let current = data.map.get(&key);
                 if let Some(expected) = cas
-                    && current.map_or(0, |value| value.modify_index) != expected
+                    && current.map_or(0, |entry| entry.modify_index) != expected
                 {
                     return Output::Done { ok: false, deleted: 0 };
                 }
-                self.store(index, key, value, flags);
+                self.store(index, key, &value, flags);
                 Output::Done { ok: true, deleted: 0 }
             }
             Op::Delete { key, cas } => {
-                let current = data.map.get(&key).map(|value| value.modify_index);
+                let current = data.map.get(&key).map(|entry| entry.modify_index);
                 // As Consul: a missing key is already deleted, whatever `cas` says.
                 if let (Some(expected), Some(current)) = (cas, current)
                     && current != expected
@@ -327,7 +349,7 @@ impl KvStore {
                 Output::Done { ok: true, deleted }
             }
             Op::DeletePrefix { prefix } => {
-                let keys: Vec<Bytes> = self.range(&prefix).map(|(key, _)| key.clone()).collect();
+                let keys: Vec<Bytes> = self.range(&prefix).map(|entry| Bytes::copy_from_slice(entry.key)).collect();
                 for key in &keys {
                     self.data.map.remove(key);
                     self.mark_deleted(key.clone(), index);
@@ -336,28 +358,28 @@ impl KvStore {
             }
             Op::Set { key, value, when, get } => {
                 let current = data.map.get(&key);
-                let old = if get { current.map(|value| value.value.clone()) } else { None };
+                let old = if get { current.map(|entry| Bytes::copy_from_slice(entry.value)) } else { None };
                 let written = match when {
                     When::Always => true,
                     When::Absent => current.is_none(),
                     When::Present => current.is_some(),
                 };
                 if written {
-                    self.store(index, key, value, 0);
+                    self.store(index, key, &value, 0);
                 }
                 Output::Set { written, old }
             }
             Op::IncrBy { key, delta } => {
                 let current = match data.map.get(&key) {
-                    Some(found) => match parse_integer(&found.value) {
+                    Some(found) => match parse_integer(found.value) {
                         Some(number) => number,
                         None => return Output::Refused(NOT_AN_INTEGER.into()),
                     },
                     None => 0,
                 };
                 let Some(sum) = current.checked_add(delta) else { return Output::Refused(OVERFLOW.into()) };
-                let flags = data.map.get(&key).map_or(0, |value| value.flags);
-                self.store(index, key, Bytes::from(sum.to_string()), flags);
+                let flags = data.map.get(&key).map_or(0, |entry| entry.flags);
+                self.store(index, key, sum.to_string().as_bytes(), flags);
                 Output::Integer(sum)
             }
             Op::Append { key, value, max_len } => {
@@ -370,7 +392,7 @@ impl KvStore {
                     return Output::Refused(format!("ERR string exceeds maximum allowed size ({max_len} bytes)"));
                 }
                 joined.extend_from_slice(&value);
-                self.store(index, key, Bytes::from(joined), flags);
+                self.store(index, key, &joined, flags);
                 Output::Integer(length as i64)
             }
             Op::Batch(ops) => Output::Batch(ops.into_iter().map(|op| self.apply_op(index, op)).collect()),
@@ -379,13 +401,13 @@ impl KvStore {
 
     /// Writes `key` at `index`, keeping its create index if it exists and clearing a
     /// deletion mark.
-    fn store(&mut self, index: u64, key: Bytes, value: Bytes, flags: u64) {
+    fn store(&mut self, index: u64, key: Bytes, value: &[u8], flags: u64) {
         let data = &mut self.data;
-        let create_index = data.map.get(&key).map_or(index, |value| value.create_index);
+        let create_index = data.map.get(&key).map_or(index, |entry| entry.create_index);
         if let Some(deleted) = data.tombstones.remove(&key) {
             data.tombstone_order.remove(&(deleted, key.clone()));
         }
-        data.map.insert(key, Value { value, create_index, modify_index: index, flags });
+        data.map.insert(&key, value, Meta { create_index, modify_index: index, flags });
     }
 
     fn mark_deleted(&mut self, key: Bytes, index: u64) {
@@ -446,29 +468,75 @@ impl StateMachine for KvStore {
         output
     }
 
+    /// Streams the state out (see [`SNAPSHOT_VERSION`] for the layout): the map's blocks
+    /// are written as they are, never copied into one buffer.
     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut out = BufWriter::with_capacity(SNAPSHOT_BUFFER_BYTES, out);
         out.write_all(&[SNAPSHOT_VERSION])?;
-        let bytes = postcard::to_stdvec(&self.data).map_err(std::io::Error::other)?;
-        out.write_all(&bytes)
+        let rest = postcard::to_stdvec(&self.data).map_err(std::io::Error::other)?;
+        let mut length = Vec::new();
+        keymap::put_varint(&mut length, rest.len() as u64);
+        out.write_all(&length)?;
+        out.write_all(&rest)?;
+        keymap::write_records(&self.data.map, &mut out)?;
+        out.flush()
     }
 
+    /// Reads a snapshot as it streams in, building the map block by block; replaces the
+    /// state only if all of it decodes.
     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
-        let mut bytes = Vec::new();
-        snapshot.read_to_end(&mut bytes)?;
-        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
-        match bytes.split_first() {
-            Some((&SNAPSHOT_VERSION, rest)) => {
-                self.data = postcard::from_bytes(rest)
-                    .map_err(|error| invalid(format!("the key-value snapshot does not decode: {error}")))?;
-            }
-            Some((version, _)) => return Err(invalid(format!("unknown key-value snapshot version {version}"))),
-            None => return Err(invalid("the key-value snapshot is empty".into())),
-        }
+        let mut reader = BufReader::with_capacity(SNAPSHOT_BUFFER_BYTES, snapshot);
+        let data = read_snapshot(&mut reader)?;
+        self.data = data;
         if let Some(applied) = &self.applied {
             applied.send_replace(self.data.index);
         }
         Ok(())
     }
+}
+
+/// The buffer between the state and the snapshot's writer or reader.
+const SNAPSHOT_BUFFER_BYTES: usize = 64 << 10;
+
+/// Decodes a snapshot (see [`SNAPSHOT_VERSION`]).
+fn read_snapshot(reader: &mut impl BufRead) -> std::io::Result<Data> {
+    let mut version = [0u8];
+    if reader.read(&mut version)? == 0 {
+        return Err(keymap::invalid("the key-value snapshot is empty"));
+    }
+    if version[0] != SNAPSHOT_VERSION {
+        // A refusal, not a guess: another layout read as this one would be a wrong state.
+        return Err(keymap::invalid(format!(
+            "unknown key-value snapshot version {} (this build reads version {SNAPSHOT_VERSION} only); \
+             restore this node from a peer that runs the same build",
+            version[0]
+        )));
+    }
+    read_snapshot_body(reader).map_err(|error| match error.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            keymap::invalid(format!("the key-value snapshot does not decode: {error}"))
+        }
+        _ => error,
+    })
+}
+
+/// Decodes what follows a snapshot's version byte.
+fn read_snapshot_body(reader: &mut impl BufRead) -> std::io::Result<Data> {
+    let rest_len = keymap::read_varint_from(reader)?;
+    let mut rest = Vec::new();
+    // Through `take`, not a buffer of the claimed length: a corrupt length fails at the end
+    // of the input rather than asking for a huge allocation.
+    reader.take(rest_len).read_to_end(&mut rest)?;
+    if rest.len() as u64 != rest_len {
+        return Err(keymap::invalid("it is cut short"));
+    }
+    let mut data: Data = postcard::from_bytes(&rest).map_err(|error| keymap::invalid(error.to_string()))?;
+    let count = keymap::read_varint_from(reader)?;
+    data.map = keymap::read_records(reader, count, keymap::BLOCK_BYTES)?;
+    if !reader.fill_buf()?.is_empty() {
+        return Err(keymap::invalid("bytes follow the last key"));
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -497,7 +565,7 @@ mod tests {
         assert_eq!(run(&mut store, 3, put("a", "1")), DONE);
         assert_eq!(run(&mut store, 5, put("a", "2")), DONE);
         let value = store.get(b"a").expect("a was written");
-        assert_eq!((value.create_index, value.modify_index, &value.value[..]), (3, 5, &b"2"[..]));
+        assert_eq!((value.create_index, value.modify_index, value.value), (3, 5, &b"2"[..]));
     }
 
     #[test]
@@ -514,7 +582,7 @@ mod tests {
         assert_eq!(run(&mut store, 3, cas("stale", 2)), FAILED);
         assert_eq!(run(&mut store, 4, cas("second", 1)), DONE);
         let value = store.get(b"k").expect("written");
-        assert_eq!((&value.value[..], value.flags, value.modify_index), (&b"second"[..], 7, 4));
+        assert_eq!((value.value, value.flags, value.modify_index), (&b"second"[..], 7, 4));
         let delete = |cas| Op::Delete { key: Bytes::from_static(b"k"), cas: Some(cas) };
         assert_eq!(run(&mut store, 5, delete(1)), FAILED);
         assert_eq!(run(&mut store, 6, delete(4)), Output::Done { ok: true, deleted: 1 });
@@ -532,7 +600,7 @@ mod tests {
             run(&mut store, 9, Op::DeletePrefix { prefix: Bytes::from_static(b"a/") }),
             Output::Done { ok: true, deleted: 2 }
         );
-        let keys: Vec<&[u8]> = store.range(b"").map(|(key, _)| &key[..]).collect();
+        let keys: Vec<&[u8]> = store.range(b"").map(|entry| entry.key).collect();
         assert_eq!(keys, [&b"ab"[..], b"b"]);
         assert_eq!(store.watch_index(b"a/", true), 9, "the deletion is a change to the prefix");
         assert_eq!(store.watch_index(b"b", false), 4);
@@ -550,10 +618,10 @@ mod tests {
         run(&mut store, 2, put("k", "other"));
         // Applied again, cas=0 would now fail; the retry must answer the first result.
         assert_eq!(store.apply(Index(3), first), DONE);
-        assert_eq!(&store.get(b"k").expect("k").value[..], b"other");
+        assert_eq!(store.get(b"k").expect("k").value, b"other");
         let reused = Command { request: request(12), op: put("k", "third") };
         assert_eq!(store.apply(Index(4), reused), Output::RequestIdReused);
-        assert_eq!(&store.get(b"k").expect("k").value[..], b"other");
+        assert_eq!(store.get(b"k").expect("k").value, b"other");
     }
 
     #[test]
@@ -615,8 +683,52 @@ mod tests {
         let mut store = KvStore::default();
         let error = store.restore(&mut &[9u8, 1, 2][..]).expect_err("version 9 is unknown");
         assert!(error.to_string().contains("version 9"), "{error}");
+        let error = store.restore(&mut &[1u8, 0][..]).expect_err("version 1 is the old layout");
+        assert!(error.to_string().contains("version 1 (this build reads version 2"), "{error}");
         let error = store.restore(&mut &[SNAPSHOT_VERSION, 0xff, 0xff][..]).expect_err("garbage");
         assert!(error.to_string().contains("does not decode"), "{error}");
         assert!(store.restore(&mut &[][..]).is_err());
+    }
+
+    fn sample_store() -> KvStore {
+        let mut store = KvStore::default();
+        store.apply(
+            Index(1),
+            Command { request: Some(RequestId { key: "id".into(), fingerprint: 5 }), op: put("a", "1") },
+        );
+        for index in 2..50u64 {
+            run(&mut store, index, put(&format!("key-{}", index % 20), &"v".repeat(index as usize)));
+        }
+        run(&mut store, 50, Op::Delete { key: Bytes::from_static(b"key-3"), cas: None });
+        store
+    }
+
+    #[test]
+    fn a_snapshot_cut_anywhere_or_with_bytes_after_it_is_refused() {
+        let mut bytes = Vec::new();
+        sample_store().snapshot(&mut bytes).expect("snapshot");
+        let mut store = KvStore::default();
+        for cut in 1..bytes.len() {
+            let error = store.restore(&mut &bytes[..cut]).expect_err("a cut snapshot");
+            assert!(error.to_string().contains("does not decode"), "cut at {cut}: {error}");
+            assert_eq!(store.data, Data::default(), "a refused snapshot changes nothing");
+        }
+        bytes.push(0);
+        let error = store.restore(&mut &bytes[..]).expect_err("a trailing byte");
+        assert!(error.to_string().contains("bytes follow"), "{error}");
+    }
+
+    #[test]
+    fn snapshots_are_deterministic() {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        sample_store().snapshot(&mut first).expect("snapshot");
+        sample_store().snapshot(&mut second).expect("snapshot");
+        assert_eq!(first, second);
+        // And a restored copy (whose blocks are packed differently) writes the same bytes.
+        let mut copy = KvStore::default();
+        copy.restore(&mut &first[..]).expect("restore");
+        let mut third = Vec::new();
+        copy.snapshot(&mut third).expect("snapshot");
+        assert_eq!(first, third);
     }
 }

@@ -152,7 +152,8 @@ pub enum Query {
 
 impl Query {
     pub fn run(self, store: &KvStore, cursors: &Mutex<Cursors>) -> Reply {
-        let value = |key: &Bytes| store.get(key).map_or(Reply::Nil, |found| Reply::Bulk(found.value.clone()));
+        let value =
+            |key: &Bytes| store.get(key).map_or(Reply::Nil, |found| Reply::Bulk(Bytes::copy_from_slice(found.value)));
         match self {
             Query::Get(key) => value(&key),
             Query::MGet(keys) => Reply::Array(keys.iter().map(value).collect()),
@@ -163,8 +164,8 @@ impl Query {
             Query::Keys(pattern) => Reply::Array(
                 store
                     .after(None)
-                    .filter(|(key, _)| glob::matches(&pattern, key))
-                    .map(|(key, _)| Reply::Bulk(key.clone()))
+                    .filter(|entry| glob::matches(&pattern, entry.key))
+                    .map(|entry| Reply::Bulk(Bytes::copy_from_slice(entry.key)))
                     .collect(),
             ),
             Query::Scan { cursor, pattern, count, strings } => {
@@ -176,7 +177,7 @@ impl Query {
                         None => return Reply::error("ERR invalid cursor"),
                     },
                 };
-                let keys = store.after(after.as_deref()).take(count).map(|(key, _)| key.clone());
+                let keys = store.after(after.as_deref()).take(count).map(|entry| Bytes::copy_from_slice(entry.key));
                 let mut found = Vec::new();
                 let mut last = None;
                 for key in keys {
