@@ -36,8 +36,9 @@ pub struct DiskOptions {
     /// Reserve each segment's space when it is created (`fallocate`), so appends are
     /// overwrites that `fdatasync` flushes without growing the file. Default on.
     pub preallocate: bool,
-    /// How many bytes of the newest entries to keep in memory (default 16 MiB); older
-    /// entries are read from the segments.
+    /// How many bytes of the newest entries to keep in memory (default 4 MiB: thousands
+    /// of entries, far more than a healthy follower lags behind; a follower further back
+    /// is served from the segments, which the page cache usually still holds).
     pub tail_cache_bytes: u64,
 }
 
@@ -50,7 +51,7 @@ impl DiskOptions {
             initial_membership,
             segment_bytes: 64 << 20,
             preallocate: true,
-            tail_cache_bytes: 16 << 20,
+            tail_cache_bytes: 4 << 20,
         }
     }
 
