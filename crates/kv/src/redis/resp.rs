@@ -148,6 +148,11 @@ fn read_arguments(partial: &mut Partial, buffer: &mut BytesMut, limits: ParserLi
                 return Ok(false);
             }
             if buffer.len() < 2 {
+                // A first byte that is not the CR is wrong already: say so now rather than
+                // wait for a byte that cannot make it right.
+                if buffer.first().is_some_and(|&byte| byte != b'\r') {
+                    return Err(ProtocolError("a bulk string does not end with CRLF".into()));
+                }
                 return Ok(false);
             }
             crlf(buffer)?;
@@ -425,6 +430,18 @@ mod tests {
             let frame = parser.next(&mut buffer).expect("valid").expect("complete");
             assert_eq!(frame, command(&["ECHO", "hello\r\nworld"]));
         }
+    }
+
+    #[test]
+    fn a_skipped_argument_without_its_cr_is_refused_at_once() {
+        // Found by the property test: `$4` over the limit, its 4 bytes, then `\n` alone.
+        let limits = ParserLimits { max_bulk: 0, max_command_bytes: 0 };
+        let mut parser = Parser::new(limits);
+        let mut buffer = BytesMut::from(&b"*1\r\n$4\r\nabcd\n"[..]);
+        assert!(parser.next(&mut buffer).is_err(), "left {:?}", buffer);
+        let mut parser = Parser::new(limits);
+        let mut buffer = BytesMut::from(&b"*1\r\n$4\r\nabcd\r"[..]);
+        assert_eq!(parser.next(&mut buffer), Ok(None), "half a CRLF: wait for the rest");
     }
 
     #[test]
