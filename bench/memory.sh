@@ -267,7 +267,7 @@ per_key() { python3 -c 'import sys; print("%.0f" % ((int(sys.argv[1]) - int(sys.
 {
     printf '\n%s keys of %s bytes, applied index %s, snapshot index %s, fill %ss\n\n' \
         "$KEYS" "$VALUE_SIZE" "$APPLIED" "$SNAPSHOT_INDEX" "$FILL_SECONDS"
-    printf '%-6s %-9s %10s %10s %12s %14s\n' node role "RSS MB" "HWM MB" "empty RSS MB" "bytes/key*"
+    printf '%-6s %-9s %10s %10s %12s %14s\n' node role "RSS MiB" "HWM MiB" "empty MiB" "bytes/key*"
     for node in 1 2 3; do
         role=follower
         ((node == LEADER)) && role=leader
@@ -275,7 +275,7 @@ per_key() { python3 -c 'import sys; print("%.0f" % ((int(sys.argv[1]) - int(sys.
             "$(mb "${BASELINE[node]}")" "$(per_key "${RSS[node]}" "${BASELINE[node]}")"
     done
     printf '\n* (RSS - RSS of the empty node) / keys: everything a key costs, Raft log included.\n'
-    printf 'restart of follower n%s to serving: median %ss of %s (%s); then RSS %s MB, HWM %s MB\n\n' \
+    printf 'restart of follower n%s to serving: median %ss of %s (%s); then RSS %s MiB, HWM %s MiB\n\n' \
         "$FOLLOWER" "$RESTART_SECONDS" "$RESTARTS" "${RESTART_TIMES[*]}" "$(mb "$RESTARTED_RSS")" "$(mb "$RESTARTED_HWM")"
 } >&2
 
