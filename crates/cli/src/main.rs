@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod commands;
 mod demo;
+mod interrupts;
 mod serve;
 mod shell;
 mod status;

@@ -197,28 +197,8 @@ fn measure(
 /// Counts SIGINT and SIGTERM: the first ends the run early (it is reported as usual), the
 /// second exits at once.
 fn interrupts() -> Result<Arc<AtomicUsize>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut interrupt, mut terminate) = {
-        let _context = runtime.enter();
-        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
-    };
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&count);
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        runtime.block_on(async move {
-            loop {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                    note("interrupted: finishing the requests in flight, then reporting (again to stop now)");
-                } else {
-                    std::process::exit(i32::from(EXIT_INTERRUPTED));
-                }
-            }
-        })
-    })?;
-    Ok(count)
+    use tokio::signal::unix::SignalKind;
+    let first = "skiff bench: interrupted: finishing the requests in flight, then reporting (again to stop now)";
+    let kinds = [SignalKind::interrupt(), SignalKind::terminate()];
+    Ok(crate::interrupts::count(&kinds, first.to_string(), Some(EXIT_INTERRUPTED))?)
 }

@@ -68,29 +68,10 @@ pub struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (mut interrupt, mut terminate, mut hangup) = {
-            let _context = runtime.enter();
-            (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?)
-        };
-        let count = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&count);
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            runtime.block_on(async move {
-                loop {
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                        _ = hangup.recv() => {}
-                    }
-                    if counter.fetch_add(1, Ordering::SeqCst) == 0 {
-                        note("interrupted: healing, then checking what was recorded (again to stop now)");
-                    }
-                }
-            })
-        })?;
-        Ok(Signals { count })
+        use tokio::signal::unix::SignalKind;
+        let first = "skiff check: interrupted: healing, then checking what was recorded (again to stop now)";
+        let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+        Ok(Signals { count: crate::interrupts::count(&kinds, first.to_string(), None)? })
     }
 
     fn interrupted(&self) -> bool {
