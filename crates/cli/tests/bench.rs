@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use common::{skiff, stderr, stdout};
@@ -35,17 +35,7 @@ impl Cluster {
             ));
         }
         let config = common::write_file(dir.path(), "cluster.toml", &toml);
-        let log = std::fs::File::create(dir.path().join("demo.log")).expect("log file");
-        let child = skiff()
-            .args(["demo", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start skiff demo");
+        let child = common::spawn_demo(dir.path(), &config);
         let cluster = Cluster { child, dir };
         cluster.wait_for_leader();
         cluster

@@ -24,6 +24,22 @@ pub fn skiff() -> Command {
     command
 }
 
+/// Starts `skiff demo --config <config>` with its data in `dir/data` and its output in
+/// `dir/demo.log`.
+pub fn spawn_demo(dir: &std::path::Path, config: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("demo.log")).expect("log file");
+    skiff()
+        .args(["demo", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start skiff demo")
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -59,17 +75,7 @@ impl Cluster {
             toml = toml.replace(&entry, &format!("{entry}join = true\n"));
         }
         std::fs::write(&config, toml).expect("write cluster file");
-        let log = std::fs::File::create(dir.path().join("demo.log")).expect("log file");
-        let child = skiff()
-            .args(["demo", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start skiff demo");
+        let child = spawn_demo(dir.path(), &config);
         let endpoints = (1..=nodes + joiners).map(|i| format!("127.0.0.1:{}", base + 10 + i)).collect();
         let cluster = Cluster { child, dir, config, endpoints, members: usize::from(nodes) };
         cluster.wait_for_leader(None);
