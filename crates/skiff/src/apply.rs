@@ -289,7 +289,7 @@ impl<S: StateMachine> Applier<S> {
             let _ = events.send(event);
         };
         let thread = std::thread::Builder::new().name("skiff-snapshot".into()).spawn(finish);
-        self.finishing = Some(thread.map_err(|error| format!("taking a snapshot at {applied}: {error}"))?);
+        self.finishing = Some(thread.map_err(|error| failed(&error))?);
         Ok(())
     }
 

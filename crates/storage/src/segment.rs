@@ -36,6 +36,16 @@ pub(crate) fn segment_name(first: Index) -> String {
     format!("{:020}.wal", first.0)
 }
 
+/// The path of a new segment starting at `first`, which must not exist yet: names follow
+/// the log, so replacing a segment would be a bug or tampering.
+fn new_segment_path(dir: &Path, first: Index) -> Result<PathBuf> {
+    let path = dir.join(segment_name(first));
+    if path.exists() {
+        return Err(Error::corrupt(&path, 0, "a new segment would replace this existing one"));
+    }
+    Ok(path)
+}
+
 /// The first index of a segment named `name`, if that is a segment's name.
 pub(crate) fn parse_segment_name(name: &str) -> Option<Index> {
     let digits = name.strip_suffix(".wal")?;
@@ -87,12 +97,8 @@ impl Segment {
     /// Creates the segment for entries from `first` on, with `preallocate_bytes` reserved.
     /// The caller makes the directory entry durable (fsync of `wal/`).
     pub fn create(dir: &Path, first: Index, preallocate_bytes: u64) -> Result<Segment> {
-        let path = dir.join(segment_name(first));
+        let path = new_segment_path(dir, first)?;
         let tmp = dir.join(format!("{}.tmp", segment_name(first)));
-        if path.exists() {
-            // Never replace a segment: names follow the log, so this is a bug or tampering.
-            return Err(Error::corrupt(&path, 0, "a new segment would replace this existing one"));
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -100,27 +106,25 @@ impl Segment {
             .truncate(true)
             .open(&tmp)
             .context("create WAL segment", &tmp)?;
-        fsutil::write_at(&file, &tmp, &encode_header(first), 0)?;
         if preallocate_bytes > SEGMENT_HEADER_BYTES {
             fsutil::preallocate(&file, &tmp, preallocate_bytes)?;
         }
-        fsutil::sync_all(&file, &tmp)?;
-        fsutil::rename(&tmp, &path)?;
-        Ok(Segment { path, file, first_index: first, offsets: Vec::new(), end: SEGMENT_HEADER_BYTES })
+        Segment::install(path, first, &tmp, file)
     }
 
     /// Makes the segment for entries from `first` on out of a spare: a `.tmp` file already
-    /// full of zeros and durable ([`crate::spare`]). The header is written and synced before
-    /// the rename, so a file with a final name always has a whole header, as with
-    /// [`Segment::create`]. The caller makes the directory entry durable.
+    /// full of zeros and durable ([`crate::spare`]). The caller makes the directory entry
+    /// durable.
     pub fn create_from_spare(dir: &Path, first: Index, spare: &Path, file: File) -> Result<Segment> {
-        let path = dir.join(segment_name(first));
-        if path.exists() {
-            return Err(Error::corrupt(&path, 0, "a new segment would replace this existing one"));
-        }
-        fsutil::write_at(&file, spare, &encode_header(first), 0)?;
-        fsutil::sync_data(&file, spare)?;
-        fsutil::rename(spare, &path)?;
+        Segment::install(new_segment_path(dir, first)?, first, spare, file)
+    }
+
+    /// Writes the header into `file` (at `tmp`), fsyncs it and renames it to `path`: a file
+    /// with a final name always has a whole header.
+    fn install(path: PathBuf, first: Index, tmp: &Path, file: File) -> Result<Segment> {
+        fsutil::write_at(&file, tmp, &encode_header(first), 0)?;
+        fsutil::sync_all(&file, tmp)?;
+        fsutil::rename(tmp, &path)?;
         Ok(Segment { path, file, first_index: first, offsets: Vec::new(), end: SEGMENT_HEADER_BYTES })
     }
 
