@@ -36,8 +36,9 @@ SKIFF_HTTP_PORTS=(17111 17112 17113)
 SKIFF_REDIS_PORTS=(17121 17122 17123)
 REDIS_PORT=17379
 
-log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=compare
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 # Cleanup: every process this script started is in PIDS; the EXIT trap stops them all and
@@ -51,14 +52,7 @@ stop_all() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
-        # Up to 10 s for a graceful stop, then SIGKILL.
-        local waited=0
-        while kill -0 "$pid" 2>/dev/null && ((waited < 100)); do
-            sleep 0.1
-            waited=$((waited + 1))
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        stop_pid "$pid"
     done
     PIDS=()
 }
@@ -119,9 +113,6 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $SKIFF ]] || die "$SKIFF not found: build it with cargo build --release -p skiff-cli"
 
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 for port in "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}" "${SKIFF_RAFT_PORTS[@]}" \
     "${SKIFF_HTTP_PORTS[@]}" "${SKIFF_REDIS_PORTS[@]}" "$REDIS_PORT"; do
     port_free "$port" || die "port $port is in use"
@@ -288,20 +279,6 @@ EOF
     log "  $(tr '\n' ' ' <"$out" | tr -d '"')"
 }
 
-# wait_until DESCRIPTION SECONDS COMMAND...: retries COMMAND every 0.2 s.
-wait_until() {
-    local what=$1 seconds=$2
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what: not ready after ${seconds}s (logs in $WORK)"
-        local pid
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null || die "$what: process $pid exited (logs in $WORK)"
-        done
-        sleep 0.2
-    done
-}
 
 # ---------------------------------------------------------------------------------------
 # 3a. etcd: three members, fsync on (etcd always fsyncs its WAL).
@@ -380,11 +357,7 @@ sys.exit(0 if ok else 1)'
 run_skiff() {
     local config=$WORK/skiff/cluster.toml i
     mkdir -p "$WORK/skiff"
-    printf '[cluster]\nname = "skiff-compare"\n' >"$config"
-    for i in 0 1 2; do
-        printf '\n[[node]]\nid = "n%d"\nraft = "127.0.0.1:%s"\nhttp = "127.0.0.1:%s"\nredis = "127.0.0.1:%s"\n' \
-            $((i + 1)) "${SKIFF_RAFT_PORTS[i]}" "${SKIFF_HTTP_PORTS[i]}" "${SKIFF_REDIS_PORTS[i]}" >>"$config"
-    done
+    skiff_cluster_config "$config" skiff-compare "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
     for i in 1 2 3; do
         "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$WORK/skiff/n$i" --log warn \
             >"$WORK/skiff/n$i.log" 2>&1 &

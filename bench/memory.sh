@@ -42,11 +42,9 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SKIFF=${SKIFF:-$ROOT/target/release/skiff}
 
-log() { printf '[memory %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+LOG_NAME=memory
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 ((${#RAFT_PORTS[@]} == 3 && ${#HTTP_PORTS[@]} == 3 && ${#REDIS_PORTS[@]} == 3)) ||
     die "RAFT_PORTS, HTTP_PORTS and REDIS_PORTS need three ports each"
@@ -66,16 +64,10 @@ WORK=""
 
 # stop_node N: SIGTERM, up to 10 s for a graceful stop, then SIGKILL.
 stop_node() {
-    local node=$1 pid waited=0
+    local node=$1 pid
     pid=${PIDS[$node]:-}
     [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((waited < 100)); do
-        sleep 0.1
-        waited=$((waited + 1))
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid"
     unset "PIDS[$node]"
 }
 
@@ -98,9 +90,6 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 for port in "${RAFT_PORTS[@]}" "${HTTP_PORTS[@]}" "${REDIS_PORTS[@]}"; do
     port_free "$port" || die "port $port is in use (set RAFT_PORTS, HTTP_PORTS, REDIS_PORTS)"
 done
@@ -113,11 +102,7 @@ WORK=$(mktemp -d "$TMP_PARENT/skiff-memory.XXXXXX")
 log "data in $WORK"
 
 CONFIG=$WORK/cluster.toml
-printf '[cluster]\nname = "skiff-memory"\n' >"$CONFIG"
-for i in 0 1 2; do
-    printf '\n[[node]]\nid = "n%d"\nraft = "127.0.0.1:%s"\nhttp = "127.0.0.1:%s"\nredis = "127.0.0.1:%s"\n' \
-        $((i + 1)) "${RAFT_PORTS[i]}" "${HTTP_PORTS[i]}" "${REDIS_PORTS[i]}" >>"$CONFIG"
-done
+skiff_cluster_config "$CONFIG" skiff-memory "${RAFT_PORTS[*]}" "${HTTP_PORTS[*]}" "${REDIS_PORTS[*]}"
 
 start_node() {
     local node=$1
@@ -160,21 +145,6 @@ applied_everywhere() {
     echo "$applied"
 }
 
-# wait_until DESCRIPTION SECONDS COMMAND...: retries COMMAND every 0.2 s; its output goes
-# to FOUND. (Not meant for $(...): a failure must stop this shell, not a subshell.)
-FOUND=""
-wait_until() {
-    local what=$1 seconds=$2 node
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until FOUND=$("$@" 2>/dev/null); do
-        ((SECONDS < deadline)) || die "$what: not after ${seconds}s (logs in $WORK)"
-        for node in "${!PIDS[@]}"; do
-            kill -0 "${PIDS[$node]}" 2>/dev/null || die "$what: node n$node exited (log: $WORK/n$node.log)"
-        done
-        sleep 0.2
-    done
-}
 
 # memory N: "VmRSS VmHWM" of node N, in kB.
 memory() {
