@@ -193,11 +193,7 @@ impl KeyMap {
             && size + next.len() <= self.block_bytes
         {
             let next_bound = next_bound.clone();
-            let Some(next) = self.blocks.remove(&next_bound) else { return };
-            if let Some(block) = self.blocks.get_mut(&bound) {
-                block.reserve_exact(next.len());
-                block.extend_from_slice(&next);
-            }
+            self.merge_blocks(&bound, &next_bound);
             return;
         }
         let previous = self.blocks.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&*bound))).next_back();
@@ -205,11 +201,17 @@ impl KeyMap {
             && size + previous.len() <= self.block_bytes
         {
             let previous_bound = previous_bound.clone();
-            let Some(block) = self.blocks.remove(&bound) else { return };
-            if let Some(previous) = self.blocks.get_mut(&previous_bound) {
-                previous.reserve_exact(block.len());
-                previous.extend_from_slice(&block);
-            }
+            self.merge_blocks(&previous_bound, &bound);
+        }
+    }
+
+    /// Moves the records of the block at `second` to the end of the block at `first`, its
+    /// neighbour before it (so the records stay in key order), and drops `second`.
+    fn merge_blocks(&mut self, first: &[u8], second: &[u8]) {
+        let Some(records) = self.blocks.remove(second) else { return };
+        if let Some(block) = self.blocks.get_mut(first) {
+            block.reserve_exact(records.len());
+            block.extend_from_slice(&records);
         }
     }
 
