@@ -103,8 +103,9 @@ impl ClientBuilder {
 ///
 /// Every call has one deadline (the client's timeout) for all its attempts. A call goes to
 /// the endpoint that answered last; when an endpoint refuses the connection, the next one
-/// is tried at once. After a 503 (no leader yet) the call is retried on the next endpoint,
-/// waiting as the server's `Retry-After` asks (at most 1 s). Reads, and writes of the
+/// is tried at once. After a 503 (no leader yet) the call is retried on the next endpoint
+/// after a pause that doubles from 50 ms up to 1 s (shorter when the server's
+/// `Retry-After` says so). Reads, and writes of the
 /// key-value API, are also retried after a 504 or a connection lost mid-request: every
 /// attempt of one write carries the same `Idempotency-Key`, so the cluster applies it once
 /// (thesis §6.3). Membership changes and leader transfers are retried only when they
