@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use skiff::config::{ClusterConfig, NodeConfig};
 use skiff_kv::{Server, ServerOptions};
 
-use crate::client::{Client, normalize_endpoint};
 use crate::commands::Format;
 use crate::serve::wait_for_signal;
 use crate::status;
@@ -132,9 +131,8 @@ async fn stop_all(servers: Vec<Server>) {
 }
 
 fn print_status(endpoints: &[String]) {
-    let endpoints: Vec<String> = endpoints.iter().filter_map(|endpoint| normalize_endpoint(endpoint).ok()).collect();
-    let client = Client::new(endpoints, Duration::from_secs(5));
-    if let Err(error) = status::show(&client, Format::Human) {
+    let client = skiff_client::Client::builder().endpoints(endpoints).timeout(Duration::from_secs(5)).build();
+    if let Err(error) = client.map_err(anyhow::Error::from).and_then(|client| status::show(&client, Format::Human)) {
         println!("(status unavailable: {error:#})");
     }
 }

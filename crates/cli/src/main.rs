@@ -1,7 +1,6 @@
 //! `skiff`: run a node (`serve`), a local cluster (`demo`), or talk to a cluster over its
 //! HTTP API (`get`, `put`, `status`, `shell`, ...). See `skiff help`.
 
-mod api;
 mod bench;
 mod check;
 mod client;
@@ -19,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use skiff_client::Client;
 
-use crate::client::Client;
 use crate::commands::Format;
 use crate::serve::LogFormat;
 
@@ -372,7 +371,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         if cli.client.timeout.is_zero() {
             bail!("--timeout must be more than 0");
         }
-        Ok(Client::new(endpoints, cli.client.timeout))
+        Ok(Client::builder().endpoints(endpoints).timeout(cli.client.timeout).build()?)
     };
     match cli.command {
         Command::Serve(args) => {

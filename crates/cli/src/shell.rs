@@ -10,8 +10,8 @@ use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{CompletionType, Context, Editor, Helper, Highlighter, Hinter, Validator};
+use skiff_client::Client;
 
-use crate::client::Client;
 use crate::commands::{self, Format};
 use crate::status;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use comfy_table::{Cell, Color, Table};
 
-use crate::api::{Members, Status};
-use crate::client::{Client, normalize_endpoint};
+use skiff_client::{Client, Status};
+
 use crate::commands::Format;
 
 /// How long one node may take to answer before its row says `unreachable`.
@@ -21,12 +21,12 @@ const LAG_WARNING: u64 = 100;
 struct Row {
     id: String,
     http: Option<String>,
-    answer: Result<(Status, serde_json::Value)>,
+    answer: Result<Status>,
 }
 
 /// Asks for the member list, then every member for its status, in parallel.
 fn collect(client: &Client) -> Result<Vec<Row>> {
-    let members: Members = client.get("/v1/skiff/members")?.success()?.json()?;
+    let members = client.members()?;
     let rows = std::thread::scope(|scope| {
         let handles: Vec<_> = members
             .members
@@ -34,7 +34,7 @@ fn collect(client: &Client) -> Result<Vec<Row>> {
             .map(|member| {
                 scope.spawn(move || {
                     let answer = match &member.http {
-                        Some(http) => fetch_status(client, http),
+                        Some(http) => client.node_status(http, NODE_TIMEOUT).map_err(Into::into),
                         None => Err(anyhow::anyhow!("no http address")),
                     };
                     Row { id: member.id, http: member.http, answer }
@@ -46,16 +46,10 @@ fn collect(client: &Client) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn fetch_status(client: &Client, http: &str) -> Result<(Status, serde_json::Value)> {
-    let reply = client.get_from(&normalize_endpoint(http)?, "/v1/skiff/status", NODE_TIMEOUT)?.success()?;
-    Ok((reply.json()?, reply.json()?))
-}
-
 /// The table for the rows.
 fn table(rows: &[Row]) -> Table {
-    let leader_commit =
-        rows.iter().filter_map(|row| row.answer.as_ref().ok()).find(|(status, _)| status.role == "leader");
-    let leader_commit = leader_commit.map(|(status, _)| status.commit);
+    let leader_commit = rows.iter().filter_map(|row| row.answer.as_ref().ok()).find(|status| status.role == "leader");
+    let leader_commit = leader_commit.map(|status| status.commit);
     let mut table = Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header([
@@ -73,7 +67,7 @@ fn table(rows: &[Row]) -> Table {
     for row in rows {
         let address = row.http.clone().unwrap_or_else(|| "-".to_string());
         match &row.answer {
-            Ok((status, _)) => {
+            Ok(status) => {
                 let (health, color) = health(status, leader_commit);
                 let role_color = if status.role == "leader" { Color::Green } else { Color::Reset };
                 table.add_row(vec![
@@ -125,7 +119,7 @@ pub fn show(client: &Client, format: Format) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
-            let array: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
+            let array = rows.iter().map(row_json).collect::<Result<Vec<_>>>()?;
             writeln!(out, "{}", serde_json::to_string_pretty(&array)?)?;
         }
         Format::Human => writeln!(out, "{}", table(&rows))?,
@@ -134,13 +128,13 @@ pub fn show(client: &Client, format: Format) -> Result<()> {
 }
 
 /// A row as JSON: the node's status as the API answered it, or what is known of it.
-fn row_json(row: &Row) -> serde_json::Value {
-    match &row.answer {
-        Ok((_, json)) => json.clone(),
+fn row_json(row: &Row) -> Result<serde_json::Value> {
+    Ok(match &row.answer {
+        Ok(status) => serde_json::to_value(status)?,
         Err(error) => serde_json::json!({
             "id": row.id, "http_address": row.http, "role": "unreachable", "error": format!("{error:#}"),
         }),
-    }
+    })
 }
 
 /// `status --watch`: redraws the table every `interval` until interrupted.

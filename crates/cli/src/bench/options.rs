@@ -216,7 +216,7 @@ fn parse_endpoints(target: Target, given: Option<&str>) -> Result<Vec<Endpoint>,
     let mut endpoints = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
         let name = if target.is_http() {
-            crate::client::normalize_endpoint(entry).map_err(|error| error.to_string())?
+            skiff_client::normalize_endpoint(entry).map_err(|error| error.to_string())?
         } else {
             let address = entry.strip_prefix("redis://").unwrap_or(entry).trim_end_matches('/');
             if address.contains("://") || address.contains('/') || !address.contains(':') {

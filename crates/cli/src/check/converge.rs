@@ -111,7 +111,7 @@ fn same_applied(http: &Http, members: &[Member]) -> Option<u64> {
 
 /// A node's own copy of the keys under `prefix` (`?recurse&stale`).
 fn copy(http: &Http, base: &str, prefix: &str) -> Result<Vec<KvEntry>> {
-    let url = format!("{base}/v1/kv/{}?recurse&stale", crate::client::encode_key(prefix));
+    let url = format!("{base}/v1/kv/{}?recurse&stale", skiff_client::encode_key(prefix));
     match http.send(Method::GET, &url, None) {
         Answer::Reply { status: 404, .. } => Ok(Vec::new()),
         Answer::Reply { status: 200, body } => Ok(serde_json::from_slice(&body)?),

@@ -1,7 +1,7 @@
 //! One HTTP exchange at a time, told apart the way a linearizability check needs: did the
 //! request certainly not reach the server, did it get an answer, or was it lost on the way?
 //!
-//! Unlike the CLI's client (`crate::client`), nothing here retries, follows a leader hint or
+//! Unlike `skiff_client::Client`, nothing here retries, follows a leader hint or
 //! reuses a connection: a retry would turn one recorded operation into two attempts, and a
 //! pooled connection that died with its node would make a request that never left look
 //! like one that was lost after it was sent.
@@ -77,7 +77,7 @@ impl Http {
     pub fn send(&self, method: Method, url: &str, body: Option<&[u8]>) -> Answer {
         match self.exchange(method, url, body) {
             Ok((status, body)) => Answer::Reply { status, body },
-            Err(error) if crate::client::is_connect_failure(&error) => Answer::NotSent(describe(&error)),
+            Err(error) if is_connect_failure(&error) => Answer::NotSent(describe(&error)),
             Err(error) => Answer::Lost(describe(&error)),
         }
     }
@@ -141,6 +141,16 @@ pub struct KvEntry {
     pub modify_index: u64,
     #[serde(default)]
     pub flags: u64,
+}
+
+/// Whether the request surely never reached the server.
+fn is_connect_failure(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        ureq::Error::Timeout(timeout) => matches!(timeout, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        _ => false,
+    }
 }
 
 /// A short, stable description of a transport error, used as a tally key.

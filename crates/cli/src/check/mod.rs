@@ -384,7 +384,7 @@ fn conclude(
     });
     if target.local.is_none() && passed {
         // Leave the user's cluster as it was: the run's keys go.
-        let url = format!("{}/v1/kv/{}?recurse", target.members[0].url, crate::client::encode_key(&target.prefix));
+        let url = format!("{}/v1/kv/{}?recurse", target.members[0].url, skiff_client::encode_key(&target.prefix));
         let _ = http.send(ureq::http::Method::DELETE, &url, None);
     }
     Ok(Report {

@@ -156,7 +156,7 @@ impl<'a> Client<'a> {
 }
 
 pub fn kv_url(base: &str, key: &str) -> String {
-    format!("{base}/v1/kv/{}", crate::client::encode_key(key))
+    format!("{base}/v1/kv/{}", skiff_client::encode_key(key))
 }
 
 /// A read's value and ModifyIndex from a `200` (the first entry) or a `404` (absent, 0).

@@ -1,0 +1,185 @@
+//! The API's answers as Rust types (docs/http-api.md). Each serializes back to the JSON the
+//! server sent, field for field; fields a newer server adds are ignored when reading.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// One key and its value, as `GET /v1/kv/<key>` answers it (Consul's form, with the value
+/// decoded from base64).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EntryJson", into = "EntryJson")]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The value's bytes (empty for an empty value).
+    pub value: Vec<u8>,
+    /// The Raft log index of the write that created the key.
+    pub create_index: u64,
+    /// The Raft log index of the last write to the key: what [`cas`](crate::Client::cas)
+    /// compares with.
+    pub modify_index: u64,
+    /// The opaque number stored with the value ([`WriteOptions::flags`](crate::WriteOptions::flags)).
+    pub flags: u64,
+}
+
+/// [`Entry`] as the server sends it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EntryJson {
+    key: String,
+    /// Base64; `null` for an empty value.
+    value: Option<String>,
+    create_index: u64,
+    modify_index: u64,
+    /// Consul's lock index; Skiff has no locks, so it is always 0.
+    #[serde(default)]
+    lock_index: u64,
+    flags: u64,
+}
+
+impl TryFrom<EntryJson> for Entry {
+    type Error = String;
+
+    fn try_from(json: EntryJson) -> Result<Entry, String> {
+        let value = match &json.value {
+            None => Vec::new(),
+            Some(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|error| format!("the value of {:?} is not valid base64: {error}", json.key))?,
+        };
+        let EntryJson { key, create_index, modify_index, flags, .. } = json;
+        Ok(Entry { key, value, create_index, modify_index, flags })
+    }
+}
+
+impl From<Entry> for EntryJson {
+    fn from(entry: Entry) -> EntryJson {
+        let value = (!entry.value.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value));
+        EntryJson {
+            key: entry.key,
+            value,
+            create_index: entry.create_index,
+            modify_index: entry.modify_index,
+            lock_index: 0,
+            flags: entry.flags,
+        }
+    }
+}
+
+/// One node's view of itself and its peers (`GET /v1/skiff/status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node's id (`n1`).
+    pub id: String,
+    /// `leader`, `follower`, `candidate` or `pre-candidate`.
+    pub role: String,
+    /// The node's current term.
+    pub term: u64,
+    /// Whom the node voted for in `term`.
+    pub voted_for: Option<String>,
+    /// The leader the node knows of in `term`.
+    pub leader: Option<String>,
+    /// The node's commit index.
+    pub commit: u64,
+    /// The last index applied to the node's key-value store.
+    pub applied: u64,
+    /// The node's last log entry.
+    pub last_log: LogId,
+    /// The last index covered by the node's snapshot (0: none).
+    pub snapshot_index: u64,
+    /// The voting members' ids.
+    pub voters: Vec<String>,
+    /// The learners' ids (members that replicate but do not vote).
+    pub learners: Vec<String>,
+    /// The node's peer (Raft) address.
+    pub raft_address: String,
+    /// The node's HTTP address, when it has one.
+    pub http_address: Option<String>,
+    /// The other members as this node sees them.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// A log entry's position: its index and the term it was created in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogId {
+    /// The entry's index.
+    pub index: u64,
+    /// The term of the leader that created the entry.
+    pub term: u64,
+}
+
+/// One peer in a node's [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's id.
+    pub id: String,
+    /// Whether the peer votes.
+    pub voter: bool,
+    /// The highest index known to be replicated on the peer (on the leader only).
+    #[serde(rename = "match")]
+    pub match_index: Option<u64>,
+    /// The next index to send to the peer (on the leader only).
+    #[serde(rename = "next")]
+    pub next_index: Option<u64>,
+    /// Whether the node has a working connection to the peer.
+    pub connected: bool,
+    /// Milliseconds since the node last heard from the peer, once it has.
+    pub last_contact_ms: Option<u64>,
+    /// The measured round trip to the peer in milliseconds, once measured.
+    pub rtt_ms: Option<f64>,
+    /// Messages to the peer dropped because its queue was full or it was unreachable.
+    pub dropped_messages: u64,
+}
+
+/// The cluster's members (`GET /v1/skiff/members`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The leader's id, when the answering node knows one.
+    pub leader: Option<String>,
+    /// Every member, voters and learners, in id order.
+    pub members: Vec<Member>,
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's id.
+    pub id: String,
+    /// Whether it votes (a learner does not).
+    pub voter: bool,
+    /// Its peer (Raft) address.
+    pub raft: String,
+    /// Its HTTP address, when it has one: an endpoint for a [`Client`](crate::Client).
+    pub http: Option<String>,
+}
+
+/// A page of one node's log (`GET /v1/skiff/log`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The first index the node still holds; earlier entries are in its snapshot.
+    pub first_index: u64,
+    /// The node's last index.
+    pub last_index: u64,
+    /// The node's commit index.
+    pub commit: u64,
+    /// The node's applied index.
+    pub applied: u64,
+    /// The entries asked for, in index order.
+    pub entries: Vec<LogEntry>,
+}
+
+/// One entry of a [`LogPage`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The entry's index.
+    pub index: u64,
+    /// The term it was created in.
+    pub term: u64,
+    /// Whether it is committed, as the node knows.
+    pub committed: bool,
+    /// `empty`, `command` or `membership`.
+    pub kind: String,
+    /// What the entry does, for people (`put "greeting" (5 bytes)`).
+    pub description: String,
+}
