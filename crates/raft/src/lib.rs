@@ -111,6 +111,8 @@ mod quorum;
 mod raft;
 mod ready;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 
 pub use config::Config;

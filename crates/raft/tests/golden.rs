@@ -26,8 +26,10 @@
 //!   `HeartbeatResponse seq=`, `InstallSnapshot snapshot=`, `ReadIndex id=`).
 //! - `status [ID...]`, `log [ID...]`: print state without changing it.
 //!
-//! After every input command each live node's `Ready` is processed as its contract says
-//! (persist and sync, queue the messages, apply, answer reads, advance). With `ready=false`
+//! After every input command each live node's `Ready` is processed as its contract says, by
+//! the executor the simulator also uses (`skiff_raft::testing`): persist (and sync when
+//! `must_sync` asks: a Ready that only moves the commit index is not synced), queue the
+//! messages, apply, answer reads, advance. With `ready=false`
 //! the `Ready` is left for a later command, or lost by `crash`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -38,9 +40,10 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use goldenscript::{ArgumentConsumer, Command, Context};
+use skiff_raft::testing::{self, Batch, ReadyHandler};
 use skiff_raft::{
     AppendResult, Config, Entry, Envelope, Index, LogId, MemStorage, Membership, MembershipChange, Message, NodeId,
-    Payload, Raft, ReadId, Ready, RoleName, SnapshotMeta, Status, Storage, Term,
+    Payload, Raft, ReadId, ReadState, Ready, RoleName, SnapshotMeta, Status, Storage, Term,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -454,43 +457,19 @@ impl Cluster {
         Err("Ready keeps coming".into())
     }
 
-    /// Acts on one `Ready` in the order its contract says.
+    /// Acts on one `Ready` in the order its contract says (the shared executor), printing
+    /// what it does.
     fn process_ready(&mut self, id: NodeId) -> Result<()> {
         let host = self.hosts.get_mut(&id).expect("a live node");
         let Life::Up(raft) = &mut host.life else { return Ok(()) };
-        let ready = raft.ready()?;
-        // 1. Persist, with one sync.
-        let storage = raft.storage_mut();
-        persist(&mut self.out, id, storage, &mut host.machine, &ready)?;
-        storage.sync()?;
-        // 2. Send (leader messages too: the contract lets them go at step 0 or here, and
-        // sending them here keeps each script's output in the order the reader expects).
-        let snapshot_id = storage.snapshot_meta().last_log_id;
-        for envelope in ready.leader_messages.into_iter().chain(ready.messages) {
-            writeln!(self.out, "{}", format_message(&envelope))?;
-            let snapshot = matches!(envelope.message, Message::InstallSnapshot { .. })
-                .then(|| (snapshot_id, host.machine.snapshot.1.clone()));
-            self.network.push_back(InFlight { envelope, snapshot });
-        }
-        // 3. Apply, and answer reads.
-        if ready.snapshot.is_some() {
-            host.machine.restore();
-        }
-        apply(&mut self.out, id, &mut host.machine, &mut self.applied, &ready.committed)?;
-        for read in ready.reads {
-            match read.result {
-                Ok(index) if index <= host.machine.applied => {
-                    writeln!(self.out, "{id}: read {} index={index} served", read.id.0)?
-                }
-                Ok(index) => {
-                    writeln!(self.out, "{id}: read {} index={index} waits to apply", read.id.0)?;
-                    host.machine.waiting_reads.push((read.id, index));
-                }
-                Err(error) => writeln!(self.out, "{id}: read {} failed: {error}", read.id.0)?,
-            }
-        }
-        // 4. Advance.
-        raft.advance()?;
+        let mut handler = GoldenHandler {
+            id,
+            out: &mut self.out,
+            machine: &mut host.machine,
+            network: &mut self.network,
+            applied: &mut self.applied,
+        };
+        testing::execute(raft, &mut handler)?;
         self.observe(id);
         Ok(())
     }
@@ -589,7 +568,7 @@ impl Cluster {
         if raft.has_ready() {
             // The driver took the Ready and wrote it, but the power went before the sync.
             let ready = raft.ready()?;
-            write_unsynced(raft.storage_mut(), &ready)?;
+            testing::write(raft.storage_mut(), &ready)?;
             lost = describe_unsynced(&ready);
         }
         let life = std::mem::replace(&mut host.life, Life::Down(Box::default()));
@@ -741,40 +720,90 @@ impl StateMachine {
     }
 }
 
-/// Step 1 of the `Ready` contract, without the sync; prints what it writes.
-fn persist(
-    out: &mut String,
+/// The golden runner's part of the `Ready` contract: it prints each step and keeps the
+/// messages in the network until a command delivers them.
+struct GoldenHandler<'a> {
     id: NodeId,
-    storage: &mut MemStorage,
-    machine: &mut StateMachine,
-    ready: &Ready,
-) -> Result<()> {
-    if let Some(meta) = &ready.snapshot {
-        let data = machine.received.take().ok_or("a snapshot to install, but no data came with it")?;
-        assert_eq!(data.0, meta.last_log_id, "snapshot data and metadata differ");
-        writeln!(out, "{id}: install snapshot {} {} state=[{}]", meta.last_log_id, meta.membership, names(&data.1))?;
-        machine.snapshot = data;
-    }
-    if let Some(first) = ready.entries.first() {
-        let last_index = storage.last_index();
-        if first.index() <= last_index {
-            let removed = storage.entries(first.index(), last_index.next(), u64::MAX)?;
-            writeln!(out, "{id}: truncate {}", log_ids(&removed))?;
-        }
-        writeln!(out, "{id}: append {}", format_entries(&ready.entries))?;
-    }
-    write_unsynced(storage, ready)
+    out: &'a mut String,
+    machine: &'a mut StateMachine,
+    network: &'a mut VecDeque<InFlight>,
+    applied: &'a mut BTreeMap<Index, String>,
 }
 
-fn write_unsynced(storage: &mut MemStorage, ready: &Ready) -> Result<()> {
-    if let Some(meta) = &ready.snapshot {
-        storage.install_snapshot(meta.clone())?;
+impl ReadyHandler<MemStorage> for GoldenHandler<'_> {
+    type Error = Box<dyn Error>;
+
+    fn failed(&self, what: &'static str, error: skiff_raft::Error) -> Box<dyn Error> {
+        format!("{}: {what} failed: {error}", self.id).into()
     }
-    storage.append(&ready.entries)?;
-    if let Some(hard_state) = ready.hard_state {
-        storage.set_hard_state(hard_state)?;
+
+    /// Sending a leader's messages with the others keeps each script's output in the order
+    /// the reader expects.
+    fn leader_messages_first(&self) -> bool {
+        false
     }
-    Ok(())
+
+    /// Prints what step 1 writes.
+    fn persisting(&mut self, raft: &Raft<MemStorage>, ready: &Ready) -> Result<()> {
+        let (id, storage) = (self.id, raft.storage());
+        if let Some(meta) = &ready.snapshot {
+            let data = self.machine.received.take().ok_or("a snapshot to install, but no data came with it")?;
+            assert_eq!(data.0, meta.last_log_id, "snapshot data and metadata differ");
+            writeln!(
+                self.out,
+                "{id}: install snapshot {} {} state=[{}]",
+                meta.last_log_id,
+                meta.membership,
+                names(&data.1)
+            )?;
+            self.machine.snapshot = data;
+        }
+        if let Some(first) = ready.entries.first() {
+            let last_index = storage.last_index();
+            if first.index() <= last_index {
+                let removed = storage.entries(first.index(), last_index.next(), u64::MAX)?;
+                writeln!(self.out, "{id}: truncate {}", log_ids(&removed))?;
+            }
+            writeln!(self.out, "{id}: append {}", format_entries(&ready.entries))?;
+        }
+        Ok(())
+    }
+
+    /// Prints each message and queues it, with the snapshot data an `InstallSnapshot` streams.
+    fn send(&mut self, raft: &Raft<MemStorage>, messages: Vec<Envelope>, _batch: Batch) -> Result<()> {
+        let snapshot_id = raft.storage().snapshot_meta().last_log_id;
+        for envelope in messages {
+            writeln!(self.out, "{}", format_message(&envelope))?;
+            let snapshot = matches!(envelope.message, Message::InstallSnapshot { .. })
+                .then(|| (snapshot_id, self.machine.snapshot.1.clone()));
+            self.network.push_back(InFlight { envelope, snapshot });
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, _raft: &Raft<MemStorage>, snapshot: Option<SnapshotMeta>, committed: Vec<Entry>) -> Result<()> {
+        if snapshot.is_some() {
+            self.machine.restore();
+        }
+        apply(self.out, self.id, self.machine, self.applied, &committed)
+    }
+
+    fn answer_reads(&mut self, _raft: &Raft<MemStorage>, reads: Vec<ReadState>) -> Result<()> {
+        let id = self.id;
+        for read in reads {
+            match read.result {
+                Ok(index) if index <= self.machine.applied => {
+                    writeln!(self.out, "{id}: read {} index={index} served", read.id.0)?
+                }
+                Ok(index) => {
+                    writeln!(self.out, "{id}: read {} index={index} waits to apply", read.id.0)?;
+                    self.machine.waiting_reads.push((read.id, index));
+                }
+                Err(error) => writeln!(self.out, "{id}: read {} failed: {error}", read.id.0)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 fn describe_unsynced(ready: &Ready) -> Vec<String> {
