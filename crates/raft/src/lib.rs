@@ -98,6 +98,7 @@
 //! entries toward a commit only once they are durable, and nothing a leader sends depends
 //! on its unpersisted entries. Everything else waits for the sync.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod config;
 mod election;

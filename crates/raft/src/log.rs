@@ -42,7 +42,7 @@ impl<S: Storage> RaftLog<S> {
             commit,
             applied: applied.max(snapshot_index).min(commit),
         };
-        log.check();
+        log.assert_invariants();
         Ok(log)
     }
 
@@ -223,7 +223,7 @@ impl<S: Storage> RaftLog<S> {
         self.applied = index;
     }
 
-    pub fn check(&self) {
+    pub fn assert_invariants(&self) {
         let snapshot_index = match &self.unstable_snapshot {
             Some(meta) => meta.last_log_id.index,
             None => self.storage.snapshot_meta().last_log_id.index,

@@ -28,12 +28,12 @@ pub enum Message {
     /// Leader → follower: "I am still leader". Not in the paper as a separate message: it
     /// carries no entries and no `prev_log_id`, so a follower whose log lags still resets
     /// its election timer. `commit` is at most what this follower is known to hold, so it
-    /// can never commit an entry it does not share with the leader. `read_seq` ties the
+    /// can never commit an entry it does not share with the leader. `heartbeat_round` ties the
     /// round to pending ReadIndex requests (thesis §6.4).
-    Heartbeat { commit: Index, read_seq: u64 },
+    Heartbeat { commit: Index, heartbeat_round: u64 },
 
-    /// Follower → leader: acknowledges the heartbeat of round `read_seq`.
-    HeartbeatResponse { read_seq: u64 },
+    /// Follower → leader: acknowledges the heartbeat of round `heartbeat_round`.
+    HeartbeatResponse { heartbeat_round: u64 },
 
     /// Candidate → voter: vote for me (Raft §5.2), or, with `pre_vote`, would you vote for me
     /// if I campaigned (thesis §9.6)? `leader_transfer` says the campaign follows a

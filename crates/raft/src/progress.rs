@@ -35,7 +35,7 @@ pub struct Progress {
     /// Whether the follower answered anything since the last check-quorum round.
     pub recent_active: bool,
     /// The highest heartbeat round the follower acknowledged (for ReadIndex and leases).
-    pub acked_read_seq: u64,
+    pub acked_heartbeat_round: u64,
 }
 
 impl Progress {
@@ -49,7 +49,7 @@ impl Progress {
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             recent_active: false,
-            acked_read_seq: 0,
+            acked_heartbeat_round: 0,
         }
     }
 
@@ -76,7 +76,7 @@ impl Progress {
             }
             ProgressState::Snapshot { .. } => unreachable!("no entries are sent while a snapshot is pending"),
         }
-        self.check();
+        self.assert_invariants();
     }
 
     /// The follower's log matches ours up to `index`. Returns whether that is news.
@@ -102,7 +102,7 @@ impl Progress {
             ProgressState::Snapshot { index: pending, .. } if index >= pending => self.become_probe(),
             _ => {}
         }
-        self.check();
+        self.assert_invariants();
         true
     }
 
@@ -120,7 +120,7 @@ impl Progress {
         }
         self.become_probe();
         self.next_index = retry_from.max(self.match_index.next()).min(rejected_prev.max(self.match_index.next()));
-        self.check();
+        self.assert_invariants();
         true
     }
 
@@ -147,8 +147,19 @@ impl Progress {
         self.state = ProgressState::Snapshot { index, elapsed_ticks: 0 };
     }
 
-    /// Go back to probing from after `match_index` (a failed or timed-out snapshot, a
-    /// rejection, or an unreachable follower).
+    /// The snapshot stream failed: probe again from after `match_index` (so the next probe
+    /// finds the entries compacted and sends the snapshot again), paused until the follower
+    /// shows a sign of life (`unblock`).
+    pub fn snapshot_failed(&mut self) {
+        self.reset_inflight();
+        self.next_index = self.match_index.next();
+        self.state = ProgressState::Probe { paused: true };
+        self.assert_invariants();
+    }
+
+    /// Go back to probing: from after the pending snapshot (delivered or timed out: the
+    /// follower may hold it), or from after `match_index` (a rejection, or an unreachable
+    /// follower).
     pub fn become_probe(&mut self) {
         self.reset_inflight();
         self.next_index = match self.state {
@@ -169,7 +180,7 @@ impl Progress {
         self.inflight_bytes = 0;
     }
 
-    pub fn check(&self) {
+    pub fn assert_invariants(&self) {
         assert!(
             self.match_index < self.next_index,
             "match {} must be below next {}",

@@ -117,8 +117,10 @@ pub struct Status {
     pub membership: crate::Membership,
     /// The leader's view of each follower (empty on other roles).
     pub progress: Vec<PeerStatus>,
-    /// Messages from other nodes dropped as invalid (unknown sender, impossible index).
-    pub dropped_messages: u64,
+    /// Messages from other nodes dropped as invalid (unknown sender, impossible index),
+    /// counted by the reason they were dropped for (a fixed phrase, e.g. "HeartbeatResponse
+    /// for a round never sent"). Only reasons that occurred are present.
+    pub dropped_messages: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,7 +1,8 @@
 //! Golden-script tests of the consensus core (STYLE §7). Each file in `testscripts/` is one
 //! scenario; this runner drives a cluster of `Raft<MemStorage>` nodes with manual message
 //! delivery and prints what changed, one line each: role and term changes, truncations,
-//! appends, commits, applies, reads, and every message sent or dropped. Messages wait in the
+//! appends, commits, applies, reads, every message sent or lost, and every message a node
+//! dropped as invalid, with the reason it gives. Messages wait in the
 //! network until a command delivers them, so a script can interleave events exactly.
 //!
 //! Regenerate the expected output with `UPDATE_GOLDENFILES=1 cargo test -p skiff-raft --test
@@ -96,6 +97,7 @@ golden_scripts! {
     membership_refused_before_term_commit,
     membership_one_change_at_a_time,
     snapshot_lagging_follower,
+    snapshot_stream_fails,
     restart_from_storage,
     restart_crash_loses_unsynced,
     input_validation,
@@ -228,11 +230,14 @@ struct Seen {
     role: String,
     term: Term,
     commit: Index,
+    /// Messages dropped as invalid, by reason.
+    dropped: BTreeMap<&'static str, u64>,
 }
 
 impl Seen {
     fn of(raft: &Raft<MemStorage>) -> Seen {
-        Seen { role: role_name(raft.role(), raft.leader()), term: raft.term(), commit: raft.commit_index() }
+        let dropped = raft.status().dropped_messages;
+        Seen { role: role_name(raft.role(), raft.leader()), term: raft.term(), commit: raft.commit_index(), dropped }
     }
 }
 
@@ -407,6 +412,11 @@ impl Cluster {
         }
         if before.commit != now.commit {
             writeln!(self.out, "{id}: commit {} -> {}", before.commit, now.commit).unwrap();
+        }
+        for (why, count) in &now.dropped {
+            if before.dropped.get(why) != Some(count) {
+                writeln!(self.out, "{id}: dropped a message: {why}").unwrap();
+            }
         }
         if raft.role() == RoleName::Leader {
             let leader = *self.leaders.entry(now.term).or_insert(id);
@@ -650,7 +660,7 @@ impl Cluster {
                     hint: args.key_log_id("hint")?.unwrap_or_default(),
                 }),
             },
-            "HeartbeatResponse" => Message::HeartbeatResponse { read_seq: args.key("seq")?.unwrap_or(0) },
+            "HeartbeatResponse" => Message::HeartbeatResponse { heartbeat_round: args.key("seq")?.unwrap_or(0) },
             "InstallSnapshot" => {
                 let last_log_id = args.key_log_id("snapshot")?.ok_or("needs snapshot=")?;
                 Message::InstallSnapshot { meta: SnapshotMeta { last_log_id, membership } }
@@ -876,8 +886,9 @@ fn format_status(status: &Status) -> String {
         write!(line, " first={}", status.first_index).unwrap();
     }
     write!(line, " {}", status.membership).unwrap();
-    if status.dropped_messages > 0 {
-        write!(line, " dropped={}", status.dropped_messages).unwrap();
+    let dropped: u64 = status.dropped_messages.values().sum();
+    if dropped > 0 {
+        write!(line, " dropped={dropped}").unwrap();
     }
     for peer in &status.progress {
         let state = match peer.state {
@@ -902,8 +913,8 @@ fn format_message(envelope: &Envelope) -> String {
         Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {
             format!("reject prev={rejected_prev} hint={hint}")
         }
-        Message::Heartbeat { commit, read_seq } => format!("commit={commit} seq={read_seq}"),
-        Message::HeartbeatResponse { read_seq } => format!("seq={read_seq}"),
+        Message::Heartbeat { commit, heartbeat_round } => format!("commit={commit} seq={heartbeat_round}"),
+        Message::HeartbeatResponse { heartbeat_round } => format!("seq={heartbeat_round}"),
         Message::RequestVote { last_log_id, leader_transfer, .. } => {
             format!("last={last_log_id}{}", if *leader_transfer { " transfer" } else { "" })
         }
