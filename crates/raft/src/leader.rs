@@ -14,13 +14,17 @@ use crate::types::{Entry, Index, LogId, MembershipChange, NodeId, Payload, ReadI
 /// Leader state. Invariants: `progress` has an entry for every member and for this node
 /// (whose `match_index` is what it has made durable); `reads` are in increasing `round`.
 pub(crate) struct Leader {
+    /// Each member's replication progress, and this node's own (its durable log).
     pub progress: BTreeMap<NodeId, Progress>,
+    /// Ticks since the last heartbeat round; a round goes out at the heartbeat interval.
     heartbeat_elapsed_ticks: u32,
+    /// Ticks since the last check-quorum round (thesis §6.2); one every election timeout.
     check_quorum_elapsed_ticks: u32,
     /// The index of this term's first entry; nothing of this term is committed before it.
     term_start: Index,
     /// Entries not yet committed and their sizes, to bound memory (oldest first).
     uncommitted: VecDeque<(Index, u64)>,
+    /// The sum of the sizes in `uncommitted`, held under `Config::max_uncommitted_bytes`.
     uncommitted_bytes: u64,
     /// New entries to send at the next flush (everything between two `Ready`s is one batch).
     entries_to_send: bool,
@@ -36,6 +40,7 @@ pub(crate) struct Leader {
     reads: VecDeque<PendingRead>,
     /// Reads that came before this term's first entry committed (thesis §6.4 step 1).
     reads_before_term_commit: Vec<(ReadId, Option<NodeId>)>,
+    /// The leader transfer under way, if any (thesis §3.10); no proposals meanwhile.
     transfer: Option<Transfer>,
     /// A transfer was attempted this term. Its `TimeoutNow` (even a late one) lets the
     /// target campaign past the followers' leases, so our lease no longer proves anything:
@@ -43,17 +48,24 @@ pub(crate) struct Leader {
     lease_revoked: bool,
 }
 
+/// A read waiting for a quorum to acknowledge a heartbeat round (thesis §6.4).
 struct PendingRead {
+    /// The request, as its driver named it.
     id: ReadId,
     /// The follower that asked, or `None` for this node's own driver.
     from: Option<NodeId>,
     /// The commit index when the read arrived.
     index: Index,
+    /// The first heartbeat round sent after the read arrived; once a quorum acknowledges
+    /// it, we were still leader when the read arrived, and `index` is served.
     round: u64,
 }
 
+/// A leader transfer under way (thesis §3.10).
 struct Transfer {
+    /// The voter that is to take over; it gets a `TimeoutNow` once it holds our whole log.
     target: NodeId,
+    /// Ticks since the transfer began; after an election timeout it is abandoned.
     elapsed_ticks: u32,
 }
 

@@ -12,11 +12,14 @@ use crate::storage::{Storage, StorageError, limit_bytes};
 use crate::types::{Entry, Index, LogId, SnapshotMeta, Term};
 
 pub struct RaftLog<S: Storage> {
+    /// What the driver persisted: the log up to `unstable_offset - 1` (or the snapshot).
     pub storage: S,
     /// A snapshot received from the leader and not yet persisted.
     unstable_snapshot: Option<SnapshotMeta>,
     /// Entries not yet persisted; `unstable[0]` has index `unstable_offset`.
     unstable: Vec<Entry>,
+    /// The index of `unstable[0]`: at most the store's last index + 1 (an offset at or
+    /// below it means the unstable entries replace the store's tail).
     unstable_offset: Index,
     /// The highest index known committed.
     commit: Index,

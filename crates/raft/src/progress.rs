@@ -8,17 +8,29 @@ use std::collections::VecDeque;
 
 use crate::types::Index;
 
+/// How the leader replicates to one follower (the states of etcd's `tracker/progress.go`,
+/// for the optimisation at the end of Raft §5.3 and pipelining).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgressState {
     /// We don't know where the follower's log agrees with ours: send one `AppendEntries`
-    /// at a time and wait for its answer (`paused` while one is out).
-    Probe { paused: bool },
+    /// at a time and wait for its answer.
+    Probe {
+        /// One probe is out, unanswered: send nothing more until an answer or a sign of
+        /// life (a heartbeat answer) unpauses it.
+        paused: bool,
+    },
     /// The follower accepted our last probe: stream batches without waiting, up to the
     /// in-flight limits (pipelining).
     Replicate,
     /// The follower needs a snapshot of everything up to `index`; wait for it to install
-    /// it (or for the attempt to time out after `elapsed_ticks`).
-    Snapshot { index: Index, elapsed_ticks: u32 },
+    /// it, for the runtime's report on the stream, or for the attempt to time out.
+    Snapshot {
+        /// The last index the snapshot sent covers (above the follower's `match_index`).
+        index: Index,
+        /// Ticks since the snapshot was sent; after an election timeout the leader gives
+        /// up waiting and probes again.
+        elapsed_ticks: u32,
+    },
 }
 
 /// Per-follower replication progress, kept by the leader.
@@ -28,9 +40,12 @@ pub struct Progress {
     pub match_index: Index,
     /// The next index to send.
     pub next_index: Index,
+    /// How we replicate to this follower now.
     pub state: ProgressState,
-    /// The last index of each batch in flight, and its size in bytes, oldest first.
+    /// The last index of each batch in flight, and its size in bytes, oldest first. Empty
+    /// outside `Replicate`; at most `Config::max_inflight` batches.
     inflight: VecDeque<(Index, u64)>,
+    /// The sum of the sizes in `inflight`; sending stops at `Config::max_inflight_bytes`.
     inflight_bytes: u64,
     /// Whether the follower answered anything since the last check-quorum round.
     pub recent_active: bool,
@@ -180,6 +195,7 @@ impl Progress {
         self.inflight_bytes = 0;
     }
 
+    /// Asserts this progress's invariants (see the module doc); runs after every change.
     pub fn assert_invariants(&self) {
         assert!(
             self.match_index < self.next_index,

@@ -26,20 +26,27 @@ use crate::types::{
 /// [`Raft::propose`], ...), then take its output with [`Raft::ready`] and act on it as
 /// [`Ready`] says, then call [`Raft::advance`].
 pub struct Raft<S: Storage> {
+    /// What every role has: term, vote, log, membership, outputs.
     pub(crate) shared: Shared<S>,
+    /// The role, with only its own state (STYLE §2).
     pub(crate) role: Role,
 }
 
 /// State every role has.
 pub(crate) struct Shared<S: Storage> {
+    /// The settings, validated by `Raft::new`.
     pub config: Config,
+    /// This node (`config.id`).
     pub id: NodeId,
     /// The current term; never decreases.
     pub term: Term,
     /// Whom we voted for in `term`.
     pub vote: Option<NodeId>,
+    /// The log: the store plus what is not yet persisted, the commit and applied indexes.
     pub log: RaftLog<S>,
+    /// The memberships in the log after the snapshot; the latest is in effect.
     pub memberships: MembershipHistory,
+    /// Seeded from `config.seed`: draws election timeouts, so a run replays exactly.
     rng: ChaCha8Rng,
     /// This wait's election timeout, drawn from `[E, 2E)`.
     pub election_timeout_ticks: u32,
@@ -78,9 +85,13 @@ pub(crate) struct Follower {
 
 /// A candidate or, with `pre_vote`, a pre-candidate (thesis §9.6).
 pub(crate) struct Candidate {
+    /// A pre-vote campaign: the term is not raised until a quorum would vote (thesis §9.6).
     pub pre_vote: bool,
+    /// Voters that granted their (pre-)vote, this node included; a majority wins.
     pub granted: BTreeSet<NodeId>,
+    /// Voters that refused; a majority of them loses the campaign early.
     pub rejected: BTreeSet<NodeId>,
+    /// Ticks since the campaign began; at the election timeout a new one starts.
     pub election_elapsed_ticks: u32,
 }
 
@@ -184,14 +195,17 @@ impl<S: Storage> Raft<S> {
         Ok(raft)
     }
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.id
     }
 
+    /// The current term (Raft §5.1): never goes back.
     pub fn term(&self) -> Term {
         self.shared.term
     }
 
+    /// The role this node plays now.
     pub fn role(&self) -> RoleName {
         match &self.role {
             Role::Follower(_) => RoleName::Follower,
@@ -210,10 +224,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The highest log index known committed: never goes back while the node runs.
     pub fn commit_index(&self) -> Index {
         self.shared.log.commit_index()
     }
 
+    /// The membership in effect: the latest in the log, committed or not (thesis §4.1).
     pub fn membership(&self) -> &Membership {
         self.shared.membership()
     }
@@ -223,6 +239,8 @@ impl<S: Storage> Raft<S> {
         &self.shared.log.storage
     }
 
+    /// The store, for the driver to write as `Ready` says (between `ready()` and
+    /// `advance()`) and to compact after [`Raft::compact`]. Any other write breaks the core.
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.shared.log.storage
     }
