@@ -114,6 +114,10 @@ impl Leader {
         }
     }
 
+    /// Refuses a proposal of `bytes` while a leader transfer is under way (thesis §3.10) or
+    /// when it would take the uncommitted entries past `Config::max_uncommitted_bytes`. With
+    /// nothing uncommitted any proposal passes, so one large command is never refused
+    /// forever.
     pub fn refuse_proposal_if_busy<S: Storage>(&self, shared: &Shared<S>, bytes: u64) -> Result<(), Error> {
         if let Some(transfer) = &self.transfer {
             return Err(Error::TransferInProgress { target: transfer.target });
@@ -459,8 +463,10 @@ impl Leader {
         }
     }
 
-    /// We are stepping down after our own removal committed: send the new commit index
-    /// now, and ask the most up-to-date voter to campaign at once (thesis §3.10).
+    /// Our own removal committed and we are about to step down (thesis §4.2.2): send the
+    /// new commit index now, and if the best-placed voter holds our whole log, tell it to
+    /// campaign at once (`TimeoutNow`, thesis §3.10) so the cluster need not wait an
+    /// election timeout. (Not the runtime's handing of work to its apply thread.)
     pub fn nominate_successor<S: Storage>(&mut self, shared: &mut Shared<S>) -> Result<(), Error> {
         self.flush(shared)?;
         if let Some(successor) = self.successor(shared)
