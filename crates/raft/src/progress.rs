@@ -242,6 +242,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_snapshot_probes_from_the_match_paused_and_a_delivered_one_from_after_it() {
+        let mut failed = Progress::new(Index(20));
+        failed.matched(Index(3));
+        failed.become_snapshot(Index(15));
+        failed.snapshot_failed();
+        assert_eq!(failed.state, ProgressState::Probe { paused: true });
+        assert_eq!(failed.next_index, Index(4), "the follower holds nothing new");
+        assert!(!failed.can_send(2, 100), "wait for a sign of life");
+        failed.unblock(2, 100);
+        assert!(failed.can_send(2, 100));
+
+        let mut delivered = Progress::new(Index(20));
+        delivered.matched(Index(3));
+        delivered.become_snapshot(Index(15));
+        delivered.become_probe();
+        assert_eq!(delivered.state, ProgressState::Probe { paused: false });
+        assert_eq!(delivered.next_index, Index(16));
+    }
+
+    #[test]
     fn rejection_goes_back_to_probing_at_the_hint_but_never_below_match() {
         let mut progress = Progress::new(Index(20));
         progress.matched(Index(5));

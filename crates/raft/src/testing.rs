@@ -119,8 +119,7 @@ pub fn execute<S: Storage, H: ReadyHandler<S>>(raft: &mut Raft<S>, handler: &mut
         return Ok(Executed::Nothing);
     }
     let crash = handler.crash_point();
-    let ready = raft.ready().map_err(|error| handler.failed("ready()", error))?;
-    let mut ready = ready;
+    let mut ready = raft.ready().map_err(|error| handler.failed("ready()", error))?;
     // Step 0: a durable leader's messages may leave before its own fsync (thesis §10.2.1).
     let leader_messages = std::mem::take(&mut ready.leader_messages);
     if handler.leader_messages_first() {
