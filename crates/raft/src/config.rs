@@ -3,6 +3,7 @@
 
 use crate::types::{Index, NodeId};
 
+/// The settings of one node's core; [`Config::new`] gives the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This node's id.

@@ -90,10 +90,10 @@ impl<S: Storage> Raft<S> {
 
     /// A heartbeat: the leader is alive (the caller reset our timer); commit as far as the
     /// leader says we match, and acknowledge the round.
-    pub(crate) fn handle_heartbeat(&mut self, leader: NodeId, commit: Index, read_seq: u64) {
+    pub(crate) fn handle_heartbeat(&mut self, leader: NodeId, commit: Index, heartbeat_round: u64) {
         let last_index = self.shared.log.last_index();
         self.shared.log.commit_to(commit.min(last_index));
-        self.shared.send(leader, Message::HeartbeatResponse { read_seq });
+        self.shared.send(leader, Message::HeartbeatResponse { heartbeat_round });
     }
 
     /// Raft §7: install a snapshot unless our log already holds its last entry; either way,

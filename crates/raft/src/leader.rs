@@ -14,20 +14,24 @@ use crate::types::{Entry, Index, LogId, MembershipChange, NodeId, Payload, ReadI
 /// Leader state. Invariants: `progress` has an entry for every member and for this node
 /// (whose `match_index` is what it has made durable); `reads` are in increasing `round`.
 pub(crate) struct Leader {
+    /// Each member's replication progress, and this node's own (its durable log).
     pub progress: BTreeMap<NodeId, Progress>,
+    /// Ticks since the last heartbeat round; a round goes out at the heartbeat interval.
     heartbeat_elapsed_ticks: u32,
+    /// Ticks since the last check-quorum round (thesis §6.2); one every election timeout.
     check_quorum_elapsed_ticks: u32,
     /// The index of this term's first entry; nothing of this term is committed before it.
     term_start: Index,
     /// Entries not yet committed and their sizes, to bound memory (oldest first).
     uncommitted: VecDeque<(Index, u64)>,
+    /// The sum of the sizes in `uncommitted`, held under `Config::max_uncommitted_bytes`.
     uncommitted_bytes: u64,
     /// New entries to send at the next flush (everything between two `Ready`s is one batch).
     entries_to_send: bool,
     /// The commit index moved: tell followers at the next flush.
     commit_to_send: bool,
     /// The last heartbeat round sent.
-    read_seq: u64,
+    heartbeat_round: u64,
     /// A read waits for a heartbeat round: send one at the next flush.
     round_requested: bool,
     /// The tick at which each recent heartbeat round was sent, for leases.
@@ -36,6 +40,7 @@ pub(crate) struct Leader {
     reads: VecDeque<PendingRead>,
     /// Reads that came before this term's first entry committed (thesis §6.4 step 1).
     reads_before_term_commit: Vec<(ReadId, Option<NodeId>)>,
+    /// The leader transfer under way, if any (thesis §3.10); no proposals meanwhile.
     transfer: Option<Transfer>,
     /// A transfer was attempted this term. Its `TimeoutNow` (even a late one) lets the
     /// target campaign past the followers' leases, so our lease no longer proves anything:
@@ -43,17 +48,24 @@ pub(crate) struct Leader {
     lease_revoked: bool,
 }
 
+/// A read waiting for a quorum to acknowledge a heartbeat round (thesis §6.4).
 struct PendingRead {
+    /// The request, as its driver named it.
     id: ReadId,
     /// The follower that asked, or `None` for this node's own driver.
     from: Option<NodeId>,
     /// The commit index when the read arrived.
     index: Index,
+    /// The first heartbeat round sent after the read arrived; once a quorum acknowledges
+    /// it, we were still leader when the read arrived, and `index` is served.
     round: u64,
 }
 
+/// A leader transfer under way (thesis §3.10).
 struct Transfer {
+    /// The voter that is to take over; it gets a `TimeoutNow` once it holds our whole log.
     target: NodeId,
+    /// Ticks since the transfer began; after an election timeout it is abandoned.
     elapsed_ticks: u32,
 }
 
@@ -71,7 +83,7 @@ impl Leader {
             uncommitted_bytes: 0,
             entries_to_send: false,
             commit_to_send: false,
-            read_seq: 0,
+            heartbeat_round: 0,
             round_requested: false,
             round_sent_ticks: BTreeMap::new(),
             reads: VecDeque::new(),
@@ -102,7 +114,11 @@ impl Leader {
         }
     }
 
-    pub fn check_accepts_proposals<S: Storage>(&self, shared: &Shared<S>, bytes: u64) -> Result<(), Error> {
+    /// Refuses a proposal of `bytes` while a leader transfer is under way (thesis §3.10) or
+    /// when it would take the uncommitted entries past `Config::max_uncommitted_bytes`. With
+    /// nothing uncommitted any proposal passes, so one large command is never refused
+    /// forever.
+    pub fn refuse_proposal_if_busy<S: Storage>(&self, shared: &Shared<S>, bytes: u64) -> Result<(), Error> {
         if let Some(transfer) = &self.transfer {
             return Err(Error::TransferInProgress { target: transfer.target });
         }
@@ -219,12 +235,25 @@ impl Leader {
         Ok(())
     }
 
-    pub fn report_snapshot(&mut self, peer: NodeId, _delivered: bool) {
-        if let Some(progress) = self.progress.get_mut(&peer)
-            && matches!(progress.state, ProgressState::Snapshot { .. })
-        {
+    /// The runtime finished streaming our snapshot to `peer` (Raft §7, thesis §5.1).
+    ///
+    /// The rule: a delivered snapshot is the follower's log up to the snapshot index, so we
+    /// probe from after it at once (its `AppendEntriesResponse` confirms the match). A
+    /// failed stream left the follower with nothing new: we probe from after its known
+    /// match, which is compacted, so the next probe resends the snapshot directly instead of
+    /// first probing past it and waiting for a rejection. That probe waits (paused) for a
+    /// sign of life from the follower, its next heartbeat answer, so an unreachable follower
+    /// is not sent snapshot after snapshot in a loop.
+    pub fn report_snapshot(&mut self, peer: NodeId, delivered: bool) {
+        let Some(progress) = self.progress.get_mut(&peer) else { return };
+        if !matches!(progress.state, ProgressState::Snapshot { .. }) {
+            return;
+        }
+        if delivered {
             progress.become_probe();
             self.entries_to_send = true;
+        } else {
+            progress.snapshot_failed();
         }
     }
 
@@ -332,7 +361,7 @@ impl Leader {
         } else if shared.config.lease_reads && !self.lease_revoked && self.lease_valid(shared) {
             answer_read(shared, id, from, commit);
         } else {
-            self.reads.push_back(PendingRead { id, from, index: commit, round: self.read_seq + 1 });
+            self.reads.push_back(PendingRead { id, from, index: commit, round: self.heartbeat_round + 1 });
             self.round_requested = true;
         }
     }
@@ -346,7 +375,7 @@ impl Leader {
             if id == shared.id {
                 return now;
             }
-            let round = self.progress.get(&id).map_or(0, |p| p.acked_read_seq);
+            let round = self.progress.get(&id).map_or(0, |p| p.acked_heartbeat_round);
             self.round_sent_ticks.get(&round).copied().unwrap_or(0)
         };
         let lease_ticks = u64::from(shared.config.election_timeout_ticks).saturating_sub(2);
@@ -358,16 +387,17 @@ impl Leader {
 
     /// Sends a heartbeat round to every follower, each with the commit index it may use.
     fn broadcast_heartbeat<S: Storage>(&mut self, shared: &mut Shared<S>) {
-        self.read_seq += 1;
+        self.heartbeat_round += 1;
         self.round_requested = false;
         self.heartbeat_elapsed_ticks = 0;
-        self.round_sent_ticks.insert(self.read_seq, shared.ticks);
+        self.round_sent_ticks.insert(self.heartbeat_round, shared.ticks);
         let oldest_kept = shared.ticks.saturating_sub(2 * u64::from(shared.config.election_timeout_ticks));
         self.round_sent_ticks.retain(|_, &mut tick| tick >= oldest_kept);
         let commit = shared.log.commit_index();
         for peer in self.peers(shared) {
             let matched = self.progress[&peer].match_index;
-            shared.send(peer, Message::Heartbeat { commit: commit.min(matched), read_seq: self.read_seq });
+            shared
+                .send(peer, Message::Heartbeat { commit: commit.min(matched), heartbeat_round: self.heartbeat_round });
         }
         self.release_reads(shared);
     }
@@ -376,19 +406,19 @@ impl Leader {
         &mut self,
         shared: &mut Shared<S>,
         from: NodeId,
-        read_seq: u64,
+        heartbeat_round: u64,
     ) -> Result<(), Error> {
         let last_index = shared.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {
             shared.drop_message("HeartbeatResponse from a non-member");
             return Ok(());
         };
-        if read_seq > self.read_seq {
+        if heartbeat_round > self.heartbeat_round {
             shared.drop_message("HeartbeatResponse for a round never sent");
             return Ok(());
         }
         progress.recent_active = true;
-        progress.acked_read_seq = progress.acked_read_seq.max(read_seq);
+        progress.acked_heartbeat_round = progress.acked_heartbeat_round.max(heartbeat_round);
         let lagging = progress.match_index < last_index;
         if lagging {
             // An append or its answer may have been lost: let one more through.
@@ -404,7 +434,11 @@ impl Leader {
     /// Answers the reads whose round a quorum has acknowledged.
     fn release_reads<S: Storage>(&mut self, shared: &mut Shared<S>) {
         let acked = |id: NodeId| {
-            if id == shared.id { self.read_seq } else { self.progress.get(&id).map_or(0, |p| p.acked_read_seq) }
+            if id == shared.id {
+                self.heartbeat_round
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.acked_heartbeat_round)
+            }
         };
         let Some(confirmed) = quorum_value(&shared.membership().voters, acked) else { return };
         while let Some(read) = self.reads.front() {
@@ -429,9 +463,11 @@ impl Leader {
         }
     }
 
-    /// We are stepping down after our own removal committed: send the new commit index
-    /// now, and ask the most up-to-date voter to campaign at once (thesis §3.10).
-    pub fn hand_over<S: Storage>(&mut self, shared: &mut Shared<S>) -> Result<(), Error> {
+    /// Our own removal committed and we are about to step down (thesis §4.2.2): send the
+    /// new commit index now, and if the best-placed voter holds our whole log, tell it to
+    /// campaign at once (`TimeoutNow`, thesis §3.10) so the cluster need not wait an
+    /// election timeout. (Not the runtime's handing of work to its apply thread.)
+    pub fn nominate_successor<S: Storage>(&mut self, shared: &mut Shared<S>) -> Result<(), Error> {
         self.flush(shared)?;
         if let Some(successor) = self.successor(shared)
             && self.progress[&successor].match_index == shared.log.last_index()
@@ -509,7 +545,7 @@ impl Leader {
         Ok(false)
     }
 
-    pub fn check<S: Storage>(&self, shared: &Shared<S>) {
+    pub fn assert_invariants<S: Storage>(&self, shared: &Shared<S>) {
         assert!(self.progress.contains_key(&shared.id), "the leader tracks itself");
         for id in shared.membership().members() {
             assert!(self.progress.contains_key(&id), "no progress for member {id}");

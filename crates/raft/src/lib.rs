@@ -75,17 +75,25 @@
 //! and the driver compacts the log. When a follower needs compacted entries, the leader
 //! sends `InstallSnapshot` with the metadata; the runtime streams the data. A follower whose
 //! log does not already hold the snapshot's last entry replaces its log and state machine
-//! (Raft §7).
+//! (Raft §7). The runtime reports how the stream ended ([`Raft::report_snapshot`]): after a
+//! failed one the leader resends the snapshot at the follower's next sign of life.
 //!
 //! ## Restart
 //! [`Raft::new`] rebuilds a node from its storage: hard state (term, vote, commit),
-//! snapshot metadata, and the log, from which it recovers the membership in effect.
+//! snapshot metadata, and the log, from which it recovers the membership in effect. The
+//! commit index is synced only along with other changes, so it may come back lower than it
+//! was; the leader tells the node the rest.
+//!
+//! ## Testing
+//! With the `testing` feature, `testing::execute` runs one `Ready` through its contract
+//! for a test harness (the golden scripts, the smoke tests and the simulator all use it),
+//! with hooks where the harness prints, checks or crashes the node.
 //!
 //! ## Safety checks
 //! Local invariants are asserted always, not only in debug builds: terms and commit indexes
 //! never go back, the log is contiguous, nothing committed is truncated, two leaders in one
 //! term stop the node. Input from other nodes is validated instead: a misaddressed message,
-//! a response from a non-member or an impossible index is dropped and counted
+//! a response from a non-member or an impossible index is dropped and counted by reason
 //! ([`Status::dropped_messages`]).
 //!
 //! ## Not implemented
@@ -98,6 +106,7 @@
 //! entries toward a commit only once they are durable, and nothing a leader sends depends
 //! on its unpersisted entries. Everything else waits for the sync.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod config;
 mod election;
@@ -111,6 +120,8 @@ mod quorum;
 mod raft;
 mod ready;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 
 pub use config::Config;

@@ -12,11 +12,14 @@ use crate::storage::{Storage, StorageError, limit_bytes};
 use crate::types::{Entry, Index, LogId, SnapshotMeta, Term};
 
 pub struct RaftLog<S: Storage> {
+    /// What the driver persisted: the log up to `unstable_offset - 1` (or the snapshot).
     pub storage: S,
     /// A snapshot received from the leader and not yet persisted.
     unstable_snapshot: Option<SnapshotMeta>,
     /// Entries not yet persisted; `unstable[0]` has index `unstable_offset`.
     unstable: Vec<Entry>,
+    /// The index of `unstable[0]`: at most the store's last index + 1 (an offset at or
+    /// below it means the unstable entries replace the store's tail).
     unstable_offset: Index,
     /// The highest index known committed.
     commit: Index,
@@ -42,7 +45,7 @@ impl<S: Storage> RaftLog<S> {
             commit,
             applied: applied.max(snapshot_index).min(commit),
         };
-        log.check();
+        log.assert_invariants();
         Ok(log)
     }
 
@@ -223,7 +226,7 @@ impl<S: Storage> RaftLog<S> {
         self.applied = index;
     }
 
-    pub fn check(&self) {
+    pub fn assert_invariants(&self) {
         let snapshot_index = match &self.unstable_snapshot {
             Some(meta) => meta.last_log_id.index,
             None => self.storage.snapshot_meta().last_log_id.index,

@@ -8,17 +8,29 @@ use std::collections::VecDeque;
 
 use crate::types::Index;
 
+/// How the leader replicates to one follower (the states of etcd's `tracker/progress.go`,
+/// for the optimisation at the end of Raft §5.3 and pipelining).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProgressState {
     /// We don't know where the follower's log agrees with ours: send one `AppendEntries`
-    /// at a time and wait for its answer (`paused` while one is out).
-    Probe { paused: bool },
+    /// at a time and wait for its answer.
+    Probe {
+        /// One probe is out, unanswered: send nothing more until an answer or a sign of
+        /// life (a heartbeat answer) unpauses it.
+        paused: bool,
+    },
     /// The follower accepted our last probe: stream batches without waiting, up to the
     /// in-flight limits (pipelining).
     Replicate,
     /// The follower needs a snapshot of everything up to `index`; wait for it to install
-    /// it (or for the attempt to time out after `elapsed_ticks`).
-    Snapshot { index: Index, elapsed_ticks: u32 },
+    /// it, for the runtime's report on the stream, or for the attempt to time out.
+    Snapshot {
+        /// The last index the snapshot sent covers (above the follower's `match_index`).
+        index: Index,
+        /// Ticks since the snapshot was sent; after an election timeout the leader gives
+        /// up waiting and probes again.
+        elapsed_ticks: u32,
+    },
 }
 
 /// Per-follower replication progress, kept by the leader.
@@ -28,14 +40,17 @@ pub struct Progress {
     pub match_index: Index,
     /// The next index to send.
     pub next_index: Index,
+    /// How we replicate to this follower now.
     pub state: ProgressState,
-    /// The last index of each batch in flight, and its size in bytes, oldest first.
+    /// The last index of each batch in flight, and its size in bytes, oldest first. Empty
+    /// outside `Replicate`; at most `Config::max_inflight` batches.
     inflight: VecDeque<(Index, u64)>,
+    /// The sum of the sizes in `inflight`; sending stops at `Config::max_inflight_bytes`.
     inflight_bytes: u64,
     /// Whether the follower answered anything since the last check-quorum round.
     pub recent_active: bool,
     /// The highest heartbeat round the follower acknowledged (for ReadIndex and leases).
-    pub acked_read_seq: u64,
+    pub acked_heartbeat_round: u64,
 }
 
 impl Progress {
@@ -49,7 +64,7 @@ impl Progress {
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             recent_active: false,
-            acked_read_seq: 0,
+            acked_heartbeat_round: 0,
         }
     }
 
@@ -76,7 +91,7 @@ impl Progress {
             }
             ProgressState::Snapshot { .. } => unreachable!("no entries are sent while a snapshot is pending"),
         }
-        self.check();
+        self.assert_invariants();
     }
 
     /// The follower's log matches ours up to `index`. Returns whether that is news.
@@ -102,7 +117,7 @@ impl Progress {
             ProgressState::Snapshot { index: pending, .. } if index >= pending => self.become_probe(),
             _ => {}
         }
-        self.check();
+        self.assert_invariants();
         true
     }
 
@@ -120,7 +135,7 @@ impl Progress {
         }
         self.become_probe();
         self.next_index = retry_from.max(self.match_index.next()).min(rejected_prev.max(self.match_index.next()));
-        self.check();
+        self.assert_invariants();
         true
     }
 
@@ -147,8 +162,19 @@ impl Progress {
         self.state = ProgressState::Snapshot { index, elapsed_ticks: 0 };
     }
 
-    /// Go back to probing from after `match_index` (a failed or timed-out snapshot, a
-    /// rejection, or an unreachable follower).
+    /// The snapshot stream failed: probe again from after `match_index` (so the next probe
+    /// finds the entries compacted and sends the snapshot again), paused until the follower
+    /// shows a sign of life (`unblock`).
+    pub fn snapshot_failed(&mut self) {
+        self.reset_inflight();
+        self.next_index = self.match_index.next();
+        self.state = ProgressState::Probe { paused: true };
+        self.assert_invariants();
+    }
+
+    /// Go back to probing: from after the pending snapshot (delivered or timed out: the
+    /// follower may hold it), or from after `match_index` (a rejection, or an unreachable
+    /// follower).
     pub fn become_probe(&mut self) {
         self.reset_inflight();
         self.next_index = match self.state {
@@ -169,7 +195,8 @@ impl Progress {
         self.inflight_bytes = 0;
     }
 
-    pub fn check(&self) {
+    /// Asserts this progress's invariants (see the module doc); runs after every change.
+    pub fn assert_invariants(&self) {
         assert!(
             self.match_index < self.next_index,
             "match {} must be below next {}",
@@ -212,6 +239,26 @@ mod tests {
         progress.sent(Index(1), 60);
         progress.sent(Index(2), 60);
         assert!(!progress.can_send(10, 100));
+    }
+
+    #[test]
+    fn a_failed_snapshot_probes_from_the_match_paused_and_a_delivered_one_from_after_it() {
+        let mut failed = Progress::new(Index(20));
+        failed.matched(Index(3));
+        failed.become_snapshot(Index(15));
+        failed.snapshot_failed();
+        assert_eq!(failed.state, ProgressState::Probe { paused: true });
+        assert_eq!(failed.next_index, Index(4), "the follower holds nothing new");
+        assert!(!failed.can_send(2, 100), "wait for a sign of life");
+        failed.unblock(2, 100);
+        assert!(failed.can_send(2, 100));
+
+        let mut delivered = Progress::new(Index(20));
+        delivered.matched(Index(3));
+        delivered.become_snapshot(Index(15));
+        delivered.become_probe();
+        assert_eq!(delivered.state, ProgressState::Probe { paused: false });
+        assert_eq!(delivered.next_index, Index(16));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ([`Follower`], [`Candidate`], [`crate::leader::Leader`]). `step` only checks terms and
 //! dispatches: the handlers live in `election.rs`, `follower.rs` and `leader.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -26,20 +26,27 @@ use crate::types::{
 /// [`Raft::propose`], ...), then take its output with [`Raft::ready`] and act on it as
 /// [`Ready`] says, then call [`Raft::advance`].
 pub struct Raft<S: Storage> {
+    /// What every role has: term, vote, log, membership, outputs.
     pub(crate) shared: Shared<S>,
+    /// The role, with only its own state (STYLE §2).
     pub(crate) role: Role,
 }
 
 /// State every role has.
 pub(crate) struct Shared<S: Storage> {
+    /// The settings, validated by `Raft::new`.
     pub config: Config,
+    /// This node (`config.id`).
     pub id: NodeId,
     /// The current term; never decreases.
     pub term: Term,
     /// Whom we voted for in `term`.
     pub vote: Option<NodeId>,
+    /// The log: the store plus what is not yet persisted, the commit and applied indexes.
     pub log: RaftLog<S>,
+    /// The memberships in the log after the snapshot; the latest is in effect.
     pub memberships: MembershipHistory,
+    /// Seeded from `config.seed`: draws election timeouts, so a run replays exactly.
     rng: ChaCha8Rng,
     /// This wait's election timeout, drawn from `[E, 2E)`.
     pub election_timeout_ticks: u32,
@@ -47,7 +54,9 @@ pub(crate) struct Shared<S: Storage> {
     pub outbox: Vec<Envelope>,
     /// Read answers to hand out in the next `Ready`.
     pub reads: Vec<ReadState>,
-    pub dropped_messages: u64,
+    /// Messages from other nodes dropped as invalid, counted by reason (see
+    /// [`Shared::drop_message`]).
+    pub dropped_messages: BTreeMap<&'static str, u64>,
     /// The hard state the driver last persisted.
     persisted_hard_state: HardState,
     /// Ticks since start; only for leases.
@@ -76,9 +85,13 @@ pub(crate) struct Follower {
 
 /// A candidate or, with `pre_vote`, a pre-candidate (thesis §9.6).
 pub(crate) struct Candidate {
+    /// A pre-vote campaign: the term is not raised until a quorum would vote (thesis §9.6).
     pub pre_vote: bool,
+    /// Voters that granted their (pre-)vote, this node included; a majority wins.
     pub granted: BTreeSet<NodeId>,
+    /// Voters that refused; a majority of them loses the campaign early.
     pub rejected: BTreeSet<NodeId>,
+    /// Ticks since the campaign began; at the election timeout a new one starts.
     pub election_elapsed_ticks: u32,
 }
 
@@ -127,8 +140,11 @@ impl<S: Storage> Shared<S> {
         }
     }
 
-    pub fn drop_message(&mut self, _why: &str) {
-        self.dropped_messages += 1;
+    /// Drops an invalid message from another node (STYLE §5: validated, never asserted)
+    /// and counts it under `why`, a fixed phrase naming what was wrong with it. The core
+    /// has no logger: a driver or a test sees the counts in [`Status::dropped_messages`].
+    pub fn drop_message(&mut self, why: &'static str) {
+        *self.dropped_messages.entry(why).or_default() += 1;
     }
 }
 
@@ -163,7 +179,7 @@ impl<S: Storage> Raft<S> {
             election_timeout_ticks: 0,
             outbox: Vec::new(),
             reads: Vec::new(),
-            dropped_messages: 0,
+            dropped_messages: BTreeMap::new(),
             persisted_hard_state: hard_state,
             ticks: 0,
             pending_advance: None,
@@ -179,14 +195,17 @@ impl<S: Storage> Raft<S> {
         Ok(raft)
     }
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.shared.id
     }
 
+    /// The current term (Raft §5.1): never goes back.
     pub fn term(&self) -> Term {
         self.shared.term
     }
 
+    /// The role this node plays now.
     pub fn role(&self) -> RoleName {
         match &self.role {
             Role::Follower(_) => RoleName::Follower,
@@ -205,10 +224,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The highest log index known committed: never goes back while the node runs.
     pub fn commit_index(&self) -> Index {
         self.shared.log.commit_index()
     }
 
+    /// The membership in effect: the latest in the log, committed or not (thesis §4.1).
     pub fn membership(&self) -> &Membership {
         self.shared.membership()
     }
@@ -218,6 +239,8 @@ impl<S: Storage> Raft<S> {
         &self.shared.log.storage
     }
 
+    /// The store, for the driver to write as `Ready` says (between `ready()` and
+    /// `advance()`) and to compact after [`Raft::compact`]. Any other write breaks the core.
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.shared.log.storage
     }
@@ -277,7 +300,7 @@ impl<S: Storage> Raft<S> {
         self.assert_no_pending_ready();
         let (leader, shared) = self.as_leader()?;
         let payload = Payload::Command(command);
-        leader.check_accepts_proposals(shared, payload.entry_size_bytes())?;
+        leader.refuse_proposal_if_busy(shared, payload.entry_size_bytes())?;
         let log_id = leader.append(shared, payload)?;
         Ok(Proposal { log_id })
     }
@@ -288,7 +311,7 @@ impl<S: Storage> Raft<S> {
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<Proposal, Error> {
         self.assert_no_pending_ready();
         let (leader, shared) = self.as_leader()?;
-        leader.check_accepts_proposals(shared, 0)?;
+        leader.refuse_proposal_if_busy(shared, 0)?;
         let log_id = leader.propose_membership(shared, change)?;
         Ok(Proposal { log_id })
     }
@@ -351,7 +374,10 @@ impl<S: Storage> Raft<S> {
         Ok(meta)
     }
 
-    /// The runtime could not deliver the snapshot to `peer` (or could): go back to probing.
+    /// The runtime finished streaming a snapshot to `peer`, `delivered` or not. A leader
+    /// goes back to probing that peer: from after the snapshot if it was delivered, from
+    /// after the peer's known match (so the snapshot is resent at the peer's next sign of
+    /// life) if it failed. Other roles ignore it.
     pub fn report_snapshot(&mut self, peer: NodeId, delivered: bool) {
         if let Role::Leader(leader) = &mut self.role {
             leader.report_snapshot(peer, delivered);
@@ -423,9 +449,9 @@ impl<S: Storage> Raft<S> {
                 self.follow(from);
                 self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
             }
-            Message::Heartbeat { commit, read_seq } => {
+            Message::Heartbeat { commit, heartbeat_round } => {
                 self.follow(from);
-                self.handle_heartbeat(from, commit, read_seq);
+                self.handle_heartbeat(from, commit, heartbeat_round);
             }
             Message::InstallSnapshot { meta } => {
                 self.follow(from);
@@ -457,9 +483,9 @@ impl<S: Storage> Raft<S> {
                     self.maybe_step_down_after_removal()?;
                 }
             }
-            Message::HeartbeatResponse { read_seq } => {
+            Message::HeartbeatResponse { heartbeat_round } => {
                 if let Role::Leader(leader) = &mut self.role {
-                    leader.handle_heartbeat_response(&mut self.shared, from, read_seq)?;
+                    leader.handle_heartbeat_response(&mut self.shared, from, heartbeat_round)?;
                 }
             }
         }
@@ -514,7 +540,7 @@ impl<S: Storage> Raft<S> {
         let removed = !self.shared.is_voter();
         let committed = self.shared.memberships.active_index() <= self.shared.log.commit_index();
         if removed && committed {
-            leader.hand_over(&mut self.shared)?;
+            leader.nominate_successor(&mut self.shared)?;
             self.become_follower(self.shared.term, None);
         }
         Ok(())
@@ -618,13 +644,13 @@ impl<S: Storage> Raft<S> {
     /// in tests and the simulator.
     pub fn assert_invariants(&self) {
         let shared = &self.shared;
-        shared.log.check();
+        shared.log.assert_invariants();
         assert!(shared.term >= shared.persisted_hard_state.term, "term went back");
         assert!(shared.log.commit_index() >= shared.persisted_hard_state.commit, "commit went back");
         match &self.role {
             Role::Leader(leader) => {
                 assert_eq!(shared.vote, Some(shared.id), "a leader voted for itself");
-                leader.check(shared);
+                leader.assert_invariants(shared);
             }
             Role::Candidate(candidate) if !candidate.pre_vote => {
                 assert_eq!(shared.vote, Some(shared.id), "a candidate voted for itself");
@@ -662,7 +688,7 @@ impl<S: Storage> Raft<S> {
             first_index: shared.log.first_index(),
             membership: shared.membership().clone(),
             progress,
-            dropped_messages: shared.dropped_messages,
+            dropped_messages: shared.dropped_messages.clone(),
         }
     }
 }

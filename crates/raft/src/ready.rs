@@ -56,44 +56,93 @@ pub struct Ready {
 /// read is served, or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadState {
+    /// The request, as the driver named it in [`crate::Raft::read_index`].
     pub id: ReadId,
+    /// The read index: serve the read once the state machine has applied it (it is at
+    /// least the commit index when the read arrived, confirmed by a quorum, thesis §6.4).
+    /// Or why the read cannot be served.
     pub result: Result<Index, ReadError>,
 }
 
+/// Why a read request got no read index.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ReadError {
     /// Leadership changed before the read was confirmed; retry against the new leader.
     #[error("leadership changed before the read was confirmed (leader now: {})", display_leader(*.leader))]
-    LeadershipLost { leader: Option<NodeId> },
+    LeadershipLost {
+        /// The leader this node now knows of, if any: where to retry.
+        leader: Option<NodeId>,
+    },
 }
 
 /// What a proposal got: the log position its entry will commit at, if it commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proposal {
+    /// The entry's index and the leader's term. The proposal is committed if and when an
+    /// entry with exactly this id appears in `Ready::committed`; an entry of another term
+    /// at this index means it was lost to a leader change (Raft §5.3) and may be retried.
     pub log_id: LogId,
 }
 
 /// Why an input was refused.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Error {
+    /// A proposal, transfer or membership change reached a node that is not the leader.
     #[error("this node is not the leader (leader: {})", display_leader(*.leader))]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where to retry.
+        leader: Option<NodeId>,
+    },
+    /// The leader is handing over to another node and takes no proposals meanwhile
+    /// (thesis §3.10); the transfer ends within an election timeout either way.
     #[error("leadership is being transferred to {target}; retry when it completes")]
-    TransferInProgress { target: NodeId },
+    TransferInProgress {
+        /// The node leadership is being transferred to.
+        target: NodeId,
+    },
+    /// The leader's uncommitted entries already reach `Config::max_uncommitted_bytes`:
+    /// back-pressure, so a leader cut off from its quorum does not grow without bound.
     #[error("{uncommitted_bytes} bytes are waiting to commit (limit {limit_bytes}); retry when the cluster catches up")]
-    TooManyUncommitted { uncommitted_bytes: u64, limit_bytes: u64 },
+    TooManyUncommitted {
+        /// Bytes of entries appended but not yet committed (as `Entry::size_bytes` counts).
+        uncommitted_bytes: u64,
+        /// The configured limit.
+        limit_bytes: u64,
+    },
+    /// A membership change before the leader committed an entry of its own term (the
+    /// single-server change bug, thesis §4.1 errata).
     #[error("the leader has not yet committed an entry of its term {term}; retry shortly")]
-    LeaderNotReady { term: Term },
+    LeaderNotReady {
+        /// The leader's current term.
+        term: Term,
+    },
+    /// Another membership change is not yet committed: one change at a time (thesis §4.1).
     #[error("membership change at index {index} is not yet committed; one change at a time")]
-    MembershipChangePending { index: Index },
+    MembershipChangePending {
+        /// The log index of the pending change.
+        index: Index,
+    },
+    /// The change makes no sense for the current membership (adding a member twice,
+    /// removing a stranger, removing the last voter); the text says which.
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(String),
+    /// Only a voter may campaign or be the target of a leader transfer; this one is not.
     #[error("{0} is not a voter")]
     NotAVoter(NodeId),
+    /// [`crate::Raft::compact`] was asked for an index outside `[first log index, applied
+    /// index]`.
     #[error("cannot snapshot at {index}: {reason}")]
-    InvalidSnapshot { index: Index, reason: String },
+    InvalidSnapshot {
+        /// The index asked for.
+        index: Index,
+        /// Which bound it broke.
+        reason: String,
+    },
+    /// [`crate::Raft::new`] was given a `Config` that fails `Config::validate`; the text
+    /// says which setting.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The storage failed; for `StorageError::Io` the node must stop.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -105,27 +154,46 @@ fn display_leader(leader: Option<NodeId>) -> String {
 /// A copy of a node's state for status views and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
+    /// This node.
     pub id: NodeId,
+    /// Its role now.
     pub role: RoleName,
+    /// Its current term.
     pub term: Term,
+    /// Whom it voted for in `term`, if anyone.
     pub vote: Option<NodeId>,
+    /// The leader of `term` it knows of (itself when leader), if any.
     pub leader: Option<NodeId>,
+    /// Its commit index. `applied <= commit <= last_log_id.index`.
     pub commit: Index,
+    /// The last index handed to the driver to apply (in a `Ready` already advanced past).
     pub applied: Index,
+    /// Its last log entry (the snapshot's, when the log after it is empty).
     pub last_log_id: LogId,
+    /// Its first log entry still held; everything before is in the snapshot. 1 until the
+    /// first compaction.
     pub first_index: Index,
+    /// The membership in effect: the latest in its log, committed or not (thesis §4.1).
     pub membership: crate::Membership,
     /// The leader's view of each follower (empty on other roles).
     pub progress: Vec<PeerStatus>,
-    /// Messages from other nodes dropped as invalid (unknown sender, impossible index).
-    pub dropped_messages: u64,
+    /// Messages from other nodes dropped as invalid (unknown sender, impossible index),
+    /// counted by the reason they were dropped for (a fixed phrase, e.g. "HeartbeatResponse
+    /// for a round never sent"). Only reasons that occurred are present.
+    pub dropped_messages: std::collections::BTreeMap<&'static str, u64>,
 }
 
+/// A node's role, for status views and tests (the roles themselves are types inside the
+/// core).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RoleName {
+    /// Follows a leader, or waits for one (Raft §5.2).
     Follower,
+    /// Asks for pre-votes before campaigning, without raising its term (thesis §9.6).
     PreCandidate,
+    /// Campaigns in a new term (Raft §5.2).
     Candidate,
+    /// Leads its term; at most one per term (Election Safety, Raft §5.2).
     Leader,
 }
 
@@ -141,10 +209,15 @@ impl std::fmt::Display for RoleName {
     }
 }
 
+/// The leader's view of one follower (Raft figure 2, "volatile state on leaders").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
+    /// The follower.
     pub id: NodeId,
+    /// The highest index known to match the leader's log (0 when nothing is known).
     pub match_index: Index,
+    /// The next index to send it. `match_index < next_index <= last index + 1`.
     pub next_index: Index,
+    /// How the leader is replicating to it.
     pub state: crate::progress::ProgressState,
 }

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::types::{Entry, HardState, Index, LogId, Membership, SnapshotMeta, Term};
 
+/// Why a [`Storage`] call failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StorageError {
     /// The entry was compacted into a snapshot.
@@ -34,7 +35,10 @@ pub trait Storage {
     /// The metadata of the latest snapshot; for a new cluster, index 0 with the initial
     /// membership (empty for a node that waits to be added).
     fn snapshot_meta(&self) -> SnapshotMeta;
+    /// The index of the first entry held: the snapshot's index + 1 (so, for an empty log,
+    /// `last_index() + 1`).
     fn first_index(&self) -> Index;
+    /// The index of the last entry held, or the snapshot's index when none is.
     fn last_index(&self) -> Index;
     /// The term of the entry at `index`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
@@ -44,6 +48,7 @@ pub trait Storage {
 
     /// Appends `entries`, first removing every entry at or after `entries[0]`'s index.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+    /// Replaces the saved hard state (durable after the next `sync`).
     fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError>;
     /// Replaces the whole log by a snapshot received from the leader.
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
@@ -63,18 +68,25 @@ pub trait Storage {
 /// The durable part of a [`MemStorage`]: what survives a simulated crash.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct MemState {
+    /// The last hard state set.
     hard_state: HardState,
+    /// The latest snapshot's metadata (index 0 with the initial membership at first).
     snapshot: SnapshotMeta,
     /// Entries after the snapshot: `entries[i]` has index `snapshot index + 1 + i`.
     entries: Vec<Entry>,
 }
 
-/// An in-memory [`Storage`] for tests and the simulator. Writes go to a "written" copy;
-/// `sync()` makes them durable; [`MemStorage::crash`] throws away whatever was written but
-/// not synced, exactly as a power loss would.
+/// An in-memory [`Storage`] for tests and the simulator: the counterpart of the WAL-backed
+/// `DiskStorage` in `skiff-storage`, held to the same conformance tests. Writes go to a
+/// "written" copy; `sync()` makes them durable; [`MemStorage::crash`] throws away whatever
+/// was written but not synced, exactly as a power loss would. It holds only what the core
+/// reads (log, hard state, snapshot metadata); the runtime's in-memory store with snapshot
+/// data is `skiff::MemLogStore`.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
+    /// Everything written, synced or not: what the core reads.
     written: MemState,
+    /// What the last `sync` made durable: what a crash keeps.
     durable: MemState,
     /// For tests: how many times `sync` was called.
     pub sync_count: u64,
@@ -99,6 +111,7 @@ impl MemStorage {
         self.durable.hard_state
     }
 
+    /// What survives a crash now: the last synced entry (the snapshot's, if none).
     pub fn durable_last_log_id(&self) -> LogId {
         let snapshot = self.durable.snapshot.last_log_id;
         self.durable.entries.last().map_or(snapshot, |entry| entry.log_id)

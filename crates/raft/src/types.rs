@@ -61,11 +61,15 @@ impl fmt::Display for NodeId {
 /// hold the same `LogId` hold the same entries up to and including it. Printed `index@term`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LogId {
+    /// The term of the leader that created the entry (0 only for the empty position before
+    /// the first entry).
     pub term: Term,
+    /// The entry's position in the log, from 1 (0 is the empty position before it).
     pub index: Index,
 }
 
 impl LogId {
+    /// The id of the entry at `index` created in `term`.
     pub fn new(term: Term, index: Index) -> LogId {
         LogId { term, index }
     }
@@ -110,15 +114,21 @@ impl Payload {
 /// One entry of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Where the entry sits and which leader's term created it. Within a log, indexes are
+    /// contiguous and terms never decrease.
     pub log_id: LogId,
+    /// What the entry carries: nothing (a new leader's first entry), a command for the
+    /// state machine, or a new membership.
     pub payload: Payload,
 }
 
 impl Entry {
+    /// The entry's log index.
     pub fn index(&self) -> Index {
         self.log_id.index
     }
 
+    /// The term in which a leader created the entry.
     pub fn term(&self) -> Term {
         self.log_id.term
     }
@@ -133,7 +143,11 @@ impl Entry {
 /// log but neither vote nor count toward quorums. Invariant: the two sets are disjoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
+    /// The members that vote and count toward quorums (a majority of them commits an entry
+    /// and elects a leader, Raft §5.2). Empty only for a node waiting to be added.
     pub voters: BTreeSet<NodeId>,
+    /// The members that receive the log but do not vote (thesis §4.2.1: a new server
+    /// catches up as a learner before it counts). Disjoint from `voters`.
     pub learners: BTreeSet<NodeId>,
 }
 
@@ -143,10 +157,12 @@ impl Membership {
         Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
     }
 
+    /// Whether `id` is a member, voter or learner.
     pub fn contains(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }
 
+    /// Whether `id` is a voter.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id)
     }
@@ -156,10 +172,12 @@ impl Membership {
         self.voters.union(&self.learners).copied()
     }
 
+    /// The number of members, voters and learners.
     pub fn len(&self) -> usize {
         self.voters.len() + self.learners.len()
     }
 
+    /// Whether there is no member at all (a node waiting to be added).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -237,7 +255,9 @@ pub struct HardState {
     pub term: Term,
     /// Whom this node voted for in `term`, if anyone.
     pub vote: Option<NodeId>,
-    /// The highest index known committed. May lag behind the leader's; never goes back.
+    /// The highest index known committed. May lag behind the leader's; never goes back
+    /// while the node runs. It is volatile (Raft figure 2): a `Ready` that only moves it is
+    /// not synced, so a restart may find it lower and learn the rest from the leader.
     pub commit: Index,
 }
 
@@ -245,7 +265,12 @@ pub struct HardState {
 /// membership in effect at that index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
+    /// The last entry the snapshot covers; the log after compaction starts right after it.
+    /// Index 0 for a new cluster's empty snapshot.
     pub last_log_id: LogId,
+    /// The membership in effect at `last_log_id.index` (the last membership entry at or
+    /// before it, or the initial one), so a node restored from the snapshot knows its
+    /// cluster (Raft §7).
     pub membership: Membership,
 }
 

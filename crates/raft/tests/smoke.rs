@@ -4,7 +4,70 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use skiff_raft::{Config, Envelope, Index, MemStorage, Membership, NodeId, Raft, ReadId, RoleName, Storage};
+use skiff_raft::testing::{self, Batch, ReadyHandler};
+use skiff_raft::{
+    Config, Entry, Envelope, Index, MemStorage, Membership, NodeId, Raft, ReadId, ReadState, Ready, RoleName,
+    SnapshotMeta, Storage,
+};
+
+/// A perfect network and a state machine that keeps the commands; it checks that a Ready asks
+/// for a sync exactly when it must.
+struct SmokeHandler<'a> {
+    inbox: &'a mut Vec<Envelope>,
+    applied: &'a mut Vec<Bytes>,
+    reads: &'a mut Vec<(NodeId, ReadId, Index)>,
+    commit_only_readies: &'a mut usize,
+}
+
+impl ReadyHandler<MemStorage> for SmokeHandler<'_> {
+    type Error = skiff_raft::Error;
+
+    fn failed(&self, _what: &'static str, error: skiff_raft::Error) -> skiff_raft::Error {
+        error
+    }
+
+    fn persisting(&mut self, raft: &Raft<MemStorage>, ready: &Ready) -> Result<(), skiff_raft::Error> {
+        // What the durable state was before this Ready, to check `must_sync` by.
+        let before = raft.storage().durable_hard_state();
+        let needed = ready.snapshot.is_some()
+            || !ready.entries.is_empty()
+            || ready.hard_state.is_some_and(|new| (new.term, new.vote) != (before.term, before.vote));
+        assert_eq!(ready.must_sync, needed, "{}: must_sync of {ready:?}", raft.id());
+        *self.commit_only_readies += usize::from(ready.hard_state.is_some() && !needed);
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        _raft: &Raft<MemStorage>,
+        messages: Vec<Envelope>,
+        _batch: Batch,
+    ) -> Result<(), skiff_raft::Error> {
+        self.inbox.extend(messages);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        _raft: &Raft<MemStorage>,
+        _snapshot: Option<SnapshotMeta>,
+        committed: Vec<Entry>,
+    ) -> Result<(), skiff_raft::Error> {
+        for entry in committed {
+            if let skiff_raft::Payload::Command(data) = entry.payload {
+                self.applied.push(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_reads(&mut self, raft: &Raft<MemStorage>, reads: Vec<ReadState>) -> Result<(), skiff_raft::Error> {
+        for read in reads {
+            self.reads.push((raft.id(), read.id, read.result.unwrap()));
+        }
+        Ok(())
+    }
+}
 
 struct Cluster {
     nodes: BTreeMap<NodeId, Raft<MemStorage>>,
@@ -30,39 +93,13 @@ impl Cluster {
         loop {
             let mut inbox: Vec<Envelope> = Vec::new();
             for (id, node) in &mut self.nodes {
-                if !node.has_ready() {
-                    continue;
-                }
-                let ready = node.ready().unwrap();
-                let storage = node.storage_mut();
-                if let Some(meta) = ready.snapshot.clone() {
-                    storage.install_snapshot(meta).unwrap();
-                }
-                storage.append(&ready.entries).unwrap();
-                if let Some(hard_state) = ready.hard_state {
-                    storage.set_hard_state(hard_state).unwrap();
-                }
-                // What the durable state was before this Ready, to check `must_sync` by.
-                let before = storage.durable_hard_state();
-                let needed = ready.snapshot.is_some()
-                    || !ready.entries.is_empty()
-                    || ready.hard_state.is_some_and(|new| (new.term, new.vote) != (before.term, before.vote));
-                assert_eq!(ready.must_sync, needed, "{id}: must_sync of {ready:?}");
-                self.commit_only_readies += usize::from(ready.hard_state.is_some() && !needed);
-                if ready.must_sync {
-                    storage.sync().unwrap();
-                }
-                inbox.extend(ready.leader_messages);
-                inbox.extend(ready.messages);
-                for entry in ready.committed {
-                    if let skiff_raft::Payload::Command(data) = entry.payload {
-                        self.applied.entry(*id).or_default().push(data);
-                    }
-                }
-                for read in ready.reads {
-                    self.reads.push((*id, read.id, read.result.unwrap()));
-                }
-                node.advance().unwrap();
+                let mut handler = SmokeHandler {
+                    inbox: &mut inbox,
+                    applied: self.applied.entry(*id).or_default(),
+                    reads: &mut self.reads,
+                    commit_only_readies: &mut self.commit_only_readies,
+                };
+                testing::execute(node, &mut handler).unwrap();
             }
             if inbox.is_empty() {
                 return;

@@ -81,8 +81,8 @@ pub fn describe_message(message: &Message) -> String {
         Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {
             format!("AppendReject prev={rejected_prev} hint={hint}")
         }
-        Message::Heartbeat { commit, read_seq } => format!("Heartbeat commit={commit} round={read_seq}"),
-        Message::HeartbeatResponse { read_seq } => format!("HeartbeatOk round={read_seq}"),
+        Message::Heartbeat { commit, heartbeat_round } => format!("Heartbeat commit={commit} round={heartbeat_round}"),
+        Message::HeartbeatResponse { heartbeat_round } => format!("HeartbeatOk round={heartbeat_round}"),
         Message::RequestVote { last_log_id, pre_vote, leader_transfer } => {
             let kind = if *pre_vote { "PreVote" } else { "RequestVote" };
             let transfer = if *leader_transfer { " (transfer)" } else { "" };

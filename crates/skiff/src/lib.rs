@@ -120,4 +120,4 @@ pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
 pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
 pub use state_machine::StateMachine;
-pub use store::{LogStore, MemStore, SnapshotSink, SnapshotTarget};
+pub use store::{LogStore, MemLogStore, SnapshotSink, SnapshotTarget};

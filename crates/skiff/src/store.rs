@@ -63,7 +63,7 @@ impl SnapshotSink for SnapshotWriter {
 /// An in-memory [`LogStore`]: [`MemStorage`] plus snapshot data in memory. For tests and
 /// for clusters that need no durability.
 #[derive(Debug, Default)]
-pub struct MemStore {
+pub struct MemLogStore {
     storage: MemStorage,
     snapshots: Arc<MemSnapshots>,
 }
@@ -80,14 +80,14 @@ impl MemSnapshots {
     }
 }
 
-impl MemStore {
+impl MemLogStore {
     /// The store of a node of a new cluster with `membership` (empty for a joining node).
-    pub fn new(membership: Membership) -> MemStore {
-        MemStore { storage: MemStorage::new(membership), snapshots: Arc::default() }
+    pub fn new(membership: Membership) -> MemLogStore {
+        MemLogStore { storage: MemStorage::new(membership), snapshots: Arc::default() }
     }
 }
 
-impl Storage for MemStore {
+impl Storage for MemLogStore {
     fn hard_state(&self) -> HardState {
         self.storage.hard_state()
     }
@@ -123,7 +123,7 @@ impl Storage for MemStore {
     }
 }
 
-impl LogStore for MemStore {
+impl LogStore for MemLogStore {
     fn snapshot_target(&self) -> Arc<dyn SnapshotTarget> {
         Arc::new(Arc::clone(&self.snapshots))
     }

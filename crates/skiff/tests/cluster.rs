@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use skiff::transport::memory::MemoryNetwork;
-use skiff::{Index, LogStore, MemStore, Membership, Node, NodeId, NodeOptions, StateMachine};
+use skiff::{Index, LogStore, MemLogStore, Membership, Node, NodeId, NodeOptions, StateMachine};
 use skiff_storage::{DiskOptions, DiskStorage};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +34,7 @@ impl Cluster {
         let membership = Membership::with_voters((1..=size).map(NodeId));
         let mut cluster = Cluster { network: MemoryNetwork::new(), nodes: BTreeMap::new(), membership };
         for id in 1..=size {
-            let store = MemStore::new(cluster.membership.clone());
+            let store = MemLogStore::new(cluster.membership.clone());
             cluster.start(NodeId(id), options(NodeId(id)), store);
         }
         cluster
@@ -117,7 +117,7 @@ async fn a_follower_far_behind_catches_up_by_snapshot() {
     for id in 1..=3 {
         let mut options = options(NodeId(id));
         options.snapshot_after_entries = 20;
-        cluster.start(NodeId(id), options, MemStore::new(cluster.membership.clone()));
+        cluster.start(NodeId(id), options, MemLogStore::new(cluster.membership.clone()));
     }
     let leader = cluster.leader().await;
     let lagging = *cluster.nodes.keys().find(|&&id| id != leader).expect("follower");
@@ -183,7 +183,7 @@ async fn learners_join_catch_up_and_are_promoted() {
     let mut cluster = Cluster::new(3);
     let leader = cluster.leader().await;
     cluster.nodes[&leader].propose(Command::Push("early".into())).await.expect("propose");
-    cluster.start(NodeId(4), options(NodeId(4)), MemStore::new(Membership::default()));
+    cluster.start(NodeId(4), options(NodeId(4)), MemLogStore::new(Membership::default()));
     cluster.node(1).add_learner(NodeId(4)).await.expect("add learner");
     cluster.node(2).promote(NodeId(4)).await.expect("promote");
     let status = cluster.nodes[&leader].status().await.expect("status");
@@ -229,7 +229,7 @@ async fn a_slow_state_machine_does_not_cost_the_leader_its_leadership() {
     for id in 1..=3 {
         let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
         let transport = network.join(NodeId(id), inbox);
-        let store = MemStore::new(membership.clone());
+        let store = MemLogStore::new(membership.clone());
         nodes.push(Node::start_with(options(NodeId(id)), Slow::default(), store, transport, receiver).expect("start"));
     }
     let leader = nodes[0].wait_for_leader(TIMEOUT).await.expect("leader");

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use skiff::transport::memory::MemoryNetwork;
-use skiff::{Index, LogStore, MemStore, Membership, Node, NodeId, NodeOptions};
+use skiff::{Index, LogStore, MemLogStore, Membership, Node, NodeId, NodeOptions};
 use skiff_raft::{Entry, HardState, SnapshotMeta, Storage, StorageError, Term};
 
-/// A MemStore whose next `sync` sleeps `stall_ms` (a slow fsync, or a paused process).
+/// A MemLogStore whose next `sync` sleeps `stall_ms` (a slow fsync, or a paused process).
 struct StallStore {
-    inner: MemStore,
+    inner: MemLogStore,
     stall_ms: Arc<AtomicU64>,
 }
 
@@ -101,7 +101,7 @@ async fn lease_read_after_a_driver_stall_is_not_stale() {
         options.raft.lease_reads = true;
         options.request_timeout = Duration::from_secs(4);
         let stall = Arc::new(AtomicU64::new(0));
-        let store = StallStore { inner: MemStore::new(membership.clone()), stall_ms: Arc::clone(&stall) };
+        let store = StallStore { inner: MemLogStore::new(membership.clone()), stall_ms: Arc::clone(&stall) };
         let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
         let transport = network.join(id, inbox);
         let node = Node::start_with(options, Journal::default(), store, transport, receiver).expect("start");
@@ -164,7 +164,7 @@ async fn a_panicking_apply_thread_stops_the_node() {
     options.tick = Duration::from_millis(2);
     let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
     let transport = network.join(id, inbox);
-    let store = MemStore::new(Membership::with_voters([id]));
+    let store = MemLogStore::new(Membership::with_voters([id]));
     let node = Node::start_with(options, Fragile::default(), store, transport, receiver).expect("start");
     node.wait_for_leader(Duration::from_secs(5)).await.expect("leader");
     assert_eq!(node.propose(Command::Push("a".into())).await.expect("a"), 1);

@@ -1,7 +1,8 @@
 //! Golden-script tests of the consensus core (STYLE §7). Each file in `testscripts/` is one
 //! scenario; this runner drives a cluster of `Raft<MemStorage>` nodes with manual message
 //! delivery and prints what changed, one line each: role and term changes, truncations,
-//! appends, commits, applies, reads, and every message sent or dropped. Messages wait in the
+//! appends, commits, applies, reads, every message sent or lost, and every message a node
+//! dropped as invalid, with the reason it gives. Messages wait in the
 //! network until a command delivers them, so a script can interleave events exactly.
 //!
 //! Regenerate the expected output with `UPDATE_GOLDENFILES=1 cargo test -p skiff-raft --test
@@ -26,8 +27,10 @@
 //!   `HeartbeatResponse seq=`, `InstallSnapshot snapshot=`, `ReadIndex id=`).
 //! - `status [ID...]`, `log [ID...]`: print state without changing it.
 //!
-//! After every input command each live node's `Ready` is processed as its contract says
-//! (persist and sync, queue the messages, apply, answer reads, advance). With `ready=false`
+//! After every input command each live node's `Ready` is processed as its contract says, by
+//! the executor the simulator also uses (`skiff_raft::testing`): persist (and sync when
+//! `must_sync` asks: a Ready that only moves the commit index is not synced), queue the
+//! messages, apply, answer reads, advance. With `ready=false`
 //! the `Ready` is left for a later command, or lost by `crash`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -38,9 +41,16 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use goldenscript::{ArgumentConsumer, Command, Context};
+use skiff_raft::testing::{self, Batch, ReadyHandler};
 use skiff_raft::{
     AppendResult, Config, Entry, Envelope, Index, LogId, MemStorage, Membership, MembershipChange, Message, NodeId,
-    Payload, Raft, ReadId, Ready, RoleName, SnapshotMeta, Status, Storage, Term,
+    Payload, Raft, ReadId, ReadState, Ready, RoleName, SnapshotMeta, Storage, Term,
+};
+
+mod format;
+
+use format::{
+    describe_unsynced, format_entries, format_entry, format_message, format_status, log_ids, names, role_name,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -93,6 +103,7 @@ golden_scripts! {
     membership_refused_before_term_commit,
     membership_one_change_at_a_time,
     snapshot_lagging_follower,
+    snapshot_stream_fails,
     restart_from_storage,
     restart_crash_loses_unsynced,
     input_validation,
@@ -225,11 +236,14 @@ struct Seen {
     role: String,
     term: Term,
     commit: Index,
+    /// Messages dropped as invalid, by reason.
+    dropped: BTreeMap<&'static str, u64>,
 }
 
 impl Seen {
     fn of(raft: &Raft<MemStorage>) -> Seen {
-        Seen { role: role_name(raft.role(), raft.leader()), term: raft.term(), commit: raft.commit_index() }
+        let dropped = raft.status().dropped_messages;
+        Seen { role: role_name(raft.role(), raft.leader()), term: raft.term(), commit: raft.commit_index(), dropped }
     }
 }
 
@@ -405,6 +419,11 @@ impl Cluster {
         if before.commit != now.commit {
             writeln!(self.out, "{id}: commit {} -> {}", before.commit, now.commit).unwrap();
         }
+        for (why, count) in &now.dropped {
+            if before.dropped.get(why) != Some(count) {
+                writeln!(self.out, "{id}: dropped a message: {why}").unwrap();
+            }
+        }
         if raft.role() == RoleName::Leader {
             let leader = *self.leaders.entry(now.term).or_insert(id);
             assert_eq!(leader, id, "Election Safety: {leader} and {id} both lead term {}", now.term);
@@ -454,43 +473,19 @@ impl Cluster {
         Err("Ready keeps coming".into())
     }
 
-    /// Acts on one `Ready` in the order its contract says.
+    /// Acts on one `Ready` in the order its contract says (the shared executor), printing
+    /// what it does.
     fn process_ready(&mut self, id: NodeId) -> Result<()> {
         let host = self.hosts.get_mut(&id).expect("a live node");
         let Life::Up(raft) = &mut host.life else { return Ok(()) };
-        let ready = raft.ready()?;
-        // 1. Persist, with one sync.
-        let storage = raft.storage_mut();
-        persist(&mut self.out, id, storage, &mut host.machine, &ready)?;
-        storage.sync()?;
-        // 2. Send (leader messages too: the contract lets them go at step 0 or here, and
-        // sending them here keeps each script's output in the order the reader expects).
-        let snapshot_id = storage.snapshot_meta().last_log_id;
-        for envelope in ready.leader_messages.into_iter().chain(ready.messages) {
-            writeln!(self.out, "{}", format_message(&envelope))?;
-            let snapshot = matches!(envelope.message, Message::InstallSnapshot { .. })
-                .then(|| (snapshot_id, host.machine.snapshot.1.clone()));
-            self.network.push_back(InFlight { envelope, snapshot });
-        }
-        // 3. Apply, and answer reads.
-        if ready.snapshot.is_some() {
-            host.machine.restore();
-        }
-        apply(&mut self.out, id, &mut host.machine, &mut self.applied, &ready.committed)?;
-        for read in ready.reads {
-            match read.result {
-                Ok(index) if index <= host.machine.applied => {
-                    writeln!(self.out, "{id}: read {} index={index} served", read.id.0)?
-                }
-                Ok(index) => {
-                    writeln!(self.out, "{id}: read {} index={index} waits to apply", read.id.0)?;
-                    host.machine.waiting_reads.push((read.id, index));
-                }
-                Err(error) => writeln!(self.out, "{id}: read {} failed: {error}", read.id.0)?,
-            }
-        }
-        // 4. Advance.
-        raft.advance()?;
+        let mut handler = GoldenHandler {
+            id,
+            out: &mut self.out,
+            machine: &mut host.machine,
+            network: &mut self.network,
+            applied: &mut self.applied,
+        };
+        testing::execute(raft, &mut handler)?;
         self.observe(id);
         Ok(())
     }
@@ -589,7 +584,7 @@ impl Cluster {
         if raft.has_ready() {
             // The driver took the Ready and wrote it, but the power went before the sync.
             let ready = raft.ready()?;
-            write_unsynced(raft.storage_mut(), &ready)?;
+            testing::write(raft.storage_mut(), &ready)?;
             lost = describe_unsynced(&ready);
         }
         let life = std::mem::replace(&mut host.life, Life::Down(Box::default()));
@@ -671,7 +666,7 @@ impl Cluster {
                     hint: args.key_log_id("hint")?.unwrap_or_default(),
                 }),
             },
-            "HeartbeatResponse" => Message::HeartbeatResponse { read_seq: args.key("seq")?.unwrap_or(0) },
+            "HeartbeatResponse" => Message::HeartbeatResponse { heartbeat_round: args.key("seq")?.unwrap_or(0) },
             "InstallSnapshot" => {
                 let last_log_id = args.key_log_id("snapshot")?.ok_or("needs snapshot=")?;
                 Message::InstallSnapshot { meta: SnapshotMeta { last_log_id, membership } }
@@ -741,59 +736,90 @@ impl StateMachine {
     }
 }
 
-/// Step 1 of the `Ready` contract, without the sync; prints what it writes.
-fn persist(
-    out: &mut String,
+/// The golden runner's part of the `Ready` contract: it prints each step and keeps the
+/// messages in the network until a command delivers them.
+struct GoldenHandler<'a> {
     id: NodeId,
-    storage: &mut MemStorage,
-    machine: &mut StateMachine,
-    ready: &Ready,
-) -> Result<()> {
-    if let Some(meta) = &ready.snapshot {
-        let data = machine.received.take().ok_or("a snapshot to install, but no data came with it")?;
-        assert_eq!(data.0, meta.last_log_id, "snapshot data and metadata differ");
-        writeln!(out, "{id}: install snapshot {} {} state=[{}]", meta.last_log_id, meta.membership, names(&data.1))?;
-        machine.snapshot = data;
+    out: &'a mut String,
+    machine: &'a mut StateMachine,
+    network: &'a mut VecDeque<InFlight>,
+    applied: &'a mut BTreeMap<Index, String>,
+}
+
+impl ReadyHandler<MemStorage> for GoldenHandler<'_> {
+    type Error = Box<dyn Error>;
+
+    fn failed(&self, what: &'static str, error: skiff_raft::Error) -> Box<dyn Error> {
+        format!("{}: {what} failed: {error}", self.id).into()
     }
-    if let Some(first) = ready.entries.first() {
-        let last_index = storage.last_index();
-        if first.index() <= last_index {
-            let removed = storage.entries(first.index(), last_index.next(), u64::MAX)?;
-            writeln!(out, "{id}: truncate {}", log_ids(&removed))?;
+
+    /// Sending a leader's messages with the others keeps each script's output in the order
+    /// the reader expects.
+    fn leader_messages_first(&self) -> bool {
+        false
+    }
+
+    /// Prints what step 1 writes.
+    fn persisting(&mut self, raft: &Raft<MemStorage>, ready: &Ready) -> Result<()> {
+        let (id, storage) = (self.id, raft.storage());
+        if let Some(meta) = &ready.snapshot {
+            let data = self.machine.received.take().ok_or("a snapshot to install, but no data came with it")?;
+            assert_eq!(data.0, meta.last_log_id, "snapshot data and metadata differ");
+            writeln!(
+                self.out,
+                "{id}: install snapshot {} {} state=[{}]",
+                meta.last_log_id,
+                meta.membership,
+                names(&data.1)
+            )?;
+            self.machine.snapshot = data;
         }
-        writeln!(out, "{id}: append {}", format_entries(&ready.entries))?;
+        if let Some(first) = ready.entries.first() {
+            let last_index = storage.last_index();
+            if first.index() <= last_index {
+                let removed = storage.entries(first.index(), last_index.next(), u64::MAX)?;
+                writeln!(self.out, "{id}: truncate {}", log_ids(&removed))?;
+            }
+            writeln!(self.out, "{id}: append {}", format_entries(&ready.entries))?;
+        }
+        Ok(())
     }
-    write_unsynced(storage, ready)
-}
 
-fn write_unsynced(storage: &mut MemStorage, ready: &Ready) -> Result<()> {
-    if let Some(meta) = &ready.snapshot {
-        storage.install_snapshot(meta.clone())?;
+    /// Prints each message and queues it, with the snapshot data an `InstallSnapshot` streams.
+    fn send(&mut self, raft: &Raft<MemStorage>, messages: Vec<Envelope>, _batch: Batch) -> Result<()> {
+        let snapshot_id = raft.storage().snapshot_meta().last_log_id;
+        for envelope in messages {
+            writeln!(self.out, "{}", format_message(&envelope))?;
+            let snapshot = matches!(envelope.message, Message::InstallSnapshot { .. })
+                .then(|| (snapshot_id, self.machine.snapshot.1.clone()));
+            self.network.push_back(InFlight { envelope, snapshot });
+        }
+        Ok(())
     }
-    storage.append(&ready.entries)?;
-    if let Some(hard_state) = ready.hard_state {
-        storage.set_hard_state(hard_state)?;
-    }
-    Ok(())
-}
 
-fn describe_unsynced(ready: &Ready) -> Vec<String> {
-    let mut lost = Vec::new();
-    if let Some(meta) = &ready.snapshot {
-        lost.push(format!("snapshot {}", meta.last_log_id));
+    fn apply(&mut self, _raft: &Raft<MemStorage>, snapshot: Option<SnapshotMeta>, committed: Vec<Entry>) -> Result<()> {
+        if snapshot.is_some() {
+            self.machine.restore();
+        }
+        apply(self.out, self.id, self.machine, self.applied, &committed)
     }
-    if !ready.entries.is_empty() {
-        lost.push(format!("entries {}", log_ids(&ready.entries)));
+
+    fn answer_reads(&mut self, _raft: &Raft<MemStorage>, reads: Vec<ReadState>) -> Result<()> {
+        let id = self.id;
+        for read in reads {
+            match read.result {
+                Ok(index) if index <= self.machine.applied => {
+                    writeln!(self.out, "{id}: read {} index={index} served", read.id.0)?
+                }
+                Ok(index) => {
+                    writeln!(self.out, "{id}: read {} index={index} waits to apply", read.id.0)?;
+                    self.machine.waiting_reads.push((read.id, index));
+                }
+                Err(error) => writeln!(self.out, "{id}: read {} failed: {error}", read.id.0)?,
+            }
+        }
+        Ok(())
     }
-    if let Some(hard_state) = ready.hard_state {
-        let vote = hard_state.vote.map_or("none".to_string(), |id| id.to_string());
-        lost.push(format!("term={} vote={vote} commit={}", hard_state.term, hard_state.commit));
-    }
-    if !ready.messages.is_empty() || !ready.leader_messages.is_empty() {
-        let count = ready.messages.len() + ready.leader_messages.len();
-        lost.push(format!("{count} unsent message{}", if count == 1 { "" } else { "s" }));
-    }
-    lost
 }
 
 /// Step 3 of the contract: applies `committed` in order, checking State Machine Safety
@@ -828,83 +854,4 @@ fn apply(
         }
     }
     Ok(())
-}
-
-fn role_name(role: RoleName, leader: Option<NodeId>) -> String {
-    match (role, leader) {
-        (RoleName::Follower, Some(leader)) => format!("follower({leader})"),
-        (role, _) => role.to_string(),
-    }
-}
-
-fn format_status(status: &Status) -> String {
-    let mut line = format!("{}: {} term={}", status.id, role_name(status.role, status.leader), status.term);
-    if let Some(vote) = status.vote {
-        write!(line, " vote={vote}").unwrap();
-    }
-    write!(line, " last={} commit={} applied={}", status.last_log_id, status.commit, status.applied).unwrap();
-    if status.first_index > Index(1) {
-        write!(line, " first={}", status.first_index).unwrap();
-    }
-    write!(line, " {}", status.membership).unwrap();
-    if status.dropped_messages > 0 {
-        write!(line, " dropped={}", status.dropped_messages).unwrap();
-    }
-    for peer in &status.progress {
-        let state = match peer.state {
-            skiff_raft::progress::ProgressState::Probe { paused: false } => "probe".to_string(),
-            skiff_raft::progress::ProgressState::Probe { paused: true } => "probe paused".to_string(),
-            skiff_raft::progress::ProgressState::Replicate => "replicate".to_string(),
-            skiff_raft::progress::ProgressState::Snapshot { index, .. } => format!("snapshot {index}"),
-        };
-        write!(line, "\n{}:   {} match={} next={} {state}", status.id, peer.id, peer.match_index, peer.next_index)
-            .unwrap();
-    }
-    line
-}
-
-fn format_message(envelope: &Envelope) -> String {
-    let Envelope { from, to, term, message } = envelope;
-    let body = match message {
-        Message::AppendEntries { prev_log_id, entries, leader_commit } => {
-            format!("prev={prev_log_id} entries=[{}] commit={leader_commit}", log_ids(entries))
-        }
-        Message::AppendEntriesResponse(AppendResult::Success { match_index }) => format!("match={match_index}"),
-        Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {
-            format!("reject prev={rejected_prev} hint={hint}")
-        }
-        Message::Heartbeat { commit, read_seq } => format!("commit={commit} seq={read_seq}"),
-        Message::HeartbeatResponse { read_seq } => format!("seq={read_seq}"),
-        Message::RequestVote { last_log_id, leader_transfer, .. } => {
-            format!("last={last_log_id}{}", if *leader_transfer { " transfer" } else { "" })
-        }
-        Message::RequestVoteResponse { granted, .. } => format!("granted={granted}"),
-        Message::InstallSnapshot { meta } => format!("snapshot={} {}", meta.last_log_id, meta.membership),
-        Message::TimeoutNow => String::new(),
-        Message::ReadIndex { id } => format!("id={}", id.0),
-        Message::ReadIndexResponse { id, index } => {
-            format!("id={} index={}", id.0, index.map_or("none".to_string(), |index| index.to_string()))
-        }
-    };
-    format!("{from}->{to} {} term={term} {body}", message.kind()).trim_end().to_string()
-}
-
-fn format_entry(entry: &Entry) -> String {
-    match &entry.payload {
-        Payload::Empty => format!("{} <empty>", entry.log_id),
-        Payload::Command(data) => format!("{} {}", entry.log_id, String::from_utf8_lossy(data)),
-        Payload::Membership(membership) => format!("{} <{membership}>", entry.log_id),
-    }
-}
-
-fn format_entries(entries: &[Entry]) -> String {
-    entries.iter().map(format_entry).collect::<Vec<_>>().join(", ")
-}
-
-fn log_ids(entries: &[Entry]) -> String {
-    entries.iter().map(|entry| entry.log_id.to_string()).collect::<Vec<_>>().join(" ")
-}
-
-fn names(commands: &Commands) -> String {
-    commands.iter().map(|(_, command)| command.as_str()).collect::<Vec<_>>().join(" ")
 }
