@@ -21,3 +21,9 @@ pub mod state;
 pub use error::{Error, Result};
 pub use server::{Limits, Server, ServerOptions};
 pub use state::{Command, Entry, KvStore, Op, Output, Retention, Value};
+
+// The Rust blocks of the docs pages that use `skiff_kv` run as doctests of this crate, so
+// what they show compiles (`cargo test -p skiff-kv --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/embedding.md")]
+pub struct EmbeddingDoctests;

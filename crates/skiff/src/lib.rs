@@ -121,3 +121,36 @@ pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
 pub use state_machine::StateMachine;
 pub use store::{LogStore, MemLogStore, SnapshotSink, SnapshotTarget};
+
+// The Rust blocks of the README and of the docs pages run as doctests of this crate, so
+// what they show compiles (`cargo test -p skiff --doc`). Pages with `skiff_kv` blocks are
+// included by `skiff-kv`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/architecture.md")]
+pub struct ArchitectureDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/operations.md")]
+pub struct OperationsDoctests;
+
+// The manuals hold no Rust today; included, an untagged block (which rustdoc would take for
+// Rust) fails here instead of slipping through.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/bench.md")]
+pub struct BenchDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/check.md")]
+pub struct CheckDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/http-api.md")]
+pub struct HttpApiDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/redis.md")]
+pub struct RedisDoctests;
