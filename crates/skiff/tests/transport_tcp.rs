@@ -78,7 +78,7 @@ fn introduce(nodes: &[&Node]) {
 }
 
 async fn wait_connected(a: &Node, b: &Node) {
-    eventually_async(&format!("{} and {} are connected", a.id(), b.id()), async || {
+    eventually_async(format!("{} and {} are connected", a.id(), b.id()), async || {
         a.health(b.id()).connected && b.health(a.id()).connected
     })
     .await;
@@ -360,7 +360,7 @@ async fn hostile_connections_are_refused_and_the_peer_keeps_working() {
             // Variant 1 of the frame enum, right after the 4-byte length.
             assert_eq!(answer.get(4), Some(&1), "{what}: {answer:?}");
         }
-        eventually_async(&format!("{what} is counted"), async || n2.transport.refused_connections() > number as u64)
+        eventually_async(format!("{what} is counted"), async || n2.transport.refused_connections() > number as u64)
             .await;
     }
     // After a good handshake: garbage, an oversized frame, and a second Hello each close the

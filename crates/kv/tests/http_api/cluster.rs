@@ -284,7 +284,7 @@ fn members_are_removed_through_consuls_route_and_through_skiffs() {
     assert!(reply.body.is_empty(), "{}: an empty body, got {:?}", reply.what, reply.text());
     let remaining = [leader, removed_second];
     for &id in &remaining {
-        eventually(&format!("{id} sees {removed_first} removed"), || {
+        eventually(format!("{id} sees {removed_first} removed"), || {
             client.get(id, "/v1/status/peers").ok().json().as_array().map(Vec::len) == Some(2)
         });
         let members = client.get(id, "/v1/skiff/members").ok().json();
@@ -298,7 +298,7 @@ fn members_are_removed_through_consuls_route_and_through_skiffs() {
     assert_eq!(cluster.leader_among(&remaining), leader);
 
     client.delete(leader, &format!("/v1/skiff/members/{removed_second}")).ok();
-    eventually(&format!("{leader} sees {removed_second} removed"), || {
+    eventually(format!("{leader} sees {removed_second} removed"), || {
         client.get(leader, "/v1/status/peers").ok().json() == json!([cluster.raft_address(leader)])
     });
     client.set(leader, "one-node", b"1");
