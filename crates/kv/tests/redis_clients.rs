@@ -21,7 +21,7 @@
 //! Skiff's own, against a real Redis 7 on 127.0.0.1:6379 (`SKIFF_COMPARE_REDIS_PORT`),
 //! touching only `rc:*` and `pyval:*` keys: it shows the expected answers are Redis's.
 //!
-//! Ports: each test has its own block in 19800-19899 and its own cluster name.
+//! The clusters are the testkit's `KvCluster`s, on ports that never collide.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -30,13 +30,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use skiff::NodeId;
-use skiff::config::ClusterConfig;
-use skiff_kv::{Server, ServerOptions};
-
-/// How long an awaited condition (a leader) may take.
-const TIMEOUT: Duration = Duration::from_secs(15);
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::kv::KvCluster;
 /// How long one redis-cli invocation may take before it is killed.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// The documented limits (the defaults).
@@ -182,157 +178,23 @@ fn shorten(text: &str) -> String {
 // The cluster.
 
 /// Three servers in one tokio runtime, each with an HTTP and a Redis listener.
-struct Cluster {
-    agent: ureq::Agent,
-    http: BTreeMap<NodeId, String>,
-    redis: BTreeMap<NodeId, SocketAddr>,
-    servers: BTreeMap<NodeId, Server>,
-    runtime: Option<tokio::runtime::Runtime>,
-    _dir: tempfile::TempDir,
+fn start(name: &str) -> KvCluster {
+    KvCluster::start(ClusterFile::builder(name, 3).http().redis().build())
 }
 
-impl Cluster {
-    /// Nodes n1..n3 with raft on `base+1..=base+3`, http on `base+11..` and redis on `base+21..`.
-    fn start(name: &str, base_port: u16) -> Cluster {
-        let started = Instant::now();
-        let mut text = format!("[cluster]\nname = \"{name}\"\n");
-        for i in 1..=3 {
-            text.push_str(&format!(
-                "\n[[node]]\nid = \"n{i}\"\nraft = \"127.0.0.1:{}\"\n\
-                 http = \"127.0.0.1:{}\"\nredis = \"127.0.0.1:{}\"\n",
-                base_port + i,
-                base_port + 10 + i,
-                base_port + 20 + i
-            ));
-        }
-        let config = ClusterConfig::from_toml_str(&text).expect("a valid cluster file");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut servers = BTreeMap::new();
-        let mut http = BTreeMap::new();
-        let mut redis = BTreeMap::new();
-        for id in config.node_ids() {
-            let options = ServerOptions::new(config.clone(), id, dir.path().join(id.to_string()));
-            let server = runtime.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}"));
-            let node = config.node(id).expect("a node");
-            http.insert(id, node.http.clone().expect("an http address"));
-            let expected = node.redis.clone().expect("a redis address");
-            let address = server.redis_address().unwrap_or_else(|| panic!("{id}: redis_address() is None"));
-            assert_eq!(address.to_string(), expected, "{id}: redis_address()");
-            redis.insert(id, address);
-            servers.insert(id, server);
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let cluster = Cluster { agent, http, redis, servers, runtime: Some(runtime), _dir: dir };
-        let leader = cluster.leader();
-        eprintln!("{name}: leader {leader} agreed on {} ms after start", started.elapsed().as_millis());
-        cluster
-    }
-
-    fn ids(&self) -> Vec<NodeId> {
-        self.servers.keys().copied().collect()
-    }
-
-    /// `GET /v1/skiff/status` of node `id`.
-    fn status(&self, id: NodeId) -> Value {
-        let url = format!("http://{}/v1/skiff/status", self.http[&id]);
-        let mut response = self.agent.get(&url).call().unwrap_or_else(|error| panic!("GET {id} status: {error}"));
-        assert_eq!(response.status(), 200, "GET {id} /v1/skiff/status");
-        response.body_mut().read_json().expect("a JSON status")
-    }
-
-    /// Waits until every node's status names the same leader, which says it is the leader.
-    fn leader(&self) -> NodeId {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let statuses: Vec<Value> = self.ids().into_iter().map(|id| self.status(id)).collect();
-            let leaders: Vec<&Value> = statuses.iter().map(|status| &status["leader"]).collect();
-            if let Some(Value::String(leader)) = leaders.first()
-                && leaders.iter().all(|known| *known == leaders[0])
-                && let Some(status) = statuses.iter().find(|status| status["id"] == leader.as_str())
-                && status["role"] == "leader"
-            {
-                return skiff::config::parse_node_id(leader).expect("a node id");
-            }
-            assert!(Instant::now() < deadline, "no agreed leader within {TIMEOUT:?}: {leaders:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The nodes as Redis endpoints: the leader first, then the followers.
-    fn target(&self, label: &str) -> Target {
-        let leader = self.leader();
-        let mut order = vec![leader];
-        order.extend(self.ids().into_iter().filter(|&id| id != leader));
-        let nodes = order
-            .into_iter()
-            .map(|id| {
-                let role = if id == leader { "leader" } else { "follower" };
-                Endpoint { name: format!("{id} ({role})"), id: Some(id), address: self.redis[&id] }
-            })
-            .collect();
-        Target { label: label.to_string(), nodes, skiff: true }
-    }
-
-    /// `GET /v1/kv/<key>?raw` through `id`: the value, or `None` for 404.
-    fn http_get(&self, id: NodeId, key: &str) -> Option<Vec<u8>> {
-        let url = format!("http://{}/v1/kv/{key}?raw", self.http[&id]);
-        let mut response = self.agent.get(&url).call().unwrap_or_else(|error| panic!("GET {id} {key}: {error}"));
-        match response.status().as_u16() {
-            200 => Some(response.body_mut().with_config().limit(64 << 20).read_to_vec().expect("a body")),
-            404 => None,
-            status => panic!("GET {id} /v1/kv/{key}?raw: status {status}"),
-        }
-    }
-
-    /// `PUT /v1/kv/<key>` through `id`, which must answer `true`.
-    fn http_put(&self, id: NodeId, key: &str, value: &[u8]) {
-        let url = format!("http://{}/v1/kv/{key}", self.http[&id]);
-        let mut response = self.agent.put(&url).send(value).unwrap_or_else(|error| panic!("PUT {id} {key}: {error}"));
-        let body = response.body_mut().read_to_string().expect("a body");
-        assert_eq!((response.status().as_u16(), body.trim()), (200, "true"), "PUT {id} /v1/kv/{key}");
-    }
-
-    /// `DELETE /v1/kv/<key>` through `id`, which must answer `true`.
-    fn http_delete(&self, id: NodeId, key: &str) {
-        let url = format!("http://{}/v1/kv/{key}", self.http[&id]);
-        let mut response = self.agent.delete(&url).call().unwrap_or_else(|error| panic!("DELETE {id} {key}: {error}"));
-        let body = response.body_mut().read_to_string().expect("a body");
-        assert_eq!((response.status().as_u16(), body.trim()), (200, "true"), "DELETE {id} /v1/kv/{key}");
-    }
-
-    /// Shuts every server down, which must succeed.
-    fn shutdown(mut self) {
-        let runtime = self.runtime.take().expect("a runtime");
-        for (id, server) in std::mem::take(&mut self.servers) {
-            runtime
-                .block_on(async { tokio::time::timeout(TIMEOUT, server.shutdown()).await })
-                .unwrap_or_else(|_| panic!("{id}: shutdown did not finish within {TIMEOUT:?}"))
-                .unwrap_or_else(|error| panic!("{id}: shutdown: {error}"));
-        }
-        runtime.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
-impl Drop for Cluster {
-    /// After a failure: stop the servers at once (dropped inside the runtime), then the runtime.
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            {
-                let _guard = runtime.enter();
-                self.servers.clear();
-            }
-            runtime.shutdown_timeout(Duration::from_secs(2));
-        }
-    }
+/// The nodes as Redis endpoints: the leader first, then the followers.
+fn target(cluster: &KvCluster, label: &str) -> Target {
+    let leader = cluster.leader();
+    let mut order = vec![leader];
+    order.extend(cluster.others(leader));
+    let nodes = order
+        .into_iter()
+        .map(|id| {
+            let role = if id == leader { "leader" } else { "follower" };
+            Endpoint { name: format!("{id} ({role})"), id: Some(id), address: cluster.redis_address(id) }
+        })
+        .collect();
+    Target { label: label.to_string(), nodes, skiff: true }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -915,7 +777,7 @@ fn mentions_limit(output: &str, limit: usize) -> bool {
 
 /// Keys up to 8 KiB and values up to 1 MiB; larger ones get an ERR naming the limit, and
 /// the connection goes on.
-fn check_limits(cluster: &Cluster, target: &Target, failures: &mut Failures) {
+fn check_limits(cluster: &KvCluster, target: &Target, failures: &mut Failures) {
     let (leader, f1, f2) = (target.node(0), target.node(1), target.node(2));
     let largest = vec![b'y'; MAX_VALUE_BYTES];
     let output =
@@ -940,7 +802,7 @@ fn check_limits(cluster: &Cluster, target: &Target, failures: &mut Failures) {
         },
     );
     if let Some(id) = leader.id {
-        let got = cluster.http_get(id, "rc:big");
+        let got = cluster.client.raw(id, "rc:big");
         failures.check(got.as_ref() == Some(&largest), || {
             format!(
                 "GET /v1/kv/rc:big?raw through {id}: expected 1 MiB of 'y', got {:?} bytes",
@@ -966,33 +828,33 @@ fn check_limits(cluster: &Cluster, target: &Target, failures: &mut Failures) {
 }
 
 /// One keyspace: what redis-cli writes the HTTP API reads, on every node, and the other way round.
-fn check_cross_protocol(cluster: &Cluster, target: &Target, failures: &mut Failures) {
+fn check_cross_protocol(cluster: &KvCluster, target: &Target, failures: &mut Failures) {
     let ids = cluster.ids();
     let (leader, f1, f2) = (target.node(0), target.node(1), target.node(2));
     failures.output("SET rc:x:cli", f1, "OK", &cli(f1, &["set", "rc:x:cli", "from redis-cli"]));
     for &id in &ids {
-        let got = cluster.http_get(id, "rc:x:cli");
+        let got = cluster.client.raw(id, "rc:x:cli");
         failures.check(got.as_deref() == Some(b"from redis-cli".as_slice()), || {
             format!("SET rc:x:cli through {} then GET /v1/kv/rc:x:cli?raw through {id}: got {got:?}", f1.name)
         });
     }
     let value: Vec<u8> = [b"\x00\xff\"quoted\"\\ \n\t".as_slice(), "é".as_bytes()].concat();
-    cluster.http_put(ids[1], "rc:x:http", &value);
+    cluster.client.set(ids[1], "rc:x:http", &value);
     for endpoint in &target.nodes {
         let output = cli(endpoint, &["get", "rc:x:http"]);
         failures.output("GET rc:x:http (written over HTTP)", endpoint, &repr(&value), &output);
     }
-    cluster.http_put(ids[2], "rc:x:count", b"41");
+    cluster.client.set(ids[2], "rc:x:count", b"41");
     failures.output("INCR rc:x:count (41, written over HTTP)", f2, "(integer) 42", &cli(f2, &["incr", "rc:x:count"]));
-    let got = cluster.http_get(ids[0], "rc:x:count");
+    let got = cluster.client.raw(ids[0], "rc:x:count");
     failures
         .check(got.as_deref() == Some(b"42".as_slice()), || format!("GET /v1/kv/rc:x:count?raw after INCR: {got:?}"));
     failures.output("DEL rc:x:cli rc:x:count", leader, "(integer) 2", &cli(leader, &["del", "rc:x:cli", "rc:x:count"]));
     for &id in &ids {
-        let got = cluster.http_get(id, "rc:x:cli");
+        let got = cluster.client.raw(id, "rc:x:cli");
         failures.check(got.is_none(), || format!("GET /v1/kv/rc:x:cli?raw through {id} after DEL over Redis: {got:?}"));
     }
-    cluster.http_delete(ids[0], "rc:x:http");
+    cluster.client.remove(ids[0], "rc:x:http");
     for endpoint in &target.nodes {
         failures.output(
             "EXISTS rc:x:http (deleted over HTTP)",
@@ -1049,7 +911,7 @@ fn check_mass_insertion(target: &Target, failures: &mut Failures) {
 
 /// INFO on every node: the sections, the roles and the Raft fields, which agree with
 /// `/v1/skiff/status`; the keyspace line counts the keys.
-fn check_info(cluster: &Cluster, target: &Target, failures: &mut Failures) {
+fn check_info(cluster: &KvCluster, target: &Target, failures: &mut Failures) {
     let leader = cluster.leader();
     let keys = ["rc:i:1", "rc:i:2", "rc:i:3"];
     failures.output(
@@ -1070,7 +932,7 @@ fn check_info(cluster: &Cluster, target: &Target, failures: &mut Failures) {
                 format!("`INFO` through {}: no \"# {section}\" in sections {sections:?}", endpoint.name)
             });
         }
-        let status = cluster.status(id);
+        let status = cluster.client.status(id);
         let role = if id == leader { "master" } else { "slave" };
         let raft_role = if id == leader { "leader" } else { "follower" };
         let expected = [
@@ -1096,36 +958,38 @@ fn check_info(cluster: &Cluster, target: &Target, failures: &mut Failures) {
         failures.check(fields.get("redis_version").is_some_and(|version| !version.is_empty()), || {
             format!("`INFO` through {}: no redis_version", endpoint.name)
         });
-        let keyspace = cli(endpoint, &["info", "keyspace"]);
-        let lines: Vec<&str> =
-            keyspace.lines().map(|line| line.trim_end_matches('\r')).filter(|line| !line.is_empty()).collect();
-        failures.check(lines == ["# Keyspace", "db0:keys=3,expires=0,avg_ttl=0"], || {
-            format!(
-                "`INFO keyspace` through {}: expected # Keyspace, db0:keys=3,expires=0,avg_ttl=0, got {lines:?}",
-                endpoint.name
-            )
-        });
-        for (section, header, field) in [
-            ("server", "# Server", "redis_version:"),
-            ("replication", "# Replication", "role:"),
-            ("clients", "# Clients", ""),
-        ] {
-            let output = cli(endpoint, &["info", section]);
-            let lines: Vec<&str> =
-                output.lines().map(|line| line.trim_end_matches('\r')).filter(|line| !line.is_empty()).collect();
-            let ok = lines.first() == Some(&header)
-                && lines.iter().all(|line| !line.starts_with("# ") || *line == header)
-                && lines.iter().any(|line| line.starts_with(field));
-            failures.check(ok, || {
-                format!(
-                    "`INFO {section}` through {}: expected only {header} with {field}..., got {lines:?}",
-                    endpoint.name
-                )
-            });
-        }
+        check_info_sections(endpoint, failures);
     }
     let output = cli(target.node(1), &["del", keys[0], keys[1], keys[2]]);
     failures.output("DEL rc:i:*", target.node(1), "(integer) 3", &output);
+}
+
+/// `INFO keyspace` counts the three keys; `INFO <section>` gives that section alone.
+fn check_info_sections(endpoint: &Endpoint, failures: &mut Failures) {
+    let keyspace = cli(endpoint, &["info", "keyspace"]);
+    let lines: Vec<&str> =
+        keyspace.lines().map(|line| line.trim_end_matches('\r')).filter(|line| !line.is_empty()).collect();
+    failures.check(lines == ["# Keyspace", "db0:keys=3,expires=0,avg_ttl=0"], || {
+        format!(
+            "`INFO keyspace` through {}: expected # Keyspace, db0:keys=3,expires=0,avg_ttl=0, got {lines:?}",
+            endpoint.name
+        )
+    });
+    for (section, header, field) in [
+        ("server", "# Server", "redis_version:"),
+        ("replication", "# Replication", "role:"),
+        ("clients", "# Clients", ""),
+    ] {
+        let output = cli(endpoint, &["info", section]);
+        let lines: Vec<&str> =
+            output.lines().map(|line| line.trim_end_matches('\r')).filter(|line| !line.is_empty()).collect();
+        let ok = lines.first() == Some(&header)
+            && lines.iter().all(|line| !line.starts_with("# ") || *line == header)
+            && lines.iter().any(|line| line.starts_with(field));
+        failures.check(ok, || {
+            format!("`INFO {section}` through {}: expected only {header} with {field}..., got {lines:?}", endpoint.name)
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1139,8 +1003,8 @@ fn redis_cli_commands_through_every_node() {
     }
     let text = std::fs::read_to_string(transcript_path()).expect("tests/clients/redis-cli.txt");
     let steps = parse_transcript(&text);
-    let cluster = Cluster::start("redis-cli", 19800);
-    let target = cluster.target("skiff");
+    let cluster = start("redis-cli");
+    let target = target(&cluster, "skiff");
     let mut failures = Failures::default();
     let started = Instant::now();
     for turn in 0..3 {
@@ -1204,8 +1068,8 @@ fn redis_benchmark_pipelined_writes_apply_exactly_once() {
     if !tools_present(test, &[tool_version("redis-benchmark"), tool_version("redis-cli")]) {
         return;
     }
-    let cluster = Cluster::start("redis-benchmark", 19830);
-    let target = cluster.target("skiff");
+    let cluster = start("redis-benchmark");
+    let target = target(&cluster, "skiff");
     let mut expected_count = 0;
     for (endpoint, requests) in [(target.node(0), 20_000), (target.node(1), 4_000)] {
         let started = Instant::now();
@@ -1243,13 +1107,13 @@ fn python_clients_redis_py_and_py_consul() {
     if !tools_present(test, &[python_modules()]) {
         return;
     }
-    let cluster = Cluster::start("redis-python", 19860);
-    let target = cluster.target("skiff");
+    let cluster = start("redis-python");
+    let target = target(&cluster, "skiff");
     // Leader first, so each session writes through the leader and reads through followers,
     // and the other way round.
     let redis: Vec<String> = target.nodes.iter().map(|endpoint| endpoint.address.to_string()).collect();
     let http: Vec<String> =
-        target.nodes.iter().map(|endpoint| cluster.http[&endpoint.id.expect("a node")].clone()).collect();
+        target.nodes.iter().map(|endpoint| cluster.client.address(endpoint.id.expect("a node")).to_string()).collect();
     let output = run_python(&["--redis", &redis.join(","), "--http", &http.join(",")]);
     cluster.shutdown();
     check_python(test, &output);

@@ -3,16 +3,16 @@
 //! error, and a client that never reads its replies held back without hurting others.
 //! (Real clients, `redis-cli`, `redis-benchmark` and redis-py, are in `redis_clients.rs`.)
 //!
-//! Each test starts a 3-node cluster in one tokio runtime; ports 19900-19959.
+//! Each test starts a 3-node cluster (the testkit's `KvCluster`) in one tokio runtime.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use skiff::config::ClusterConfig;
-use skiff_kv::{Server, ServerOptions};
-
-const TIMEOUT: Duration = Duration::from_secs(15);
+use skiff::NodeId;
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::kv::KvCluster;
+use skiff_testkit::wait::{TIMEOUT, eventually, eventually_ok};
 
 /// A reply as RESP2 sends it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,72 +105,31 @@ impl Connection {
     }
 }
 
-struct Cluster {
-    redis: Vec<SocketAddr>,
-    servers: Vec<Server>,
-    runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+/// A 3-node cluster with Redis listeners.
+fn start(name: &str) -> KvCluster {
+    KvCluster::start(ClusterFile::builder(name, 3).http().redis().build())
 }
 
-impl Cluster {
-    /// n1..n3: raft on base+1.., http on base+11.., redis on base+14...
-    fn start(name: &str, base: u16) -> Cluster {
-        let mut text = format!("[cluster]\nname = \"{name}\"\n");
-        for i in 1..=3 {
-            text += &format!(
-                "[[node]]\nid = \"n{i}\"\nraft = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\nredis = \"127.0.0.1:{}\"\n",
-                base + i,
-                base + 10 + i,
-                base + 13 + i
-            );
-        }
-        let config = ClusterConfig::from_toml_str(&text).expect("a valid cluster file");
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut servers = Vec::new();
-        for id in config.node_ids() {
-            let options = ServerOptions::new(config.clone(), id, dir.path().join(id.to_string()));
-            servers.push(runtime.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}")));
-        }
-        let redis = servers.iter().map(|server| server.redis_address().expect("a redis address")).collect();
-        let cluster = Cluster { redis, servers, runtime, _dir: dir };
-        for server in &cluster.servers {
-            cluster.runtime.block_on(server.node().wait_for_leader(TIMEOUT)).expect("a leader");
-        }
-        cluster
-    }
+/// The redis address of a follower, and of the leader.
+fn follower_and_leader(cluster: &KvCluster) -> (SocketAddr, SocketAddr) {
+    let leader = cluster.leader();
+    (cluster.redis_address(cluster.others(leader)[0]), cluster.redis_address(leader))
+}
 
-    /// The redis address of a follower, and of the leader.
-    fn follower_and_leader(&self) -> (SocketAddr, SocketAddr) {
-        let leader = self.servers[0].node().leader().leader.expect("a known leader");
-        let find = |is_leader: bool| {
-            let at = self.servers.iter().position(|server| (server.id() == leader) == is_leader).expect("a node");
-            self.redis[at]
-        };
-        (find(false), find(true))
-    }
-
-    fn commit_index(&self, connection: &mut Connection) -> u64 {
-        let Reply::Bulk(Some(text)) = connection.call("INFO replication") else { panic!("INFO answers a bulk string") };
-        let text = String::from_utf8(text).expect("INFO is text");
-        let line = text.lines().find_map(|line| line.strip_prefix("raft_commit_index:")).expect("raft_commit_index");
-        line.parse().expect("a number")
-    }
-
-    fn shutdown(self) {
-        for server in self.servers {
-            self.runtime.block_on(server.shutdown()).expect("a clean shutdown");
-        }
-    }
+/// The commit index `INFO replication` reports.
+fn commit_index(connection: &mut Connection) -> u64 {
+    let Reply::Bulk(Some(text)) = connection.call("INFO replication") else { panic!("INFO answers a bulk string") };
+    let text = String::from_utf8(text).expect("INFO is text");
+    let line = text.lines().find_map(|line| line.strip_prefix("raft_commit_index:")).expect("raft_commit_index");
+    line.parse().expect("a number")
 }
 
 #[test]
 fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() {
-    let cluster = Cluster::start("redis-pipelines", 19900);
-    let (follower, _) = cluster.follower_and_leader();
+    let cluster = start("redis-pipelines");
+    let (follower, _) = follower_and_leader(&cluster);
     let mut connection = Connection::open(follower);
-    let before = cluster.commit_index(&mut connection);
+    let before = commit_index(&mut connection);
 
     // 1000 increments in one write, through a follower: each answered, in order, once.
     let increments: Vec<Vec<&[u8]>> = (0..1000).map(|_| vec![&b"INCR"[..], b"counter"]).collect();
@@ -178,7 +137,7 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
     for expected in 1..=1000 {
         assert_eq!(connection.read(), Reply::Integer(expected), "INCR number {expected}");
     }
-    let after = cluster.commit_index(&mut connection);
+    let after = commit_index(&mut connection);
     assert!(
         after - before <= 100,
         "1000 pipelined writes took {} log entries: they should share entries",
@@ -207,15 +166,11 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
 
     // READONLY: reads from the follower's own state (eventually the same), READWRITE back.
     assert_eq!(connection.call("READONLY"), ok());
-    let deadline = Instant::now() + TIMEOUT;
-    while connection.call("GET counter") != bulk("1000") {
-        assert!(Instant::now() < deadline, "the follower's own state never reached counter = 1000");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually("the follower's own state reaches counter = 1000", || connection.call("GET counter") == bulk("1000"));
     assert_eq!(connection.call("READWRITE"), ok());
 
     // Another connection, through every node, sees the same keyspace.
-    for &address in &cluster.redis {
+    for address in cluster.ids().into_iter().map(|id| cluster.redis_address(id)) {
         assert_eq!(Connection::open(address).call("GET counter"), bulk("1000"), "GET counter via {address}");
     }
     // Stopping the servers closes idle connections.
@@ -225,8 +180,8 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
 
 #[test]
 fn bad_input_gets_an_error_and_the_server_goes_on() {
-    let cluster = Cluster::start("redis-bad-input", 19920);
-    let address = cluster.redis[0];
+    let cluster = start("redis-bad-input");
+    let address = cluster.redis_address(NodeId(1));
     let mut connection = Connection::open(address);
 
     // Inline commands, as telnet and redis-benchmark send them.
@@ -280,8 +235,8 @@ fn bad_input_gets_an_error_and_the_server_goes_on() {
 
 #[test]
 fn a_client_that_never_reads_is_held_back_and_others_are_served() {
-    let cluster = Cluster::start("redis-slow-reader", 19940);
-    let address = cluster.redis[1];
+    let cluster = start("redis-slow-reader");
+    let address = cluster.redis_address(NodeId(2));
     let mut other = Connection::open(address);
     let value = vec![b'v'; 1 << 20];
     other.send(&[vec![b"SET", b"large", &value]]);
@@ -319,15 +274,10 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
 
     // When the greedy client goes away, its connection ends and is counted no more.
     drop(greedy);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    eventually_ok("the dropped client is disconnected", || {
         let Reply::Bulk(Some(text)) = other.call("INFO clients") else { panic!("INFO answers a bulk string") };
         let text = String::from_utf8(text).expect("text");
-        if text.contains("connected_clients:1\r\n") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dropped client is still connected: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if text.contains("connected_clients:1\r\n") { Ok(()) } else { Err(text) }
+    });
     cluster.shutdown();
 }

@@ -67,13 +67,22 @@ id = "n3"
 raft = "127.0.0.1:17103"
 "#;
 
-/// Runs the example; returns what each node reports as its latest committed entry.
+/// Runs the example on [`CLUSTER`]; returns what each node reports as its latest
+/// committed entry.
 pub async fn run(data_dir: &std::path::Path) -> Result<Vec<(NodeId, Option<(Index, String)>)>, skiff::Error> {
     let cluster = ClusterConfig::from_toml_str(CLUSTER).map_err(|error| skiff::Error::Config(error.to_string()))?;
+    run_cluster(&cluster, data_dir).await
+}
+
+/// Runs the example on `cluster` (n1 first), which a test gives free ports.
+pub async fn run_cluster(
+    cluster: &ClusterConfig,
+    data_dir: &std::path::Path,
+) -> Result<Vec<(NodeId, Option<(Index, String)>)>, skiff::Error> {
     let started = Instant::now();
     let mut nodes = Vec::new();
     for id in cluster.node_ids() {
-        nodes.push(Node::start(&cluster, id, Latest::default(), data_dir.join(id.to_string())).await?);
+        nodes.push(Node::start(cluster, id, Latest::default(), data_dir.join(id.to_string())).await?);
     }
     let leader = nodes[0].wait_for_leader(Duration::from_secs(10)).await?;
     println!("leader {leader} elected {} ms after start", started.elapsed().as_millis());

@@ -1,5 +1,6 @@
 //! Runs the logic of `examples/embedded.rs` and checks what a user of it relies on: every
-//! node reports the same latest committed entry, the fifth one n1 proposed.
+//! node reports the same latest committed entry, the fifth one n1 proposed. The example's
+//! cluster file, with ports from the testkit.
 
 #[path = "../examples/embedded.rs"]
 mod embedded;
@@ -7,7 +8,8 @@ mod embedded;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_reports_the_same_latest_committed_entry() {
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let latest = embedded::run(data_dir.path()).await.expect("the example runs");
+    let cluster = skiff_testkit::cluster_file::ClusterFile::builder("embedded", 3).build().config();
+    let latest = embedded::run_cluster(&cluster, data_dir.path()).await.expect("the example runs");
     assert_eq!(latest.len(), 3);
     for (id, entry) in &latest {
         let (_, text) = entry.as_ref().unwrap_or_else(|| panic!("{id} has nothing committed"));

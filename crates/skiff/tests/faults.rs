@@ -1,19 +1,15 @@
 //! Faults inside one node: a driver stalled in a slow fsync must not serve a stale lease
 //! read when it wakes, and a panic in the user's state machine must stop the node.
 
-mod common;
-
-use common::{Command, Journal};
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use skiff::transport::memory::MemoryNetwork;
-use skiff::{Index, LogStore, MemLogStore, Membership, Node, NodeId, NodeOptions};
+use skiff::{Index, LogStore, MemLogStore, NodeId, NodeOptions};
 use skiff_raft::{Entry, HardState, SnapshotMeta, Storage, StorageError, Term};
+use skiff_testkit::node::{Command, Journal, MemoryCluster};
 
 /// A MemLogStore whose next `sync` sleeps `stall_ms` (a slow fsync, or a paused process).
 struct StallStore {
@@ -70,30 +66,12 @@ impl LogStore for StallStore {
     }
 }
 
-async fn find_leader(nodes: &BTreeMap<NodeId, Arc<Node<Journal>>>, except: Option<NodeId>) -> NodeId {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        for (id, node) in nodes {
-            if Some(*id) == except {
-                continue;
-            }
-            if node.status().await.expect("status").role == skiff_raft::RoleName::Leader {
-                return *id;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// With lease reads, a leader whose driver thread stalled (slow fsync, SIGSTOP, VM pause)
 /// longer than an election timeout must not serve a read from its lease before its clock
 /// caught up: meanwhile another leader may have committed writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lease_read_after_a_driver_stall_is_not_stale() {
-    let network = MemoryNetwork::new();
-    let membership = Membership::with_voters((1..=3).map(NodeId));
-    let mut nodes = BTreeMap::new();
+    let mut cluster = MemoryCluster::empty(3);
     let mut stalls = BTreeMap::new();
     for id in (1..=3).map(NodeId) {
         let mut options = NodeOptions::new(id);
@@ -101,29 +79,26 @@ async fn lease_read_after_a_driver_stall_is_not_stale() {
         options.raft.lease_reads = true;
         options.request_timeout = Duration::from_secs(4);
         let stall = Arc::new(AtomicU64::new(0));
-        let store = StallStore { inner: MemLogStore::new(membership.clone()), stall_ms: Arc::clone(&stall) };
-        let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
-        let transport = network.join(id, inbox);
-        let node = Node::start_with(options, Journal::default(), store, transport, receiver).expect("start");
-        nodes.insert(id, Arc::new(node));
+        let store = StallStore { inner: MemLogStore::new(cluster.membership.clone()), stall_ms: Arc::clone(&stall) };
+        cluster.start(options, Journal::default(), store);
         stalls.insert(id, stall);
     }
-    let old = find_leader(&nodes, None).await;
-    nodes[&old].propose(Command::Push("a".into())).await.expect("a");
+    let old = cluster.leader().await;
+    cluster.node(old).propose(Command::Push("a".into())).await.expect("a");
     tokio::time::sleep(Duration::from_millis(200)).await; // heartbeats acked: lease is fresh
 
     // The old leader's next fsync takes 3 s; it is cut off meanwhile.
     stalls[&old].store(3000, Ordering::SeqCst);
-    network.isolate(old);
-    let stalled = Arc::clone(&nodes[&old]);
+    cluster.network.isolate(old);
+    let stalled = Arc::clone(cluster.node(old));
     let _write = tokio::spawn(async move { stalled.propose(Command::Push("lost".into())).await });
     tokio::time::sleep(Duration::from_millis(50)).await; // the driver is inside sync() now
-    let reader = Arc::clone(&nodes[&old]);
+    let reader = Arc::clone(cluster.node(old));
     let read = tokio::spawn(async move { reader.read(|journal| journal.lines.clone()).await });
 
     // The others elect a new leader and commit "b" while the old one is stalled.
-    let new = find_leader(&nodes, Some(old)).await;
-    nodes[&new].propose(Command::Push("b".into())).await.expect("b");
+    let new = cluster.leader_among(&cluster.others(old)).await;
+    cluster.node(new).propose(Command::Push("b".into())).await.expect("b");
 
     let result = read.await.expect("join");
     if let Ok(lines) = result {
@@ -158,14 +133,8 @@ impl skiff::StateMachine for Fragile {
 /// while failing every request with "node is not running".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_apply_thread_stops_the_node() {
-    let network = MemoryNetwork::new();
-    let id = NodeId(1);
-    let mut options = NodeOptions::new(id);
-    options.tick = Duration::from_millis(2);
-    let (inbox, receiver) = tokio::sync::mpsc::channel(4096);
-    let transport = network.join(id, inbox);
-    let store = MemLogStore::new(Membership::with_voters([id]));
-    let node = Node::start_with(options, Fragile::default(), store, transport, receiver).expect("start");
+    let cluster = MemoryCluster::<Fragile>::new(1);
+    let node = cluster.node(NodeId(1));
     node.wait_for_leader(Duration::from_secs(5)).await.expect("leader");
     assert_eq!(node.propose(Command::Push("a".into())).await.expect("a"), 1);
     let _ = node.propose(Command::Push("boom".into())).await;

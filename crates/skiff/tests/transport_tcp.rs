@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use skiff_testkit::init_logs;
+use skiff_testkit::ports::free_address;
+use skiff_testkit::wait::{TIMEOUT, eventually_async};
+
 use bytes::Bytes;
 use skiff::transport::tcp::{TcpOptions, TcpTransport};
 use skiff::transport::{PeerHealth, Transport};
@@ -17,7 +21,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const CLUSTER: &str = "test";
-const PATIENCE: Duration = Duration::from_secs(5);
 
 struct Node {
     transport: Arc<TcpTransport>,
@@ -38,16 +41,12 @@ impl Node {
     }
 
     async fn receive(&mut self) -> (NodeId, PeerMessage) {
-        match tokio::time::timeout(PATIENCE, self.inbox.recv()).await {
+        match tokio::time::timeout(TIMEOUT, self.inbox.recv()).await {
             Ok(Some(received)) => received,
             Ok(None) => panic!("{}: inbox closed", self.id()),
-            Err(_) => panic!("{}: nothing arrived within {PATIENCE:?}", self.id()),
+            Err(_) => panic!("{}: nothing arrived within {TIMEOUT:?}", self.id()),
         }
     }
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }
 
 fn local() -> SocketAddr {
@@ -78,16 +77,8 @@ fn introduce(nodes: &[&Node]) {
     }
 }
 
-async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn wait_connected(a: &Node, b: &Node) {
-    wait_until(&format!("{} and {} are connected", a.id(), b.id()), || {
+    eventually_async(format!("{} and {} are connected", a.id(), b.id()), async || {
         a.health(b.id()).connected && b.health(a.id()).connected
     })
     .await;
@@ -137,7 +128,7 @@ async fn two_nodes_exchange_messages_in_order_both_ways() {
     };
     n1.transport.send(n2.id(), chunk.clone());
     assert_eq!(n2.receive().await, (n1.id(), chunk));
-    wait_until("both measured a round trip", || {
+    eventually_async("both measured a round trip", async || {
         n1.health(n2.id()).round_trip.is_some() && n2.health(n1.id()).round_trip.is_some()
     })
     .await;
@@ -193,7 +184,7 @@ async fn restarted_peers_are_reconnected() {
     let n2_addr = n2.transport.local_addr();
     n2.transport.shutdown().await;
     drop(n2);
-    wait_until("n1 sees n2 gone", || !n1.health(NodeId(2)).connected).await;
+    eventually_async("n1 sees n2 gone", async || !n1.health(NodeId(2)).connected).await;
     let mut n2 = start(options(2, n2_addr), 1024).await;
     n2.transport.add_peer(n1.id(), n1.addr());
     wait_connected(&n1, &n2).await;
@@ -203,7 +194,7 @@ async fn restarted_peers_are_reconnected() {
     let n1_addr = n1.transport.local_addr();
     n1.transport.shutdown().await;
     drop(n1);
-    wait_until("n2 sees n1 gone", || !n2.health(NodeId(1)).connected).await;
+    eventually_async("n2 sees n1 gone", async || !n2.health(NodeId(1)).connected).await;
     let mut n1 = start(options(1, n1_addr), 1024).await;
     n1.transport.add_peer(n2.id(), n2.addr());
     wait_connected(&n1, &n2).await;
@@ -219,8 +210,8 @@ async fn removed_peer_is_refused_until_added_again() {
     wait_connected(&n1, &n2).await;
     n2.transport.remove_peer(n1.id());
     assert!(!n2.transport.peer_health().contains_key(&n1.id()));
-    wait_until("n1 sees the connection closed", || !n1.health(n2.id()).connected).await;
-    wait_until("n2 refuses n1's redial", || n2.transport.refused_connections() > 0).await;
+    eventually_async("n1 sees the connection closed", async || !n1.health(n2.id()).connected).await;
+    eventually_async("n2 refuses n1's redial", async || n2.transport.refused_connections() > 0).await;
     n2.transport.add_peer(n1.id(), n1.addr());
     wait_connected(&n1, &n2).await;
     exchange(&mut n1, &mut n2, 10).await;
@@ -230,10 +221,10 @@ async fn removed_peer_is_refused_until_added_again() {
 async fn send_never_blocks_and_counts_what_it_drops() {
     init_logs();
     // An address where nothing listens.
-    let nowhere = std::net::TcpListener::bind(local()).unwrap().local_addr().unwrap();
+    let nowhere = free_address();
     let mut options = options(1, local());
     options.queue_capacity = 8;
-    options.peers.insert(NodeId(2), nowhere.to_string());
+    options.peers.insert(NodeId(2), nowhere);
     let n1 = start(options, 16).await;
     let started = Instant::now();
     for n in 0..1000 {
@@ -243,7 +234,7 @@ async fn send_never_blocks_and_counts_what_it_drops() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(n1.health(NodeId(2)).dropped_messages >= 992);
     // The failed dial discards the rest: everything is accounted for.
-    wait_until("all 1000 counted", || n1.health(NodeId(2)).dropped_messages == 1000).await;
+    eventually_async("all 1000 counted", async || n1.health(NodeId(2)).dropped_messages == 1000).await;
     assert!(!n1.health(NodeId(2)).connected);
     assert_eq!(n1.transport.peer_health().len(), 1);
 }
@@ -318,7 +309,7 @@ async fn send_raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
 
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut answer = Vec::new();
-    match tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await {
+    match tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut answer)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}"),
         Err(_) => panic!("the transport kept a hostile connection open"),
@@ -369,7 +360,8 @@ async fn hostile_connections_are_refused_and_the_peer_keeps_working() {
             // Variant 1 of the frame enum, right after the 4-byte length.
             assert_eq!(answer.get(4), Some(&1), "{what}: {answer:?}");
         }
-        wait_until(&format!("{what} is counted"), || n2.transport.refused_connections() > number as u64).await;
+        eventually_async(format!("{what} is counted"), async || n2.transport.refused_connections() > number as u64)
+            .await;
     }
     // After a good handshake: garbage, an oversized frame, and a second Hello each close the
     // connection (only that one).
@@ -391,7 +383,7 @@ async fn nodes_of_two_clusters_never_connect() {
     let mut n1_options = options(1, local());
     n1_options.peers.insert(NodeId(2), n2.addr());
     let n1 = start(n1_options, 16).await;
-    wait_until("n2 refuses n1", || n2.transport.refused_connections() > 0).await;
+    eventually_async("n2 refuses n1", async || n2.transport.refused_connections() > 0).await;
     assert!(!n1.health(NodeId(2)).connected);
     assert!(!n2.health(NodeId(1)).connected);
 }

@@ -1,0 +1,141 @@
+//! Cluster files for tests: n1..nN on loopback, every address on a port from [`ports`], so
+//! clusters of parallel tests (and a `skiff demo` left running) never meet.
+
+use std::fmt::{Display, Write as _};
+use std::path::{Path, PathBuf};
+
+use skiff::NodeId;
+use skiff::config::ClusterConfig;
+
+use crate::ports;
+
+/// The addresses of one node of a [`ClusterFile`].
+#[derive(Clone, Debug)]
+pub struct NodeAddresses {
+    pub id: NodeId,
+    pub raft: String,
+    pub http: Option<String>,
+    pub redis: Option<String>,
+    /// Listed with `join = true`: not an initial voter, added later.
+    pub join: bool,
+}
+
+/// A cluster file of nodes n1..nN with free loopback ports.
+#[derive(Clone, Debug)]
+pub struct ClusterFile {
+    pub name: String,
+    pub nodes: Vec<NodeAddresses>,
+    /// The `[raft]` section, as `key = value` lines.
+    raft: Vec<String>,
+}
+
+/// What a [`ClusterFile`] will hold; [`ClusterFileBuilder::build`] picks the ports.
+#[derive(Debug)]
+pub struct ClusterFileBuilder {
+    name: String,
+    members: u64,
+    joiners: u64,
+    http: bool,
+    redis: bool,
+    raft: Vec<String>,
+}
+
+impl ClusterFile {
+    /// `members` nodes (n1..), each with a raft address; add more with the builder.
+    pub fn builder(name: &str, members: u64) -> ClusterFileBuilder {
+        ClusterFileBuilder { name: name.to_string(), members, joiners: 0, http: false, redis: false, raft: Vec::new() }
+    }
+
+    /// The file's text (TOML).
+    pub fn to_toml(&self) -> String {
+        let mut text = format!("[cluster]\nname = \"{}\"\n", self.name);
+        if !self.raft.is_empty() {
+            text.push_str("\n[raft]\n");
+            for line in &self.raft {
+                let _ = writeln!(text, "{line}");
+            }
+        }
+        for node in &self.nodes {
+            let _ = write!(text, "\n[[node]]\nid = \"{}\"\nraft = \"{}\"\n", node.id, node.raft);
+            if let Some(http) = &node.http {
+                let _ = writeln!(text, "http = \"{http}\"");
+            }
+            if let Some(redis) = &node.redis {
+                let _ = writeln!(text, "redis = \"{redis}\"");
+            }
+            if node.join {
+                text.push_str("join = true\n");
+            }
+        }
+        text
+    }
+
+    /// The file parsed and validated, as the servers read it.
+    pub fn config(&self) -> ClusterConfig {
+        let text = self.to_toml();
+        ClusterConfig::from_toml_str(&text)
+            .unwrap_or_else(|error| panic!("an invalid test cluster file ({error}):\n{text}"))
+    }
+
+    /// Writes the file as `cluster.toml` in `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, self.to_toml()).unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
+        path
+    }
+
+    /// Node `id`'s addresses.
+    pub fn node(&self, id: NodeId) -> &NodeAddresses {
+        self.nodes.iter().find(|node| node.id == id).unwrap_or_else(|| panic!("{id} is not in the cluster file"))
+    }
+
+    /// Every node's http address, in id order (for `--endpoints`).
+    pub fn http_addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.http.clone().expect("the cluster file has http addresses")).collect()
+    }
+
+    /// Every node's redis address, in id order.
+    pub fn redis_addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.redis.clone().expect("the cluster file has redis addresses")).collect()
+    }
+}
+
+impl ClusterFileBuilder {
+    /// Adds `joiners` nodes after the members, listed with `join = true`.
+    pub fn joiners(mut self, joiners: u64) -> Self {
+        self.joiners = joiners;
+        self
+    }
+
+    /// Gives every node an http (client API) address.
+    pub fn http(mut self) -> Self {
+        self.http = true;
+        self
+    }
+
+    /// Gives every node a redis address.
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
+        self
+    }
+
+    /// Sets `key = value` in the `[raft]` section (`value` written as TOML: quote strings).
+    pub fn raft(mut self, key: &str, value: impl Display) -> Self {
+        self.raft.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Picks the ports.
+    pub fn build(self) -> ClusterFile {
+        let nodes = (1..=self.members + self.joiners)
+            .map(|i| NodeAddresses {
+                id: NodeId(i),
+                raft: ports::free_address(),
+                http: self.http.then(ports::free_address),
+                redis: self.redis.then(ports::free_address),
+                join: i > self.members,
+            })
+            .collect();
+        ClusterFile { name: self.name, nodes, raft: self.raft }
+    }
+}
