@@ -113,7 +113,7 @@ mod ready;
 mod storage;
 mod types;
 
-pub use config::Config;
+pub use config::{Config, InvalidConfig};
 pub use message::{AppendResult, Envelope, Message};
 pub use raft::Raft;
 pub use ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::config::InvalidConfig;
 use crate::storage::StorageError;
 use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta, Term};
 
@@ -93,7 +94,7 @@ pub enum Error {
     #[error("cannot snapshot at {index}: {reason}")]
     InvalidSnapshot { index: Index, reason: String },
     #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(InvalidConfig),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
