@@ -9,7 +9,7 @@ use skiff::config::{ClusterConfig, NodeConfig};
 use skiff_kv::{Server, ServerOptions};
 
 use crate::commands::Format;
-use crate::serve::wait_for_signal;
+use crate::serve::{RaftFlags, wait_for_signal};
 use crate::status;
 
 /// How long the demo waits for the first leader before saying so.
@@ -19,6 +19,7 @@ pub struct DemoOptions {
     pub nodes: usize,
     pub config: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub raft: RaftFlags,
 }
 
 /// `ClusterConfig::demo()`'s pattern for `nodes` nodes: n<i> with raft on 127.0.0.1:700<i>,
@@ -40,9 +41,17 @@ pub fn demo_cluster(nodes: usize) -> ClusterConfig {
 }
 
 pub fn run(options: DemoOptions) -> Result<()> {
+    let overrides = &options.raft.overrides;
     let cluster = match &options.config {
-        Some(path) => ClusterConfig::load(path)?,
-        None => demo_cluster(options.nodes),
+        Some(path) => ClusterConfig::load_with_overrides(path, overrides)?,
+        None => {
+            let mut cluster = demo_cluster(options.nodes);
+            for (key, value) in overrides {
+                cluster.raft.set(key, value)?;
+            }
+            cluster.validate()?;
+            cluster
+        }
     };
     if let Some(node) = cluster.node.iter().find(|node| node.http.is_none()) {
         bail!("node {} has no http address; the demo serves every node's API", node.id);

@@ -188,18 +188,16 @@ struct ServeArgs {
     /// Where the node keeps its log and snapshots [default: data/<id>].
     #[arg(long, env = "SKIFF_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// The largest value accepted, in bytes.
-    #[arg(long, env = "SKIFF_MAX_VALUE_BYTES", default_value_t = skiff_kv::Limits::default().max_value_bytes)]
-    max_value_bytes: usize,
-    /// The largest key accepted, in bytes.
-    #[arg(long, env = "SKIFF_MAX_KEY_BYTES", default_value_t = skiff_kv::Limits::default().max_key_bytes)]
-    max_key_bytes: usize,
+    #[command(flatten)]
+    limits: skiff_kv::Limits,
     /// Serve /v1/skiff/faults, which can drop or delay this node's peer traffic (for
     /// `skiff check` and experiments; never in production).
     #[arg(long, env = "SKIFF_FAULT_INJECTION", value_parser = clap::builder::BoolishValueParser::new())]
     fault_injection: bool,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    raft: serve::RaftFlags,
 }
 
 #[derive(Args)]
@@ -215,6 +213,8 @@ struct DemoArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    raft: serve::RaftFlags,
 }
 
 #[derive(Args)]
@@ -376,12 +376,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             serve::init_logging(args.log.log.as_deref(), args.log.log_format, "info")?;
-            let limits = skiff_kv::Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
             let options = serve::ServeOptions {
                 config: args.config,
                 id: args.id,
                 data_dir: args.data_dir,
-                limits,
+                raft: args.raft,
+                limits: args.limits,
                 fault_injection: args.fault_injection,
             };
             serve::run(options)?;
@@ -389,7 +389,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => {
             serve::init_logging(args.log.log.as_deref(), args.log.log_format, DEMO_LOG)?;
             let nodes = usize::from(args.nodes);
-            demo::run(demo::DemoOptions { nodes, config: args.config, data_dir: args.data_dir })?;
+            demo::run(demo::DemoOptions { nodes, config: args.config, data_dir: args.data_dir, raft: args.raft })?;
         }
         Command::Get { key, stale, raw } => {
             if !commands::get(&client()?, &key, stale, raw, format)? {

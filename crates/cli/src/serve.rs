@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, ValueEnum};
 use skiff::NodeId;
-use skiff::config::{ClusterConfig, parse_node_id};
+use skiff::config::{ClusterConfig, RaftSection, parse_node_id};
 use skiff_kv::{Limits, Server, ServerOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -32,25 +33,89 @@ pub fn init_logging(filter: Option<&str>, format: LogFormat, default: &str) -> R
     Ok(())
 }
 
+/// The cluster file's `[raft]` settings as flags and `SKIFF_*` variables (`--tick-ms`,
+/// `SKIFF_TICK_MS`, ...), which override the file; a flag wins over a variable. The flags are
+/// made from the section's own keys and defaults ([`RaftSection::keys_and_defaults`]), so
+/// a setting is named, defaulted and checked in one place, and described in one
+/// (docs/configuration.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RaftFlags {
+    /// (key, value) of each setting a flag or variable gives, in the file's syntax.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl clap::Args for RaftFlags {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        let heading = "Raft settings: override the cluster file's [raft] (docs/configuration.md)";
+        command.next_help_heading(heading).args(RaftSection::keys_and_defaults().into_iter().map(raft_flag))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        RaftFlags::augment_args(command)
+    }
+}
+
+/// The flag of the `[raft]` setting `key`. It shows the default in `--help`, but only a value
+/// given on the command line or in the environment overrides the file.
+fn raft_flag((key, default): (String, String)) -> Arg {
+    let is_bool = default == "true" || default == "false";
+    let value_name = match () {
+        _ if is_bool => "BOOL",
+        _ if key.ends_with("_ticks") => "TICKS",
+        _ if key.ends_with("_bytes") => "BYTES",
+        _ if key.ends_with("_ms") => "MS",
+        _ => "N",
+    };
+    let arg = Arg::new(key.clone())
+        .long(key.replace('_', "-"))
+        .env(format!("SKIFF_{}", key.to_uppercase()))
+        .value_name(value_name)
+        .default_value(default);
+    if is_bool {
+        arg.value_parser(["true", "false"])
+    } else {
+        arg.value_parser(|text: &str| text.parse::<u64>().map(|_| text.to_string()))
+    }
+}
+
+impl clap::FromArgMatches for RaftFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<RaftFlags, clap::Error> {
+        let given =
+            |key: &str| matches!(matches.value_source(key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        let overrides = RaftSection::keys_and_defaults()
+            .into_iter()
+            .filter(|(key, _)| given(key))
+            .filter_map(|(key, _)| Some((key.clone(), matches.get_one::<String>(&key)?.clone())))
+            .collect();
+        Ok(RaftFlags { overrides })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = RaftFlags::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
 /// What `serve` needs, from flags and `SKIFF_*` variables.
 pub struct ServeOptions {
     pub config: PathBuf,
     pub id: String,
     pub data_dir: Option<PathBuf>,
+    pub raft: RaftFlags,
     pub limits: Limits,
     pub fault_injection: bool,
 }
 
-/// Reads the cluster file and checks that it lists `id`.
-pub fn load_node(config: &Path, id: &str) -> Result<(ClusterConfig, NodeId)> {
-    let cluster = ClusterConfig::load(config)?;
+/// Reads the cluster file, applies the `[raft]` overrides, and checks that it lists `id`.
+pub fn load_node(config: &Path, raft: &RaftFlags, id: &str) -> Result<(ClusterConfig, NodeId)> {
+    let cluster = ClusterConfig::load_with_overrides(config, &raft.overrides)?;
     let id = parse_node_id(id)?;
     cluster.node(id)?;
     Ok((cluster, id))
 }
 
 pub fn run(options: ServeOptions) -> Result<()> {
-    let (cluster, id) = load_node(&options.config, &options.id)?;
+    let (cluster, id) = load_node(&options.config, &options.raft, &options.id)?;
     let data_dir = options.data_dir.unwrap_or_else(|| Path::new("data").join(id.to_string()));
     if options.fault_injection {
         tracing::warn!(node = %id, "fault injection is on: anyone who reaches the HTTP port can cut this node off");

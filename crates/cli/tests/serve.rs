@@ -1,5 +1,5 @@
-//! `skiff serve`: refused configs exit 1 naming the problem; a node serves and stops on
-//! SIGTERM. Ports: 19480-19519.
+//! `skiff serve`: refused configs exit 1 naming the problem; flags and variables override
+//! the file; a node serves and stops on SIGTERM. Ports: 19480-19519.
 
 mod common;
 
@@ -33,6 +33,63 @@ fn bad_configs_exit_1_with_the_problem() {
     let output = skiff().args(["serve", "--id", "n1"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(stderr(&output).contains("--config"), "{output:?}");
+}
+
+#[test]
+fn raft_flags_and_variables_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "cluster.toml", &common::cluster_toml(19490, 1));
+    // Each run sets election_timeout_ticks to a value the core refuses (at most the heartbeat
+    // interval, 5), so the error shows which value won without starting a node.
+    let run = |env: Option<&str>, flag: Option<&str>| {
+        let mut command = skiff();
+        command.arg("serve").arg("--config").arg(&config).args(["--id", "n1"]);
+        command.arg("--data-dir").arg(dir.path().join("data"));
+        if let Some(value) = env {
+            command.env("SKIFF_ELECTION_TIMEOUT_TICKS", value);
+        }
+        if let Some(value) = flag {
+            command.args(["--election-timeout-ticks", value]);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        stderr(&output)
+    };
+    let wanted =
+        |ticks: u32| format!("raft.election_timeout_ticks ({ticks}) must be greater than heartbeat_interval_ticks (5)");
+    assert!(run(Some("3"), None).contains(&wanted(3)), "the variable overrides the file");
+    assert!(run(None, Some("4")).contains(&wanted(4)), "the flag overrides the file");
+    assert!(run(Some("3"), Some("2")).contains(&wanted(2)), "the flag wins over the variable");
+    assert!(run(Some("50"), Some("1")).contains(&wanted(1)), "the flag wins over a good variable");
+
+    // A bad value is a usage error, named.
+    let output = skiff().args(["serve", "--config", "c.toml", "--id", "n1", "--pre-vote", "yes"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr(&output).contains("--pre-vote"), "{output:?}");
+}
+
+#[test]
+fn help_lists_each_setting_once_with_its_default() {
+    let output = skiff().args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = common::stdout(&output);
+    let settings = [
+        ("--tick-ms", "SKIFF_TICK_MS", "10"),
+        ("--heartbeat-interval-ticks", "SKIFF_HEARTBEAT_INTERVAL_TICKS", "5"),
+        ("--election-timeout-ticks", "SKIFF_ELECTION_TIMEOUT_TICKS", "30"),
+        ("--pre-vote", "SKIFF_PRE_VOTE", "true"),
+        ("--snapshot-after-entries", "SKIFF_SNAPSHOT_AFTER_ENTRIES", "10000"),
+        ("--max-value-bytes", "SKIFF_MAX_VALUE_BYTES", "1048576"),
+        ("--max-key-bytes", "SKIFF_MAX_KEY_BYTES", "8192"),
+    ];
+    for (flag, variable, default) in settings {
+        assert_eq!(help.matches(&format!("{flag} ")).count(), 1, "{flag} once in:\n{help}");
+        // The flag's entry: from the flag to the next option.
+        let entry = help.split("\n      --").find(|entry| entry.starts_with(&format!("{} ", &flag[2..])));
+        let entry = entry.unwrap_or_else(|| panic!("no entry for {flag} in:\n{help}"));
+        assert!(entry.contains(&format!("[env: {variable}=]")), "{flag}: {entry}");
+        assert!(entry.contains(&format!("[default: {default}]")), "{flag}: {entry}");
+    }
 }
 
 #[test]

@@ -535,6 +535,9 @@ async fn raft_configuration(State(api): Shared) -> ApiResult {
     Ok(axum::Json(json!({ "Servers": servers, "Index": status.commit.0 })).into_response())
 }
 
+/// How many of the longest election timeouts `transfer-leader` waits for the new leader.
+const TRANSFER_WAIT_ELECTION_TIMEOUTS: u32 = 5;
+
 async fn transfer_leader(State(api): Shared, uri: Uri) -> ApiResult {
     let query = Query::parse(&uri);
     let status = api.status().await?;
@@ -547,13 +550,16 @@ async fn transfer_leader(State(api): Shared, uri: Uri) -> ApiResult {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("{target} is not a voter")));
     }
     api.node.transfer_leader(target).await.map_err(|error| api.fail(error))?;
-    // The transfer completes within an election timeout, or is abandoned.
+    // The core abandons a transfer after an election timeout; the target's election and the
+    // news of it take less again. Several election timeouts (3 s with the defaults) leave
+    // room for a busy machine before reporting a timeout.
+    let wait = api.node.options().max_election_timeout() * TRANSFER_WAIT_ELECTION_TIMEOUTS;
     let mut leader = api.node.watch_leader();
     let moved = leader.wait_for(|info| info.leader == Some(target));
-    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), moved).await {
+    if let Ok(Ok(_)) = tokio::time::timeout(wait, moved).await {
         return Ok(axum::Json(json!({ "Success": true })).into_response());
     }
-    let message = format!("leadership did not move to {target} within 3 s");
+    let message = format!("leadership did not move to {target} within {wait:?}");
     Err(ApiError { status: StatusCode::GATEWAY_TIMEOUT, message, leader: api.node.leader().leader })
 }
 

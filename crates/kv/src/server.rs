@@ -22,10 +22,18 @@ use crate::http::Api;
 use crate::redis::Redis;
 use crate::state::{KvStore, Retention};
 
-/// Sizes a request may not exceed; checked before anything is proposed.
+/// Sizes a request may not exceed; checked before anything is proposed. With the `cli`
+/// feature, also `skiff serve`'s flags and `SKIFF_*` variables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Limits {
+    /// The largest key accepted, in bytes.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_KEY_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().max_key_bytes))]
     pub max_key_bytes: usize,
+    /// The largest value accepted, in bytes.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_VALUE_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().max_value_bytes))]
     pub max_value_bytes: usize,
 }
 
@@ -44,6 +52,7 @@ pub struct ServerOptions {
     pub id: NodeId,
     /// Where the node keeps its log, hard state and snapshots.
     pub data_dir: PathBuf,
+    /// The largest keys and values accepted.
     pub limits: Limits,
     /// Serve `/v1/skiff/faults`, which drops or delays this node's peer traffic: for
     /// testing only (`skiff check`, the demo). Off by default.

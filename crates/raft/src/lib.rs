@@ -124,7 +124,7 @@ mod storage;
 pub mod testing;
 mod types;
 
-pub use config::Config;
+pub use config::{Config, InvalidConfig};
 pub use message::{AppendResult, Envelope, Message};
 pub use raft::Raft;
 pub use ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::config::InvalidConfig;
 use crate::storage::StorageError;
 use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta, Term};
 
@@ -138,10 +139,10 @@ pub enum Error {
         /// Which bound it broke.
         reason: String,
     },
-    /// [`crate::Raft::new`] was given a `Config` that fails `Config::validate`; the text
-    /// says which setting.
+    /// [`crate::Raft::new`] was given a `Config` that fails `Config::validate`, which
+    /// names the setting.
     #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(InvalidConfig),
     /// The storage failed; for `StorageError::Io` the node must stop.
     #[error(transparent)]
     Storage(#[from] StorageError),

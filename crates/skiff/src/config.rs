@@ -1,64 +1,16 @@
-//! The cluster file: which nodes make up the cluster, where they listen, and
-//! the Raft settings they share.
+//! The cluster file: which nodes make up the cluster, where they listen, and the Raft
+//! settings they share. `docs/configuration.md` describes the format and every setting.
 //!
 //! One file describes the whole cluster and every node reads the same file; a node is
 //! started with its own id (`skiff serve --config cluster.toml --id n1`). The file is TOML,
-//! or JSON with the same schema when its name ends in `.json` (or its content starts with
-//! `{`). [`ClusterConfig::load`] parses and [validates](ClusterConfig::validate) it, and
-//! reports every problem it finds, each naming the node entry and field it concerns.
-//! Unknown fields are refused by name, so a typo (`heartbeat_tick = 5`) is an error rather
-//! than a silently ignored setting.
+//! or JSON with the same schema. [`ClusterConfig::load`] parses and
+//! [validates](ClusterConfig::validate) it, and reports every problem it finds, each naming
+//! the node entry and field it concerns. Unknown fields are refused by name, so a typo
+//! (`heartbeat_tick = 5`) is an error rather than a silently ignored setting.
 //!
-//! ```toml
-//! [cluster]
-//! name = "demo"                   # required, not empty
-//!
-//! [[node]]                        # one table per node, at least one
-//! id = "n1"                       # required: "n<number>" or "<number>"
-//! raft = "10.0.0.1:7001"          # required: the address peers connect to
-//! raft_listen = "0.0.0.0:7001"    # optional: the address to bind (default: raft)
-//! http = "10.0.0.1:8001"          # optional: the client API
-//! redis = "10.0.0.1:6001"         # optional: the Redis-protocol API
-//!
-//! [[node]]
-//! id = "n2"
-//! raft = "10.0.0.2:7001"
-//! http = "10.0.0.2:8001"
-//!
-//! [[node]]
-//! id = "n3"
-//! raft = "10.0.0.3:7001"
-//!
-//! [raft]                          # optional, and so is each field (defaults shown)
-//! tick_ms = 10                    # how long one tick of the consensus core lasts
-//! heartbeat_ticks = 5             # a leader sends heartbeats this often
-//! election_ticks = 30             # timeout drawn from [election_ticks, 2 * election_ticks)
-//! snapshot_after_entries = 10000  # snapshot after at least this many entries (and log bytes ≥ the last snapshot's)
-//! pre_vote = true                 # pre-vote before campaigning (thesis §9.6)
-//! check_quorum = true             # a leader cut off from a majority steps down (thesis §6.2)
-//! lease_reads = false             # reads from the leader's lease (thesis §6.4.1); needs check_quorum
-//! max_inflight = 64               # AppendEntries in flight to one follower
-//! max_inflight_bytes = 8388608    # bytes of entries in flight to one follower (8 MiB)
-//! max_append_bytes = 1048576      # bytes of entries in one AppendEntries (1 MiB)
-//! max_uncommitted_bytes = 67108864 # a leader refuses proposals beyond this backlog (64 MiB)
-//! ```
-//!
-//! **Node ids.** An id is written `"n<number>"` or `"<number>"` and maps to the core's
-//! [`NodeId`]: `"n1"` and `"1"` are both `NodeId(1)`, which is printed `n1`. Two entries
-//! with the same number are the same node and are refused. Ids are never reused: give a
-//! replacement node a new id.
-//!
-//! **Addresses** are `host:port`, where host is an IPv4 address, an IPv6 address in
-//! brackets (`[::1]:7001`) or a host name (`node1.example.com:7001`). They are checked for
-//! syntax only; names are resolved when a node connects or binds. Port 0 is refused: peers
-//! must know the real port. `raft` is what the other nodes dial, so it cannot be a wildcard
-//! such as `0.0.0.0`; to bind every interface, put the wildcard in `raft_listen` and a
-//! reachable address in `raft`. No address may appear twice in the file (wildcards aside,
-//! which stand for the interfaces of each node's own machine), and one node's listeners
-//! must not share a port with a wildcard listener of the same node.
-//!
-//! **Durations** are in ticks of `tick_ms` milliseconds, as the core counts them:
-//! with the defaults a heartbeat every 50 ms and an election timeout of 300-600 ms.
+//! The `[raft]` section ([`RaftSection`]) is the consensus core's own
+//! [`skiff_raft::Config`], flattened into the table beside the two settings of the
+//! runtime: each setting has one name, one default and one check, the core's.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,7 +37,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub node: Vec<NodeConfig>,
     /// `[raft]`: settings shared by every node.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "RaftSection::deserialize_naming_keys")]
     pub raft: RaftSection,
 }
 
@@ -122,59 +74,29 @@ pub struct NodeConfig {
     pub join: bool,
 }
 
-/// `[raft]`: the consensus settings. Every field is optional in the file. Durations are
-/// in ticks of [`tick_ms`](RaftSection::tick_ms); see [`skiff_raft::Config`] for what the
-/// core does with each.
+/// `[raft]`: the settings every node shares. Every key is optional in the file. The
+/// runtime's two come first; the rest are the consensus core's [`skiff_raft::Config`]
+/// (`heartbeat_interval_ticks`, `election_timeout_ticks`, ...), with the core's names,
+/// defaults and validation. Durations are in ticks of [`tick_ms`](RaftSection::tick_ms).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftSection {
-    /// Milliseconds per tick, at least 1. Default 10.
+    /// Milliseconds per tick, at least 1.
     pub tick_ms: u64,
-    /// A leader sends heartbeats every this many ticks, at least 1. Default 5.
-    pub heartbeat_ticks: u32,
-    /// The election timeout is drawn from `[election_ticks, 2 * election_ticks)` for each
-    /// wait (Raft §5.2). Must exceed `heartbeat_ticks`. Default 30.
-    pub election_ticks: u32,
     /// Take a snapshot and compact the log after at least this many applied entries, at
     /// least 1, and once the log since the last snapshot is at least as large as that
     /// snapshot (so a large state is not rewritten every few thousand small writes).
-    /// Default 10000.
     pub snapshot_after_entries: u64,
-    /// Pre-vote before campaigning (thesis §9.6). Default on.
-    pub pre_vote: bool,
-    /// A leader cut off from a majority steps down; followers that hear a leader ignore
-    /// vote requests (thesis §6.2, §4.2.3). Default on.
-    pub check_quorum: bool,
-    /// Serve linearizable reads from the leader's lease instead of a heartbeat round
-    /// (thesis §6.4.1). Needs `check_quorum`. Default off.
-    pub lease_reads: bool,
-    /// At most this many `AppendEntries` in flight to one follower, at least 1. Default 64.
-    pub max_inflight: usize,
-    /// At most this many bytes of entries in flight to one follower, at least 1.
-    /// Default 8 MiB.
-    pub max_inflight_bytes: u64,
-    /// At most this many bytes of entries in one `AppendEntries`, at least 1. Default 1 MiB.
-    pub max_append_bytes: u64,
-    /// A leader refuses proposals while it holds this many bytes of uncommitted entries,
-    /// at least 1. Default 64 MiB.
-    pub max_uncommitted_bytes: u64,
+    /// The core's settings. Its per-node fields (`id`, `seed`, `applied`) are not in the
+    /// file; [`RaftSection::core_config`] fills them in for one node.
+    #[serde(flatten)]
+    pub core: skiff_raft::Config,
 }
 
+/// The runtime's defaults; the core's are [`skiff_raft::Config::default`].
 impl Default for RaftSection {
     fn default() -> RaftSection {
-        RaftSection {
-            tick_ms: 10,
-            heartbeat_ticks: 5,
-            election_ticks: 30,
-            snapshot_after_entries: 10_000,
-            pre_vote: true,
-            check_quorum: true,
-            lease_reads: false,
-            max_inflight: 64,
-            max_inflight_bytes: 8 << 20,
-            max_append_bytes: 1 << 20,
-            max_uncommitted_bytes: 64 << 20,
-        }
+        RaftSection { tick_ms: 10, snapshot_after_entries: 10_000, core: skiff_raft::Config::default() }
     }
 }
 
@@ -213,6 +135,9 @@ pub enum ConfigError {
     /// A node id that is not in the cluster.
     #[error("node {id} is not in cluster {cluster:?}, whose nodes are {}; check --id or the cluster file", id_list(.known))]
     UnknownNode { id: NodeId, cluster: String, known: Vec<NodeId> },
+    /// A flag or environment variable gives a `[raft]` setting a value it cannot take.
+    #[error("cannot set raft.{key} to {value:?}: {reason}")]
+    BadSetting { key: String, value: String, reason: String },
     /// The config could not be written as TOML (a number beyond TOML's 64-bit signed range).
     #[error("cannot write the cluster config as TOML: {0}")]
     Serialize(String),
@@ -255,24 +180,12 @@ pub enum ConfigProblem {
         .first.0, .first.1, .second.0, .second.1
     )]
     PortConflict { node: String, port: u16, first: (&'static str, String), second: (&'static str, String) },
-    /// A `[raft]` setting that must be positive is 0.
+    /// A `[raft]` setting of the runtime that must be positive is 0.
     #[error("raft.{field} is 0; it must be at least 1 (default {default})")]
     ZeroSetting { field: &'static str, default: u64 },
-    /// `election_ticks` does not exceed `heartbeat_ticks`.
-    #[error(
-        "raft.election_ticks ({election_ticks}) must be greater than raft.heartbeat_ticks ({heartbeat_ticks}), \
-         or followers start elections under a healthy leader; the defaults are 30 and 5"
-    )]
-    ElectionTicksTooLow { election_ticks: u32, heartbeat_ticks: u32 },
-    /// `lease_reads` without `check_quorum`.
-    #[error(
-        "raft.lease_reads is on but raft.check_quorum is off; a lease is only safe when a leader steps down \
-         after losing its majority (thesis §6.4.1): turn check_quorum on or lease_reads off"
-    )]
-    LeaseReadsNeedCheckQuorum,
-    /// A setting the core refuses that the checks above do not cover.
-    #[error("raft settings: {0}")]
-    Core(String),
+    /// A setting the consensus core refuses ([`skiff_raft::Config::validate`]).
+    #[error("raft.{0}")]
+    Core(skiff_raft::InvalidConfig),
 }
 
 fn origin(file: &Option<PathBuf>) -> String {
@@ -348,35 +261,53 @@ impl ClusterConfig {
     /// Reads and validates a cluster file: JSON if the name ends in `.json` or the content
     /// starts with `{`, TOML otherwise. Errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::load_with_overrides(path, &[])
+    }
+
+    /// As [`load`](ClusterConfig::load), with `[raft]` settings (key, value) overridden
+    /// before the config is validated, as flags and environment variables do; see
+    /// [`RaftSection::set`].
+    pub fn load_with_overrides(
+        path: impl AsRef<Path>,
+        overrides: &[(String, String)],
+    ) -> Result<ClusterConfig, ConfigError> {
         let path = path.as_ref();
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let is_json = path.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("json"))
             || text.trim_start().starts_with('{');
         let format = if is_json { Format::Json } else { Format::Toml };
-        ClusterConfig::parse(&text, format, Some(path.to_path_buf()))
+        ClusterConfig::parse(&text, format, Some(path.to_path_buf()), overrides)
     }
 
     /// Parses and validates a cluster file's TOML text.
     pub fn from_toml_str(text: &str) -> Result<ClusterConfig, ConfigError> {
-        ClusterConfig::parse(text, Format::Toml, None)
+        ClusterConfig::parse(text, Format::Toml, None, &[])
     }
 
     /// Parses and validates a cluster file's JSON text (the same schema as TOML).
     pub fn from_json_str(text: &str) -> Result<ClusterConfig, ConfigError> {
-        ClusterConfig::parse(text, Format::Json, None)
+        ClusterConfig::parse(text, Format::Json, None, &[])
     }
 
-    fn parse(text: &str, format: Format, file: Option<PathBuf>) -> Result<ClusterConfig, ConfigError> {
+    fn parse(
+        text: &str,
+        format: Format,
+        file: Option<PathBuf>,
+        overrides: &[(String, String)],
+    ) -> Result<ClusterConfig, ConfigError> {
         let parsed = match format {
             Format::Toml => toml::from_str::<ClusterConfig>(text).map_err(|error| error.to_string()),
             Format::Json => serde_json::from_str::<ClusterConfig>(text).map_err(|error| error.to_string()),
         };
-        let config = parsed.map_err(|message| ConfigError::Parse {
+        let mut config = parsed.map_err(|message| ConfigError::Parse {
             file: file.clone(),
             format,
             message: message.trim_end().to_string(),
         })?;
+        for (key, value) in overrides {
+            config.raft.set(key, value)?;
+        }
         match config.validate() {
             Err(ConfigError::Invalid { problems, .. }) => Err(ConfigError::Invalid { file, problems }),
             other => other.map(|()| config),
@@ -501,16 +432,14 @@ impl ClusterConfig {
             .collect()
     }
 
-    /// The core's settings for node `id`: the `[raft]` section mapped onto
-    /// [`skiff_raft::Config`], with the election PRNG seeded from the id so nodes time out
-    /// at different moments. Other fields keep the core's defaults.
+    /// The core's config for node `id` ([`RaftSection::core_config`]).
     pub fn raft_config(&self, id: NodeId) -> skiff_raft::Config {
         self.raft.core_config(id)
     }
 
     /// How long one tick lasts: `raft.tick_ms`.
     pub fn tick_interval(&self) -> Duration {
-        Duration::from_millis(self.raft.tick_ms)
+        self.raft.tick()
     }
 
     /// The demo cluster that `skiff demo` runs: cluster `"demo"`, nodes
@@ -537,53 +466,77 @@ impl ClusterConfig {
 }
 
 impl RaftSection {
-    /// These settings as the core's [`skiff_raft::Config`] for node `id`.
-    fn core_config(&self, id: NodeId) -> skiff_raft::Config {
-        skiff_raft::Config {
-            heartbeat_interval_ticks: self.heartbeat_ticks,
-            election_timeout_ticks: self.election_ticks,
-            pre_vote: self.pre_vote,
-            check_quorum: self.check_quorum,
-            lease_reads: self.lease_reads,
-            max_inflight: self.max_inflight,
-            max_inflight_bytes: self.max_inflight_bytes,
-            max_append_bytes: self.max_append_bytes,
-            max_uncommitted_bytes: self.max_uncommitted_bytes,
-            ..skiff_raft::Config::new(id)
+    /// The core's config for node `id`: these settings, with the election PRNG seeded from
+    /// the id so nodes time out at different moments.
+    pub fn core_config(&self, id: NodeId) -> skiff_raft::Config {
+        skiff_raft::Config { id, seed: id.0, ..self.core.clone() }
+    }
+
+    /// How long one tick lasts: `tick_ms`.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Deserializes the section through a table, so that an error names the key at fault:
+    /// through `flatten`, serde reports a wrong type against the whole section.
+    fn deserialize_naming_keys<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<RaftSection, D::Error> {
+        let table = toml::Table::deserialize(deserializer)?;
+        table.clone().try_into().map_err(|error: toml::de::Error| {
+            // The first key that is refused on its own is the one at fault.
+            let alone = |key: &String, value: &toml::Value| {
+                toml::Table::from_iter([(key.clone(), value.clone())]).try_into::<RaftSection>().err()
+            };
+            let Some((key, key_error)) = table.iter().find_map(|(key, value)| Some((key, alone(key, value)?))) else {
+                return serde::de::Error::custom(error.message());
+            };
+            if !key_error.message().starts_with("unknown field") {
+                return serde::de::Error::custom(format!("raft.{key}: {}", key_error.message()));
+            }
+            let keys = RaftSection::keys_and_defaults();
+            let known: Vec<&str> = keys.iter().map(|(known, _)| known.as_str()).collect();
+            serde::de::Error::custom(format!("unknown field `{key}` in [raft]; the settings are {}", known.join(", ")))
+        })
+    }
+
+    /// Every `[raft]` key (alphabetically) with its default value, written as in the file:
+    /// what flags and environment variables can set.
+    pub fn keys_and_defaults() -> Vec<(String, String)> {
+        match toml::Table::try_from(RaftSection::default()) {
+            Ok(table) => table.into_iter().map(|(key, value)| (key, value.to_string())).collect(),
+            Err(error) => unreachable!("the [raft] defaults are plain TOML: {error}"),
         }
+    }
+
+    /// Sets the setting `key` (one of [`keys_and_defaults`](RaftSection::keys_and_defaults))
+    /// to `value`, written as in the file (`50`, `true`): how flags and environment variables
+    /// override the file. [`ClusterConfig::validate`] checks the result.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let refused =
+            |reason: String| ConfigError::BadSetting { key: key.to_string(), value: value.to_string(), reason };
+        let keys = RaftSection::keys_and_defaults();
+        if !keys.iter().any(|(known, _)| known == key) {
+            let known: Vec<&str> = keys.iter().map(|(known, _)| known.as_str()).collect();
+            return Err(refused(format!("there is no such setting; the [raft] settings are {}", known.join(", "))));
+        }
+        let parsed: toml::Value = value.parse().map_err(|error: toml::de::Error| refused(error.to_string()))?;
+        let mut table = toml::Table::try_from(&*self).map_err(|error| refused(error.to_string()))?;
+        table.insert(key.to_string(), parsed);
+        *self = table.try_into().map_err(|error: toml::de::Error| refused(error.to_string()))?;
+        Ok(())
     }
 
     fn check(&self, problems: &mut Vec<ConfigProblem>) {
         let defaults = RaftSection::default();
-        let counts: [(&'static str, u64, u64); 7] = [
+        for (field, value, default) in [
             ("tick_ms", self.tick_ms, defaults.tick_ms),
-            ("heartbeat_ticks", self.heartbeat_ticks.into(), defaults.heartbeat_ticks.into()),
             ("snapshot_after_entries", self.snapshot_after_entries, defaults.snapshot_after_entries),
-            ("max_inflight", self.max_inflight as u64, defaults.max_inflight as u64),
-            ("max_inflight_bytes", self.max_inflight_bytes, defaults.max_inflight_bytes),
-            ("max_append_bytes", self.max_append_bytes, defaults.max_append_bytes),
-            ("max_uncommitted_bytes", self.max_uncommitted_bytes, defaults.max_uncommitted_bytes),
-        ];
-        let before = problems.len();
-        for (field, value, default) in counts {
+        ] {
             if value == 0 {
                 problems.push(ConfigProblem::ZeroSetting { field, default });
             }
         }
-        if self.election_ticks <= self.heartbeat_ticks {
-            problems.push(ConfigProblem::ElectionTicksTooLow {
-                election_ticks: self.election_ticks,
-                heartbeat_ticks: self.heartbeat_ticks,
-            });
-        }
-        if self.lease_reads && !self.check_quorum {
-            problems.push(ConfigProblem::LeaseReadsNeedCheckQuorum);
-        }
-        if problems.len() == before {
-            // Whatever else the core refuses, in its own words.
-            if let Err(message) = self.core_config(NodeId(1)).validate() {
-                problems.push(ConfigProblem::Core(message));
-            }
+        if let Err(error) = self.core.validate() {
+            problems.push(ConfigProblem::Core(error));
         }
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct Settings {
     /// How long a caller waits for a request; after that its bookkeeping is dropped.
     pub request_timeout: Duration,
     pub snapshot_after_entries: u64,
+    /// How long a leader that shuts down waits for its successor to take over.
+    pub shutdown_wait_ticks: u32,
 }
 
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
@@ -266,7 +268,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         match self.raft.successor() {
             Some(target) => {
                 self.raft.transfer_leader(target)?;
-                Ok(60)
+                Ok(self.settings.shutdown_wait_ticks)
             }
             None => Ok(0),
         }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use skiff_storage::{DiskOptions, DiskStorage};
 
 use crate::apply::ReadQuery;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, RaftSection};
 use crate::driver::{Driver, Request, Settings};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
@@ -26,7 +26,7 @@ use crate::wire::{ForwardedRequest, PeerMessage};
 pub struct NodeOptions {
     /// The consensus core's settings (id, timeouts in ticks, flow control).
     pub raft: Config,
-    /// How long one tick lasts. Default 10 ms.
+    /// How long one tick lasts.
     pub tick: Duration,
     /// Snapshot the state machine and compact the log after at least this many applied
     /// entries, once the log since the last snapshot is at least as large as that snapshot.
@@ -37,13 +37,25 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
+    /// The defaults for node `id`: those of the cluster file's `[raft]` section.
     pub fn new(id: NodeId) -> NodeOptions {
+        NodeOptions::from_section(&RaftSection::default(), id)
+    }
+
+    /// Node `id`'s options from a cluster file's `[raft]` section.
+    pub fn from_section(section: &RaftSection, id: NodeId) -> NodeOptions {
         NodeOptions {
-            raft: Config::new(id),
-            tick: Duration::from_millis(10),
-            snapshot_after_entries: 10_000,
+            raft: section.core_config(id),
+            tick: section.tick(),
+            snapshot_after_entries: section.snapshot_after_entries,
             request_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// The longest election timeout, `tick` times the core's
+    /// [`max_election_timeout_ticks`](Config::max_election_timeout_ticks).
+    pub fn max_election_timeout(&self) -> Duration {
+        self.tick * self.raft.max_election_timeout_ticks()
     }
 }
 
@@ -149,10 +161,7 @@ impl<S: StateMachine> Node<S> {
         let (inbox, receiver) = mpsc::channel(4096);
         let mut tcp = TcpOptions::new(id, name, listen);
         tcp.peers = cluster.peers_of(id);
-        let mut options = NodeOptions::new(id);
-        options.raft = cluster.raft_config(id);
-        options.tick = cluster.tick_interval();
-        options.snapshot_after_entries = cluster.raft.snapshot_after_entries;
+        let options = NodeOptions::from_section(&cluster.raft, id);
         let Some(faults) = faults else {
             let transport = TcpTransport::start(tcp, inbox).await?;
             return Node::start_with(options, state_machine, store, transport, receiver);
@@ -181,6 +190,7 @@ impl<S: StateMachine> Node<S> {
             tick: options.tick,
             request_timeout: options.request_timeout,
             snapshot_after_entries: options.snapshot_after_entries,
+            shutdown_wait_ticks: options.raft.max_election_timeout_ticks(),
         };
         let driver = Driver::new(raft, state_machine, transport, settings, leader_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);
@@ -193,6 +203,11 @@ impl<S: StateMachine> Node<S> {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The options the node runs with.
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
     }
 
     /// The injected faults, if the node was started with

@@ -1,11 +1,13 @@
-//! The cluster file: parsing TOML and JSON, validation messages, and the helpers the
-//! runtime uses.
+//! The cluster file: parsing TOML and JSON, validation messages, the `[raft]` section as
+//! the core's own config (its defaults, its names, its validation), overriding settings as
+//! flags and environment variables do, and the helpers the runtime uses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use skiff::config::{ClusterConfig, ConfigError, ConfigProblem, NodeConfig, parse_node_id};
+use skiff::config::{ClusterConfig, ConfigError, ConfigProblem, NodeConfig, RaftSection, parse_node_id};
 use skiff::{Membership, NodeId};
+use skiff_raft::InvalidConfig;
 
 /// The example cluster file of the README, completed with three nodes.
 const DESIGN_EXAMPLE: &str = r#"
@@ -71,7 +73,7 @@ fn design_example_parses() {
     assert_eq!(config.node[0].raft_listen, None);
     assert_eq!(config.node[0].raft_listen_address(), "127.0.0.1:7001");
     assert_eq!(config.node[2].redis.as_deref(), Some("127.0.0.1:6003"));
-    assert_eq!(config.raft.election_ticks, 30);
+    assert_eq!(config.raft.core.election_timeout_ticks, 30);
     assert_eq!(config, ClusterConfig::demo());
 }
 
@@ -114,7 +116,7 @@ fn optional_sections_take_defaults() {
     let config = ClusterConfig::from_toml_str("[cluster]\nname = \"x\"\n[[node]]\nid = \"1\"\nraft = \"a:1\"").unwrap();
     assert_eq!(config.raft, Default::default());
     assert_eq!(config.raft.tick_ms, 10);
-    assert!(config.raft.pre_vote && config.raft.check_quorum && !config.raft.lease_reads);
+    assert!(config.raft.core.pre_vote && config.raft.core.check_quorum && !config.raft.core.lease_reads);
     assert_eq!(config.tick_interval(), Duration::from_millis(10));
 }
 
@@ -124,6 +126,13 @@ fn unknown_fields_are_named() {
         .unwrap_err()
         .to_string();
     assert_mentions(&message, &["cluster config: invalid TOML", "unknown field", "heartbeat_tick"]);
+    assert_mentions(&message, &["the settings are check_quorum, election_timeout_ticks", "tick_ms"]);
+    // A wrong type names the key, in either spelling of it.
+    for key in ["election_timeout_ticks", "election_ticks"] {
+        let text = two_nodes("id = \"n2\"\nraft = \"b:1\"", &format!("[raft]\n{key} = \"5\""));
+        let message = ClusterConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert_mentions(&message, &[&format!("raft.{key}: invalid type: string \"5\", expected u32")]);
+    }
 
     let message = ClusterConfig::from_toml_str(&two_nodes("id = \"n2\"\nraft = \"b:1\"\nhtpp = \"b:2\"", ""))
         .unwrap_err()
@@ -262,17 +271,147 @@ fn good_addresses() {
 #[test]
 fn raft_settings() {
     let node2 = "id = \"n2\"\nraft = \"b:1\"";
-    let message = invalid(&two_nodes(node2, "[raft]\nheartbeat_ticks = 5\nelection_ticks = 5"));
-    assert_mentions(&message, &["raft.election_ticks (5) must be greater than raft.heartbeat_ticks (5)"]);
+    let message = invalid(&two_nodes(node2, "[raft]\nheartbeat_interval_ticks = 5\nelection_timeout_ticks = 5"));
+    assert_mentions(&message, &["raft.election_timeout_ticks (5) must be greater than heartbeat_interval_ticks (5)"]);
 
     let message = invalid(&two_nodes(node2, "[raft]\ntick_ms = 0"));
     assert_mentions(&message, &["raft.tick_ms is 0", "default 10"]);
 
     let message = invalid(&two_nodes(node2, "[raft]\nmax_inflight = 0"));
-    assert_mentions(&message, &["raft.max_inflight is 0"]);
+    assert_mentions(&message, &["raft.max_inflight is 0", "default 64"]);
 
     let message = invalid(&two_nodes(node2, "[raft]\nlease_reads = true\ncheck_quorum = false"));
-    assert_mentions(&message, &["raft.lease_reads is on but raft.check_quorum is off"]);
+    assert_mentions(&message, &["raft.lease_reads is on but check_quorum is off"]);
+}
+
+#[test]
+fn the_core_validation_error_surfaces_naming_the_field() {
+    let node2 = "id = \"n2\"\nraft = \"b:1\"";
+    let Err(ConfigError::Invalid { problems, .. }) =
+        ClusterConfig::from_toml_str(&two_nodes(node2, "[raft]\nmax_uncommitted_bytes = 0"))
+    else {
+        panic!("max_uncommitted_bytes = 0 is refused");
+    };
+    let zero = InvalidConfig::Zero { field: "max_uncommitted_bytes", default: 64 << 20 };
+    assert_eq!(problems, [ConfigProblem::Core(zero.clone())]);
+    // The same error, word for word, as the core gives when it is built directly.
+    let core = skiff_raft::Config { max_uncommitted_bytes: 0, ..skiff_raft::Config::new(NodeId(1)) };
+    assert_eq!(core.validate(), Err(zero));
+    assert_eq!(problems[0].to_string(), format!("raft.{}", core.validate().unwrap_err()));
+}
+
+#[test]
+fn defaults_come_from_the_core() {
+    let section = RaftSection::default();
+    assert_eq!(section.core, skiff_raft::Config::default());
+    let parsed =
+        ClusterConfig::from_toml_str(&two_nodes("id = \"n2\"\nraft = \"b:1\"", "[raft]\ntick_ms = 20")).unwrap();
+    assert_eq!(parsed.raft.core, skiff_raft::Config::default(), "keys left out take the core's defaults");
+    assert_eq!(parsed.raft_config(NodeId(2)), skiff_raft::Config::new(NodeId(2)));
+    // The runtime starts from the same defaults.
+    let options = skiff::NodeOptions::new(NodeId(3));
+    assert_eq!(options.raft, skiff_raft::Config::new(NodeId(3)));
+    assert_eq!(options.tick, section.tick());
+    assert_eq!(options.snapshot_after_entries, section.snapshot_after_entries);
+    // An election timeout in time is the configured ticks times the tick.
+    let options = skiff::NodeOptions::from_section(&parsed.raft, NodeId(2));
+    assert_eq!(options.max_election_timeout(), Duration::from_millis(20 * 60));
+}
+
+#[test]
+fn old_key_names_still_parse() {
+    let node2 = "id = \"n2\"\nraft = \"b:1\"";
+    let old =
+        ClusterConfig::from_toml_str(&two_nodes(node2, "[raft]\nheartbeat_ticks = 3\nelection_ticks = 12")).unwrap();
+    let new = ClusterConfig::from_toml_str(&two_nodes(
+        node2,
+        "[raft]\nheartbeat_interval_ticks = 3\nelection_timeout_ticks = 12",
+    ))
+    .unwrap();
+    assert_eq!(old, new);
+    assert_eq!((old.raft.core.heartbeat_interval_ticks, old.raft.core.election_timeout_ticks), (3, 12));
+    // Written back, a file uses the core's names.
+    let text = old.to_toml_string().unwrap();
+    assert_mentions(&text, &["heartbeat_interval_ticks = 3", "election_timeout_ticks = 12"]);
+    assert!(!text.contains("heartbeat_ticks") && !text.contains("seed"), "{text}");
+}
+
+#[test]
+fn overrides_replace_file_settings_before_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    let file = two_nodes("id = \"n2\"\nraft = \"b:1\"", "[raft]\nelection_ticks = 5\npre_vote = false");
+    std::fs::write(&path, &file).unwrap();
+    // The file alone is refused; an override of the same setting repairs it.
+    assert!(ClusterConfig::load(&path).is_err());
+    let overrides =
+        [("election_timeout_ticks".to_string(), "50".to_string()), ("tick_ms".to_string(), "7".to_string())];
+    let config = ClusterConfig::load_with_overrides(&path, &overrides).unwrap();
+    assert_eq!(config.raft.core.election_timeout_ticks, 50);
+    assert_eq!(config.raft.tick_ms, 7);
+    assert!(!config.raft.core.pre_vote, "settings not overridden keep the file's value");
+    // Applied in order: the last one wins (flags come after environment variables).
+    let overrides = [("tick_ms".to_string(), "7".to_string()), ("tick_ms".to_string(), "9".to_string())];
+    let mut section = RaftSection::default();
+    for (key, value) in &overrides {
+        section.set(key, value).unwrap();
+    }
+    assert_eq!(section.tick_ms, 9);
+    // An override is validated like the file.
+    let overrides = [("election_timeout_ticks".to_string(), "4".to_string())];
+    let message = ClusterConfig::load_with_overrides(&path, &overrides).unwrap_err().to_string();
+    assert_mentions(&message, &["cluster.toml", "raft.election_timeout_ticks (4) must be greater"]);
+}
+
+#[test]
+fn overrides_are_refused_by_name() {
+    let mut section = RaftSection::default();
+    let message = section.set("election_tick", "50").unwrap_err().to_string();
+    assert_mentions(&message, &["raft.election_tick", "no such setting", "election_timeout_ticks", "tick_ms"]);
+    let message = section.set("pre_vote", "yes").unwrap_err().to_string();
+    assert_mentions(&message, &["cannot set raft.pre_vote to \"yes\""]);
+    let message = section.set("max_inflight", "-1").unwrap_err().to_string();
+    assert_mentions(&message, &["cannot set raft.max_inflight to \"-1\""]);
+    assert_eq!(section, RaftSection::default(), "a refused value changes nothing");
+    // Flags use the current names only.
+    assert!(section.set("heartbeat_ticks", "3").is_err());
+}
+
+#[test]
+fn every_setting_is_listed_once_with_its_default() {
+    let keys = RaftSection::keys_and_defaults();
+    let names: Vec<&str> = keys.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "check_quorum",
+            "election_timeout_ticks",
+            "heartbeat_interval_ticks",
+            "lease_reads",
+            "max_append_bytes",
+            "max_committed_bytes_per_ready",
+            "max_inflight",
+            "max_inflight_bytes",
+            "max_uncommitted_bytes",
+            "pre_vote",
+            "snapshot_after_entries",
+            "tick_ms",
+        ]
+    );
+    let mut section = RaftSection::default();
+    for (key, default) in &keys {
+        section.set(key, default).unwrap();
+    }
+    assert_eq!(section, RaftSection::default());
+    // docs/configuration.md has a row for each, with the same default.
+    let page = include_str!("../../../docs/configuration.md");
+    for (key, default) in &keys {
+        let row = page.lines().find(|line| line.starts_with(&format!("| `{key}`")));
+        let row = row.unwrap_or_else(|| panic!("docs/configuration.md has no row for {key}"));
+        assert!(row.contains(&format!("`{default}`")), "docs/configuration.md: {key} defaults to {default}: {row}");
+        assert!(row.contains(&format!("`--{}`", key.replace('_', "-"))), "{row}");
+        assert!(row.contains(&format!("`SKIFF_{}`", key.to_uppercase())), "{row}");
+    }
 }
 
 #[test]
@@ -316,7 +455,7 @@ fn node_lookup_and_peers() {
 fn raft_config_maps_settings() {
     let text = two_nodes(
         "id = \"n2\"\nraft = \"b:1\"",
-        "[raft]\ntick_ms = 20\nheartbeat_ticks = 3\nelection_ticks = 12\npre_vote = false\n\
+        "[raft]\ntick_ms = 20\nheartbeat_interval_ticks = 3\nelection_timeout_ticks = 12\npre_vote = false\n\
          lease_reads = true\nmax_inflight = 8\nmax_inflight_bytes = 1000\nmax_append_bytes = 100\n\
          max_uncommitted_bytes = 5000",
     );
@@ -347,7 +486,7 @@ fn toml_round_trip() {
         redis: None,
         join: true,
     });
-    config.raft.lease_reads = true;
+    config.raft.core.lease_reads = true;
     let text = config.to_toml_string().unwrap();
     assert_eq!(ClusterConfig::from_toml_str(&text).unwrap(), config, "{text}");
     assert!(!text.contains("redis = \"\""), "None fields are left out:\n{text}");
