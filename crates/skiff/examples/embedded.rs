@@ -69,7 +69,7 @@ raft = "127.0.0.1:17103"
 
 /// Runs the example; returns what each node reports as its latest committed entry.
 pub async fn run(data_dir: &std::path::Path) -> Result<Vec<(NodeId, Option<(Index, String)>)>, skiff::Error> {
-    let cluster = ClusterConfig::from_toml_str(CLUSTER).map_err(|error| skiff::Error::Config(error.to_string()))?;
+    let cluster = ClusterConfig::from_toml_str(CLUSTER).map_err(skiff::Error::from)?;
     let started = Instant::now();
     let mut nodes = Vec::new();
     for id in cluster.node_ids() {
