@@ -70,7 +70,7 @@ raft = "127.0.0.1:17103"
 /// Runs the example on [`CLUSTER`]; returns what each node reports as its latest
 /// committed entry.
 pub async fn run(data_dir: &std::path::Path) -> Result<Vec<(NodeId, Option<(Index, String)>)>, skiff::Error> {
-    let cluster = ClusterConfig::from_toml_str(CLUSTER).map_err(|error| skiff::Error::Config(error.to_string()))?;
+    let cluster = ClusterConfig::from_toml_str(CLUSTER).map_err(skiff::Error::from)?;
     run_cluster(&cluster, data_dir).await
 }
 

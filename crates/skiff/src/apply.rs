@@ -12,7 +12,7 @@ use bytes::Bytes;
 use skiff_raft::{Entry, Index, LogId, Membership, NodeId, Payload, SnapshotMeta, Term};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::state_machine::StateMachine;
 use crate::store::SnapshotTarget;
 use crate::transport::Transport;
@@ -63,8 +63,8 @@ pub(crate) enum Event {
     /// A snapshot of the state after applying `meta.last_log_id` is written and durable:
     /// compact the log to it.
     SnapshotTaken { meta: SnapshotMeta },
-    /// The state machine failed (restoring or snapshotting): the node must stop.
-    Failed(String),
+    /// The state machine failed (restoring, snapshotting, or a panic): the node must stop.
+    Failed(Error),
 }
 
 pub(crate) struct Applier<S: StateMachine> {
@@ -156,19 +156,19 @@ impl<S: StateMachine> Applier<S> {
                         .map(|text| text.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    format!("the state machine panicked: {message}")
+                    Error::StateMachinePanicked(message)
                 }
             };
             let _ = self.events.send(Event::Failed(error));
             break;
         }
         for (_, query) in std::mem::take(&mut self.waiting_reads) {
-            query(Err(Error::Stopped("the node stopped".into())));
+            query(Err(Error::shut_down()));
         }
         self.wait_for_snapshot_finish();
     }
 
-    fn handle(&mut self, task: Task<S>) -> Result<(), String> {
+    fn handle(&mut self, task: Task<S>) -> Result<(), Error> {
         match task {
             Task::Apply { entries, writes } => {
                 let mut writes = writes.into_iter().peekable();
@@ -196,9 +196,7 @@ impl<S: StateMachine> Applier<S> {
             Task::Restore { meta, data } => {
                 let mut data = CountingReader::new(data);
                 let index = meta.last_log_id.index;
-                self.state_machine
-                    .restore(&mut data)
-                    .map_err(|error| format!("restoring snapshot {index}: {error}"))?;
+                self.state_machine.restore(&mut data).map_err(|source| StorageFailure::Restore { index, source })?;
                 self.snapshots.taken(index, data.bytes);
                 self.last_applied = meta.last_log_id;
                 self.membership = meta.membership;
@@ -228,11 +226,11 @@ impl<S: StateMachine> Applier<S> {
             Payload::Command(data) => match postcard::from_bytes::<S::Command>(&data) {
                 Ok(command) => {
                     let output = self.state_machine.apply(entry.log_id.index, command);
-                    postcard::to_stdvec(&output).map(Bytes::from).map_err(|e| Error::Codec(e.to_string()))
+                    postcard::to_stdvec(&output).map(Bytes::from).map_err(Error::from)
                 }
                 Err(error) => {
                     tracing::error!(index = %entry.log_id, %error, "a committed command does not decode; skipped on every node");
-                    Err(Error::Codec(error.to_string()))
+                    Err(Error::Codec(error))
                 }
             },
             Payload::Membership(membership) => {
@@ -258,18 +256,20 @@ impl<S: StateMachine> Applier<S> {
     /// When the policy says so, streams a snapshot of the state into a new snapshot file
     /// and tells the driver, which compacts the log to it. The driver goes on meanwhile:
     /// only applying waits (the state machine is borrowed), and the policy keeps that rare.
-    fn maybe_snapshot(&mut self) -> Result<(), String> {
+    fn maybe_snapshot(&mut self) -> Result<(), Error> {
         let applied = Index(self.applied.load(Ordering::Acquire));
         if !self.snapshots.due(applied) {
             return Ok(());
         }
         assert_eq!(self.last_applied.index, applied, "the snapshot's id is the last applied entry's");
         let meta = SnapshotMeta { last_log_id: self.last_applied, membership: self.membership.clone() };
-        let failed = move |error: &dyn std::fmt::Display| format!("taking a snapshot at {applied}: {error}");
-        let sink = self.target.create(meta.clone()).map_err(|error| failed(&error))?;
+        let failed = move |source: Box<dyn std::error::Error + Send + Sync>| {
+            Error::from(StorageFailure::TakeSnapshot { index: applied, source })
+        };
+        let sink = self.target.create(meta.clone()).map_err(|error| failed(error.into()))?;
         let mut out = CountingWriter { inner: sink, bytes: 0 };
-        self.state_machine.snapshot(&mut out).map_err(|error| failed(&error))?;
-        out.inner.flush().map_err(|error| failed(&error))?;
+        self.state_machine.snapshot(&mut out).map_err(|error| failed(error.into()))?;
+        out.inner.flush().map_err(|error| failed(error.into()))?;
         let bytes = out.bytes;
         self.snapshots.taken(applied, bytes);
         // Making it durable (fsync of the file and of its directory: milliseconds to tens
@@ -284,12 +284,12 @@ impl<S: StateMachine> Applier<S> {
                     tracing::debug!(index = %applied, bytes, "snapshot taken");
                     Event::SnapshotTaken { meta }
                 }
-                Err(error) => Event::Failed(failed(&error)),
+                Err(error) => Event::Failed(failed(error.into())),
             };
             let _ = events.send(event);
         };
         let thread = std::thread::Builder::new().name("skiff-snapshot".into()).spawn(finish);
-        self.finishing = Some(thread.map_err(|error| failed(&error))?);
+        self.finishing = Some(thread.map_err(|error| failed(error.into()))?);
         Ok(())
     }
 

@@ -7,18 +7,18 @@
 //! the next `ready()`, so concurrent proposals share one append, one fsync and one
 //! `AppendEntries` per follower (group commit).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use skiff_raft::{Index, Message, NodeId, Raft, ReadId, Ready, RoleName, Term};
+use skiff_raft::{Index, Message, NodeId, Raft, Ready, RoleName};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{Applier, CountingReader, Event, ReadQuery, Responder, SnapshotPolicy, Task};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageFailure};
 use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
+use crate::pending::Pending;
 use crate::snapshot_stream::{self, Ack};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
@@ -63,7 +63,9 @@ enum Input<S: StateMachine> {
     Event(Option<Event>),
 }
 
-pub(crate) struct Settings {
+/// How the driver runs (from [`crate::NodeOptions`]).
+pub(crate) struct DriverOptions {
+    /// The wall-clock length of one core tick.
     pub tick: Duration,
     /// How long a caller waits for a request; after that its bookkeeping is dropped.
     pub request_timeout: Duration,
@@ -75,16 +77,11 @@ pub(crate) struct Settings {
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     raft: Raft<L>,
     transport: Arc<dyn Transport>,
-    settings: Settings,
-    /// Writes this node proposed as leader, by index, with the term they were proposed in.
-    writes: BTreeMap<Index, (Term, Responder)>,
-    /// Requests forwarded to the leader, by request id (so in deadline order), with the
-    /// time after which nobody waits any more (an answer may have been lost).
-    forwarded: BTreeMap<u64, (Instant, oneshot::Sender<Result<Bytes>>)>,
-    next_request: u64,
-    /// Reads waiting for the core's read index.
-    reads_waiting_index: BTreeMap<ReadId, (Instant, ReadQuery<S>)>,
-    next_read: u64,
+    options: DriverOptions,
+    /// Requests taken on and not yet answered (their lifecycle: `pending.rs`).
+    pending: Pending<S>,
+    /// Set once a shutdown is asked for.
+    shutdown: Option<Shutdown>,
     /// Work for the apply thread, in order; and what it reports back.
     tasks: std::sync::mpsc::SyncSender<Task<S>>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
@@ -96,26 +93,35 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     leader: watch::Sender<LeaderInfo>,
 }
 
+/// A shutdown under way: a leader first waits for its successor to take over.
+struct Shutdown {
+    /// Where the caller of [`crate::Node::shutdown`] waits.
+    reply: oneshot::Sender<()>,
+    /// Ticks left to wait for the successor; the driver stops at 0, or once not leader.
+    ticks_left: u32,
+}
+
 impl<S: StateMachine, L: LogStore> Driver<S, L> {
     pub fn new(
         raft: Raft<L>,
         mut state_machine: S,
         transport: Arc<dyn Transport>,
-        settings: Settings,
+        options: DriverOptions,
         leader: watch::Sender<LeaderInfo>,
     ) -> Result<Self> {
-        let snapshot = raft.storage().open_snapshot().map_err(|e| Error::Storage(e.to_string()))?;
+        let snapshot = raft.storage().open_snapshot()?;
         let (restored, snapshot_bytes) = match snapshot {
             Some((meta, data)) => {
                 let mut data = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, data));
-                state_machine.restore(&mut data).map_err(|e| Error::Storage(format!("restoring the snapshot: {e}")))?;
+                let index = meta.last_log_id.index;
+                state_machine.restore(&mut data).map_err(|source| StorageFailure::Restore { index, source })?;
                 (meta, data.bytes)
             }
             None => (raft.storage().snapshot_meta(), 0),
         };
         let applied = Arc::new(AtomicU64::new(0));
         let (events_sender, events) = mpsc::unbounded_channel();
-        let policy = SnapshotPolicy::new(settings.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
+        let policy = SnapshotPolicy::new(options.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
         let applier = Applier::new(
             state_machine,
             restored,
@@ -134,12 +140,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         Ok(Driver {
             raft,
             transport,
-            settings,
-            writes: BTreeMap::new(),
-            forwarded: BTreeMap::new(),
-            next_request: 0,
-            reads_waiting_index: BTreeMap::new(),
-            next_read: 0,
+            options,
+            pending: Pending::default(),
+            shutdown: None,
             tasks,
             events: Some(events),
             apply_thread: Some(apply_thread),
@@ -156,9 +159,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         mut requests: mpsc::Receiver<Request<S>>,
         mut inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
     ) {
-        let mut shutdown: Option<(oneshot::Sender<()>, u32)> = None;
         let mut events = self.events.take().expect("run once");
-        let mut next_tick = Instant::now() + self.settings.tick;
+        let mut next_tick = Instant::now() + self.options.tick;
         let result: Result<()> = async {
             loop {
                 let input = tokio::select! {
@@ -170,96 +172,75 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // Ticks come from the wall clock, and every tick due is fed to the core
                 // before any input: after a stall (a slow fsync, a paused process) the core
                 // never judges a lease or a timeout on a clock that stopped.
-                self.catch_up_ticks(&mut next_tick, &mut shutdown)?;
+                self.catch_up_ticks(&mut next_tick)?;
                 match input {
                     Input::Tick => {}
                     Input::Request(None) => return Ok(()),
-                    Input::Request(Some(request)) => self.take_request(request, &mut shutdown)?,
+                    Input::Request(Some(request)) => self.handle_request(request)?,
                     Input::Peer(from, message) => self.handle_peer(from, message)?,
                     Input::Event(Some(event)) => self.handle_event(event)?,
-                    Input::Event(None) => return Err(Error::Stopped("the apply thread stopped".into())),
+                    Input::Event(None) => return Err(Error::ApplyThreadStopped),
                 }
                 // Take everything already waiting, so it shares this Ready (group commit).
                 while let Ok((from, message)) = inbox.try_recv() {
                     self.handle_peer(from, message)?;
                 }
                 while let Ok(request) = requests.try_recv() {
-                    self.take_request(request, &mut shutdown)?;
+                    self.handle_request(request)?;
                 }
                 while self.raft.has_ready() {
                     self.handle_ready()?;
                 }
                 self.publish_leader();
-                if let Some((_, ticks_left)) = &shutdown
-                    && (*ticks_left == 0 || self.raft.role() != RoleName::Leader)
-                {
+                if self.shutdown_done() {
                     return Ok(());
                 }
             }
         }
         .await;
-        let reason = match &result {
-            Ok(()) => "shut down".to_string(),
+        self.stop(result);
+    }
+
+    /// Answers everything pending, lets the apply thread finish what it was given, and
+    /// tells the caller of a shutdown that the node stopped.
+    fn stop(mut self, result: Result<()>) {
+        let cause = match result {
+            Ok(()) => None,
             Err(error) => {
                 tracing::error!(node = %self.raft.id(), %error, "node stopped");
-                error.to_string()
+                Some(Arc::new(error))
             }
         };
-        self.fail_everything(&reason);
-        // Let the apply thread finish what it was given, then stop.
+        self.pending.stop(self.transport.as_ref(), cause);
         let (closed, _) = std::sync::mpsc::sync_channel(0);
         drop(std::mem::replace(&mut self.tasks, closed));
         if let Some(thread) = self.apply_thread.take() {
             let _ = thread.join();
         }
-        if let Some((reply, _)) = shutdown {
+        if let Some(Shutdown { reply, .. }) = self.shutdown.take() {
             let _ = reply.send(());
         }
     }
 
-    /// Forgets forwarded requests and reads whose caller gave up: their answer was lost.
-    fn sweep_expired(&mut self, now: Instant) {
-        let timeout = self.settings.request_timeout;
-        while let Some(entry) = self.forwarded.first_entry() {
-            if entry.get().0 > now {
-                break;
-            }
-            let _ = entry.remove().1.send(Err(Error::Timeout(timeout)));
-        }
-        while let Some(entry) = self.reads_waiting_index.first_entry() {
-            if entry.get().0 > now {
-                break;
-            }
-            (entry.remove().1)(Err(Error::Timeout(timeout)));
-        }
-    }
-
-    /// Feeds the core every tick that is due by the wall clock.
-    fn catch_up_ticks(
-        &mut self,
-        next_tick: &mut Instant,
-        shutdown: &mut Option<(oneshot::Sender<()>, u32)>,
-    ) -> Result<()> {
+    /// Feeds the core every tick that is due by the wall clock, and answers `Timeout` to
+    /// requests whose caller gave up.
+    fn catch_up_ticks(&mut self, next_tick: &mut Instant) -> Result<()> {
         let now = Instant::now();
-        self.sweep_expired(now);
+        self.pending.expire(now, self.options.request_timeout);
         while *next_tick <= now {
-            *next_tick += self.settings.tick;
+            *next_tick += self.options.tick;
             self.raft.tick()?;
-            if let Some((_, ticks_left)) = shutdown {
-                *ticks_left = ticks_left.saturating_sub(1);
+            if let Some(shutdown) = &mut self.shutdown {
+                shutdown.ticks_left = shutdown.ticks_left.saturating_sub(1);
             }
         }
         Ok(())
     }
 
-    fn take_request(&mut self, request: Request<S>, shutdown: &mut Option<(oneshot::Sender<()>, u32)>) -> Result<()> {
-        match request {
-            Request::Shutdown { reply } => {
-                *shutdown = Some((reply, self.begin_shutdown()?));
-                Ok(())
-            }
-            request => self.handle_request(request),
-        }
+    /// Whether a shutdown was asked for and may finish: its successor took over (or this
+    /// node was not leader), or the wait ran out.
+    fn shutdown_done(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|shutdown| shutdown.ticks_left == 0 || self.raft.role() != RoleName::Leader)
     }
 
     /// A leader that shuts down first hands leadership to its most up-to-date voter
@@ -268,7 +249,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         match self.raft.successor() {
             Some(target) => {
                 self.raft.transfer_leader(target)?;
-                Ok(self.settings.shutdown_wait_ticks)
+                Ok(self.options.shutdown_wait_ticks)
             }
             None => Ok(0),
         }
@@ -278,17 +259,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         match request {
             Request::Write { body, reply } => self.write(body, Responder::Local(reply)),
             Request::Read { linearizable: false, query } => {
-                self.hand_over(Task::ReadNow { query });
+                self.send_to_apply(Task::ReadNow { query });
                 Ok(())
             }
             Request::Read { linearizable: true, query } => {
-                self.next_read += 1;
-                let id = ReadId(self.next_read);
+                let id = self.pending.next_read_id();
                 match self.raft.read_index(id) {
-                    Ok(()) => {
-                        let deadline = Instant::now() + self.settings.request_timeout;
-                        self.reads_waiting_index.insert(id, (deadline, query));
-                    }
+                    Ok(()) => self.pending.add_read(id, self.deadline(), query),
                     Err(skiff_raft::Error::NotLeader { leader: None }) => query(Err(Error::NoLeader)),
                     Err(error) => query(Err(error.into())),
                 }
@@ -302,8 +279,17 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let _ = reply.send(self.log_page(from, limit));
                 Ok(())
             }
-            Request::Shutdown { .. } => unreachable!("handled by the loop"),
+            Request::Shutdown { reply } => {
+                let ticks_left = self.begin_shutdown()?;
+                self.shutdown = Some(Shutdown { reply, ticks_left });
+                Ok(())
+            }
         }
+    }
+
+    /// When a caller stops waiting for a request taken now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.options.request_timeout
     }
 
     /// A write from a local client or forwarded by a follower: propose it as leader, or
@@ -315,17 +301,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             ForwardedRequest::TransferLeader(target) => self.raft.transfer_leader(*target).map(|()| None),
         };
         match outcome {
-            Ok(Some(log_id)) => {
-                self.writes.insert(log_id.index, (log_id.term, responder));
-            }
+            Ok(Some(log_id)) => self.pending.add_write(log_id, responder),
             Ok(None) => responder.respond(self.transport.as_ref(), Ok(Bytes::new())),
             Err(skiff_raft::Error::NotLeader { leader: Some(leader) }) => match responder {
                 Responder::Local(reply) => {
-                    self.next_request += 1;
-                    let deadline = Instant::now() + self.settings.request_timeout;
-                    self.forwarded.insert(self.next_request, (deadline, reply));
-                    let message = PeerMessage::Forward { request: self.next_request, body };
-                    self.transport.send(leader, message);
+                    let request = self.pending.add_forwarded(self.deadline(), reply);
+                    self.transport.send(leader, PeerMessage::Forward { request, body });
                 }
                 remote => remote.respond(self.transport.as_ref(), Err(Error::LeadershipLost)),
             },
@@ -336,7 +317,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Err(skiff_raft::Error::TransferInProgress { .. }) => {
                 responder.respond(self.transport.as_ref(), Err(Error::LeadershipLost));
             }
-            Err(skiff_raft::Error::Storage(error)) => return Err(Error::Storage(error.to_string())),
+            Err(skiff_raft::Error::Storage(error)) => return Err(error.into()),
             Err(error) => responder.respond(self.transport.as_ref(), Err(error.into())),
         }
         Ok(())
@@ -358,14 +339,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
             PeerMessage::Forward { request, body } => self.write(body, Responder::Remote { peer: from, request })?,
             PeerMessage::ForwardResult { request, result } => {
-                if let Some((_, reply)) = self.forwarded.remove(&request) {
-                    let result = result.map_err(|error| match error {
-                        ForwardError::Retry => Error::LeadershipLost,
-                        ForwardError::OutcomeUnknown => Error::OutcomeUnknown,
-                        ForwardError::Refused(message) => Error::Remote { leader: from, message },
-                    });
-                    let _ = reply.send(result);
-                }
+                let result = result.map_err(|error| match error {
+                    ForwardError::Retry => Error::LeadershipLost,
+                    ForwardError::OutcomeUnknown => Error::OutcomeUnknown,
+                    ForwardError::Refused(message) => Error::Remote { leader: from, message },
+                });
+                self.pending.answer_forwarded(request, result);
             }
             PeerMessage::SnapshotChunk { meta, .. }
                 if self.raft.leader() != Some(from) || meta.last_log_id.index == Index(0) =>
@@ -403,12 +382,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
         // Step 3, handed to the apply thread in order, with the proposers to answer.
         if let Some(last) = ready.committed.last() {
-            let writes = self.take_writes_through(last.index());
-            self.hand_over(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
+            let writes = self.pending.take_writes_through(last.index());
+            self.send_to_apply(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
         }
         for read in std::mem::take(&mut ready.reads) {
-            match (self.reads_waiting_index.remove(&read.id).map(|(_, query)| query), read.result) {
-                (Some(query), Ok(index)) => self.hand_over(Task::ReadAt { index, query }),
+            match (self.pending.take_read(read.id), read.result) {
+                (Some(query), Ok(index)) => self.send_to_apply(Task::ReadAt { index, query }),
                 (Some(query), Err(_)) => query(Err(Error::LeadershipLost)),
                 (None, _) => {}
             }
@@ -419,14 +398,14 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     /// Gives the apply thread its next task. If it has stopped, the failure it reported
     /// stops the driver at its next turn; the task's waiters see the node stopped.
-    fn hand_over(&self, task: Task<S>) {
+    fn send_to_apply(&self, task: Task<S>) {
         let _ = self.tasks.send(task);
     }
 
     /// The apply thread snapshotted the state after `index`: store it, compact the log.
     fn handle_event(&mut self, event: Event) -> Result<()> {
         match event {
-            Event::Failed(error) => Err(Error::Storage(error)),
+            Event::Failed(error) => Err(error),
             Event::SnapshotTaken { meta: written } => {
                 let meta = match self.raft.compact(written.last_log_id.index) {
                     Ok(meta) => meta,
@@ -438,10 +417,11 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // The apply thread followed the same entries as the core: anything else is
                 // a bug, and the snapshot's header would be wrong.
                 if meta != written {
-                    return Err(Error::Storage(format!(
+                    return Err(StorageFailure::Inconsistent(format!(
                         "the apply thread wrote snapshot {} with {:?}, the log says {} with {:?}",
                         written.last_log_id, written.membership, meta.last_log_id, meta.membership
-                    )));
+                    ))
+                    .into());
                 }
                 let store = self.raft.storage_mut();
                 store.compact(meta)?;
@@ -485,20 +465,15 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         Ok(())
     }
 
-    /// Removes and returns the writes waiting at `index` or below, in index order.
-    fn take_writes_through(&mut self, index: Index) -> BTreeMap<Index, (Term, Responder)> {
-        let later = self.writes.split_off(&index.next());
-        std::mem::replace(&mut self.writes, later)
-    }
-
     fn restore_snapshot(&mut self, index: Index) -> Result<()> {
         let snapshot = self.raft.storage().open_snapshot()?;
         let Some((meta, data)) = snapshot else {
-            return Err(Error::Storage(format!("snapshot {index} was installed but its data is missing")));
+            let missing = format!("snapshot {index} was installed but its data is missing");
+            return Err(StorageFailure::Inconsistent(missing).into());
         };
         let data = Box::new(std::io::BufReader::with_capacity(1 << 20, data));
-        self.hand_over(Task::Restore { meta, data });
-        for (_, (_, responder)) in self.take_writes_through(index) {
+        self.send_to_apply(Task::Restore { meta, data });
+        for (_, (_, responder)) in self.pending.take_writes_through(index) {
             responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
         }
         Ok(())
@@ -512,13 +487,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         if self.raft.role() != RoleName::Leader {
             self.outgoing.clear();
         }
-        // Requests forwarded to the old leader may or may not have been applied.
-        for (_, (_, reply)) in std::mem::take(&mut self.forwarded) {
-            let _ = reply.send(Err(Error::OutcomeUnknown));
-        }
-        for (_, (_, query)) in std::mem::take(&mut self.reads_waiting_index) {
-            query(Err(Error::LeadershipLost));
-        }
+        self.pending.leader_changed();
         self.leader.send_replace(info);
     }
 
@@ -572,24 +541,5 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             applied: Index(self.applied.load(Ordering::Acquire)),
             entries,
         })
-    }
-
-    fn fail_everything(&mut self, reason: &str) {
-        // Appended writes may still commit under the next leader: their outcome is unknown.
-        for (_, (_, responder)) in std::mem::take(&mut self.writes) {
-            responder.respond(self.transport.as_ref(), Err(Error::OutcomeUnknown));
-        }
-        for (_, (_, reply)) in std::mem::take(&mut self.forwarded) {
-            let _ = reply.send(Err(Error::Stopped(reason.to_string())));
-        }
-        for (_, (_, query)) in std::mem::take(&mut self.reads_waiting_index) {
-            query(Err(Error::Stopped(reason.to_string())));
-        }
-    }
-}
-
-impl From<skiff_raft::StorageError> for Error {
-    fn from(error: skiff_raft::StorageError) -> Error {
-        Error::Storage(error.to_string())
     }
 }

@@ -1,7 +1,16 @@
 //! Errors a [`crate::Node`] returns.
+//!
+//! Each failure has one variant, whatever layer it came from: a storage failure is
+//! [`Error::Storage`] whether the disk store, the core's `Storage` calls or the state
+//! machine's snapshot reported it (the core's [`skiff_raft::Error::Storage`] is lifted into
+//! it), and the typed cause stays its `source`.
 
-use skiff_raft::NodeId;
+use std::sync::Arc;
+
+use skiff_raft::{Index, NodeId, StorageError};
 use thiserror::Error;
+
+use crate::config::ConfigError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -18,24 +27,121 @@ pub enum Error {
     /// been applied. Not safe to retry blindly.
     #[error("the leader changed while the request was in flight; it may or may not have been applied")]
     OutcomeUnknown,
-    /// The consensus core refused the request.
+    /// The consensus core refused the request. Never [`skiff_raft::Error::Storage`]: a
+    /// storage failure is [`Error::Storage`].
     #[error(transparent)]
-    Raft(#[from] skiff_raft::Error),
-    /// The leader refused a forwarded request.
+    Raft(skiff_raft::Error),
+    /// The leader refused a forwarded request; `message` is its error, as text.
     #[error("the leader {leader} refused the request: {message}")]
     Remote { leader: NodeId, message: String },
     /// A command or output could not be encoded or decoded.
     #[error("could not encode or decode a command or its output: {0}")]
-    Codec(String),
-    /// The node stopped (shut down, or a storage failure stopped it).
-    #[error("the node has stopped: {0}")]
-    Stopped(String),
-    #[error("{0}")]
-    Config(String),
+    Codec(#[from] postcard::Error),
+    /// The node stopped: shut down (no cause), or stopped by the failure `cause`.
+    #[error("the node has stopped{}", stop_cause(.cause))]
+    Stopped {
+        #[source]
+        cause: Option<Arc<Error>>,
+    },
+    /// The apply thread ended without saying why; the node stops.
+    #[error("the apply thread stopped")]
+    ApplyThreadStopped,
+    /// The state machine panicked; the node stops.
+    #[error("the state machine panicked: {0}")]
+    StateMachinePanicked(String),
+    /// The cluster file does not describe this node.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An address of the cluster file does not resolve.
+    #[error("the peer listen address {address} of {id} does not resolve")]
+    Unresolved { id: NodeId, address: String },
+    /// The store failed: the node stops.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[from] StorageFailure),
     #[error("transport: {0}")]
     Transport(#[from] std::io::Error),
 }
 
+fn stop_cause(cause: &Option<Arc<Error>>) -> String {
+    cause.as_ref().map_or_else(|| ": shut down".to_string(), |cause| format!(": {cause}"))
+}
+
+impl Error {
+    /// The node stopped because it was shut down.
+    pub(crate) fn shut_down() -> Error {
+        Error::Stopped { cause: None }
+    }
+}
+
+/// What failed in the store, or in writing or reading a snapshot. The node stops.
+#[derive(Debug, Error)]
+pub enum StorageFailure {
+    /// The disk store (opening the data directory, snapshot files).
+    #[error(transparent)]
+    Disk(#[from] skiff_storage::Error),
+    /// The log store, through the core's [`skiff_raft::Storage`] interface.
+    #[error(transparent)]
+    Log(#[from] StorageError),
+    /// The state machine could not read a snapshot.
+    #[error("restoring the state machine from snapshot {index}: {source}")]
+    Restore { index: Index, source: std::io::Error },
+    /// Reading or writing the data of a snapshot failed (`action` says which).
+    #[error("{action} snapshot {index}: {source}")]
+    SnapshotData { action: &'static str, index: Index, source: std::io::Error },
+    /// Writing a snapshot of the state machine failed.
+    #[error("taking a snapshot at {index}: {source}")]
+    TakeSnapshot { index: Index, source: Box<dyn std::error::Error + Send + Sync> },
+    /// The store and the runtime disagree (a snapshot without data, a snapshot whose
+    /// header differs from the log): a bug, or a store changed from outside.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl From<skiff_raft::Error> for Error {
+    fn from(error: skiff_raft::Error) -> Error {
+        match error {
+            skiff_raft::Error::Storage(error) => Error::Storage(error.into()),
+            refused => Error::Raft(refused),
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(error: StorageError) -> Error {
+        Error::Storage(error.into())
+    }
+}
+
+impl From<skiff_storage::Error> for Error {
+    fn from(error: skiff_storage::Error) -> Error {
+        Error::Storage(error.into())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_failure_is_one_variant_from_every_layer() {
+        let from_core: Error = skiff_raft::Error::Storage(StorageError::Io("disk gone".into())).into();
+        let from_store: Error = StorageError::Io("disk gone".into()).into();
+        let from_disk: Error = skiff_storage::Error::Poisoned { cause: "disk gone".into() }.into();
+        for error in [from_core, from_store, from_disk] {
+            assert!(matches!(error, Error::Storage(_)), "{error:?}");
+        }
+        let refused: Error = skiff_raft::Error::NotAVoter(NodeId(2)).into();
+        assert!(matches!(refused, Error::Raft(_)));
+    }
+
+    #[test]
+    fn stopped_keeps_its_cause() {
+        let cause = Arc::new(Error::from(StorageError::Io("disk gone".into())));
+        let stopped = Error::Stopped { cause: Some(cause) };
+        assert_eq!(stopped.to_string(), "the node has stopped: storage: storage failed: disk gone");
+        assert!(std::error::Error::source(&stopped).is_some());
+        assert_eq!(Error::shut_down().to_string(), "the node has stopped: shut down");
+    }
+}

@@ -109,13 +109,14 @@ pub mod config;
 mod driver;
 mod error;
 mod node;
+mod pending;
 mod snapshot_stream;
 pub mod state_machine;
 pub mod store;
 pub mod transport;
 pub mod wire;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StorageFailure};
 pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
 pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};

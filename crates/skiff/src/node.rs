@@ -12,7 +12,7 @@ use skiff_storage::{DiskOptions, DiskStorage};
 
 use crate::apply::ReadQuery;
 use crate::config::{ClusterConfig, RaftSection};
-use crate::driver::{Driver, Request, Settings};
+use crate::driver::{Driver, DriverOptions, Request};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
@@ -150,14 +150,15 @@ impl<S: StateMachine> Node<S> {
         data_dir: &Path,
         faults: Option<Faults>,
     ) -> Result<Node<S>> {
-        let node = cluster.node(id).map_err(|error| Error::Config(error.to_string()))?;
+        let node = cluster.node(id)?;
         let listen_address = node.raft_listen_address();
-        let listen = tokio::net::lookup_host(listen_address).await?.next().ok_or_else(|| {
-            Error::Config(format!("the peer listen address {listen_address} of {id} does not resolve"))
-        })?;
+        let listen = tokio::net::lookup_host(listen_address)
+            .await?
+            .next()
+            .ok_or_else(|| Error::Unresolved { id, address: listen_address.to_string() })?;
         let name = cluster.cluster.name.clone();
         let disk_options = DiskOptions::new(id, name.clone(), cluster.voters());
-        let store = DiskStorage::open(data_dir, disk_options).map_err(|error| Error::Storage(error.to_string()))?;
+        let store = DiskStorage::open(data_dir, disk_options)?;
         let (inbox, receiver) = mpsc::channel(4096);
         let mut tcp = TcpOptions::new(id, name, listen);
         tcp.peers = cluster.peers_of(id);
@@ -186,13 +187,13 @@ impl<S: StateMachine> Node<S> {
         let id = options.raft.id;
         let raft = Raft::new(options.raft.clone(), store)?;
         let (leader_sender, leader) = watch::channel(LeaderInfo::default());
-        let settings = Settings {
+        let driver_options = DriverOptions {
             tick: options.tick,
             request_timeout: options.request_timeout,
             snapshot_after_entries: options.snapshot_after_entries,
             shutdown_wait_ticks: options.raft.max_election_timeout_ticks(),
         };
-        let driver = Driver::new(raft, state_machine, transport, settings, leader_sender)?;
+        let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         let thread = std::thread::Builder::new()
@@ -220,9 +221,9 @@ impl<S: StateMachine> Node<S> {
     /// follower, the command is forwarded to the leader and the leader's output returned.
     /// Retries while no leader is known, until the request timeout.
     pub async fn propose(&self, command: S::Command) -> Result<S::Output> {
-        let command = postcard::to_stdvec(&command).map_err(|error| Error::Codec(error.to_string()))?;
+        let command = postcard::to_stdvec(&command)?;
         let output = self.write(ForwardedRequest::Propose(Bytes::from(command))).await?;
-        postcard::from_bytes(&output).map_err(|error| Error::Codec(error.to_string()))
+        Ok(postcard::from_bytes(&output)?)
     }
 
     /// Runs `query` on the state machine once it reflects every write committed before the
@@ -242,7 +243,7 @@ impl<S: StateMachine> Node<S> {
             (Request::Read { linearizable: true, query: run }, result)
         })
         .await?
-        .ok_or_else(|| Error::Stopped("the read ran twice".into()))
+        .ok_or_else(Error::shut_down)
     }
 
     /// Runs `query` on this node's state machine now, however far behind it may be.
@@ -362,6 +363,6 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn stopped(&self) -> Error {
-        Error::Stopped(format!("node {} is not running", self.id))
+        Error::shut_down()
     }
 }

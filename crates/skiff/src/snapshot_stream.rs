@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use bytes::Bytes;
-use skiff_raft::{Envelope, Index, NodeId, SnapshotMeta, StorageError};
+use skiff_raft::{Envelope, Index, NodeId, SnapshotMeta};
 
+use crate::error::StorageFailure;
 use crate::store::{LogStore, SnapshotSink};
 use crate::wire::PeerMessage;
 
@@ -47,7 +48,7 @@ impl Sender {
         to: NodeId,
         envelope: Envelope,
         meta: SnapshotMeta,
-    ) -> Result<Option<PeerMessage>, StorageError> {
+    ) -> Result<Option<PeerMessage>, StorageFailure> {
         // A stream under way goes on even if a newer snapshot was taken since: restarting
         // from zero at every retry could keep a slow follower from ever catching up. (Its
         // file stays readable through the open handle.) A follower that lost it fails the
@@ -69,7 +70,7 @@ impl Sender {
     /// `from` acknowledged `offset` bytes of snapshot `index`: the next message to send it,
     /// if any (a chunk, or the `InstallSnapshot` itself after the last chunk), and whether
     /// the stream failed.
-    pub fn acked(&mut self, from: NodeId, index: Index, offset: u64, ok: bool) -> Result<Ack, StorageError> {
+    pub fn acked(&mut self, from: NodeId, index: Index, offset: u64, ok: bool) -> Result<Ack, StorageFailure> {
         let Some(stream) = self.streams.get_mut(&from) else { return Ok(Ack::Nothing) };
         if stream.meta.last_log_id.index != index {
             return Ok(Ack::Nothing);
@@ -103,10 +104,11 @@ pub(crate) enum Ack {
 }
 
 impl Outgoing {
-    fn read_next(&mut self) -> Result<(), StorageError> {
+    fn read_next(&mut self) -> Result<(), StorageFailure> {
         let mut chunk = Vec::with_capacity(CHUNK_BYTES);
         let read = (&mut self.data).take(CHUNK_BYTES as u64).read_to_end(&mut chunk);
-        read.map_err(|error| StorageError::Io(format!("reading snapshot {}: {error}", self.meta.last_log_id)))?;
+        let index = self.meta.last_log_id.index;
+        read.map_err(|source| StorageFailure::SnapshotData { action: "reading", index, source })?;
         self.last = chunk.len() < CHUNK_BYTES;
         self.in_flight = Bytes::from(chunk);
         Ok(())
@@ -140,7 +142,7 @@ impl Receiver {
         offset: u64,
         data: Bytes,
         done: bool,
-    ) -> Result<PeerMessage, StorageError> {
+    ) -> Result<PeerMessage, StorageFailure> {
         let index = meta.last_log_id.index;
         let same = matches!(&self.receiving, Some((receiving, _, _)) if *receiving == meta);
         if !same {
@@ -160,7 +162,7 @@ impl Receiver {
             self.receiving = None;
             return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: false });
         }
-        sink.write_all(&data).map_err(|error| StorageError::Io(format!("writing snapshot {index}: {error}")))?;
+        sink.write_all(&data).map_err(|source| StorageFailure::SnapshotData { action: "writing", index, source })?;
         *received += data.len() as u64;
         let received = *received;
         if done {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use skiff_raft::{Entry, HardState, Index, MemStorage, Membership, SnapshotMeta, Storage, StorageError, Term};
 use skiff_storage::{DiskStorage, SnapshotDir, SnapshotWriter};
 
+use crate::error::StorageFailure;
+
 /// A stored snapshot: its metadata and a reader of its data.
 pub type StoredSnapshot = (SnapshotMeta, Box<dyn Read + Send>);
 
@@ -21,19 +23,19 @@ pub trait LogStore: Storage + Send + 'static {
     fn snapshot_target(&self) -> Arc<dyn SnapshotTarget>;
 
     /// Opens the data of the snapshot `snapshot_meta()` describes; `None` before any.
-    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError>;
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageFailure>;
 }
 
 /// Creates snapshots, from any thread.
 pub trait SnapshotTarget: Send + Sync {
     /// Starts the snapshot `meta`: write its data, then [`SnapshotSink::finish`] it.
-    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError>;
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageFailure>;
 }
 
 /// The data of one snapshot being written. Dropped without `finish`, it leaves nothing.
 pub trait SnapshotSink: Write + Send {
     /// Makes the snapshot whole and durable; from then on the store may adopt it.
-    fn finish(self: Box<Self>) -> Result<(), StorageError>;
+    fn finish(self: Box<Self>) -> Result<(), StorageFailure>;
 }
 
 impl LogStore for DiskStorage {
@@ -41,22 +43,23 @@ impl LogStore for DiskStorage {
         Arc::new(self.snapshot_dir())
     }
 
-    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let reader = DiskStorage::open_snapshot(self).map_err(|error| StorageError::Io(error.to_string()))?;
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageFailure> {
+        let reader = DiskStorage::open_snapshot(self)?;
         Ok(reader.map(|reader| (reader.meta().clone(), Box::new(reader) as Box<dyn Read + Send>)))
     }
 }
 
 impl SnapshotTarget for SnapshotDir {
-    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
-        let writer = self.writer(meta).map_err(|error| StorageError::Io(error.to_string()))?;
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageFailure> {
+        let writer = self.writer(meta)?;
         Ok(Box::new(writer))
     }
 }
 
 impl SnapshotSink for SnapshotWriter {
-    fn finish(self: Box<Self>) -> Result<(), StorageError> {
-        SnapshotWriter::finish(*self).map(|_| ()).map_err(|error| StorageError::Io(error.to_string()))
+    fn finish(self: Box<Self>) -> Result<(), StorageFailure> {
+        SnapshotWriter::finish(*self)?;
+        Ok(())
     }
 }
 
@@ -128,7 +131,7 @@ impl LogStore for MemLogStore {
         Arc::new(Arc::clone(&self.snapshots))
     }
 
-    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+    fn open_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageFailure> {
         let index = self.storage.snapshot_meta().last_log_id.index;
         if index == Index(0) {
             return Ok(None);
@@ -136,13 +139,13 @@ impl LogStore for MemLogStore {
         let (meta, bytes) = self
             .snapshots
             .get(index)
-            .ok_or_else(|| StorageError::Io(format!("the data of snapshot {index} is missing")))?;
+            .ok_or_else(|| StorageFailure::Inconsistent(format!("the data of snapshot {index} is missing")))?;
         Ok(Some((meta, Box::new(Cursor::new(bytes)))))
     }
 }
 
 impl SnapshotTarget for Arc<MemSnapshots> {
-    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageError> {
+    fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotSink>, StorageFailure> {
         Ok(Box::new(MemSnapshotWriter { meta, data: Vec::new(), snapshots: Arc::clone(self) }))
     }
 }
@@ -164,7 +167,7 @@ impl Write for MemSnapshotWriter {
 }
 
 impl SnapshotSink for MemSnapshotWriter {
-    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+    fn finish(self: Box<Self>) -> Result<(), StorageFailure> {
         let MemSnapshotWriter { meta, data, snapshots } = *self;
         let mut map = snapshots.0.lock().unwrap_or_else(PoisonError::into_inner);
         map.insert(meta.last_log_id.index, (meta, data.into()));

@@ -61,7 +61,7 @@ impl LogStore for StallStore {
     fn snapshot_target(&self) -> Arc<dyn skiff::SnapshotTarget> {
         self.inner.snapshot_target()
     }
-    fn open_snapshot(&self) -> Result<Option<skiff::store::StoredSnapshot>, StorageError> {
+    fn open_snapshot(&self) -> Result<Option<skiff::store::StoredSnapshot>, skiff::StorageFailure> {
         self.inner.open_snapshot()
     }
 }
