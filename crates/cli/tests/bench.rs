@@ -1,80 +1,30 @@
 //! `skiff bench` end to end: a 3-node cluster (`skiff demo --config`, with HTTP and Redis
 //! listeners) loaded over both protocols, the JSON report checked, and the data it wrote
 //! read back; then the usage errors and an endpoint where nothing answers.
-//!
-//! Ports (this file uses 20200-20299 only): raft 20201-20203, http 20211-20213, redis
-//! 20221-20223; 20299 stays closed.
 
 mod common;
 
-use std::process::{Child, Output};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-use common::{skiff, stderr, stdout};
+use common::{Cluster, SKIFF, skiff, stderr, stdout};
 use serde_json::Value;
+use skiff::NodeId;
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::kv::HttpClient;
+use skiff_testkit::ports::free_address;
 
-const HTTP: [&str; 3] = ["127.0.0.1:20211", "127.0.0.1:20212", "127.0.0.1:20213"];
-const REDIS: &str = "127.0.0.1:20221,127.0.0.1:20222,127.0.0.1:20223";
-
-/// A 3-node cluster with Redis listeners, killed when dropped.
-struct Cluster {
-    child: Child,
-    dir: tempfile::TempDir,
+/// A 3-node cluster with Redis listeners.
+fn start() -> Cluster {
+    Cluster::start_file(SKIFF, ClusterFile::builder("bench-test", 3).http().redis().build())
 }
 
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut toml = String::from("[cluster]\nname = \"bench-test\"\n");
-        for i in 1..=3 {
-            toml.push_str(&format!(
-                "\n[[node]]\nid = \"n{i}\"\nraft = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\nredis = \"127.0.0.1:{}\"\n",
-                20200 + i,
-                20210 + i,
-                20220 + i
-            ));
-        }
-        let config = common::write_file(dir.path(), "cluster.toml", &toml);
-        let child = common::spawn_demo(dir.path(), &config);
-        let cluster = Cluster { child, dir };
-        cluster.wait_for_leader();
-        cluster
-    }
-
-    /// Waits until every node names the same leader.
-    fn wait_for_leader(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let output = skiff().args(["--endpoints", &HTTP.join(","), "status", "--json"]).output().expect("status");
-            let nodes: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-            let leader = nodes.first().map(|node| node["leader"].clone()).unwrap_or(Value::Null);
-            if nodes.len() == 3 && leader.is_string() && nodes.iter().all(|node| node["leader"] == leader) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no leader: {nodes:?}\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("demo.log")).unwrap_or_default()
-    }
-
-    /// Runs `skiff bench ARGS --json --warmup 500ms`; checks that it succeeded and returns
-    /// its report.
-    fn bench(&self, args: &[&str]) -> Value {
-        let output = skiff().arg("bench").args(args).args(["--json", "--warmup", "500ms"]).output().expect("bench");
-        assert!(output.status.success(), "skiff bench {args:?} failed: {}\n{}", stderr(&output), self.log());
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|error| panic!("no JSON report ({error}): {}\n{}", stdout(&output), stderr(&output)))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `skiff bench ARGS --json --warmup 500ms`; checks that it succeeded and returns its
+/// report.
+fn bench(cluster: &Cluster, args: &[&str]) -> Value {
+    let output = skiff().arg("bench").args(args).args(["--json", "--warmup", "500ms"]).output().expect("bench");
+    assert!(output.status.success(), "skiff bench {args:?} failed: {}\n{}", stderr(&output), cluster.log());
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON report ({error}): {}\n{}", stdout(&output), stderr(&output)))
 }
 
 /// Requests were answered, none failed, and the latencies are in order.
@@ -95,37 +45,36 @@ fn assert_clean(report: &Value) {
     assert!(0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p99_9 && p99_9 <= max, "{report:#}");
 }
 
-fn http_get(path: &str) -> (u16, Vec<u8>) {
-    let mut response = ureq::get(format!("http://{}{path}", HTTP[1]))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .expect("GET");
-    (response.status().as_u16(), response.body_mut().read_to_vec().expect("body"))
-}
-
+/// Over HTTP: a run of a given total writes exactly those keys; a timed run lasts its time.
 #[test]
-fn a_cluster_loaded_over_http_and_redis() {
-    let cluster = Cluster::start();
-    let http = HTTP.join(",");
+fn a_cluster_loaded_over_http() {
+    let cluster = start();
+    let http = cluster.endpoints.join(",");
+    let client = HttpClient::for_file(&cluster.file);
+    let http_get = |path: &str| {
+        let reply = client.get(NodeId(2), path);
+        (reply.status, reply.body)
+    };
 
     // Exactly 500 writes of 50 keys: afterwards the cluster holds those keys, and no other.
-    let report = cluster.bench(&[
-        "put",
-        "--endpoints",
-        &http,
-        "--keys",
-        "50",
-        "--total",
-        "500",
-        "--value-size",
-        "37",
-        "--clients",
-        "8",
-        "--connections",
-        "4",
-    ]);
+    let report = bench(
+        &cluster,
+        &[
+            "put",
+            "--endpoints",
+            &http,
+            "--keys",
+            "50",
+            "--total",
+            "500",
+            "--value-size",
+            "37",
+            "--clients",
+            "8",
+            "--connections",
+            "4",
+        ],
+    );
     assert_clean(&report);
     assert_eq!(report["requests"], 500, "{report:#}");
     assert_eq!(report["target"], "skiff-http");
@@ -145,15 +94,25 @@ fn a_cluster_loaded_over_http_and_redis() {
         assert!(value.iter().all(|byte| byte.is_ascii_graphic()), "{key}: {value:?}");
     }
 
-    let put = cluster.bench(&["put", "--endpoints", &http, "--duration", "2s", "--target", "skiff-http"]);
+    let put = bench(&cluster, &["put", "--endpoints", &http, "--duration", "2s", "--target", "skiff-http"]);
     assert_clean(&put);
     assert_eq!(put["in_flight"], 16);
     assert_eq!(put["consistency"], Value::Null);
     assert!((2.0..4.0).contains(&put["duration_seconds"].as_f64().unwrap()), "{put:#}");
+}
+
+/// Over Redis: a get run and a mixed run with stale reads.
+#[test]
+fn a_cluster_loaded_over_redis() {
+    let cluster = start();
+    let redis = cluster.file.redis_addresses().join(",");
+    let redis = redis.as_str();
 
     // A get run writes its keys first, so no read misses.
-    let get =
-        cluster.bench(&["get", "--endpoints", REDIS, "--target", "skiff-redis", "--keys", "2000", "--duration", "2s"]);
+    let get = bench(
+        &cluster,
+        &["get", "--endpoints", redis, "--target", "skiff-redis", "--keys", "2000", "--duration", "2s"],
+    );
     assert_clean(&get);
     assert_eq!(get["fill"]["keys"], 2000, "{get:#}");
     assert_eq!(get["fill"]["failed"], 0, "{get:#}");
@@ -162,21 +121,24 @@ fn a_cluster_loaded_over_http_and_redis() {
     assert_eq!(get["operations"]["put"], Value::Null, "the fill is not measured");
 
     // Mixed, with stale reads (READONLY on every connection).
-    let mixed = cluster.bench(&[
-        "mixed",
-        "--endpoints",
-        REDIS,
-        "--target",
-        "skiff-redis",
-        "--keys",
-        "1000",
-        "--duration",
-        "2s",
-        "--consistency",
-        "stale",
-        "--read-ratio",
-        "0.5",
-    ]);
+    let mixed = bench(
+        &cluster,
+        &[
+            "mixed",
+            "--endpoints",
+            redis,
+            "--target",
+            "skiff-redis",
+            "--keys",
+            "1000",
+            "--duration",
+            "2s",
+            "--consistency",
+            "stale",
+            "--read-ratio",
+            "0.5",
+        ],
+    );
     assert_clean(&mixed);
     assert_eq!(mixed["consistency"], "stale");
     assert_eq!(mixed["misses"], 0, "{mixed:#}");
@@ -213,14 +175,15 @@ fn usage_errors_exit_2_with_a_message() {
 
 #[test]
 fn nothing_answering_exits_1_and_says_how_to_start_the_demo() {
-    let output = run(&["put", "--endpoints", "127.0.0.1:20299", "--duration", "1s"]);
+    let nowhere = free_address();
+    let output = run(&["put", "--endpoints", &nowhere, "--duration", "1s"]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let message = stderr(&output);
-    assert!(message.contains("nothing answers at http://127.0.0.1:20299"), "{message}");
+    assert!(message.contains(&format!("nothing answers at http://{nowhere}")), "{message}");
     assert!(message.contains("start the demo with `cargo run --release -- demo`"), "{message}");
     assert_eq!(stdout(&output), "");
 
-    let redis = run(&["get", "--target", "skiff-redis", "--endpoints", "127.0.0.1:20299"]);
+    let redis = run(&["get", "--target", "skiff-redis", "--endpoints", &nowhere]);
     assert_eq!(redis.status.code(), Some(1), "{redis:?}");
-    assert!(stderr(&redis).contains("nothing answers at 127.0.0.1:20299"), "{}", stderr(&redis));
+    assert!(stderr(&redis).contains(&format!("nothing answers at {nowhere}")), "{}", stderr(&redis));
 }

@@ -1,16 +1,24 @@
 //! `skiff check` end to end: real clusters of `skiff serve` processes, killed, paused,
 //! partitioned and restarted while clients run, and the report it prints.
 //!
-//! Ports (this file uses 20000-20199 only): a run at `--base-port B` takes raft `B+1..`
-//! and http `B+101..`; the `--endpoints` test's cluster uses the common plan at 20150.
+//! A run at `--base-port B` takes raft `B+1..` and http `B+101..`: the testkit hands out a
+//! block of free ports for it.
 
 mod common;
 
 use std::path::Path;
 use std::process::Output;
 
-use common::{Cluster, skiff, stderr, stdout};
+use common::{cluster, skiff, stderr, stdout};
 use serde_json::Value;
+use skiff_testkit::kv::HttpClient;
+use skiff_testkit::ports;
+
+/// `--base-port` for a run of `nodes` nodes: the first of a block of free ports that holds
+/// its raft ports (base + 1..) and its http ports (base + 101..).
+fn base_port(nodes: u16) -> String {
+    ports::block(101 + nodes).to_string()
+}
 
 /// Runs `skiff check ARGS --json --history FILE`; returns the output, the report and the
 /// history file's operations.
@@ -61,7 +69,8 @@ fn assert_passed(output: &Output, report: &Value, history: &[Value], faults: &[&
 #[test]
 fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--nodes", "3", "--time", "20s", "--faults", "kill,pause,partition", "--base-port", "20000"];
+    let base = base_port(3);
+    let args = ["--nodes", "3", "--time", "20s", "--faults", "kill,pause,partition", "--base-port", &base];
     let (output, report, history) = check(&args, dir.path());
     assert_passed(&output, &report, &history, &["kill", "pause", "partition"]);
     assert_eq!(report["settings"]["nodes"], 3);
@@ -74,7 +83,8 @@ fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
 #[test]
 fn five_nodes_lose_their_leader_and_restart_together() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--nodes", "5", "--time", "16s", "--faults", "leader,partition,restart-all", "--base-port", "20010"];
+    let base = base_port(5);
+    let args = ["--nodes", "5", "--time", "16s", "--faults", "leader,partition,restart-all", "--base-port", &base];
     let (output, report, history) = check(&args, dir.path());
     assert_passed(&output, &report, &history, &["leader", "partition", "restart-all"]);
     assert_eq!(report["convergence"]["nodes"], 5);
@@ -83,7 +93,7 @@ fn five_nodes_lose_their_leader_and_restart_together() {
 
 #[test]
 fn a_running_cluster_is_checked_through_its_fault_api() {
-    let cluster = Cluster::start(20150, 3);
+    let cluster = cluster(3);
     let dir = tempfile::tempdir().unwrap();
     let endpoints = cluster.endpoints.join(",");
     let args = ["--endpoints", &endpoints, "--time", "6s", "--clients", "4"];
@@ -95,14 +105,10 @@ fn a_running_cluster_is_checked_through_its_fault_api() {
     assert!(key.starts_with("skiff-check/"), "{key}");
     assert_eq!(cluster.run(&["list", "skiff-check/"]).status.code(), Some(0));
     assert_eq!(stdout(&cluster.run(&["list", "skiff-check/"])), "");
-    for endpoint in &cluster.endpoints {
-        let faults: Value = ureq::get(format!("http://{endpoint}/v1/skiff/faults"))
-            .call()
-            .expect("faults")
-            .body_mut()
-            .read_json()
-            .expect("JSON");
-        assert_eq!(faults["faults"], serde_json::json!([]), "{endpoint}");
+    let client = HttpClient::for_file(&cluster.file);
+    for node in &cluster.file.nodes {
+        let faults = client.get(node.id, "/v1/skiff/faults").ok().json();
+        assert_eq!(faults["faults"], serde_json::json!([]), "{}", node.id);
     }
 }
 

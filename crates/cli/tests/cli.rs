@@ -1,13 +1,15 @@
 //! The client commands and the shell, run as a user would against a local cluster.
-//! Ports: 19400-19479 (see common/mod.rs).
 
 mod common;
 
-use common::{Cluster, skiff, stderr, stdout};
+use common::{Cluster, cluster, skiff, stderr, stdout};
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::ports::free_address;
 
+/// put, then get as text and as JSON; a missing key; cas.
 #[test]
-fn kv_commands() {
-    let cluster = Cluster::start(19400, 3);
+fn put_get_and_cas() {
+    let cluster = cluster(3);
 
     // put, then get as text and as JSON.
     assert_eq!(cluster.ok(&["put", "greeting", "hello world"]), "OK\n");
@@ -36,6 +38,12 @@ fn kv_commands() {
     assert_eq!(cluster.ok(&["cas", "fresh", "new", "--index", "0"]), "OK\n");
     let exists = cluster.run(&["cas", "fresh", "again", "--index", "0"]);
     assert_eq!(exists.status.code(), Some(1), "{exists:?}");
+}
+
+/// A value from standard input; list with a prefix; delete of a key and of a prefix.
+#[test]
+fn put_from_stdin_list_and_delete() {
+    let cluster = cluster(3);
 
     // A value from standard input, with flags.
     let piped = cluster.run_with_input(&["put", "app/config", "-", "--flags", "42"], "line 1\nline 2\n");
@@ -62,23 +70,30 @@ fn kv_commands() {
     assert_eq!(cluster.ok(&["delete", "app/", "--recurse", "--json"]), "true\n");
     assert_eq!(cluster.ok(&["list", "app", "--keys"]), "");
     assert_eq!(cluster.ok(&["delete", "never-existed"]), "OK\n");
+}
 
-    // A dead first endpoint (nothing listens there) falls through to a live one.
-    let endpoints = format!("127.0.0.1:19409,http://{}", cluster.endpoints[1]);
+/// A dead first endpoint (nothing listens there) falls through to a live one; with every
+/// endpoint dead, exit 1 and a message naming them.
+#[test]
+fn a_dead_endpoint_falls_through_to_a_live_one() {
+    let cluster = cluster(3);
+    cluster.ok(&["put", "greeting", "v2"]);
+    let (dead, also_dead) = (free_address(), free_address());
+    let endpoints = format!("{also_dead},http://{}", cluster.endpoints[1]);
     let output = skiff().args(["--endpoints", &endpoints, "get", "greeting"]).output().unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(stdout(&output), "v2\n");
     let output = skiff().args(["--endpoints", &endpoints, "put", "through", "yes"]).output().unwrap();
     assert!(output.status.success(), "{output:?}");
     // Every endpoint dead: exit 1, and the message names them.
-    let output = skiff().args(["--endpoints", "127.0.0.1:19408,127.0.0.1:19409", "get", "x"]).output().unwrap();
+    let output = skiff().args(["--endpoints", &format!("{dead},{also_dead}"), "get", "x"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(stderr(&output).contains("127.0.0.1:19408") && stderr(&output).contains("19409"), "{output:?}");
+    assert!(stderr(&output).contains(&dead) && stderr(&output).contains(&also_dead), "{output:?}");
 }
 
 #[test]
 fn cluster_commands() {
-    let cluster = Cluster::start(19420, 3);
+    let cluster = cluster(3);
     cluster.ok(&["put", "k", "v"]);
 
     // status: one row per node, exactly one leader.
@@ -104,9 +119,9 @@ fn cluster_commands() {
 
     // members list.
     let members = cluster.ok(&["members", "list"]);
-    for (id, port) in [("n1", 19431), ("n2", 19432), ("n3", 19433)] {
+    for (id, http) in ["n1", "n2", "n3"].into_iter().zip(&cluster.endpoints) {
         let row = members.lines().find(|line| line.trim_start().starts_with(id)).expect("a row per member");
-        assert!(row.contains("voter") && row.contains(&format!("127.0.0.1:{port}")), "{members}");
+        assert!(row.contains("voter") && row.contains(http.as_str()), "{members}");
     }
     let json: serde_json::Value = serde_json::from_str(&cluster.ok(&["members", "list", "--json"])).unwrap();
     assert_eq!(json["members"].as_array().map(Vec::len), Some(3), "{json}");
@@ -125,7 +140,7 @@ fn cluster_commands() {
 
 #[test]
 fn shell_reads_commands_from_a_pipe() {
-    let cluster = Cluster::start(19440, 3);
+    let cluster = cluster(3);
     let output = cluster.run_with_input(&["shell"], "put a 1\nget a\nshow_log\nbogus\nexit\nget a\n");
     assert!(output.status.success(), "{output:?}");
     let text = stdout(&output);
@@ -151,11 +166,13 @@ fn shell_reads_commands_from_a_pipe() {
 
 #[test]
 fn membership_changes() {
-    let mut cluster = Cluster::start_with_joiners(19460, 3, 1);
+    let file = ClusterFile::builder("cli-test", 3).joiners(1).http().build();
+    let mut cluster = Cluster::start_file(common::SKIFF, file);
     let leader = cluster.wait_for_leader(None);
     // A follower answers POST /v1/skiff/members with a 307 to the leader, which the client
     // does not follow: give the leader's address first.
-    let leader_http = cluster.endpoints[leader[1..].parse::<usize>().unwrap() - 1].clone();
+    let leader_id = skiff::config::parse_node_id(&leader).expect("a node id");
+    let leader_http = cluster.file.node(leader_id).http.clone().expect("an http address");
     let to_leader = |args: &[&str]| {
         let output = skiff().args(["--endpoints", &leader_http]).args(args).output().unwrap();
         assert!(output.status.success(), "skiff {args:?}: {output:?}");

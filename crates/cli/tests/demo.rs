@@ -1,6 +1,7 @@
-//! `skiff demo` with its default settings: the ports of `ClusterConfig::demo()` (raft
-//! 7001-7003, http 8001-8003, redis 6001-6003), the default endpoints of the client
-//! commands, and a clean stop on SIGINT.
+//! `skiff demo`: the banner, the client commands against it, and a clean stop on SIGINT;
+//! and that the client commands' default endpoints are the demo's. The demo runs with a
+//! cluster file on free ports, so a `skiff demo` left running on the default ports (raft
+//! 7001-7003, http 8001-8003, redis 6001-6003) does not disturb the test, nor the test it.
 
 mod common;
 
@@ -9,20 +10,29 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{skiff, stdout};
+use common::{KillOnDrop, signal, skiff, stdout};
+use skiff::NodeId;
+use skiff::config::ClusterConfig;
+use skiff_testkit::cluster_file::ClusterFile;
 
 #[test]
 fn demo_serves_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
+    let file = ClusterFile::builder("demo", 3).http().redis().build();
+    let config = file.write(dir.path());
     let errors = dir.path().join("stderr");
     let mut child = skiff()
         .arg("demo")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
         .expect("start skiff demo");
-    let guard = KillOnDrop(child.id());
+    let guard = KillOnDrop::new(&child);
     // Read the banner as it comes, on a thread, so the pipe never fills.
     let lines = BufReader::new(child.stdout.take().expect("stdout"));
     let (sender, receiver) = mpsc::channel();
@@ -38,39 +48,44 @@ fn demo_serves_and_stops_on_sigint() {
         match receiver.recv_timeout(left) {
             Ok(line) => banner.push(line),
             Err(_) => panic!(
-                "no 'running' line in time (are ports 7001-7003, 8001-8003 free?); banner so far:\n{}\nstderr:\n{}",
+                "no 'running' line in time; banner so far:\n{}\nstderr:\n{}",
                 banner.join("\n"),
                 std::fs::read_to_string(&errors).unwrap_or_default()
             ),
         }
     }
     let banner = banner.join("\n");
-    for text in ["127.0.0.1:8001", "127.0.0.1:7003", "leader: n", "curl", "skiff get greeting", "┆ leader "] {
+    let first_http = file.node(NodeId(1)).http.clone().expect("an http address");
+    let last_raft = file.node(NodeId(3)).raft.clone();
+    for text in [first_http.as_str(), last_raft.as_str(), "leader: n", "curl", "skiff get greeting", "┆ leader "] {
         assert!(banner.contains(text), "{text:?} not in the banner:\n{banner}");
     }
 
-    // The client's default endpoints are the demo's.
-    let put = skiff().args(["put", "greeting", "hello"]).output().unwrap();
+    let endpoints = file.http_addresses().join(",");
+    let put = skiff().args(["--endpoints", &endpoints, "put", "greeting", "hello"]).output().unwrap();
     assert!(put.status.success(), "{put:?}");
-    let get = skiff().args(["get", "greeting"]).output().unwrap();
+    let get = skiff().args(["--endpoints", &endpoints, "get", "greeting"]).output().unwrap();
     assert_eq!(stdout(&get), "hello\n", "{get:?}");
 
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    signal(&child, libc::SIGINT);
     let status = child.wait().expect("wait for demo");
-    std::mem::forget(guard);
+    guard.disarm();
     let _ = reader.join();
     let rest: Vec<String> = receiver.try_iter().collect();
     assert_eq!(status.code(), Some(0), "after SIGINT: {rest:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
 }
 
-/// Kills the demo if the test panics before it is stopped.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which the test has not reaped yet.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-    }
+/// Without `--endpoints`, the client commands talk to the demo's default nodes: the http
+/// addresses of `ClusterConfig::demo()` (the cluster `skiff demo` runs without `--config`).
+#[test]
+fn the_default_endpoints_are_the_demos() {
+    let demo = ClusterConfig::demo();
+    let http: Vec<&str> = demo.node.iter().map(|node| node.http.as_deref().expect("an http address")).collect();
+    let help = skiff().arg("--help").output().unwrap();
+    let text = stdout(&help);
+    assert!(
+        text.contains(&format!("[default: {}]", http.join(","))),
+        "{http:?} are not the default endpoints:\n{text}"
+    );
 }

@@ -1,17 +1,23 @@
 //! `skiff serve`: refused configs exit 1 naming the problem; flags and variables override
-//! the file; a node serves and stops on SIGTERM. Ports: 19480-19519.
+//! the file; a node serves and stops on SIGTERM.
 
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use common::{skiff, stderr, write_file};
+use common::{KillOnDrop, signal, skiff, stderr, write_file};
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::wait::eventually_ok;
+
+/// A cluster file of one node, n1, with an http address.
+fn one_node() -> ClusterFile {
+    ClusterFile::builder("cli-test", 1).http().build()
+}
 
 #[test]
 fn bad_configs_exit_1_with_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_file(dir.path(), "good.toml", &common::cluster_toml(19480, 1));
+    let good = write_file(dir.path(), "good.toml", &one_node().to_toml());
     let broken = write_file(dir.path(), "broken.toml", "[cluster]\nname = \"x\"\n\n[[node]]\nid = n1\n");
     let typo = write_file(dir.path(), "typo.toml", "[cluster]\nname = \"x\"\n[raft]\nheartbeat_tick = 5\n");
     let missing = dir.path().join("missing.toml");
@@ -38,7 +44,7 @@ fn bad_configs_exit_1_with_the_problem() {
 #[test]
 fn raft_flags_and_variables_override_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_file(dir.path(), "cluster.toml", &common::cluster_toml(19490, 1));
+    let config = write_file(dir.path(), "cluster.toml", &one_node().to_toml());
     // Each run sets election_timeout_ticks to a value the core refuses (at most the heartbeat
     // interval, 5), so the error shows which value won without starting a node.
     let run = |env: Option<&str>, flag: Option<&str>| {
@@ -95,7 +101,8 @@ fn help_lists_each_setting_once_with_its_default() {
 #[test]
 fn serve_from_env_and_stop_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_file(dir.path(), "cluster.toml", &common::cluster_toml(19500, 1));
+    let file = one_node();
+    let config = file.write(dir.path());
     let child = skiff()
         .arg("serve")
         .env("SKIFF_CONFIG", &config)
@@ -107,39 +114,24 @@ fn serve_from_env_and_stop_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let guard = KillOnDrop(child.id());
-    let endpoint = ["--endpoints", "127.0.0.1:19511", "--timeout", "2s"];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let guard = KillOnDrop::new(&child);
+    let http = file.http_addresses().join(",");
+    let endpoint = ["--endpoints", &http, "--timeout", "2s"];
+    eventually_ok("the node takes a write", || {
         let output = skiff().args(endpoint).args(["put", "k", "small"]).output().unwrap();
-        if output.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the node never took a write: {output:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        if output.status.success() { Ok(()) } else { Err(format!("{output:?}")) }
+    });
     // SKIFF_MAX_VALUE_BYTES took effect: a 17-byte value is refused (413).
     let output = skiff().args(endpoint).args(["put", "k", "seventeen bytes!!"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr(&output).contains("413"), "{output:?}");
     assert!(dir.path().join("data").is_dir());
 
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    signal(&child, libc::SIGTERM);
     let output = child.wait_with_output().unwrap();
-    std::mem::forget(guard);
+    guard.disarm();
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{log}");
     // JSON log lines on stderr.
     assert!(log.lines().any(|line| line.starts_with('{') && line.contains("\"level\"")), "{log}");
-}
-
-/// Kills the process if the test panics before it is stopped.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which the test has not reaped yet.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-    }
 }

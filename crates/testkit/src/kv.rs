@@ -107,6 +107,11 @@ impl HttpClient {
         HttpClient { agent, http }
     }
 
+    /// A client of every node of `file` with an http address.
+    pub fn for_file(file: &ClusterFile) -> HttpClient {
+        HttpClient::new(file.nodes.iter().filter_map(|node| Some((node.id, node.http.clone()?))).collect())
+    }
+
     /// Node `id`'s http address.
     pub fn address(&self, id: NodeId) -> &str {
         self.http.get(&id).unwrap_or_else(|| panic!("{id} has no http address"))
@@ -233,22 +238,15 @@ impl KvCluster {
     pub fn start_with(file: ClusterFile, fault_injection: bool) -> KvCluster {
         let started = std::time::Instant::now();
         let config = file.config();
-        let http = file.nodes.iter().map(|node| (node.id, node.http.clone().expect("an http address"))).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a tokio runtime");
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut cluster = KvCluster {
-            file,
-            config,
-            client: HttpClient::new(http),
-            servers: BTreeMap::new(),
-            fault_injection,
-            runtime: Some(runtime),
-            dir,
-        };
+        let client = HttpClient::for_file(&file);
+        let mut cluster =
+            KvCluster { file, config, client, servers: BTreeMap::new(), fault_injection, runtime: Some(runtime), dir };
         let members: Vec<NodeId> = cluster.file.nodes.iter().filter(|node| !node.join).map(|node| node.id).collect();
         for &id in &members {
             cluster.start_node(id);
