@@ -57,11 +57,13 @@ fn demo_serves_and_stops_on_sigint() {
     let banner = banner.join("\n");
     let first_http = file.node(NodeId(1)).http.clone().expect("an http address");
     let last_raft = file.node(NodeId(3)).raft.clone();
-    for text in [first_http.as_str(), last_raft.as_str(), "leader: n", "curl", "skiff get greeting", "┆ leader "] {
+    let endpoints = file.http_addresses().join(",");
+    // Not the default ports, so the banner's commands name the endpoints.
+    let get_command = format!("skiff --endpoints {endpoints} get greeting");
+    for text in [first_http.as_str(), last_raft.as_str(), "leader: n", "curl", &get_command, "┆ leader "] {
         assert!(banner.contains(text), "{text:?} not in the banner:\n{banner}");
     }
 
-    let endpoints = file.http_addresses().join(",");
     let put = skiff().args(["--endpoints", &endpoints, "put", "greeting", "hello"]).output().unwrap();
     assert!(put.status.success(), "{put:?}");
     let get = skiff().args(["--endpoints", &endpoints, "get", "greeting"]).output().unwrap();
