@@ -364,6 +364,52 @@ fn report(error: &anyhow::Error) -> String {
     message
 }
 
+impl CheckArgs {
+    /// `skiff check`'s options; `--endpoints` only when given, else check starts its own cluster.
+    fn into_options(self, client: &ClientArgs) -> Result<check::CheckOptions> {
+        let endpoints = check::endpoints_given().then(|| client::parse_endpoints(&client.endpoints)).transpose()?;
+        Ok(check::CheckOptions {
+            nodes: usize::from(self.nodes),
+            time: self.time,
+            faults: self.faults.map(|list| list.0),
+            clients: usize::from(self.clients),
+            keys: usize::from(self.keys),
+            seed: self.seed,
+            history: self.history,
+            json: client.json,
+            base_port: self.base_port,
+            keep_data: self.keep_data,
+            endpoints,
+            request_timeout: self.request_timeout,
+            snapshot_after_entries: self.snapshot_after,
+        })
+    }
+}
+
+impl BenchArgs {
+    /// `skiff bench`'s options; `--endpoints` only when given, else the demo's or etcd's.
+    fn into_options(self, client: &ClientArgs) -> bench::BenchOptions {
+        bench::BenchOptions {
+            workload: self.workload,
+            target: self.target,
+            endpoints: bench::endpoints_given().then(|| client.endpoints.clone()),
+            clients: self.clients,
+            connections: self.connections,
+            keys: self.keys,
+            value_size: self.value_size,
+            duration: self.duration,
+            total: self.total,
+            warmup: self.warmup,
+            consistency: self.consistency,
+            read_ratio: self.read_ratio,
+            fill: !self.no_fill,
+            seed: self.seed,
+            json: client.json,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let format = if cli.client.json { Format::Json } else { Format::Human };
     let client = || -> Result<Client> {
@@ -415,45 +461,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
         Command::Shell => shell::run(&client()?)?,
-        Command::Check(args) => {
-            let endpoints =
-                check::endpoints_given().then(|| client::parse_endpoints(&cli.client.endpoints)).transpose()?;
-            return check::run(check::CheckOptions {
-                nodes: usize::from(args.nodes),
-                time: args.time,
-                faults: args.faults.map(|list| list.0),
-                clients: usize::from(args.clients),
-                keys: usize::from(args.keys),
-                seed: args.seed,
-                history: args.history,
-                json: cli.client.json,
-                base_port: args.base_port,
-                keep_data: args.keep_data,
-                endpoints,
-                request_timeout: args.request_timeout,
-                snapshot_after_entries: args.snapshot_after,
-            });
-        }
-        Command::Bench(args) => {
-            return bench::run(bench::BenchOptions {
-                workload: args.workload,
-                target: args.target,
-                endpoints: bench::endpoints_given().then(|| cli.client.endpoints.clone()),
-                clients: args.clients,
-                connections: args.connections,
-                keys: args.keys,
-                value_size: args.value_size,
-                duration: args.duration,
-                total: args.total,
-                warmup: args.warmup,
-                consistency: args.consistency,
-                read_ratio: args.read_ratio,
-                fill: !args.no_fill,
-                seed: args.seed,
-                json: cli.client.json,
-                request_timeout: args.request_timeout,
-            });
-        }
+        Command::Check(args) => return check::run(args.into_options(&cli.client)?),
+        Command::Bench(args) => return bench::run(args.into_options(&cli.client)),
     }
     Ok(ExitCode::SUCCESS)
 }
