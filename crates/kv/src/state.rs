@@ -330,24 +330,7 @@ impl KvStore {
                 self.store(index, key, &value, flags);
                 Output::Done { ok: true, deleted: 0 }
             }
-            Op::Delete { key, cas } => {
-                let current = data.map.get(&key).map(|entry| entry.modify_index);
-                // As Consul: a missing key is already deleted, whatever `cas` says.
-                if let (Some(expected), Some(current)) = (cas, current)
-                    && current != expected
-                {
-                    return Output::Done { ok: false, deleted: 0 };
-                }
-                let deleted = match current {
-                    Some(_) => {
-                        data.map.remove(&key);
-                        self.mark_deleted(key, index);
-                        1
-                    }
-                    None => 0,
-                };
-                Output::Done { ok: true, deleted }
-            }
+            Op::Delete { key, cas } => self.delete(index, key, cas),
             Op::DeletePrefix { prefix } => {
                 let keys: Vec<Bytes> = self.range(&prefix).map(|entry| Bytes::copy_from_slice(entry.key)).collect();
                 for key in &keys {
@@ -369,34 +352,63 @@ impl KvStore {
                 }
                 Output::Set { written, old }
             }
-            Op::IncrBy { key, delta } => {
-                let current = match data.map.get(&key) {
-                    Some(found) => match parse_integer(found.value) {
-                        Some(number) => number,
-                        None => return Output::Refused(NOT_AN_INTEGER.into()),
-                    },
-                    None => 0,
-                };
-                let Some(sum) = current.checked_add(delta) else { return Output::Refused(OVERFLOW.into()) };
-                let flags = data.map.get(&key).map_or(0, |entry| entry.flags);
-                self.store(index, key, sum.to_string().as_bytes(), flags);
-                Output::Integer(sum)
-            }
-            Op::Append { key, value, max_len } => {
-                let (mut joined, flags) = match data.map.get(&key) {
-                    Some(found) => (found.value.to_vec(), found.flags),
-                    None => (Vec::new(), 0),
-                };
-                let length = joined.len() + value.len();
-                if length as u64 > max_len {
-                    return Output::Refused(format!("ERR string exceeds maximum allowed size ({max_len} bytes)"));
-                }
-                joined.extend_from_slice(&value);
-                self.store(index, key, &joined, flags);
-                Output::Integer(length as i64)
-            }
+            Op::IncrBy { key, delta } => self.incr_by(index, key, delta),
+            Op::Append { key, value, max_len } => self.append(index, key, &value, max_len),
             Op::Batch(ops) => Output::Batch(ops.into_iter().map(|op| self.apply_op(index, op)).collect()),
         }
+    }
+
+    /// `Op::Delete`: removes `key` unless `cas` names another modify index.
+    fn delete(&mut self, index: u64, key: Bytes, cas: Option<u64>) -> Output {
+        let data = &mut self.data;
+        let current = data.map.get(&key).map(|entry| entry.modify_index);
+        // As Consul: a missing key is already deleted, whatever `cas` says.
+        if let (Some(expected), Some(current)) = (cas, current)
+            && current != expected
+        {
+            return Output::Done { ok: false, deleted: 0 };
+        }
+        let deleted = match current {
+            Some(_) => {
+                data.map.remove(&key);
+                self.mark_deleted(key, index);
+                1
+            }
+            None => 0,
+        };
+        Output::Done { ok: true, deleted }
+    }
+
+    /// `Op::IncrBy`: adds `delta` to the integer at `key` (0 if absent).
+    fn incr_by(&mut self, index: u64, key: Bytes, delta: i64) -> Output {
+        let data = &mut self.data;
+        let current = match data.map.get(&key) {
+            Some(found) => match parse_integer(found.value) {
+                Some(number) => number,
+                None => return Output::Refused(NOT_AN_INTEGER.into()),
+            },
+            None => 0,
+        };
+        let Some(sum) = current.checked_add(delta) else { return Output::Refused(OVERFLOW.into()) };
+        let flags = data.map.get(&key).map_or(0, |entry| entry.flags);
+        self.store(index, key, sum.to_string().as_bytes(), flags);
+        Output::Integer(sum)
+    }
+
+    /// `Op::Append`: appends `value` to `key`'s value, refusing to grow past `max_len`.
+    fn append(&mut self, index: u64, key: Bytes, value: &[u8], max_len: u64) -> Output {
+        let data = &mut self.data;
+        let (mut joined, flags) = match data.map.get(&key) {
+            Some(found) => (found.value.to_vec(), found.flags),
+            None => (Vec::new(), 0),
+        };
+        let length = joined.len() + value.len();
+        if length as u64 > max_len {
+            return Output::Refused(format!("ERR string exceeds maximum allowed size ({max_len} bytes)"));
+        }
+        joined.extend_from_slice(value);
+        self.store(index, key, &joined, flags);
+        Output::Integer(length as i64)
     }
 
     /// Writes `key` at `index`, keeping its create index if it exists and clearing a
