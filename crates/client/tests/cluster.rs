@@ -6,62 +6,27 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use skiff::NodeId;
-use skiff::config::ClusterConfig;
 use skiff_client::{Client, Consistency, DeleteOptions, Error, WriteOptions};
-use skiff_kv::{Server, ServerOptions};
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::kv::KvCluster;
+use skiff_testkit::ports::free_port;
+use skiff_testkit::wait::eventually;
 
-/// How long a cluster may take to elect a leader or to apply a write everywhere.
-const SETTLE: Duration = Duration::from_secs(15);
-
-/// A port that was free a moment ago (bound, read back, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("a bound address").port()
-}
-
-/// Waits until `check` holds, failing the test after [`SETTLE`].
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Three nodes on their own runtime; the test thread makes blocking calls to them.
+/// The testkit's three-node KV cluster (which shuts its servers down when dropped), with
+/// the endpoints the client is given.
 struct Cluster {
-    runtime: tokio::runtime::Runtime,
-    servers: Vec<Server>,
+    _servers: KvCluster,
     /// The nodes' HTTP addresses, `127.0.0.1:port`, n1 first.
     endpoints: Vec<String>,
-    _data: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let mut text = String::from("[cluster]\nname = \"client\"\n");
-        let mut endpoints = Vec::new();
-        for id in 1..=3 {
-            let (raft, http) = (free_port(), free_port());
-            text.push_str(&format!(
-                "[[node]]\nid = \"n{id}\"\nraft = \"127.0.0.1:{raft}\"\nhttp = \"127.0.0.1:{http}\"\n"
-            ));
-            endpoints.push(format!("127.0.0.1:{http}"));
-        }
-        let config = ClusterConfig::from_toml_str(&text).expect("a valid cluster file");
-        let data = tempfile::tempdir().expect("a temp dir");
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-        let servers = (1..=3)
-            .map(|id| {
-                let options = ServerOptions::new(config.clone(), NodeId(id), data.path().join(format!("n{id}")));
-                runtime.block_on(Server::start(options)).expect("the server starts")
-            })
-            .collect();
-        let cluster = Cluster { runtime, servers, endpoints, _data: data };
+        let file = ClusterFile::builder("client", 3).http().build();
+        let endpoints = file.http_addresses();
+        let cluster = Cluster { _servers: KvCluster::start(file), endpoints };
         let client = cluster.client();
-        eventually("a leader", || client.members().is_ok_and(|members| members.leader.is_some()));
+        eventually("a leader the client sees", || client.members().is_ok_and(|members| members.leader.is_some()));
         cluster
     }
 
@@ -81,14 +46,6 @@ impl Cluster {
             follower.is_some()
         });
         follower.cloned().expect("a follower")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for server in self.servers.drain(..) {
-            let _ = self.runtime.block_on(server.shutdown());
-        }
     }
 }
 
