@@ -109,23 +109,9 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    /// Maps a node's error to a status code that says what the client should do.
+    /// A node's error, with its one status ([`crate::http_status`]) and the leader to try.
     fn from_node(error: skiff::Error, leader: Option<NodeId>) -> ApiError {
-        use skiff::Error as E;
-        use skiff::RaftError as R;
-        let status = match &error {
-            E::NoLeader | E::LeadershipLost | E::Raft(R::TooManyUncommitted { .. } | R::LeaderNotReady { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            E::Raft(R::TransferInProgress { .. } | R::NotLeader { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Timeout(_) | E::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
-            E::Raft(R::MembershipChangePending { .. }) => StatusCode::CONFLICT,
-            E::Raft(R::InvalidMembershipChange(_) | R::NotAVoter(_)) => StatusCode::CONFLICT,
-            E::Remote { message, .. } if message.contains("retry") => StatusCode::SERVICE_UNAVAILABLE,
-            E::Remote { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError { status, message: error.to_string(), leader }
+        ApiError { status: crate::http_status(error.kind()), message: error.to_string(), leader }
     }
 }
 

@@ -18,7 +18,7 @@ pub mod redis;
 mod server;
 pub mod state;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, http_status, redis_error};
 pub use server::{Limits, Server, ServerOptions};
 pub use state::{Command, Entry, KvStore, Op, Output, Retention, Value};
 

@@ -79,12 +79,7 @@ impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
         let ServerOptions { cluster, id, data_dir, limits, fault_injection } = options;
-        let address = cluster
-            .node(id)
-            .map_err(|error| Error::Config(error.to_string()))?
-            .http
-            .clone()
-            .ok_or_else(|| Error::Config(format!("{id} has no http address in the cluster file")))?;
+        let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
         // Bind first: a port in use is reported before the node joins the cluster.
         let listener = bind(id, &address).await?;
         let http_address = local_address(id, &address, &listener)?;

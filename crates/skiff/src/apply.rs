@@ -37,7 +37,7 @@ impl Responder {
                 let result = result.map_err(|error| match error {
                     Error::LeadershipLost | Error::NoLeader => ForwardError::Retry,
                     Error::OutcomeUnknown => ForwardError::OutcomeUnknown,
-                    error => ForwardError::Refused(error.to_string()),
+                    error => ForwardError::Refused { kind: error.kind(), message: error.to_string() },
                 });
                 transport.send(peer, PeerMessage::ForwardResult { request, result });
             }

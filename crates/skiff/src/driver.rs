@@ -342,7 +342,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let result = result.map_err(|error| match error {
                     ForwardError::Retry => Error::LeadershipLost,
                     ForwardError::OutcomeUnknown => Error::OutcomeUnknown,
-                    ForwardError::Refused(message) => Error::Remote { leader: from, message },
+                    ForwardError::Refused { kind, message } => Error::Remote { leader: from, kind, message },
                 });
                 self.pending.answer_forwarded(request, result);
             }

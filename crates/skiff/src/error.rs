@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use skiff_raft::{Index, NodeId, StorageError};
 use thiserror::Error;
 
@@ -31,9 +32,11 @@ pub enum Error {
     /// storage failure is [`Error::Storage`].
     #[error(transparent)]
     Raft(skiff_raft::Error),
-    /// The leader refused a forwarded request; `message` is its error, as text.
+    /// The leader refused a forwarded request: `message` is its error as text, `kind` what
+    /// the leader's error was ([`Error::kind`] on the leader), so the caller here can tell
+    /// a retry from a failure.
     #[error("the leader {leader} refused the request: {message}")]
-    Remote { leader: NodeId, message: String },
+    Remote { leader: NodeId, kind: ErrorKind, message: String },
     /// A command or output could not be encoded or decoded.
     #[error("could not encode or decode a command or its output: {0}")]
     Codec(#[from] postcard::Error),
@@ -66,7 +69,54 @@ fn stop_cause(cause: &Option<Arc<Error>>) -> String {
     cause.as_ref().map_or_else(|| ": shut down".to_string(), |cause| format!(": {cause}"))
 }
 
+/// What a caller should do about an [`Error`]. Every API maps errors through this one
+/// classification (the HTTP API to a status, the Redis protocol to an error prefix), so an
+/// error has the same meaning whichever way a client came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Certainly not applied, and likely to succeed shortly: no leader, leadership moving,
+    /// back-pressure. Retry.
+    Unavailable,
+    /// Perhaps applied, perhaps not (a timeout, a leader change mid-flight). Retry only
+    /// what is idempotent (or carries an idempotency key).
+    Indeterminate,
+    /// Refused by the cluster's state: an invalid or a pending membership change, a target
+    /// that is not a voter. Retrying as is will not help.
+    Conflict,
+    /// The node failed (storage, a stopped node, a bug): not the client's doing.
+    Internal,
+}
+
 impl Error {
+    /// What a caller should do about this error. The match has no catch-all: a new
+    /// variant must be classified here.
+    pub fn kind(&self) -> ErrorKind {
+        use skiff_raft::Error as R;
+        match self {
+            Error::NoLeader | Error::LeadershipLost => ErrorKind::Unavailable,
+            Error::Timeout(_) | Error::OutcomeUnknown => ErrorKind::Indeterminate,
+            Error::Remote { kind, .. } => *kind,
+            Error::Raft(refused) => match refused {
+                R::NotLeader { .. }
+                | R::TransferInProgress { .. }
+                | R::TooManyUncommitted { .. }
+                | R::LeaderNotReady { .. } => ErrorKind::Unavailable,
+                R::MembershipChangePending { .. } | R::InvalidMembershipChange(_) | R::NotAVoter(_) => {
+                    ErrorKind::Conflict
+                }
+                R::InvalidSnapshot { .. } | R::InvalidConfig(_) | R::Storage(_) => ErrorKind::Internal,
+            },
+            Error::Codec(_)
+            | Error::Stopped { .. }
+            | Error::ApplyThreadStopped
+            | Error::StateMachinePanicked(_)
+            | Error::Config(_)
+            | Error::Unresolved { .. }
+            | Error::Storage(_)
+            | Error::Transport(_) => ErrorKind::Internal,
+        }
+    }
+
     /// The node stopped because it was shut down.
     pub(crate) fn shut_down() -> Error {
         Error::Stopped { cause: None }
@@ -134,6 +184,32 @@ mod tests {
         }
         let refused: Error = skiff_raft::Error::NotAVoter(NodeId(2)).into();
         assert!(matches!(refused, Error::Raft(_)));
+    }
+
+    #[test]
+    fn each_error_says_what_a_caller_should_do() {
+        let storage = Error::from(StorageError::Io("disk gone".into()));
+        let cases = [
+            (Error::NoLeader, ErrorKind::Unavailable),
+            (Error::LeadershipLost, ErrorKind::Unavailable),
+            (skiff_raft::Error::NotLeader { leader: None }.into(), ErrorKind::Unavailable),
+            (Error::Timeout(std::time::Duration::from_secs(1)), ErrorKind::Indeterminate),
+            (Error::OutcomeUnknown, ErrorKind::Indeterminate),
+            (skiff_raft::Error::NotAVoter(NodeId(2)).into(), ErrorKind::Conflict),
+            (
+                Error::Remote { leader: NodeId(1), kind: ErrorKind::Internal, message: "storage".into() },
+                ErrorKind::Internal,
+            ),
+            (
+                Error::Remote { leader: NodeId(1), kind: ErrorKind::Unavailable, message: "busy".into() },
+                ErrorKind::Unavailable,
+            ),
+            (Error::Stopped { cause: Some(Arc::new(storage)) }, ErrorKind::Internal),
+            (Error::from(StorageError::Io("disk gone".into())), ErrorKind::Internal),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub mod store;
 pub mod transport;
 pub mod wire;
 
-pub use error::{Error, Result, StorageFailure};
+pub use error::{Error, ErrorKind, Result, StorageFailure};
 pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
 pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use skiff_raft::{Envelope, Index, MembershipChange, NodeId, SnapshotMeta};
 
+use crate::error::ErrorKind;
+
 /// A frame's payload between two nodes of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
@@ -28,8 +30,9 @@ pub enum ForwardError {
     Retry,
     /// Appended but the outcome is unknown (the leader stopped or lost its log position).
     OutcomeUnknown,
-    /// Refused, with the leader's message (invalid membership change, too much uncommitted).
-    Refused(String),
+    /// Refused or failed on the leader: what kind of error it was there (so a storage
+    /// failure on the leader is not taken for a conflict here), and its message.
+    Refused { kind: ErrorKind, message: String },
 }
 
 /// A request a follower forwards to the leader. (Reads need none: the core forwards

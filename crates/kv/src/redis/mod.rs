@@ -351,18 +351,9 @@ fn op_size(op: &Op) -> usize {
     }
 }
 
-/// A node's error as a Redis error. `TRYAGAIN` says the command certainly did not apply and
-/// may be sent again; a plain `ERR` after a timeout says it may have applied.
+/// A node's error as a Redis error ([`crate::redis_error`]).
 fn node_error(error: &skiff::Error) -> Reply {
-    use skiff::Error as E;
-    use skiff::RaftError as R;
-    match error {
-        E::NoLeader | E::LeadershipLost | E::Raft(R::TooManyUncommitted { .. } | R::LeaderNotReady { .. }) => {
-            Reply::error(format!("TRYAGAIN {error}"))
-        }
-        E::Raft(R::TransferInProgress { .. } | R::NotLeader { .. }) => Reply::error(format!("TRYAGAIN {error}")),
-        _ => Reply::error(format!("ERR {error}")),
-    }
+    Reply::error(crate::redis_error(error))
 }
 
 /// Plans one command: the connection and server commands here, the keyspace ones in
