@@ -527,37 +527,33 @@ const TRANSFER_WAIT_ELECTION_TIMEOUTS: u32 = 5;
 async fn transfer_leader(State(api): Shared, uri: Uri) -> ApiResult {
     let query = Query::parse(&uri);
     let status = api.status().await?;
-    let target = match query.node_id("id")? {
-        Some(id) => id,
-        None => successor(&status)
-            .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "there is no other voter to hand leadership to"))?,
-    };
-    if !status.membership.is_voter(target) {
+    let target = query.node_id("id")?;
+    if let Some(target) = target
+        && !status.membership.is_voter(target)
+    {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("{target} is not a voter")));
     }
+    let others = status.membership.voters.iter().filter(|&&voter| Some(voter) != status.leader).count();
+    if target.is_none() && others == 0 {
+        return Err(ApiError::new(StatusCode::CONFLICT, "there is no other voter to hand leadership to"));
+    }
+    let before = api.node.leader().leader;
     api.node.transfer_leader(target).await.map_err(|error| api.fail(error))?;
     // The core abandons a transfer after an election timeout; the target's election and the
     // news of it take less again. Several election timeouts (3 s with the defaults) leave
     // room for a busy machine before reporting a timeout.
     let wait = api.node.options().max_election_timeout() * TRANSFER_WAIT_ELECTION_TIMEOUTS;
     let mut leader = api.node.watch_leader();
-    let moved = leader.wait_for(|info| info.leader == Some(target));
+    let moved = leader.wait_for(|info| match target {
+        Some(target) => info.leader == Some(target),
+        None => info.leader.is_some() && info.leader != before,
+    });
     if let Ok(Ok(_)) = tokio::time::timeout(wait, moved).await {
         return Ok(axum::Json(json!({ "Success": true })).into_response());
     }
-    let message = format!("leadership did not move to {target} within {wait:?}");
+    let whom = target.map_or_else(|| "another voter".to_string(), |target| target.to_string());
+    let message = format!("leadership did not move to {whom} within {wait:?}");
     Err(ApiError { status: StatusCode::GATEWAY_TIMEOUT, message, leader: api.node.leader().leader })
-}
-
-/// Without an explicit target: the voter (other than the leader) furthest along, as this
-/// node knows it.
-fn successor(status: &NodeStatus) -> Option<NodeId> {
-    status
-        .peers
-        .iter()
-        .filter(|peer| peer.voter && Some(peer.id) != status.leader)
-        .max_by_key(|peer| (peer.match_index, std::cmp::Reverse(peer.id)))
-        .map(|peer| peer.id)
 }
 
 async fn remove_peer(State(api): Shared, uri: Uri) -> ApiResult {

@@ -298,7 +298,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let outcome = match &body {
             ForwardedRequest::Propose(command) => self.raft.propose(command.clone()).map(|p| Some(p.log_id)),
             ForwardedRequest::Membership(change) => self.raft.propose_membership(*change).map(|p| Some(p.log_id)),
-            ForwardedRequest::TransferLeader(target) => self.raft.transfer_leader(*target).map(|()| None),
+            ForwardedRequest::TransferLeader(target) => {
+                // Without a target, the leader's core picks its successor. Elsewhere there is
+                // none: the core answers NotLeader and the request goes to the leader as is.
+                // A leader with no other voter "transfers" to itself, which does nothing.
+                let target = target.or_else(|| self.raft.successor()).unwrap_or(self.raft.id());
+                self.raft.transfer_leader(target).map(|()| None)
+            }
         };
         match outcome {
             Ok(Some(log_id)) => self.pending.add_write(log_id, responder),

@@ -292,8 +292,10 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Asks the leader to hand leadership to `target` (thesis §3.10).
-    pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
+    /// Asks the leader to hand leadership to `target` (thesis §3.10), or without one to the
+    /// voter the leader picks (the one holding most of its log). Returns when the leader
+    /// has started the transfer; watch [`Node::watch_leader`] for its end.
+    pub async fn transfer_leader(&self, target: Option<NodeId>) -> Result<()> {
         self.write(ForwardedRequest::TransferLeader(target)).await.map(|_| ())
     }
 

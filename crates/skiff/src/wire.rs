@@ -42,5 +42,7 @@ pub enum ForwardedRequest {
     /// A command, serialized with postcard; the result carries the serialized output.
     Propose(Bytes),
     Membership(MembershipChange),
-    TransferLeader(NodeId),
+    /// Hand leadership to this voter, or (`None`) to the one the leader picks: its
+    /// successor, the voter holding most of its log.
+    TransferLeader(Option<NodeId>),
 }

@@ -269,8 +269,14 @@ fn transfer_leader_moves_leadership_to_a_named_follower_or_to_any_other() {
     let leader = cluster.leader();
     assert_ne!(leader, target, "transfer-leader without an id kept the leader");
     assert_eq!(value_of(&client.entry(target, "after-transfer")), b"1");
+    // Without an id, through a follower: the leader picks its successor.
+    let follower = cluster.others(leader)[0];
+    let reply = client.post(follower, "/v1/operator/raft/transfer-leader", b"").ok();
+    assert_eq!(reply.json(), json!({"Success": true}), "{}", reply.what);
+    let newest = cluster.leader();
+    assert_ne!(newest, leader, "transfer-leader without an id, through {follower}, kept the leader");
     // A malformed id is bad input.
-    client.post(leader, "/v1/operator/raft/transfer-leader?id=abc", b"").error(400);
+    client.post(newest, "/v1/operator/raft/transfer-leader?id=abc", b"").error(400);
     cluster.shutdown();
 }
 
