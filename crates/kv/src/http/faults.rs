@@ -1,0 +1,67 @@
+//! `/v1/skiff/faults`: fault injection, off unless the node was started with it.
+//! And `/metrics`, Prometheus's text format.
+
+use super::*;
+
+/// The node's fault table, or 403 when fault injection is off.
+fn faults(api: &Api) -> ApiResult<&skiff::transport::faults::Faults> {
+    api.node.faults().ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "fault injection is off; start the node with --fault-injection to use it")
+    })
+}
+
+fn faults_json(faults: &skiff::transport::faults::Faults) -> Response {
+    axum::Json(json!({ "enabled": true, "faults": faults.list() })).into_response()
+}
+
+pub(super) async fn faults_list(State(api): Shared) -> ApiResult {
+    Ok(faults_json(faults(&api)?))
+}
+
+/// Adds a fault: `{"action": "drop" | "delay", "delay_ms": N, "peers": ["n2"], "direction":
+/// "in" | "out" | "both"}`.
+pub(super) async fn faults_add(State(api): Shared, headers: HeaderMap, body: Body) -> ApiResult {
+    let faults = faults(&api)?;
+    let body = read_body(body, &headers, 64 << 10).await?;
+    let fault: skiff::transport::faults::Fault = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "a fault is {{\"action\": \"drop\" or \"delay\", \"delay_ms\": N, \"peers\": [\"n2\"], \
+             \"direction\": \"in\", \"out\" or \"both\"}}: {error}"
+        ))
+    })?;
+    let members: Vec<NodeId> = api.cluster.node_ids().collect();
+    if let Some(unknown) = fault.peers.iter().find(|id| !members.contains(id)) {
+        return Err(ApiError::bad_request(format!("{unknown} is not a node of the cluster file")));
+    }
+    if fault.peers.contains(&api.node.id()) {
+        return Err(ApiError::bad_request(format!("{} cannot cut itself off; name its peers", api.node.id())));
+    }
+    tracing::warn!(node = %api.node.id(), ?fault, "fault injected");
+    faults.add(fault);
+    Ok(faults_json(faults))
+}
+
+pub(super) async fn faults_clear(State(api): Shared) -> ApiResult {
+    let faults = faults(&api)?;
+    faults.clear();
+    tracing::warn!(node = %api.node.id(), "faults cleared");
+    Ok(faults_json(faults))
+}
+
+pub(super) async fn metrics(State(api): Shared) -> ApiResult {
+    let Some(handle) = crate::metrics::handle() else {
+        let message = "the embedding program installed its own metrics recorder";
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message));
+    };
+    let status = api.status().await?;
+    let node = [("node", api.label.clone())];
+    metrics::gauge!("skiff_raft_term", &node).set(status.term.0 as f64);
+    metrics::gauge!("skiff_raft_commit_index", &node).set(status.commit.0 as f64);
+    metrics::gauge!("skiff_raft_applied_index", &node).set(status.applied.0 as f64);
+    metrics::gauge!("skiff_raft_last_log_index", &node).set(status.last_log_id.index.0 as f64);
+    metrics::gauge!("skiff_raft_snapshot_index", &node).set(status.snapshot_index.0 as f64);
+    metrics::gauge!("skiff_raft_is_leader", &node).set(if status.role == RoleName::Leader { 1.0 } else { 0.0 });
+    metrics::gauge!("skiff_apply_lag_entries", &node).set(status.commit.0.saturating_sub(status.applied.0) as f64);
+    metrics::gauge!("skiff_raft_voters", &node).set(status.membership.voters.len() as f64);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
+}

@@ -1,0 +1,210 @@
+//! The HTTP API (`docs/http-api.md`): Consul's KV, status and operator routes, Skiff's own
+//! status, log and membership routes, and `/metrics`.
+//!
+//! Handlers parse and check everything a client sends before anything is proposed: a bad
+//! parameter, a key that is not UTF-8, an oversized value all get a JSON error, never a
+//! panic. Any node answers: writes go through [`Node::propose`] (forwarded by a follower),
+//! consistent reads through [`Node::read`] (ReadIndex via the leader).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value as Json, json};
+use skiff::config::{ClusterConfig, parse_node_id};
+use skiff::{Index, Node, NodeId, NodeStatus, Payload, RoleName};
+use tokio::sync::watch;
+
+mod consul;
+mod faults;
+mod kv;
+mod members;
+mod status;
+
+use self::consul::*;
+use self::faults::*;
+use self::kv::*;
+use self::members::*;
+use self::status::*;
+use crate::server::Limits;
+use crate::state::{Command, Entry, KvStore, Op, Output, RequestId, Value};
+
+/// What every handler shares.
+pub struct Api {
+    node: Arc<Node<KvStore>>,
+    /// The state machine's last applied index: blocking queries wait on it.
+    applied: watch::Receiver<u64>,
+    cluster: ClusterConfig,
+    limits: Limits,
+    /// The node id as a metrics label.
+    label: String,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node<KvStore>>, applied: watch::Receiver<u64>, cluster: ClusterConfig, limits: Limits) -> Api {
+        let label = node.id().to_string();
+        Api { node, applied, cluster, limits, label }
+    }
+}
+
+type Shared = State<Arc<Api>>;
+
+/// The API's routes.
+pub fn router(api: Api) -> Router {
+    let api = Arc::new(api);
+    Router::new()
+        .route("/v1/kv/", any(kv))
+        .route("/v1/kv/{*key}", any(kv))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/operator/raft/configuration", get(raft_configuration))
+        .route("/v1/operator/raft/transfer-leader", post(transfer_leader))
+        .route("/v1/operator/raft/peer", axum::routing::delete(remove_peer))
+        .route("/v1/skiff/status", get(skiff_status))
+        .route("/v1/skiff/log", get(skiff_log))
+        .route("/v1/skiff/members", get(members_list).post(members_add))
+        .route("/v1/skiff/members/{id}", axum::routing::delete(members_remove))
+        .route("/v1/skiff/members/{id}/promote", post(members_promote))
+        .route("/v1/skiff/faults", get(faults_list).post(faults_add).delete(faults_clear))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/http-api.md") })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on this route"))
+        })
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), record))
+        .with_state(api)
+}
+
+/// Counts each request and its latency, by route.
+async fn record(State(api): Shared, request: Request, next: Next) -> Response {
+    let route = match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some("/v1/kv/" | "/v1/kv/{*key}") if request.method() == Method::GET => "kv",
+        Some("/v1/kv/" | "/v1/kv/{*key}") => "kv_write",
+        Some(path) if path.starts_with("/v1/skiff/") => "skiff",
+        Some(path) if path.starts_with("/v1/operator/") || path.starts_with("/v1/status/") => "cluster",
+        Some("/metrics") => "metrics",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::record_request(&api.label, route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A JSON error: `{"error": "...", "leader": "n2"}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    leader: Option<NodeId>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), leader: None }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A node's error, with its one status ([`crate::http_status`]) and the leader to try.
+    fn from_node(error: skiff::Error, leader: Option<NodeId>) -> ApiError {
+        ApiError { status: crate::http_status(error.kind()), message: error.to_string(), leader }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(leader) = self.leader {
+            body["leader"] = json!(leader.to_string());
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+impl Api {
+    fn fail(&self, error: skiff::Error) -> ApiError {
+        ApiError::from_node(error, self.node.leader().leader)
+    }
+
+    async fn status(&self) -> ApiResult<NodeStatus> {
+        self.node.status().await.map_err(|error| self.fail(error))
+    }
+
+    fn raft_address(&self, id: NodeId) -> String {
+        self.cluster.node(id).map(|node| node.raft.clone()).unwrap_or_else(|_| id.to_string())
+    }
+
+    fn http_address(&self, id: NodeId) -> Option<String> {
+        self.cluster.node(id).ok().and_then(|node| node.http.clone())
+    }
+}
+
+/// A parsed query string. Consul's flags (`?raw`, `?recurse`) carry no value.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(uri: &Uri) -> Query {
+        let query = uri.query().unwrap_or("");
+        Query(form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|value| value != "false" && value != "0")
+    }
+
+    fn number(&self, name: &str) -> ApiResult<Option<u64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!("{name}={text:?} is not a whole number from 0 to {}", u64::MAX))
+            }),
+        }
+    }
+
+    fn node_id(&self, name: &str) -> ApiResult<Option<NodeId>> {
+        self.get(name).map(parse_id).transpose()
+    }
+
+    /// `wait=`: a duration with a unit (`500ms`, `10s`, `5m`, `1h`); a bare number is seconds.
+    fn duration(&self, name: &str) -> ApiResult<Option<Duration>> {
+        let Some(text) = self.get(name) else { return Ok(None) };
+        let bad = || ApiError::bad_request(format!("{name}={text:?} is not a duration like 500ms, 10s or 5m"));
+        let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            "ms" => number / 1000.0,
+            "" | "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            _ => return Err(bad()),
+        };
+        Duration::try_from_secs_f64(seconds).map(Some).map_err(|_| bad())
+    }
+}
+
+fn parse_id(text: &str) -> ApiResult<NodeId> {
+    parse_node_id(text).map_err(|error| ApiError::bad_request(error.to_string()))
+}

@@ -1,0 +1,91 @@
+//! Skiff's own status and log routes: one node's view of the cluster and its log.
+
+use super::*;
+
+pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
+    let status = api.status().await?;
+    let peers: Vec<Json> = status
+        .peers
+        .iter()
+        .map(|peer| {
+            json!({
+                "id": peer.id.to_string(),
+                "voter": peer.voter,
+                "match": peer.match_index.map(|index| index.0),
+                "next": peer.next_index.map(|index| index.0),
+                "connected": peer.health.connected,
+                "last_contact_ms": peer.health.last_contact.map(|at| at.elapsed().as_millis() as u64),
+                "rtt_ms": peer.health.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                "dropped_messages": peer.health.dropped_messages,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "id": status.id.to_string(),
+        "role": status.role.to_string(),
+        "term": status.term.0,
+        "voted_for": status.vote.map(|id| id.to_string()),
+        "leader": status.leader.map(|id| id.to_string()),
+        "commit": status.commit.0,
+        "applied": status.applied.0,
+        "last_log": { "index": status.last_log_id.index.0, "term": status.last_log_id.term.0 },
+        "snapshot_index": status.snapshot_index.0,
+        "voters": id_list(&status.membership.voters),
+        "learners": id_list(&status.membership.learners),
+        "raft_address": api.raft_address(status.id),
+        "http_address": api.http_address(status.id),
+        "peers": peers,
+    }))
+    .into_response())
+}
+
+/// Node ids as text, in order.
+fn id_list(set: &std::collections::BTreeSet<NodeId>) -> Vec<String> {
+    set.iter().map(ToString::to_string).collect()
+}
+
+/// The most entries `/v1/skiff/log` returns at once.
+const MAX_LOG_PAGE: u64 = 1000;
+
+pub(super) async fn skiff_log(State(api): Shared, uri: Uri) -> ApiResult {
+    let query = Query::parse(&uri);
+    let limit = query.number("limit")?.unwrap_or(100).clamp(1, MAX_LOG_PAGE);
+    let from = query.number("from")?.map(Index);
+    let page = api.node.log(from, limit as usize).await.map_err(|error| api.fail(error))?;
+    let entries: Vec<Json> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let (kind, description) = match &entry.payload {
+                Payload::Empty => ("empty", "(a new leader's first entry)".to_string()),
+                Payload::Command(bytes) => match postcard::from_bytes::<Command>(bytes) {
+                    Ok(command) => ("command", command.op.describe()),
+                    Err(_) => ("command", format!("({} bytes, not a key-value command)", bytes.len())),
+                },
+                Payload::Membership(membership) => {
+                    let ids = |set| id_list(set).join(" ");
+                    let mut text = format!("voters {}", ids(&membership.voters));
+                    if !membership.learners.is_empty() {
+                        text.push_str(&format!(", learners {}", ids(&membership.learners)));
+                    }
+                    ("membership", text)
+                }
+            };
+            json!({
+                "index": entry.log_id.index.0,
+                "term": entry.log_id.term.0,
+                "committed": entry.log_id.index <= page.commit,
+                "kind": kind,
+                "description": description,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "first_index": page.first_index.0,
+        "last_index": page.last_index.0,
+        "commit": page.commit.0,
+        "applied": page.applied.0,
+        "entries": entries,
+    }))
+    .into_response())
+}
