@@ -311,7 +311,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Ok(None) => responder.respond(self.transport.as_ref(), Ok(Bytes::new())),
             Err(skiff_raft::Error::NotLeader { leader: Some(leader) }) => match responder {
                 Responder::Local(reply) => {
-                    let request = self.pending.add_forwarded(self.deadline(), reply);
+                    let request = self.pending.add_forwarded(self.deadline(), self.raft.term(), leader, reply);
                     self.transport.send(leader, PeerMessage::Forward { request, body });
                 }
                 remote => remote.respond(self.transport.as_ref(), Err(Error::LeadershipLost)),
@@ -493,7 +493,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         if self.raft.role() != RoleName::Leader {
             self.outgoing.clear();
         }
-        self.pending.leader_changed();
+        self.pending.leader_changed(info.term, info.leader);
         self.leader.send_replace(info);
     }
 
