@@ -9,7 +9,7 @@ use skiff::config::{ClusterConfig, ConfigError, ConfigProblem, NodeConfig, RaftS
 use skiff::{Membership, NodeId};
 use skiff_raft::InvalidConfig;
 
-/// The example cluster file of the README, completed with three nodes.
+/// An example cluster file: the demo's three nodes, with raft, http and redis addresses.
 const DESIGN_EXAMPLE: &str = r#"
 [cluster]
 name = "demo"                       # peers of another cluster are refused
