@@ -29,7 +29,19 @@ pub(super) async fn kv(State(api): Shared, method: Method, uri: Uri, headers: He
             }
         }
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
+    match result {
+        Ok(response) => response,
+        // A refused PUT may leave its body unread, and the server then drops the connection:
+        // say so, so a client does not send its next request on a connection being closed.
+        Err(error) if has_body => {
+            let mut response = error.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The key in a `/v1/kv/<key>` path, percent-decoded; it must be UTF-8, as Consul's are.
