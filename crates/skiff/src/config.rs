@@ -39,6 +39,12 @@ pub struct ClusterConfig {
     /// `[raft]`: settings shared by every node.
     #[serde(default, deserialize_with = "RaftSection::deserialize_naming_keys")]
     pub raft: RaftSection,
+    /// `[tls]`: certificates for peers (mutual TLS) and clients (HTTPS, Redis over TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
+    /// `[auth]`: the tokens clients must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSection>,
 }
 
 /// `[cluster]`.
@@ -48,6 +54,51 @@ pub struct ClusterSection {
     /// The cluster's name, not empty. Peers exchange it when they connect and refuse a peer
     /// of another cluster, so two clusters on one network cannot mix.
     pub name: String,
+    /// Lets a node serve on an address other than loopback without `[tls]` and `[auth]`.
+    /// Off by default: such a node refuses to start, since anyone who can reach it could
+    /// read and write everything, and pose as a peer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+/// `[tls]`. Paths relative to the cluster file are resolved against its directory by
+/// [`ClusterConfig::load`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// A directory as `skiff certs` writes it: `ca.pem`, and `<id>.pem` with `<id>-key.pem`
+    /// for each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM), instead of `dir/ca.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Clients of the HTTP API and the Redis port must also present a certificate signed by
+    /// the cluster CA. Peers always must.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_clients: bool,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The tokens file (TOML, `[[token]]` tables; see `docs/security.md`). A relative path is
+    /// resolved against the cluster file's directory.
+    pub tokens: PathBuf,
+}
+
+/// The certificate files of one node: what [`TlsSection`] and the node's entry say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate.
+    pub ca: PathBuf,
+    /// The node's certificate (chain), PEM.
+    pub cert: PathBuf,
+    /// The node's private key, PEM.
+    pub key: PathBuf,
+    /// Whether clients must present a certificate too.
+    pub verify_clients: bool,
 }
 
 /// One `[[node]]` table.
@@ -72,6 +123,12 @@ pub struct NodeConfig {
     /// still needs its entry to reach it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
+    /// This node's certificate (PEM), instead of `<tls.dir>/<id>.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM), instead of `<tls.dir>/<id>-key.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// `[raft]`: the settings every node shares. Every key is optional in the file. The
@@ -183,6 +240,12 @@ pub enum ConfigProblem {
     /// A `[raft]` setting of the runtime that must be positive is 0.
     #[error("raft.{field} is 0; it must be at least 1 (default {default})")]
     ZeroSetting { field: &'static str, default: u64 },
+    /// `[tls]` names neither `dir` nor `ca`.
+    #[error("[tls] needs dir (as skiff certs writes it) or ca, with cert and key in each [[node]]")]
+    TlsWithoutCa,
+    /// `[tls]` has no `dir` and a node has no `cert` or `key`.
+    #[error("node {node}: [tls] has no dir, so the node needs cert and key")]
+    TlsWithoutCert { node: String },
     /// A setting the consensus core refuses ([`skiff_raft::Config::validate`]).
     #[error("raft.{0}")]
     Core(skiff_raft::InvalidConfig),
@@ -277,7 +340,9 @@ impl ClusterConfig {
         let is_json = path.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("json"))
             || text.trim_start().starts_with('{');
         let format = if is_json { Format::Json } else { Format::Toml };
-        ClusterConfig::parse(&text, format, Some(path.to_path_buf()), overrides)
+        let mut config = ClusterConfig::parse(&text, format, Some(path.to_path_buf()), overrides)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
     }
 
     /// Parses and validates a cluster file's TOML text.
@@ -329,7 +394,88 @@ impl ClusterConfig {
         self.check_ids(&mut problems);
         self.check_addresses(&mut problems);
         self.raft.check(&mut problems);
+        self.check_tls(&mut problems);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { file: None, problems }) }
+    }
+
+    fn check_tls(&self, problems: &mut Vec<ConfigProblem>) {
+        let Some(tls) = &self.tls else { return };
+        if tls.dir.is_none() && tls.ca.is_none() {
+            problems.push(ConfigProblem::TlsWithoutCa);
+        }
+        if tls.dir.is_none() {
+            for node in self.node.iter().filter(|node| node.cert.is_none() || node.key.is_none()) {
+                problems.push(ConfigProblem::TlsWithoutCert { node: node.id.clone() });
+            }
+        }
+    }
+
+    /// Makes the relative paths of `[tls]`, `[auth]` and the nodes' `cert`/`key` relative to
+    /// `base` (the cluster file's directory), as [`load`](ClusterConfig::load) does.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            tls.dir.iter_mut().chain(tls.ca.iter_mut()).for_each(resolve);
+        }
+        if let Some(auth) = &mut self.auth {
+            resolve(&mut auth.tokens);
+        }
+        for node in &mut self.node {
+            node.cert.iter_mut().chain(node.key.iter_mut()).for_each(resolve);
+        }
+    }
+
+    /// The certificate files of node `id`, if the cluster has `[tls]`.
+    pub fn tls_files(&self, id: NodeId) -> Option<TlsFiles> {
+        let tls = self.tls.as_ref()?;
+        let node = self.node(id).ok();
+        let in_dir = |name: String| tls.dir.as_ref().map(|dir| dir.join(name));
+        Some(TlsFiles {
+            ca: tls.ca.clone().or_else(|| in_dir("ca.pem".into()))?,
+            cert: node.and_then(|node| node.cert.clone()).or_else(|| in_dir(format!("{id}.pem")))?,
+            key: node.and_then(|node| node.key.clone()).or_else(|| in_dir(format!("{id}-key.pem")))?,
+            verify_clients: tls.verify_clients,
+        })
+    }
+
+    /// Why node `id` must not start as configured: it listens beyond loopback (raft, http or
+    /// redis) while the cluster has no `[tls]` or no `[auth]`, and the file does not say
+    /// `insecure = true`. `None` when it may start.
+    pub fn exposure(&self, id: NodeId) -> Option<String> {
+        if self.cluster.insecure || (self.tls.is_some() && self.auth.is_some()) {
+            return None;
+        }
+        let node = self.node(id).ok()?;
+        let exposed: Vec<String> = [
+            ("raft", Some(node.raft_listen_address())),
+            ("http", node.http.as_deref()),
+            ("redis", node.redis.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, address)| Some((field, address?)))
+        .filter(|(_, address)| !parse_address(address).is_ok_and(|(host, _)| host.is_loopback()))
+        .map(|(field, address)| format!("{field} {address}"))
+        .collect();
+        if exposed.is_empty() {
+            return None;
+        }
+        let missing = match (&self.tls, &self.auth) {
+            (None, None) => "[tls] and [auth]",
+            (None, Some(_)) => "[tls]",
+            _ => "[auth]",
+        };
+        Some(format!(
+            "node {id} listens beyond loopback ({}) but the cluster file has no {missing}, so anyone who can \
+             reach it could read and write every key and pose as a peer. Make certificates with \
+             `skiff certs --dir certs --nodes {}` and add [tls] dir = \"certs\" and [auth] tokens = \"tokens.toml\" \
+             (docs/security.md), or put insecure = true in [cluster] if the network is yours alone",
+            exposed.join(", "),
+            self.node.iter().map(|node| node.id.as_str()).collect::<Vec<_>>().join(","),
+        ))
     }
 
     fn check_ids(&self, problems: &mut Vec<ConfigProblem>) {
@@ -454,9 +600,17 @@ impl ClusterConfig {
                 http: Some(format!("127.0.0.1:800{i}")),
                 redis: Some(format!("127.0.0.1:600{i}")),
                 join: false,
+                cert: None,
+                key: None,
             })
             .collect();
-        ClusterConfig { cluster: ClusterSection { name: "demo".to_string() }, node, raft: RaftSection::default() }
+        ClusterConfig {
+            cluster: ClusterSection { name: "demo".to_string(), insecure: false },
+            node,
+            raft: RaftSection::default(),
+            tls: None,
+            auth: None,
+        }
     }
 
     /// The config as a TOML cluster file, which [`ClusterConfig::from_toml_str`] reads back.
@@ -552,6 +706,14 @@ enum Host {
 impl Host {
     fn is_wildcard(&self) -> bool {
         matches!(self, Host::Ip(ip) if ip.is_unspecified())
+    }
+
+    /// Loopback: `127.0.0.0/8`, `::1` or `localhost`.
+    fn is_loopback(&self) -> bool {
+        match self {
+            Host::Ip(ip) => ip.is_loopback(),
+            Host::Name(name) => name == "localhost",
+        }
     }
 }
 

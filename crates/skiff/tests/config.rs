@@ -485,6 +485,8 @@ fn toml_round_trip() {
         http: None,
         redis: None,
         join: true,
+        cert: None,
+        key: None,
     });
     config.raft.core.lease_reads = true;
     let text = config.to_toml_string().unwrap();

@@ -92,12 +92,20 @@ impl LocalCluster {
                 http: Some(format!("127.0.0.1:{http}")),
                 redis: None,
                 join: false,
+                cert: None,
+                key: None,
             });
             members.push(Member { id: id.clone(), url: format!("http://127.0.0.1:{http}") });
             files.push(NodeFiles { data_dir: dir.join(&id), log: dir.join(format!("{id}.log")), id });
         }
         let raft = RaftSection { snapshot_after_entries, ..RaftSection::default() };
-        let cluster = ClusterConfig { cluster: ClusterSection { name: name.to_string() }, node: node_configs, raft };
+        let cluster = ClusterConfig {
+            cluster: ClusterSection { name: name.to_string(), insecure: false },
+            node: node_configs,
+            raft,
+            tls: None,
+            auth: None,
+        };
         cluster.validate().context("the generated cluster file is invalid (a bug in skiff check)")?;
         let config = dir.join("cluster.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&cluster)?)
