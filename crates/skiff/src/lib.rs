@@ -113,6 +113,7 @@ mod pending;
 mod snapshot_stream;
 pub mod state_machine;
 pub mod store;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
