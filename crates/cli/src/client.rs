@@ -1,14 +1,88 @@
-//! The `--endpoints` flag: a comma-separated list that becomes a [`skiff_client::Client`]'s
-//! endpoints.
+//! The client's flags: `--endpoints`, a comma-separated list that becomes a
+//! [`skiff_client::Client`]'s endpoints, and `--cacert`, `--cert`/`--key` and `--token`.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use skiff_client::ClientBuilder;
 
-/// Parses a comma-separated endpoint list into `http://host:port` base URLs.
-pub fn parse_endpoints(list: &str) -> Result<Vec<String>> {
+/// How a client reaches a cluster that has `[tls]` or `[auth]` (docs/security.md).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SecurityArgs {
+    /// The cluster's CA certificate (PEM): the nodes are reached over https:// and their
+    /// certificates must chain to it.
+    #[arg(long, global = true, env = "SKIFF_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM), for nodes that require one (verify_clients).
+    #[arg(long, global = true, env = "SKIFF_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SKIFF_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// A token's secret, sent with every request (the cluster's [auth] tokens file).
+    #[arg(long, global = true, env = "SKIFF_TOKEN", value_name = "SECRET", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// What [`SecurityArgs`] name, read from their files.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// The CA certificate(s), PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and key, PEM.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The token's secret.
+    pub token: Option<String>,
+}
+
+impl SecurityArgs {
+    /// Reads the files the flags name.
+    pub fn load(&self) -> Result<Security> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("--{flag} {}: cannot read it", path.display()))
+        };
+        let ca_pem = self.cacert.as_ref().map(|path| read("cacert", path)).transpose()?;
+        let identity_pem = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((read("cert", cert)?, read("key", key)?)),
+            _ => None,
+        };
+        Ok(Security { ca_pem, identity_pem, token: self.token.clone() })
+    }
+
+    /// `builder` with the CA, client certificate and token the flags name.
+    pub fn apply(&self, builder: ClientBuilder) -> Result<ClientBuilder> {
+        Ok(self.load()?.apply(builder))
+    }
+}
+
+impl Security {
+    /// `builder` with this CA, client certificate and token.
+    pub fn apply(&self, mut builder: ClientBuilder) -> ClientBuilder {
+        if let Some(ca) = &self.ca_pem {
+            builder = builder.ca_pem(ca.clone());
+        }
+        if let Some((cert, key)) = &self.identity_pem {
+            builder = builder.client_certificate_pem(cert.clone(), key.clone());
+        }
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
+        }
+        builder
+    }
+
+    /// The scheme of endpoints written as `host:port`.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() { "https" } else { "http" }
+    }
+}
+
+/// Parses a comma-separated endpoint list into `http://host:port` base URLs (`https://`
+/// for `host:port` when `security` has a CA).
+pub fn parse_endpoints(list: &str, security: &Security) -> Result<Vec<String>> {
     let endpoints: Vec<String> = list
         .split(',')
         .filter(|item| !item.trim().is_empty())
-        .map(|item| skiff_client::normalize_endpoint(item).context("--endpoints"))
+        .map(|item| skiff_client::normalize_endpoint_as(item, security.scheme()).context("--endpoints"))
         .collect::<Result<_>>()?;
     if endpoints.is_empty() {
         bail!("no endpoints given; pass --endpoints host:port[,host:port...]");
@@ -22,8 +96,11 @@ mod tests {
 
     #[test]
     fn endpoint_lists_are_split_and_normalized() {
-        assert_eq!(parse_endpoints("a:1, b:2,").unwrap(), ["http://a:1", "http://b:2"]);
-        assert!(parse_endpoints(" , ").is_err());
-        assert!(parse_endpoints("a:1,https://b:2").is_err());
+        let plain = Security::default();
+        assert_eq!(parse_endpoints("a:1, b:2,", &plain).unwrap(), ["http://a:1", "http://b:2"]);
+        assert!(parse_endpoints(" , ", &plain).is_err());
+        assert!(parse_endpoints("a:1,ftp://b:2", &plain).is_err());
+        let tls = Security { ca_pem: Some(Vec::new()), ..Security::default() };
+        assert_eq!(parse_endpoints("a:1,http://b:2", &tls).unwrap(), ["https://a:1", "http://b:2"]);
     }
 }

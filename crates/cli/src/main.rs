@@ -67,6 +67,8 @@ struct ClientArgs {
     /// Print the API's JSON instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    security: client::SecurityArgs,
 }
 
 #[derive(Subcommand)]
@@ -367,7 +369,9 @@ fn report(error: &anyhow::Error) -> String {
 impl CheckArgs {
     /// `skiff check`'s options; `--endpoints` only when given, else check starts its own cluster.
     fn into_options(self, client: &ClientArgs) -> Result<check::CheckOptions> {
-        let endpoints = check::endpoints_given().then(|| client::parse_endpoints(&client.endpoints)).transpose()?;
+        let security = client.security.load()?;
+        let endpoints =
+            check::endpoints_given().then(|| client::parse_endpoints(&client.endpoints, &security)).transpose()?;
         Ok(check::CheckOptions {
             nodes: usize::from(self.nodes),
             time: self.time,
@@ -413,11 +417,13 @@ impl BenchArgs {
 fn run(cli: Cli) -> Result<ExitCode> {
     let format = if cli.client.json { Format::Json } else { Format::Human };
     let client = || -> Result<Client> {
-        let endpoints = client::parse_endpoints(&cli.client.endpoints)?;
+        let security = cli.client.security.load()?;
+        let endpoints = client::parse_endpoints(&cli.client.endpoints, &security)?;
         if cli.client.timeout.is_zero() {
             bail!("--timeout must be more than 0");
         }
-        Ok(Client::builder().endpoints(endpoints).timeout(cli.client.timeout).build()?)
+        let builder = Client::builder().endpoints(endpoints).timeout(cli.client.timeout);
+        Ok(security.apply(builder).build()?)
     };
     match cli.command {
         Command::Serve(args) => {

@@ -7,7 +7,7 @@ use ureq::http::Method;
 
 use crate::api::{Entry, LogPage, Member, Members, Status};
 use crate::error::{Error, Result};
-use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint};
+use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
 
 /// How long a call may take, retries included, unless [`ClientBuilder::timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +60,19 @@ pub struct DeleteOptions {
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
+    security: Security,
+}
+
+/// How a client proves itself and checks the server: TLS and a token.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Security {
+    /// The CA certificate(s) the server's certificate must chain to (PEM). With it,
+    /// endpoints written without a scheme are `https://`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for servers that require one.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Sent as `X-Consul-Token` with every request.
+    pub token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -81,9 +94,31 @@ impl ClientBuilder {
         self
     }
 
+    /// Trust servers whose certificate chains to this CA (PEM, such as the `ca.pem` that
+    /// `skiff certs` writes), and reach endpoints written without a scheme over `https://`.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ClientBuilder {
+        self.security.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this certificate and key (PEM) to servers that require client certificates
+    /// (`verify_clients = true`).
+    pub fn client_certificate_pem(mut self, certificate: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> ClientBuilder {
+        self.security.identity_pem = Some((certificate.into(), key.into()));
+        self
+    }
+
+    /// Send this token (its secret) with every request, as `X-Consul-Token`.
+    pub fn token(mut self, secret: impl Into<String>) -> ClientBuilder {
+        self.security.token = Some(secret.into());
+        self
+    }
+
     /// The client, once every endpoint is valid.
     pub fn build(self) -> Result<Client> {
-        let endpoints: Vec<String> = self.endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<_>>()?;
+        let scheme = if self.security.ca_pem.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> =
+            self.endpoints.iter().map(|e| normalize_endpoint_as(e, scheme)).collect::<Result<_>>()?;
         if endpoints.is_empty() {
             return Err(Error::Options("no endpoints given"));
         }
@@ -91,7 +126,7 @@ impl ClientBuilder {
             return Err(Error::Options("the timeout must be more than zero"));
         }
         Ok(Client {
-            transport: Transport::new(endpoints, self.timeout),
+            transport: Transport::new(endpoints, self.timeout, self.security)?,
             timeout: self.timeout,
             session: session_id(),
             writes: AtomicU64::new(0),
@@ -159,7 +194,7 @@ fn written(reply: Reply) -> Result<bool> {
 impl Client {
     /// Options for a client, starting from no endpoint and [`DEFAULT_TIMEOUT`].
     pub fn builder() -> ClientBuilder {
-        ClientBuilder { endpoints: Vec::new(), timeout: DEFAULT_TIMEOUT }
+        ClientBuilder { endpoints: Vec::new(), timeout: DEFAULT_TIMEOUT, security: Security::default() }
     }
 
     /// A client of the nodes at `endpoints` (`host:port` or `http://host:port`) with the
@@ -172,7 +207,7 @@ impl Client {
         Client::builder().endpoints(endpoints).build()
     }
 
-    /// The endpoints, normalized to `http://host:port`.
+    /// The endpoints, normalized to `http://host:port` (or `https://`).
     pub fn endpoints(&self) -> &[String] {
         self.transport.endpoints()
     }
@@ -305,10 +340,13 @@ impl Client {
         self.read("/v1/skiff/status")?.success()?.json()
     }
 
-    /// The status of the node at `endpoint` (`host:port`, need not be one of the client's),
+    /// The status of the node at `endpoint` (`host:port`, need not be one of the client's;
+    /// `https://` if the client's endpoints are),
     /// asked once, waiting at most `timeout` (and no longer than the client's timeout).
     pub fn node_status(&self, endpoint: &str, timeout: Duration) -> Result<Status> {
-        let base = normalize_endpoint(endpoint)?;
+        let scheme =
+            if self.endpoints().iter().all(|endpoint| endpoint.starts_with("https://")) { "https" } else { "http" };
+        let base = normalize_endpoint_as(endpoint, scheme)?;
         let timeout = timeout.min(self.timeout);
         let call = Call {
             method: Method::GET,

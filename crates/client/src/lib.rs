@@ -36,7 +36,7 @@ mod transport;
 pub use api::{Entry, LogEntry, LogId, LogPage, Member, Members, Peer, Status};
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};
-pub use transport::{encode_key, normalize_endpoint};
+pub use transport::{encode_key, normalize_endpoint, normalize_endpoint_as};
 
 /// The Rust examples of docs/client.md, compiled (and those that need no cluster run) as
 /// doctests.

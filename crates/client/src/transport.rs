@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use ureq::http::{Method, Request};
 
+use crate::client::Security;
 use crate::error::{Error, Result};
 
 /// The longest a client waits to connect to one endpoint before trying the next.
@@ -100,21 +101,31 @@ fn status_text(status: u16) -> &'static str {
     }
 }
 
-/// Turns `host:port` or `http://host:port[/]` into a base URL without a trailing slash
-/// (`http://host:port`), the form every endpoint of a [`Client`](crate::Client) takes.
+/// Turns `host:port`, `http://host:port[/]` or `https://host:port[/]` into a base URL without
+/// a trailing slash (`http://host:port`), the form every endpoint of a
+/// [`Client`](crate::Client) takes. `host:port` alone is `http://`.
 ///
 /// ```
 /// assert_eq!(skiff_client::normalize_endpoint("127.0.0.1:8001").unwrap(), "http://127.0.0.1:8001");
-/// assert!(skiff_client::normalize_endpoint("https://node:8001").is_err());
+/// assert_eq!(skiff_client::normalize_endpoint("https://node:8001/").unwrap(), "https://node:8001");
+/// assert!(skiff_client::normalize_endpoint("ftp://node:8001").is_err());
 /// ```
 pub fn normalize_endpoint(endpoint: &str) -> Result<String> {
+    normalize_endpoint_as(endpoint, "http")
+}
+
+/// As [`normalize_endpoint`], with `scheme` (`"http"` or `"https"`) for an endpoint written
+/// without one.
+pub fn normalize_endpoint_as(endpoint: &str, scheme: &str) -> Result<String> {
     let trimmed = endpoint.trim().trim_end_matches('/');
     let invalid = |reason| Error::InvalidEndpoint { endpoint: endpoint.to_string(), reason };
-    if trimmed.starts_with("https://") {
-        return Err(invalid("https is not supported; Skiff serves plain http"));
-    }
-    let address = trimmed.strip_prefix("http://").unwrap_or(trimmed);
-    let url = format!("http://{address}");
+    let (scheme, address) = match trimmed.split_once("://") {
+        Some(("http", address)) => ("http", address),
+        Some(("https", address)) => ("https", address),
+        Some(_) => return Err(invalid("only http:// and https:// endpoints are supported")),
+        None => (scheme, trimmed),
+    };
+    let url = format!("{scheme}://{address}");
     if address.is_empty() || address.contains('/') || !address.contains(':') || url.parse::<ureq::http::Uri>().is_err()
     {
         return Err(invalid("not host:port or http://host:port"));
@@ -166,19 +177,50 @@ pub(crate) struct Transport {
     endpoints: Vec<String>,
     /// The endpoint that answered last, tried first next time.
     current: AtomicUsize,
+    token: Option<String>,
 }
 
 impl Transport {
-    /// `endpoints` are normalized and not empty; `timeout` is not zero.
-    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Transport {
+    /// `endpoints` are normalized and not empty; `timeout` is not zero. Fails if the TLS
+    /// files do not hold certificates and a key.
+    pub fn new(endpoints: Vec<String>, timeout: Duration, security: Security) -> Result<Transport> {
+        use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &security.ca_pem {
+            let certificates: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(certificate)) => Some(certificate),
+                    _ => None,
+                })
+                .collect();
+            if certificates.is_empty() {
+                return Err(Error::Options("the CA file holds no PEM certificate"));
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&certificates));
+        }
+        if let Some((certificate, key)) = &security.identity_pem {
+            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(certificate)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(certificate)) => Some(certificate),
+                    _ => None,
+                })
+                .collect();
+            if chain.is_empty() {
+                return Err(Error::Options("the client certificate file holds no PEM certificate"));
+            }
+            let key = PrivateKey::from_pem(key)
+                .map_err(|_| Error::Options("the client key file holds no PEM private key"))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
             .user_agent(concat!("skiff-client/", env!("CARGO_PKG_VERSION")))
             .build();
-        Transport { agent: config.into(), endpoints, current: AtomicUsize::new(0) }
+        Ok(Transport { agent: config.into(), endpoints, current: AtomicUsize::new(0), token: security.token })
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -256,6 +298,9 @@ impl Transport {
         if let Some(key) = call.idempotency_key {
             builder = builder.header("Idempotency-Key", key);
         }
+        if let Some(token) = &self.token {
+            builder = builder.header("X-Consul-Token", token);
+        }
         let response = match call.body {
             Some(body) => {
                 let request = builder.body(body)?;
@@ -279,7 +324,7 @@ impl Transport {
 
 /// `host:port` of a base URL, for messages.
 fn host_port(base: &str) -> &str {
-    base.trim_start_matches("http://")
+    base.trim_start_matches("http://").trim_start_matches("https://")
 }
 
 /// Whether the request surely never reached the server.
@@ -309,8 +354,11 @@ mod tests {
     fn endpoints_are_normalized() {
         assert_eq!(normalize_endpoint("127.0.0.1:8001").unwrap(), "http://127.0.0.1:8001");
         assert_eq!(normalize_endpoint("http://localhost:8002/").unwrap(), "http://localhost:8002");
-        let https = normalize_endpoint("https://a:1").unwrap_err();
-        assert!(https.to_string().contains("https is not supported"), "{https}");
+        assert_eq!(normalize_endpoint("https://a:1").unwrap(), "https://a:1");
+        assert_eq!(normalize_endpoint_as("a:1", "https").unwrap(), "https://a:1");
+        assert_eq!(normalize_endpoint_as("http://a:1", "https").unwrap(), "http://a:1");
+        let other = normalize_endpoint("ftp://a:1").unwrap_err();
+        assert!(other.to_string().contains("only http:// and https://"), "{other}");
         assert!(normalize_endpoint("nohost").is_err());
         assert!(normalize_endpoint("a b:1").is_err());
     }

@@ -15,6 +15,13 @@ pub enum Error {
     Listen { id: skiff::NodeId, address: String, source: std::io::Error },
     #[error(transparent)]
     Node(#[from] skiff::Error),
+    /// The node would listen beyond loopback with no TLS or no tokens: see
+    /// [`skiff::config::ClusterConfig::exposure`].
+    #[error("refusing to start: {0}")]
+    Insecure(String),
+    /// The node's certificates could not be loaded.
+    #[error("{id}'s TLS certificates: {source}")]
+    Tls { id: skiff::NodeId, source: skiff::tls::TlsError },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,9 +13,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
+use skiff::tls::TlsMaterial;
 use skiff::{Node, NodeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 
 use crate::error::{Error, Result};
 use crate::http::Api;
@@ -80,6 +83,19 @@ impl Server {
     pub async fn start(options: ServerOptions) -> Result<Server> {
         let ServerOptions { cluster, id, data_dir, limits, fault_injection } = options;
         let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
+        if let Some(reason) = cluster.exposure(id) {
+            return Err(Error::Insecure(reason));
+        }
+        let tls = match cluster.tls_files(id) {
+            Some(files) => Some(TlsMaterial::load(&files).map_err(|source| Error::Tls { id, source })?),
+            None => None,
+        };
+        let client_tls = |alpn: &[&[u8]]| -> Result<Option<TlsAcceptor>> {
+            let Some(tls) = &tls else { return Ok(None) };
+            let config = tls.client_acceptor(alpn).map_err(|source| Error::Tls { id, source })?;
+            Ok(Some(TlsAcceptor::from(config)))
+        };
+        let (http_tls, redis_tls) = (client_tls(&[b"http/1.1"])?, client_tls(&[])?);
         // Bind first: a port in use is reported before the node joins the cluster.
         let listener = bind(id, &address).await?;
         let http_address = local_address(id, &address, &listener)?;
@@ -109,13 +125,15 @@ impl Server {
             let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port());
             let (stop_redis, stopped) = oneshot::channel::<()>();
             stop.push(stop_redis);
-            listeners.push(tokio::spawn(crate::redis::serve(listener, Arc::new(redis), stopped)));
+            let acceptor = Acceptor::new(listener, "Redis", redis_tls);
+            listeners.push(tokio::spawn(crate::redis::serve(acceptor, Arc::new(redis), stopped)));
         }
         let api = Api::new(Arc::clone(&node), applied, cluster, limits);
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
-        listeners.push(tokio::spawn(serve_http(listener, crate::http::router(api), stopped)));
-        tracing::info!(node = %id, http = %http_address, redis = ?redis_address, "serving");
+        let acceptor = Acceptor::new(listener, "HTTP", http_tls);
+        listeners.push(tokio::spawn(serve_http(acceptor, crate::http::router(api), stopped)));
+        tracing::info!(node = %id, http = %http_address, redis = ?redis_address, tls = tls.is_some(), "serving");
         Ok(Server { id, node, http_address, redis_address, stop, listeners })
     }
 
@@ -168,18 +186,20 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// hold a connection for minutes: they are cut).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves HTTP/1.1 until `stop`. Our own accept loop rather than `axum::serve`, for the
-/// header timeout (a client that trickles its headers is dropped) and a connection limit.
-async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: oneshot::Receiver<()>) {
+/// Serves HTTP/1.1 (over TLS if the acceptor has it) until `stop`. Our own accept loop
+/// rather than `axum::serve`, for the header timeout (a client that trickles its headers is
+/// dropped) and a connection limit.
+async fn serve_http(acceptor: Acceptor, router: axum::Router, mut stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
-    let acceptor = Acceptor::new(listener, "HTTP");
-    while let Some((stream, slot)) = acceptor.next(&mut stop).await {
-        let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-        let connection = graceful.watch(connection);
+    while let Some(incoming) = acceptor.next(&mut stop).await {
+        let router = router.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = connection.await;
+            let Some((stream, slot)) = incoming.establish().await else { return };
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+            let _ = watcher.watch(connection).await;
             drop(slot);
         });
     }
@@ -187,31 +207,71 @@ async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: onesh
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
+/// A client's connection: plain TCP, or TLS over it.
+pub(crate) type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
 /// Takes client connections (HTTP or Redis) off a listener, at most [`MAX_CONNECTIONS`] at
 /// once: a connection over the limit is closed as it arrives.
 pub(crate) struct Acceptor {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     protocol: &'static str,
+    tls: Option<TlsAcceptor>,
+}
+
+/// An accepted connection holding its slot, before its TLS handshake (if any).
+pub(crate) struct Incoming {
+    stream: TcpStream,
+    address: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
+    protocol: &'static str,
+}
+
+impl Incoming {
+    /// The client's address.
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Runs the TLS handshake, if the listener has TLS: a client gets [`HEADER_TIMEOUT`] for
+    /// it. `None` if it failed (logged at debug: strangers and port scanners are common).
+    /// Run it in the connection's own task, so a slow client holds up no other.
+    pub(crate) async fn establish(self) -> Option<(ClientStream, OwnedSemaphorePermit)> {
+        let Incoming { stream, address, slot, tls, protocol } = self;
+        let Some(tls) = tls else { return Some((Either::Left(stream), slot)) };
+        match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => Some((Either::Right(stream), slot)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %address, protocol, "a client's TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%address, protocol, "a client did not finish its TLS handshake in time");
+                None
+            }
+        }
+    }
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: TcpListener, protocol: &'static str) -> Acceptor {
-        Acceptor { listener, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)), protocol }
+    pub(crate) fn new(listener: TcpListener, protocol: &'static str, tls: Option<TlsAcceptor>) -> Acceptor {
+        Acceptor { listener, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)), protocol, tls }
     }
 
-    /// The next connection and the slot it holds until dropped; `None` once `stop` fires.
-    pub(crate) async fn next(&self, stop: &mut oneshot::Receiver<()>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    /// The next connection, holding its slot until dropped; `None` once `stop` fires.
+    pub(crate) async fn next(&self, stop: &mut oneshot::Receiver<()>) -> Option<Incoming> {
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 _ = &mut *stop => return None,
             };
             match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, address)) => {
                     let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else { continue };
                     let _ = stream.set_nodelay(true);
-                    return Some((stream, slot));
+                    let (tls, protocol) = (self.tls.clone(), self.protocol);
+                    return Some(Incoming { stream, address, slot, tls, protocol });
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: back off rather than spin.

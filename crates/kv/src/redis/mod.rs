@@ -20,13 +20,12 @@ use bytes::{Bytes, BytesMut};
 use skiff::config::ClusterConfig;
 use skiff::{Node, NodeStatus, RoleName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
 use self::resp::{Frame, Parser, ParserLimits, Reply};
-use crate::server::{Acceptor, Limits};
+use crate::server::{Acceptor, ClientStream, Limits};
 use crate::state::{Command, KvStore, Op, Output};
 
 /// The Redis version whose commands and replies this listener follows, for clients that ask.
@@ -104,16 +103,17 @@ impl Metrics {
 
 /// Accepts connections until `stop`, then closes the listener and every connection as soon
 /// as it waits for its next command.
-pub async fn serve(listener: TcpListener, redis: Arc<Redis>, mut stop: oneshot::Receiver<()>) {
-    let acceptor = Acceptor::new(listener, "Redis");
+pub(crate) async fn serve(acceptor: Acceptor, redis: Arc<Redis>, mut stop: oneshot::Receiver<()>) {
     let connections = tokio_util::task::TaskTracker::new();
     let closing = CancellationToken::new();
-    while let Some((stream, slot)) = acceptor.next(&mut stop).await {
+    while let Some(incoming) = acceptor.next(&mut stop).await {
         let redis = Arc::clone(&redis);
         let closing = closing.clone();
         connections.spawn(async move {
+            let address = incoming.address().to_string();
+            let Some((stream, slot)) = incoming.establish().await else { return };
             redis.connected.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = serve_client(stream, &redis, closing).await {
+            if let Err(error) = serve_client(stream, address, &redis, closing).await {
                 tracing::debug!(%error, "a Redis connection ended");
             }
             redis.connected.fetch_sub(1, Ordering::Relaxed);
@@ -138,8 +138,12 @@ struct Session {
     stale: bool,
 }
 
-async fn serve_client(mut stream: TcpStream, redis: &Redis, closing: CancellationToken) -> std::io::Result<()> {
-    let address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+async fn serve_client(
+    mut stream: ClientStream,
+    address: String,
+    redis: &Redis,
+    closing: CancellationToken,
+) -> std::io::Result<()> {
     let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
     let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false };
     let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
