@@ -48,11 +48,6 @@ impl SecurityArgs {
         };
         Ok(Security { ca_pem, identity_pem, token: self.token.clone() })
     }
-
-    /// `builder` with the CA, client certificate and token the flags name.
-    pub fn apply(&self, builder: ClientBuilder) -> Result<ClientBuilder> {
-        Ok(self.load()?.apply(builder))
-    }
 }
 
 impl Security {
