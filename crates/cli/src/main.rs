@@ -149,6 +149,27 @@ enum Command {
     /// Load a cluster (Skiff over HTTP or Redis, or etcd) with puts, gets or both, and report
     /// throughput and latency percentiles (docs/bench.md).
     Bench(BenchArgs),
+    /// Make a cluster CA and certificates for its nodes and clients (docs/security.md).
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = "Then put `[tls] dir = \"DIR\"` in the cluster file. Run it again with more --nodes to add \
+certificates for new nodes: the CA and existing files are kept.")]
+struct CertsArgs {
+    /// Where to write ca.pem, ca-key.pem, <id>.pem, <id>-key.pem, client.pem, client-key.pem.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The node ids, comma-separated (n1,n2,n3).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// The host names and IP addresses clients and peers reach the nodes by, comma-separated;
+    /// every node certificate names all of them.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "127.0.0.1,::1,localhost")]
+    hosts: Vec<String>,
+    /// Replace existing files, the CA included (every node then needs its new certificate).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +234,10 @@ struct DemoArgs {
     /// Keep the data here (default: a temporary directory removed at exit).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Make certificates and an admin token in the data directory, and turn on TLS (peers
+    /// and clients) and tokens; the banner says how to connect.
+    #[arg(long)]
+    secure: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
@@ -414,6 +439,30 @@ impl BenchArgs {
     }
 }
 
+/// `skiff certs`.
+fn certs(args: CertsArgs) -> Result<()> {
+    let nodes = args
+        .nodes
+        .iter()
+        .map(|id| skiff::config::parse_node_id(id.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--nodes")?;
+    let hosts: Vec<String> =
+        args.hosts.iter().map(|host| host.trim().to_string()).filter(|host| !host.is_empty()).collect();
+    let made = skiff::tls::generate(&args.dir, &nodes, &hosts, args.force)?;
+    for path in &made.written {
+        println!("wrote {}", path.display());
+    }
+    for path in &made.kept {
+        println!("kept  {}", path.display());
+    }
+    println!(
+        "Put this in the cluster file (a relative dir is relative to the cluster file):\n\n[tls]\ndir = {:?}",
+        args.dir.display().to_string()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let format = if cli.client.json { Format::Json } else { Format::Human };
     let client = || -> Result<Client> {
@@ -441,7 +490,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => {
             serve::init_logging(args.log.log.as_deref(), args.log.log_format, DEMO_LOG)?;
             let nodes = usize::from(args.nodes);
-            demo::run(demo::DemoOptions { nodes, config: args.config, data_dir: args.data_dir, raft: args.raft })?;
+            let options = demo::DemoOptions {
+                nodes,
+                secure: args.secure,
+                config: args.config,
+                data_dir: args.data_dir,
+                raft: args.raft,
+            };
+            demo::run(options)?;
         }
         Command::Get { key, stale, raw } => {
             if !commands::get(&client()?, &key, stale, raw, format)? {
@@ -469,6 +525,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Shell => shell::run(&client()?)?,
         Command::Check(args) => return check::run(args.into_options(&cli.client)?),
         Command::Bench(args) => return bench::run(args.into_options(&cli.client)),
+        Command::Certs(args) => certs(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
