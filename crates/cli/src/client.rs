@@ -14,10 +14,18 @@ pub struct SecurityArgs {
     #[arg(long, global = true, env = "SKIFF_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
     /// A client certificate (PEM), for nodes that require one (verify_clients).
-    #[arg(long, global = true, env = "SKIFF_CERT", value_name = "FILE", requires = "key")]
+    #[arg(
+        id = "tls_cert",
+        long = "cert",
+        global = true,
+        env = "SKIFF_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "SKIFF_KEY", value_name = "FILE", requires = "cert")]
+    // Not the id `key`: the commands' own `key` arguments have it.
+    #[arg(id = "tls_key", long = "key", global = true, env = "SKIFF_KEY", value_name = "FILE", requires = "tls_cert")]
     pub key: Option<PathBuf>,
     /// A token's secret, sent with every request (the cluster's [auth] tokens file).
     #[arg(long, global = true, env = "SKIFF_TOKEN", value_name = "SECRET", hide_env_values = true)]

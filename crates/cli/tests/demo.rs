@@ -15,6 +15,35 @@ use skiff::NodeId;
 use skiff::config::ClusterConfig;
 use skiff_testkit::cluster_file::ClusterFile;
 
+/// The demo's banner up to its "running" line, and the rest of its output as it comes
+/// (read on a thread, so the pipe never fills).
+fn read_banner(
+    child: &mut std::process::Child,
+    errors: &std::path::Path,
+) -> (String, mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    let lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let (sender, receiver) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !banner.iter().any(|line: &String| line.starts_with("running")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(line) => banner.push(line),
+            Err(_) => panic!(
+                "no 'running' line in time; banner so far:\n{}\nstderr:\n{}",
+                banner.join("\n"),
+                std::fs::read_to_string(errors).unwrap_or_default()
+            ),
+        }
+    }
+    (banner.join("\n"), receiver, reader)
+}
+
 #[test]
 fn demo_serves_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,28 +62,7 @@ fn demo_serves_and_stops_on_sigint() {
         .spawn()
         .expect("start skiff demo");
     let guard = KillOnDrop::new(&child);
-    // Read the banner as it comes, on a thread, so the pipe never fills.
-    let lines = BufReader::new(child.stdout.take().expect("stdout"));
-    let (sender, receiver) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in lines.lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let mut banner = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !banner.iter().any(|line: &String| line.starts_with("running")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(line) => banner.push(line),
-            Err(_) => panic!(
-                "no 'running' line in time; banner so far:\n{}\nstderr:\n{}",
-                banner.join("\n"),
-                std::fs::read_to_string(&errors).unwrap_or_default()
-            ),
-        }
-    }
-    let banner = banner.join("\n");
+    let (banner, receiver, reader) = read_banner(&mut child, &errors);
     let first_http = file.node(NodeId(1)).http.clone().expect("an http address");
     let last_raft = file.node(NodeId(3)).raft.clone();
     let endpoints = file.http_addresses().join(",");
@@ -90,4 +98,126 @@ fn the_default_endpoints_are_the_demos() {
         text.contains(&format!("[default: {}]", http.join(","))),
         "{http:?} are not the default endpoints:\n{text}"
     );
+}
+
+/// `skiff demo --secure`: certificates and an admin token in the data directory; the CLI,
+/// curl and redis-cli reach the cluster with the CA and the token the banner prints, and
+/// not without them.
+#[test]
+fn secure_demo_needs_the_ca_and_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = ClusterFile::builder("demo", 3).http().redis().build();
+    let config = file.write(dir.path());
+    let errors = dir.path().join("stderr");
+    let data = dir.path().join("data");
+    let mut child = skiff()
+        .args(["demo", "--secure", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("start skiff demo --secure");
+    let guard = KillOnDrop::new(&child);
+    let (banner, _rest, _reader) = read_banner(&mut child, &errors);
+    let ca = data.join("certs").join("ca.pem");
+    assert!(banner.contains(&format!("export SKIFF_CACERT={}", ca.display())), "{banner}");
+    let token = banner
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export SKIFF_TOKEN="))
+        .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"))
+        .to_string();
+    assert!(token.len() >= 32, "a long random secret: {token:?}");
+    assert!(banner.contains("https://") && banner.contains("redis-cli --tls"), "{banner}");
+    assert!(banner.contains("┆ leader "), "the demo's own status table reaches its nodes over TLS:\n{banner}");
+
+    let endpoints = file.http_addresses().join(",");
+    let cli = |ca: Option<&std::path::Path>, token: Option<&str>, args: &[&str]| {
+        let mut command = skiff();
+        command.args(["--endpoints", &endpoints, "--timeout", "3s"]).args(args);
+        if let Some(ca) = ca {
+            command.env("SKIFF_CACERT", ca);
+        }
+        if let Some(token) = token {
+            command.env("SKIFF_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let put = cli(Some(&ca), Some(&token), &["put", "greeting", "hello"]);
+    assert!(put.status.success(), "{put:?}");
+    let get = cli(Some(&ca), Some(&token), &["get", "greeting"]);
+    assert_eq!(stdout(&get), "hello\n", "{get:?}");
+    // Plain HTTP to a TLS port fails; so does a token-less request.
+    let plain = cli(None, Some(&token), &["get", "greeting"]);
+    assert!(!plain.status.success(), "{plain:?}");
+    let anonymous = cli(Some(&ca), None, &["get", "greeting"]);
+    assert!(!anonymous.status.success() && common::stderr(&anonymous).contains("403"), "{anonymous:?}");
+
+    let first_http = file.node(NodeId(1)).http.clone().expect("an http address");
+    let curl = |with_token: bool| {
+        let mut command = std::process::Command::new("curl");
+        command.arg("-sS").arg("--cacert").arg(&ca).args(["-w", " %{http_code}"]);
+        if with_token {
+            command.args(["-H", &format!("X-Consul-Token: {token}")]);
+        }
+        let output = command.arg(format!("https://{first_http}/v1/kv/greeting?raw")).output().unwrap();
+        stdout(&output)
+    };
+    assert_eq!(curl(true), "hello 200");
+    assert!(curl(false).ends_with(" 403"), "{}", curl(false));
+
+    let redis = file.node(NodeId(2)).redis.clone().expect("a redis address");
+    let (host, port) = redis.rsplit_once(':').unwrap();
+    let redis_cli = |args: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-h", host, "-p", port])
+            .args(args)
+            .output()
+            .unwrap();
+        stdout(&output)
+    };
+    assert_eq!(redis_cli(&["--user", "admin", "--pass", &token, "--no-auth-warning", "get", "greeting"]), "hello\n");
+    assert!(redis_cli(&["get", "greeting"]).contains("NOAUTH"), "{}", redis_cli(&["get", "greeting"]));
+
+    signal(&child, libc::SIGINT);
+    let status = child.wait().expect("wait for demo");
+    guard.disarm();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `skiff certs`: a CA, node certificates and a client certificate; run again with more
+/// nodes, it keeps what exists and adds the rest.
+#[test]
+fn certs_makes_a_ca_and_adds_nodes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let bad = skiff().args(["certs", "--nodes", "n1,web"]).arg("--dir").arg(&certs).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(common::stderr(&bad).contains("\"web\" is not a node id"), "{bad:?}");
+    let made = skiff().args(["certs", "--nodes", "n1,n2"]).arg("--dir").arg(&certs).output().unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for name in ["ca.pem", "ca-key.pem", "n1.pem", "n1-key.pem", "n2.pem", "n2-key.pem", "client.pem", "client-key.pem"]
+    {
+        assert!(certs.join(name).is_file(), "{name} missing: {}", stdout(&made));
+    }
+    assert!(stdout(&made).contains("[tls]"), "it says what to put in the cluster file");
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let again = skiff().args(["certs", "--nodes", "n1,n2,n3"]).arg("--dir").arg(&certs).output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca, "the CA is kept");
+    assert!(stdout(&again).contains("wrote") && stdout(&again).contains("n3.pem"), "{}", stdout(&again));
+    let verify = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(certs.join("ca.pem"))
+        .arg(certs.join("n3.pem"))
+        .output();
+    if let Ok(verify) = verify {
+        assert!(verify.status.success(), "{verify:?}");
+    }
 }

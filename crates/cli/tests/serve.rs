@@ -135,3 +135,56 @@ fn serve_from_env_and_stop_on_sigterm() {
     // JSON log lines on stderr.
     assert!(log.lines().any(|line| line.starts_with('{') && line.contains("\"level\"")), "{log}");
 }
+
+/// A node that would listen beyond loopback without `[tls]` and `[auth]` refuses to start and
+/// says how to fix it; `insecure = true` lets it.
+#[test]
+fn a_node_open_to_the_network_without_tls_and_tokens_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = skiff_testkit::ports::free_port();
+    let raft = skiff_testkit::ports::free_port();
+    let exposed = format!(
+        "[cluster]\nname = \"open\"\n[[node]]\nid = \"n1\"\nraft = \"127.0.0.1:{raft}\"\nhttp = \"0.0.0.0:{port}\"\n"
+    );
+    let config = write_file(dir.path(), "open.toml", &exposed);
+    let output = skiff()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--id", "n1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    for wanted in
+        ["refusing to start", &format!("http 0.0.0.0:{port}"), "[tls] and [auth]", "skiff certs", "insecure = true"]
+    {
+        assert!(stderr(&output).contains(wanted), "wanted {wanted:?} in {}", stderr(&output));
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was created before the refusal");
+
+    // The operator's explicit choice is respected.
+    let insecure = write_file(
+        dir.path(),
+        "insecure.toml",
+        &exposed.replace("name = \"open\"", "name = \"open\"\ninsecure = true"),
+    );
+    let mut child = skiff()
+        .arg("serve")
+        .arg("--config")
+        .arg(&insecure)
+        .args(["--id", "n1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop::new(&child);
+    eventually_ok("the insecure node to serve", || {
+        ureq::get(&format!("http://127.0.0.1:{port}/v1/status/leader")).call().map(|_| ())
+    });
+    signal(&child, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    drop(guard);
+}

@@ -513,3 +513,74 @@ fn nodes_that_join_later_are_not_initial_voters() {
     let error = ClusterConfig::from_toml_str(&text.replace("id = \"n1\"", "id = \"n1\"\njoin = true")).unwrap_err();
     assert!(error.to_string().contains("every node has join = true"), "{error}");
 }
+
+#[test]
+fn tls_and_auth_paths_are_relative_to_the_cluster_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+        [cluster]
+        name = "secure"
+        [tls]
+        dir = "certs"
+        verify_clients = true
+        [auth]
+        tokens = "tokens.toml"
+        [[node]]
+        id = "n1"
+        raft = "10.0.0.1:7001"
+        http = "10.0.0.1:8001"
+        [[node]]
+        id = "n2"
+        raft = "10.0.0.2:7001"
+        cert = "/etc/skiff/n2.pem"
+        key = "n2-key.pem"
+    "#;
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = ClusterConfig::load(&path).unwrap();
+    let n1 = config.tls_files(NodeId(1)).unwrap();
+    assert_eq!(n1.ca, dir.path().join("certs/ca.pem"));
+    assert_eq!(n1.cert, dir.path().join("certs/n1.pem"));
+    assert_eq!(n1.key, dir.path().join("certs/n1-key.pem"));
+    assert!(n1.verify_clients);
+    let n2 = config.tls_files(NodeId(2)).unwrap();
+    assert_eq!(n2.cert, std::path::PathBuf::from("/etc/skiff/n2.pem"), "absolute paths stay");
+    assert_eq!(n2.key, dir.path().join("n2-key.pem"));
+    assert_eq!(config.auth.as_ref().unwrap().tokens, dir.path().join("tokens.toml"));
+    assert_eq!(config.exposure(NodeId(1)), None, "TLS and tokens: may listen anywhere");
+    assert_eq!(ClusterConfig::demo().tls_files(NodeId(1)), None);
+}
+
+#[test]
+fn tls_needs_a_ca_and_each_node_a_certificate() {
+    let base = "[cluster]\nname = \"c\"\n[[node]]\nid = \"n1\"\nraft = \"127.0.0.1:7001\"\n";
+    let error = ClusterConfig::from_toml_str(&format!("{base}[tls]\nverify_clients = true\n")).unwrap_err().to_string();
+    assert!(error.contains("[tls] needs dir") && error.contains("node n1: [tls] has no dir"), "{error}");
+    let error = ClusterConfig::from_toml_str(&format!("{base}[tls]\ndirectory = \"x\"\n")).unwrap_err().to_string();
+    assert!(error.contains("unknown field `directory`"), "{error}");
+    let explicit = base.replace("7001\"\n", "7001\"\ncert = \"n1.pem\"\nkey = \"n1.key\"\n");
+    let config = ClusterConfig::from_toml_str(&format!("{explicit}[tls]\nca = \"ca.pem\"\n")).unwrap();
+    assert_eq!(config.tls_files(NodeId(1)).unwrap().cert, std::path::PathBuf::from("n1.pem"));
+}
+
+#[test]
+fn a_node_beyond_loopback_needs_tls_and_tokens_or_insecure() {
+    let file = |extra: &str, http: &str| {
+        ClusterConfig::from_toml_str(&format!(
+            "[cluster]\nname = \"c\"\n{extra}\n[[node]]\nid = \"n1\"\nraft = \"127.0.0.1:7001\"\nhttp = \"{http}\"\nredis = \"[::1]:6001\"\n"
+        ))
+        .unwrap()
+    };
+    assert_eq!(file("", "127.0.0.1:8001").exposure(NodeId(1)), None, "loopback only");
+    assert_eq!(file("", "localhost:8001").exposure(NodeId(1)), None);
+    let open = file("", "0.0.0.0:8001").exposure(NodeId(1)).unwrap();
+    assert!(
+        open.contains("http 0.0.0.0:8001") && !open.contains("redis") && open.contains("[tls] and [auth]"),
+        "{open}"
+    );
+    let named = file("", "db1.example:8001").exposure(NodeId(1)).unwrap();
+    assert!(named.contains("http db1.example:8001"), "{named}");
+    let tls_only = file("[tls]\ndir = \"certs\"", "0.0.0.0:8001").exposure(NodeId(1)).unwrap();
+    assert!(tls_only.contains("no [auth]"), "{tls_only}");
+    assert_eq!(file("insecure = true", "0.0.0.0:8001").exposure(NodeId(1)), None);
+}
