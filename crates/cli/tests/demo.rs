@@ -151,7 +151,11 @@ fn secure_demo_needs_the_ca_and_the_token() {
     assert_eq!(stdout(&get), "hello\n", "{get:?}");
     // Plain HTTP to a TLS port fails; so does a token-less request.
     let plain = cli(None, Some(&token), &["get", "greeting"]);
-    assert!(!plain.status.success(), "{plain:?}");
+    assert!(!plain.status.success() && common::stderr(&plain).contains("serves HTTPS"), "{plain:?}");
+    let stranger = dir.path().join("stranger");
+    skiff::tls::generate(&stranger, &[NodeId(1)], &["127.0.0.1".into()], false).unwrap();
+    let wrong_ca = cli(Some(&stranger.join("ca.pem")), Some(&token), &["get", "greeting"]);
+    assert!(!wrong_ca.status.success() && common::stderr(&wrong_ca).contains("certificate"), "{wrong_ca:?}");
     let anonymous = cli(Some(&ca), None, &["get", "greeting"]);
     assert!(!anonymous.status.success() && common::stderr(&anonymous).contains("403"), "{anonymous:?}");
 

@@ -327,20 +327,34 @@ fn host_port(base: &str) -> &str {
     base.trim_start_matches("http://").trim_start_matches("https://")
 }
 
-/// Whether the request surely never reached the server.
+/// Whether the request surely never reached the server. A failed TLS handshake counts: the
+/// request was never sent, and another attempt would fail the same way.
 fn is_connect_failure(error: &ureq::Error) -> bool {
     match error {
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            true
+        }
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused || tls_failure(io).is_some(),
         ureq::Error::Timeout(timeout) => matches!(timeout, ureq::Timeout::Connect | ureq::Timeout::Resolve),
         _ => false,
     }
+}
+
+/// The TLS error under an I/O error, if that is what it is.
+fn tls_failure(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 /// A short description of a transport error.
 fn describe(error: &ureq::Error) -> String {
     match error {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        ureq::Error::Io(io) if let Some(tls) = tls_failure(io) => match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                format!("TLS: {tls} (is its certificate signed by the CA you gave, for the name you dialed?)")
+            }
+            _ => format!("TLS: {tls}"),
+        },
         ureq::Error::Timeout(timeout) => format!("timed out ({timeout})"),
         other => other.to_string(),
     }

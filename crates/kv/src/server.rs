@@ -15,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
 use skiff::tls::TlsMaterial;
 use skiff::{Node, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -238,9 +239,35 @@ impl Incoming {
     /// it. `None` if it failed (logged at debug: strangers and port scanners are common).
     /// Run it in the connection's own task, so a slow client holds up no other.
     pub(crate) async fn establish(self) -> Option<(ClientStream, OwnedSemaphorePermit)> {
-        let Incoming { stream, address, slot, tls, protocol } = self;
+        let Incoming { mut stream, address, slot, tls, protocol } = self;
         let Some(tls) = tls else { return Some((Either::Left(stream), slot)) };
-        match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+        let handshake = async {
+            // A TLS connection starts with a handshake record (0x16). Anything else is a
+            // client speaking plain text to a TLS port: tell it so in its own protocol, as
+            // a TLS alert would only read as garbage to it.
+            let mut first = [0u8; 1];
+            if stream.peek(&mut first).await? == 1 && first[0] != 0x16 {
+                let hint = match protocol {
+                    "HTTP" => {
+                        "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n\
+                               This node serves HTTPS: use https:// and the cluster's CA (--cacert)\n"
+                    }
+                    _ => {
+                        "-ERR this port speaks TLS: connect with TLS and the cluster's CA (redis-cli --tls --cacert)\r\n"
+                    }
+                };
+                let _ = stream.write_all(hint.as_bytes()).await;
+                // Take what the client sent before closing, or the close resets the
+                // connection and the client may lose the answer.
+                let _ = stream.shutdown().await;
+                let mut sink = [0u8; 4096];
+                let drain = async { while matches!(stream.read(&mut sink).await, Ok(1..)) {} };
+                let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "plain text on a TLS port"));
+            }
+            tls.accept(stream).await
+        };
+        match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
             Ok(Ok(stream)) => Some((Either::Right(stream), slot)),
             Ok(Err(error)) => {
                 tracing::debug!(%error, %address, protocol, "a client's TLS handshake failed");
