@@ -19,6 +19,9 @@ pub enum Error {
     /// [`skiff::config::ClusterConfig::exposure`].
     #[error("refusing to start: {0}")]
     Insecure(String),
+    /// The tokens file could not be loaded.
+    #[error("{id}: {source}")]
+    Auth { id: skiff::NodeId, source: crate::auth::AuthError },
     /// The node's certificates could not be loaded.
     #[error("{id}'s TLS certificates: {source}")]
     Tls { id: skiff::NodeId, source: skiff::tls::TlsError },

@@ -8,8 +8,10 @@
 //!   `/v1/operator/raft` routes, Skiff's `/v1/skiff/*`, and `/metrics`.
 //! - [`redis`]: RESP2 and RESP3 (`docs/redis.md`) over the same keyspace; pipelined
 //!   writes share a log entry.
+//! - [`auth`]: tokens, and what each may read and write.
 //! - [`Server`]: one node: the Raft node and its HTTP listener, started from the cluster file.
 
+pub mod auth;
 mod error;
 pub mod http;
 mod keymap;

@@ -20,7 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
+use tokio_util::task::AbortOnDropHandle;
 
+use crate::auth::Auth;
 use crate::error::{Error, Result};
 use crate::http::Api;
 use crate::redis::Redis;
@@ -61,11 +63,21 @@ pub struct ServerOptions {
     /// Serve `/v1/skiff/faults`, which drops or delays this node's peer traffic: for
     /// testing only (`skiff check`, the demo). Off by default.
     pub fault_injection: bool,
+    /// The tokens file clients must present a token of; from the cluster file's `[auth]`.
+    pub tokens: Option<PathBuf>,
 }
 
 impl ServerOptions {
     pub fn new(cluster: ClusterConfig, id: NodeId, data_dir: impl Into<PathBuf>) -> ServerOptions {
-        ServerOptions { cluster, id, data_dir: data_dir.into(), limits: Limits::default(), fault_injection: false }
+        let tokens = cluster.auth.as_ref().map(|auth| auth.tokens.clone());
+        ServerOptions {
+            cluster,
+            id,
+            data_dir: data_dir.into(),
+            limits: Limits::default(),
+            fault_injection: false,
+            tokens,
+        }
     }
 }
 
@@ -77,12 +89,14 @@ pub struct Server {
     redis_address: Option<SocketAddr>,
     stop: Vec<oneshot::Sender<()>>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
+    /// Reloads the tokens file on SIGHUP, while the server lives.
+    _reload: Option<AbortOnDropHandle<()>>,
 }
 
 impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
-        let ServerOptions { cluster, id, data_dir, limits, fault_injection } = options;
+        let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens } = options;
         let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
         if let Some(reason) = cluster.exposure(id) {
             return Err(Error::Insecure(reason));
@@ -97,6 +111,10 @@ impl Server {
             Ok(Some(TlsAcceptor::from(config)))
         };
         let (http_tls, redis_tls) = (client_tls(&[b"http/1.1"])?, client_tls(&[])?);
+        let auth = match &tokens {
+            Some(path) => Some(Arc::new(Auth::load(path).map_err(|source| Error::Auth { id, source })?)),
+            None => None,
+        };
         // Bind first: a port in use is reported before the node joins the cluster.
         let listener = bind(id, &address).await?;
         let http_address = local_address(id, &address, &listener)?;
@@ -123,19 +141,20 @@ impl Server {
         if let Some((listener, address)) = redis_listener {
             let local = local_address(id, &address, &listener)?;
             redis_address = Some(local);
-            let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port());
+            let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port(), auth.clone());
             let (stop_redis, stopped) = oneshot::channel::<()>();
             stop.push(stop_redis);
             let acceptor = Acceptor::new(listener, "Redis", redis_tls);
             listeners.push(tokio::spawn(crate::redis::serve(acceptor, Arc::new(redis), stopped)));
         }
-        let api = Api::new(Arc::clone(&node), applied, cluster, limits);
+        let reload = auth.clone().map(|auth| AbortOnDropHandle::new(tokio::spawn(reload_on_hangup(id, auth))));
+        let api = Api::new(Arc::clone(&node), applied, cluster, limits, auth);
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
         let acceptor = Acceptor::new(listener, "HTTP", http_tls);
         listeners.push(tokio::spawn(serve_http(acceptor, crate::http::router(api), stopped)));
         tracing::info!(node = %id, http = %http_address, redis = ?redis_address, tls = tls.is_some(), "serving");
-        Ok(Server { id, node, http_address, redis_address, stop, listeners })
+        Ok(Server { id, node, http_address, redis_address, stop, listeners, _reload: reload })
     }
 
     pub fn id(&self) -> NodeId {
@@ -163,11 +182,32 @@ impl Server {
         for stop in self.stop {
             let _ = stop.send(());
         }
+
         // Blocking queries may hold connections open; don't wait for them for long.
         for listener in self.listeners {
             let _ = listener.await;
         }
         Ok(result?)
+    }
+}
+
+/// Reads the tokens file again on each SIGHUP; a file that does not load is logged and the
+/// tokens in use stay.
+async fn reload_on_hangup(id: NodeId, auth: Arc<Auth>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(node = %id, %error, "cannot listen for SIGHUP; the tokens file will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match auth.reload() {
+            Ok(count) => {
+                tracing::info!(node = %id, tokens = count, file = %auth.path().display(), "reloaded the tokens")
+            }
+            Err(error) => tracing::error!(node = %id, %error, "kept the tokens in use: the tokens file did not load"),
+        }
     }
 }
 

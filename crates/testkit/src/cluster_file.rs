@@ -27,6 +27,17 @@ pub struct ClusterFile {
     pub nodes: Vec<NodeAddresses>,
     /// The `[raft]` section, as `key = value` lines.
     raft: Vec<String>,
+    /// `[auth]`: the tokens file, and a management token's secret the test clients send.
+    pub auth: Option<TestAuth>,
+}
+
+/// The `[auth]` of a test cluster file.
+#[derive(Clone, Debug)]
+pub struct TestAuth {
+    /// The tokens file (the test writes it, and keeps it while the cluster runs).
+    pub tokens: PathBuf,
+    /// A management token's secret in it.
+    pub admin_secret: String,
 }
 
 /// What a [`ClusterFile`] will hold; [`ClusterFileBuilder::build`] picks the ports.
@@ -38,17 +49,29 @@ pub struct ClusterFileBuilder {
     http: bool,
     redis: bool,
     raft: Vec<String>,
+    auth: Option<TestAuth>,
 }
 
 impl ClusterFile {
     /// `members` nodes (n1..), each with a raft address; add more with the builder.
     pub fn builder(name: &str, members: u64) -> ClusterFileBuilder {
-        ClusterFileBuilder { name: name.to_string(), members, joiners: 0, http: false, redis: false, raft: Vec::new() }
+        ClusterFileBuilder {
+            name: name.to_string(),
+            members,
+            joiners: 0,
+            http: false,
+            redis: false,
+            raft: Vec::new(),
+            auth: None,
+        }
     }
 
     /// The file's text (TOML).
     pub fn to_toml(&self) -> String {
         let mut text = format!("[cluster]\nname = \"{}\"\n", self.name);
+        if let Some(auth) = &self.auth {
+            let _ = writeln!(text, "\n[auth]\ntokens = {:?}", auth.tokens.display().to_string());
+        }
         if !self.raft.is_empty() {
             text.push_str("\n[raft]\n");
             for line in &self.raft {
@@ -125,6 +148,13 @@ impl ClusterFileBuilder {
         self
     }
 
+    /// Adds `[auth]` with the tokens file at `tokens` (absolute), of which `admin_secret` is a
+    /// management token: the testkit's clients send it.
+    pub fn auth(mut self, tokens: &Path, admin_secret: &str) -> Self {
+        self.auth = Some(TestAuth { tokens: tokens.to_path_buf(), admin_secret: admin_secret.to_string() });
+        self
+    }
+
     /// Picks the ports.
     pub fn build(self) -> ClusterFile {
         let nodes = (1..=self.members + self.joiners)
@@ -136,6 +166,6 @@ impl ClusterFileBuilder {
                 join: i > self.members,
             })
             .collect();
-        ClusterFile { name: self.name, nodes, raft: self.raft }
+        ClusterFile { name: self.name, nodes, raft: self.raft, auth: self.auth }
     }
 }

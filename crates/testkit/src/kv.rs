@@ -94,6 +94,8 @@ impl Reply {
 pub struct HttpClient {
     agent: ureq::Agent,
     http: BTreeMap<NodeId, String>,
+    /// Sent as `X-Consul-Token` unless a request has its own.
+    token: Option<String>,
 }
 
 impl HttpClient {
@@ -104,12 +106,20 @@ impl HttpClient {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        HttpClient { agent, http }
+        HttpClient { agent, http, token: None }
     }
 
-    /// A client of every node of `file` with an http address.
+    /// A client of every node of `file` with an http address (with its management token,
+    /// if the file has `[auth]`).
     pub fn for_file(file: &ClusterFile) -> HttpClient {
-        HttpClient::new(file.nodes.iter().filter_map(|node| Some((node.id, node.http.clone()?))).collect())
+        let client =
+            HttpClient::new(file.nodes.iter().filter_map(|node| Some((node.id, node.http.clone()?))).collect());
+        client.with_token(file.auth.as_ref().map(|auth| auth.admin_secret.clone()))
+    }
+
+    /// This client, sending `token` (or none) with every request.
+    pub fn with_token(&self, token: Option<String>) -> HttpClient {
+        HttpClient { token, ..self.clone() }
     }
 
     /// Node `id`'s http address.
@@ -142,6 +152,11 @@ impl HttpClient {
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
+        }
+        if let Some(token) = &self.token
+            && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("X-Consul-Token"))
+        {
+            builder = builder.header("X-Consul-Token", token);
         }
         let result = match body {
             Some(body) => self.agent.run(builder.body(body.to_vec()).expect("a request")),

@@ -14,18 +14,29 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest `Idempotency-Key`.
 const MAX_REQUEST_ID_BYTES: usize = 256;
 
-pub(super) async fn kv(State(api): Shared, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn kv(
+    State(api): Shared,
+    access: Option<axum::Extension<Access>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let access = access.map_or(Access::Open, |axum::Extension(access)| access);
     let result = match kv_key(uri.path()) {
-        Err(error) => Err(error),
+        Err(error) => Err(Refusal::from(error)),
         Ok(key) => {
             let query = Query::parse(&uri);
             match method {
-                Method::GET | Method::HEAD => kv_get(&api, key, &query).await,
-                Method::PUT => kv_put(&api, key, &query, &headers, body).await,
-                Method::DELETE => kv_delete(&api, key, &query, &headers).await,
-                method => {
-                    Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on /v1/kv")))
-                }
+                Method::GET | Method::HEAD => kv_get(&api, &access, key, &query).await,
+                Method::PUT if !access.can_write(key.as_bytes()) => Err(denied("write", &key)),
+                Method::DELETE if !access.can_write(key.as_bytes()) => Err(denied("write", &key)),
+                Method::PUT => kv_put(&api, key, &query, &headers, body).await.map_err(Refusal::from),
+                Method::DELETE => kv_delete(&api, key, &query, &headers).await.map_err(Refusal::from),
+                method => Err(Refusal::from(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on /v1/kv"),
+                ))),
             }
         }
     };
@@ -35,13 +46,32 @@ pub(super) async fn kv(State(api): Shared, method: Method, uri: Uri, headers: He
         Ok(response) => response,
         // A refused PUT may leave its body unread, and the server then drops the connection:
         // say so, so a client does not send its next request on a connection being closed.
-        Err(error) if has_body => {
+        Err(Refusal::Denied(response)) => response,
+        Err(Refusal::Error(error)) if has_body => {
             let mut response = error.into_response();
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
-        Err(error) => error.into_response(),
+        Err(Refusal::Error(error)) => error.into_response(),
     }
+}
+
+/// Why a KV request was not served.
+enum Refusal {
+    Error(ApiError),
+    /// Consul's plain-text 403.
+    Denied(Response),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal::Error(error)
+    }
+}
+
+fn denied(what: &str, key: &str) -> Refusal {
+    let key: String = key.chars().take(200).collect();
+    Refusal::Denied(permission_denied(&format!("the token may not {what} {key:?}")))
 }
 
 /// The key in a `/v1/kv/<key>` path, percent-decoded; it must be UTF-8, as Consul's are.
@@ -60,22 +90,29 @@ struct Found {
     names: Vec<String>,
 }
 
-async fn kv_get(api: &Api, key: String, query: &Query) -> ApiResult {
+async fn kv_get(api: &Api, access: &Access, key: String, query: &Query) -> Result<Response, Refusal> {
     let prefix = query.flag("recurse") || query.flag("keys");
+    // A single key must be readable; a listing shows only the keys that are (as Consul's
+    // ACLs filter it).
+    if !prefix && !access.can_read(key.as_bytes()) {
+        return Err(denied("read", &key));
+    }
     let names_only = query.flag("keys");
     let stale = query.flag("stale") && !query.flag("consistent");
     let separator = query.get("separator").filter(|s| !s.is_empty()).map(str::to_string);
     let wait_index = query.number("index")?;
     let wait = query.duration("wait")?.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
     if !prefix && key.is_empty() {
-        return Err(ApiError::bad_request("a key is required (or ?recurse / ?keys for a prefix)"));
+        return Err(ApiError::bad_request("a key is required (or ?recurse / ?keys for a prefix)").into());
     }
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = api.applied.clone();
     applied.borrow_and_update();
     let found = loop {
-        let (read_key, separator) = (key.clone(), separator.clone());
-        let read = move |store: &KvStore| collect(store, read_key.as_bytes(), prefix, names_only, separator.as_deref());
+        let (read_key, separator, access) = (key.clone(), separator.clone(), access.clone());
+        let read = move |store: &KvStore| {
+            collect(store, read_key.as_bytes(), prefix, names_only, separator.as_deref(), &access)
+        };
         let found = if stale { api.node.read_stale(read).await } else { api.node.read(read).await };
         let found = found.map_err(|error| api.fail(error))?;
         match wait_index {
@@ -120,8 +157,15 @@ async fn kv_get(api: &Api, key: String, query: &Query) -> ApiResult {
     Ok(response)
 }
 
-/// Runs on the state machine: copies out what a read asked for.
-fn collect(store: &KvStore, key: &[u8], prefix: bool, names_only: bool, separator: Option<&str>) -> Found {
+/// Runs on the state machine: copies out what a read asked for, of the keys `access` may read.
+fn collect(
+    store: &KvStore,
+    key: &[u8],
+    prefix: bool,
+    names_only: bool,
+    separator: Option<&str>,
+    access: &Access,
+) -> Found {
     let index = store.watch_index(key, prefix);
     if !prefix {
         let entries =
@@ -129,11 +173,15 @@ fn collect(store: &KvStore, key: &[u8], prefix: bool, names_only: bool, separato
         return Found { index, entries, names: Vec::new() };
     }
     if !names_only {
-        let entries = store.range(key).map(|entry| (Bytes::copy_from_slice(entry.key), Value::from(entry))).collect();
+        let entries = store
+            .range(key)
+            .filter(|entry| access.can_read(entry.key))
+            .map(|entry| (Bytes::copy_from_slice(entry.key), Value::from(entry)))
+            .collect();
         return Found { index, entries, names: Vec::new() };
     }
     let mut names: Vec<String> = Vec::new();
-    for Entry { key: name, .. } in store.range(key) {
+    for Entry { key: name, .. } in store.range(key).filter(|entry| access.can_read(entry.key)) {
         // On bytes: a stored key need not be UTF-8, and slicing text could split a character.
         let rest = &name[key.len()..]; // `range` yields only keys that start with `key`
         let cut = separator

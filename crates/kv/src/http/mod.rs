@@ -35,6 +35,7 @@ use self::faults::*;
 use self::kv::*;
 use self::members::*;
 use self::status::*;
+use crate::auth::{Access, Auth};
 use crate::server::Limits;
 use crate::state::{Command, Entry, KvStore, Op, Output, RequestId, Value};
 
@@ -47,12 +48,20 @@ pub struct Api {
     limits: Limits,
     /// The node id as a metrics label.
     label: String,
+    /// The tokens, if the cluster has `[auth]`.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Api {
-    pub fn new(node: Arc<Node<KvStore>>, applied: watch::Receiver<u64>, cluster: ClusterConfig, limits: Limits) -> Api {
+    pub fn new(
+        node: Arc<Node<KvStore>>,
+        applied: watch::Receiver<u64>,
+        cluster: ClusterConfig,
+        limits: Limits,
+        auth: Option<Arc<Auth>>,
+    ) -> Api {
         let label = node.id().to_string();
-        Api { node, applied, cluster, limits, label }
+        Api { node, applied, cluster, limits, label, auth }
     }
 }
 
@@ -80,8 +89,60 @@ pub fn router(api: Api) -> Router {
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on this route"))
         })
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), authorize))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), record))
         .with_state(api)
+}
+
+/// Who may call what, with `[auth]`: every request needs a valid token; the admin routes a
+/// management token; the KV routes check each key in their handler (they get the
+/// request's [`Access`]).
+async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Response {
+    let access = match &api.auth {
+        None => Access::Open,
+        Some(auth) => match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
+            Some(token) => Access::Token(token),
+            None => {
+                return permission_denied(
+                    "a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)",
+                );
+            }
+        },
+    };
+    let path = request.uri().path();
+    let management = path.starts_with("/v1/operator/")
+        || path.starts_with("/v1/skiff/members")
+        || path.starts_with("/v1/skiff/faults")
+        || path.starts_with("/v1/skiff/log")
+        || path == "/metrics";
+    if management && !access.is_management() {
+        return permission_denied("this route needs a management token");
+    }
+    request.extensions_mut().insert(access);
+    next.run(request).await
+}
+
+/// The secret a request presents, as Consul takes it: `X-Consul-Token`, then
+/// `Authorization: Bearer`, then `?token=`.
+fn request_secret(request: &Request) -> Option<Vec<u8>> {
+    let headers = request.headers();
+    if let Some(token) = headers.get("X-Consul-Token") {
+        return Some(token.as_bytes().to_vec());
+    }
+    if let Some(bearer) = headers.get(header::AUTHORIZATION).and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+    {
+        return Some(bearer.trim_ascii().to_vec());
+    }
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned().into_bytes())
+}
+
+/// Consul's answer to a request its token does not allow: 403, `Permission denied`, and why.
+fn permission_denied(why: &str) -> Response {
+    (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("Permission denied: {why}"))
+        .into_response()
 }
 
 /// Counts each request and its latency, by route.

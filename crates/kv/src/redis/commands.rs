@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::glob;
 use super::resp::Reply;
+use crate::auth::Access;
 use crate::server::Limits;
 use crate::state::{KvStore, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
 
@@ -46,6 +47,7 @@ const ALL: (i32, i32, i32) = (1, -1, 1);
 
 pub const COMMANDS: &[Spec] = &[
     spec("append", 3, WRITE, ONE, "string", "Appends a string to the value of a key; creates the key if missing."),
+    spec("auth", -2, &["noscript", "loading", "stale", "fast"], NONE, "connection", "Authenticates the connection."),
     spec("client", -2, &["noscript", "loading", "stale"], NONE, "connection", "Names and describes this connection."),
     spec("command", -1, &["loading", "stale"], NONE, "server", "Describes the commands."),
     spec("config", -2, &["admin", "noscript", "loading", "stale"], NONE, "server", "Reads configuration parameters."),
@@ -140,12 +142,18 @@ pub enum Query {
     Type(Bytes),
     /// TTL and PTTL: no key expires.
     Ttl(Bytes),
-    Keys(Bytes),
+    /// KEYS pattern: of the keys `visible` may read.
+    Keys {
+        pattern: Bytes,
+        visible: Access,
+    },
     Scan {
         cursor: u64,
         pattern: Option<Bytes>,
         count: usize,
         strings: bool,
+        /// Only keys this may read are returned.
+        visible: Access,
     },
     DbSize,
 }
@@ -161,14 +169,14 @@ impl Query {
             Query::StrLen(key) => Reply::Integer(store.get(&key).map_or(0, |found| found.value.len() as i64)),
             Query::Type(key) => Reply::Simple(if store.get(&key).is_some() { "string" } else { "none" }.into()),
             Query::Ttl(key) => Reply::Integer(if store.get(&key).is_some() { -1 } else { -2 }),
-            Query::Keys(pattern) => Reply::Array(
+            Query::Keys { pattern, visible } => Reply::Array(
                 store
                     .after(None)
-                    .filter(|entry| glob::matches(&pattern, entry.key))
+                    .filter(|entry| visible.can_read(entry.key) && glob::matches(&pattern, entry.key))
                     .map(|entry| Reply::Bulk(Bytes::copy_from_slice(entry.key)))
                     .collect(),
             ),
-            Query::Scan { cursor, pattern, count, strings } => {
+            Query::Scan { cursor, pattern, count, strings, visible } => {
                 let Ok(mut cursors) = cursors.lock() else { return Reply::error("ERR the cursor table is unusable") };
                 let after = match cursor {
                     0 => None,
@@ -181,7 +189,8 @@ impl Query {
                 let mut found = Vec::new();
                 let mut last = None;
                 for key in keys {
-                    if strings && pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, &key)) {
+                    let matches = pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, &key));
+                    if strings && matches && visible.can_read(&key) {
                         found.push(Reply::Bulk(key.clone()));
                     }
                     last = Some(key);
@@ -297,7 +306,7 @@ fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits) -> Result<Plan, 
         "strlen" => Ok(Plan::Read(Query::StrLen(key()))),
         "type" => Ok(Plan::Read(Query::Type(key()))),
         "ttl" | "pttl" => Ok(Plan::Read(Query::Ttl(key()))),
-        "keys" => Ok(Plan::Read(Query::Keys(key()))),
+        "keys" => Ok(Plan::Read(Query::Keys { pattern: key(), visible: Access::Open })),
         "dbsize" => Ok(Plan::Read(Query::DbSize)),
         "scan" => scan(args).map(Plan::Read),
         "set" => {
@@ -384,7 +393,7 @@ fn scan(args: &[Bytes]) -> Result<Query, Reply> {
             return Err(syntax_error());
         }
     }
-    Ok(Query::Scan { cursor, pattern, count, strings })
+    Ok(Query::Scan { cursor, pattern, count, strings, visible: Access::Open })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
 use self::resp::{Frame, Parser, ParserLimits, Reply};
+use crate::auth::{Access, Auth, Token};
 use crate::server::{Acceptor, ClientStream, Limits};
 use crate::state::{Command, KvStore, Op, Output};
 
@@ -54,10 +55,18 @@ pub struct Redis {
     started: Instant,
     metrics: Metrics,
     port: u16,
+    /// The tokens, if the cluster has `[auth]`.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Redis {
-    pub fn new(node: Arc<Node<KvStore>>, cluster: ClusterConfig, limits: Limits, port: u16) -> Redis {
+    pub fn new(
+        node: Arc<Node<KvStore>>,
+        cluster: ClusterConfig,
+        limits: Limits,
+        port: u16,
+        auth: Option<Arc<Auth>>,
+    ) -> Redis {
         // Cursor numbers start somewhere random, so that a cursor taken to another node is
         // refused rather than misread.
         let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), port);
@@ -72,6 +81,7 @@ impl Redis {
             started: Instant::now(),
             metrics: Metrics::new(node_label),
             port,
+            auth,
         }
     }
 }
@@ -136,6 +146,22 @@ struct Session {
     quit: bool,
     /// After `READONLY`: reads answer from this node's state without ReadIndex.
     stale: bool,
+    /// With `[auth]`: the token this connection authenticated with, and the tokens file
+    /// generation it was checked against.
+    token: Option<(Arc<Token>, u64)>,
+}
+
+impl Session {
+    /// What this connection may do now: its token as the current tokens file has it (a
+    /// reload may have changed its rights, or removed it).
+    fn access(&mut self, auth: &Auth) -> Option<Access> {
+        let (token, generation) = self.token.as_ref()?;
+        if *generation != auth.generation() {
+            let generation = auth.generation();
+            self.token = auth.revalidate(token).map(|token| (token, generation));
+        }
+        self.token.as_ref().map(|(token, _)| Access::Token(Arc::clone(token)))
+    }
 }
 
 async fn serve_client(
@@ -145,7 +171,7 @@ async fn serve_client(
     closing: CancellationToken,
 ) -> std::io::Result<()> {
     let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
-    let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false };
+    let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false, token: None };
     let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
     let mut parser = Parser::new(ParserLimits { max_bulk, max_command_bytes: MAX_COMMAND_BYTES });
     let mut input = BytesMut::with_capacity(16 << 10);
@@ -363,13 +389,31 @@ fn node_error(error: &skiff::Error) -> Reply {
 /// Plans one command: the connection and server commands here, the keyspace ones in
 /// [`commands::plan`].
 async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
+    // With `[auth]`, nothing but authenticating (and PING, QUIT) before a token.
+    let access = match &redis.auth {
+        None => Access::Open,
+        Some(auth) => match session.access(auth) {
+            Some(access) => access,
+            None if ["auth", "hello", "ping", "quit"]
+                .iter()
+                .any(|name| args[0].eq_ignore_ascii_case(name.as_bytes())) =>
+            {
+                Access::Open
+            }
+            None => return Plan::Reply(Reply::error("NOAUTH Authentication required.")),
+        },
+    };
     let Some(spec) = lookup(&args[0]) else { return Plan::Reply(unknown_command(args)) };
     let arity_ok =
         if spec.arity >= 0 { args.len() == spec.arity as usize } else { args.len() >= (-spec.arity) as usize };
     if !arity_ok {
         return Plan::Reply(wrong_arity(spec.name));
     }
+    if let Err(refusal) = permitted(spec, args, &access) {
+        return Plan::Reply(refusal);
+    }
     let reply = match spec.name {
+        "auth" => authenticate(redis, session, &args[1..]),
         "ping" => match args.get(1) {
             None => Reply::Simple("PONG".into()),
             Some(message) if args.len() == 2 => Reply::Bulk(message.clone()),
@@ -394,10 +438,81 @@ async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
         "command" => command_info(&args[1..]),
         "config" => config(&args[1..]),
         "info" => info(redis, &args[1..]).await,
-        _ => return commands::plan(spec, args, &redis.limits),
+        _ => {
+            return match commands::plan(spec, args, &redis.limits) {
+                // Whole-keyspace reads show only the keys the token may read.
+                Plan::Read(Query::Keys { pattern, .. }) => Plan::Read(Query::Keys { pattern, visible: access }),
+                Plan::Read(Query::Scan { cursor, pattern, count, strings, .. }) => {
+                    Plan::Read(Query::Scan { cursor, pattern, count, strings, visible: access })
+                }
+                plan => plan,
+            };
+        }
     };
     Plan::Reply(reply)
 }
+
+/// Whether `access` allows the command on its keys (reads for read-only commands, writes
+/// for the others); whole-keyspace writes and counts need a management token. KEYS and SCAN
+/// are filtered instead.
+fn permitted(spec: &Spec, args: &[Bytes], access: &Access) -> Result<(), Reply> {
+    if access.is_management() {
+        return Ok(());
+    }
+    if matches!(spec.name, "flushall" | "flushdb" | "dbsize") {
+        return Err(Reply::error(format!(
+            "NOPERM User has no permissions to run the '{}' command (it needs a management token)",
+            spec.name
+        )));
+    }
+    if spec.first_key <= 0 {
+        return Ok(());
+    }
+    let write = spec.flags.contains(&"write");
+    let last = if spec.last_key < 0 { args.len() as i32 + spec.last_key } else { spec.last_key };
+    let mut at = spec.first_key;
+    while at <= last {
+        if let Some(key) = args.get(at as usize) {
+            let allowed = if write { access.can_write(key) } else { access.can_read(key) };
+            if !allowed {
+                return Err(Reply::error(
+                    "NOPERM this user has no permissions to access one of the keys used as arguments",
+                ));
+            }
+        }
+        at += spec.step.max(1);
+    }
+    Ok(())
+}
+
+/// AUTH [username] password.
+fn authenticate(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
+    let Some(auth) = &redis.auth else {
+        if args.len() == 1 {
+            return Reply::error(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        }
+        // Redis's default user without a password takes any: so does a node without [auth].
+        return Reply::Ok;
+    };
+    let found = match args {
+        [secret] => auth.authenticate(None, secret),
+        [name, secret] => auth.authenticate(Some(name), secret),
+        _ => return Reply::error("ERR syntax error"),
+    };
+    match found {
+        Some(token) => {
+            session.token = Some((token, auth.generation()));
+            Reply::Ok
+        }
+        None => Reply::error(WRONGPASS),
+    }
+}
+
+/// Redis's answer to credentials that match no user.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
 /// HELLO [protover [AUTH username password] [SETNAME clientname]]
 fn hello(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
@@ -413,7 +528,13 @@ fn hello(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
         let mut rest = &args[1..];
         while let Some(option) = rest.first() {
             if option.eq_ignore_ascii_case(b"auth") && rest.len() >= 3 {
-                rest = &rest[3..]; // there is no authentication: any credentials are accepted
+                if let Some(auth) = &redis.auth {
+                    match auth.authenticate(Some(&rest[1]), &rest[2]) {
+                        Some(token) => session.token = Some((token, auth.generation())),
+                        None => return Reply::error(WRONGPASS),
+                    }
+                }
+                rest = &rest[3..];
             } else if option.eq_ignore_ascii_case(b"setname") && rest.len() >= 2 {
                 name = Some(rest[1].clone());
                 rest = &rest[2..];
