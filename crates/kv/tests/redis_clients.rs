@@ -39,10 +39,10 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_KEY_BYTES: usize = 8 << 10;
 const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The commands the listener implements, as COMMAND names them.
-const COMMANDS: [&str; 29] = [
-    "ping", "echo", "hello", "quit", "select", "get", "set", "del", "exists", "incr", "incrby", "decr", "decrby",
-    "append", "strlen", "mget", "mset", "keys", "scan", "dbsize", "type", "ttl", "pttl", "flushdb", "flushall", "info",
-    "command", "config", "client",
+const COMMANDS: [&str; 30] = [
+    "auth", "ping", "echo", "hello", "quit", "select", "get", "set", "del", "exists", "incr", "incrby", "decr",
+    "decrby", "append", "strlen", "mget", "mset", "keys", "scan", "dbsize", "type", "ttl", "pttl", "flushdb",
+    "flushall", "info", "command", "config", "client",
 ];
 const INSTALL_HINT: &str = "install with: apt-get install redis-tools; pip install redis py-consul";
 
