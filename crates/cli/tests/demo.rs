@@ -5,44 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, signal, skiff, stdout};
+use common::{KillOnDrop, read_banner, signal, skiff, stdout};
 use skiff::NodeId;
 use skiff::config::ClusterConfig;
 use skiff_testkit::cluster_file::ClusterFile;
-
-/// The demo's banner up to its "running" line, and the rest of its output as it comes
-/// (read on a thread, so the pipe never fills).
-fn read_banner(
-    child: &mut std::process::Child,
-    errors: &std::path::Path,
-) -> (String, mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
-    let lines = BufReader::new(child.stdout.take().expect("stdout"));
-    let (sender, receiver) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in lines.lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let mut banner = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !banner.iter().any(|line: &String| line.starts_with("running")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(line) => banner.push(line),
-            Err(_) => panic!(
-                "no 'running' line in time; banner so far:\n{}\nstderr:\n{}",
-                banner.join("\n"),
-                std::fs::read_to_string(errors).unwrap_or_default()
-            ),
-        }
-    }
-    (banner.join("\n"), receiver, reader)
-}
 
 #[test]
 fn demo_serves_and_stops_on_sigint() {

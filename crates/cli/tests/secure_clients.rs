@@ -1,0 +1,101 @@
+//! Real clients, unchanged, against a cluster with TLS and tokens (`skiff demo --secure`):
+//! py-consul (`token=`, `verify=`, `scheme="https"`) and redis-py (`ssl=True`, username and
+//! password, RESP3), with a scoped token added to the tokens file and picked up on SIGHUP.
+//! The checks are in `tests/clients/secure_clients.py`.
+//!
+//! A missing Python module skips the test with a message, unless
+//! `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets), which makes it a failure. The
+//! interpreter is `SKIFF_PYTHON` (default `python3`).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{KillOnDrop, read_banner, signal, skiff, stderr, stdout};
+use skiff::NodeId;
+use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::wait::eventually;
+
+const APP_SECRET: &str = "app-secret-for-the-python-clients";
+
+fn python() -> String {
+    std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Whether the interpreter has redis-py and py-consul; if not, the test is skipped, or
+/// fails when real clients are required.
+fn python_clients_present() -> bool {
+    let check = Command::new(python()).args(["-c", "import redis, consul"]).stdin(Stdio::null()).output();
+    if check.as_ref().is_ok_and(|output| output.status.success()) {
+        return true;
+    }
+    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
+    assert!(!required, "{} lacks redis or consul (pip install redis py-consul): {check:?}", python());
+    eprintln!("skipped: {} lacks redis or consul (pip install redis py-consul)", python());
+    false
+}
+
+#[test]
+fn py_consul_and_redis_py_over_tls_with_tokens() {
+    if !python_clients_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = ClusterFile::builder("secure-clients", 3).http().redis().build();
+    let config = file.write(dir.path());
+    let data = dir.path().join("data");
+    let errors = dir.path().join("stderr");
+    let mut child = skiff()
+        .args(["demo", "--secure", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("start skiff demo --secure");
+    let guard = KillOnDrop::new(&child);
+    let (banner, _rest, _reader) = read_banner(&mut child, &errors);
+    let admin = banner
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export SKIFF_TOKEN="))
+        .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"))
+        .to_string();
+    let ca = data.join("certs").join("ca.pem");
+
+    // A scoped token, added while the cluster runs.
+    let tokens = data.join("tokens.toml");
+    let mut text = std::fs::read_to_string(&tokens).unwrap();
+    text.push_str(&format!(
+        "\n[[token]]\nname = \"app\"\nsecret = \"{APP_SECRET}\"\nread = [\"shared/\"]\nwrite = [\"app/\"]\n"
+    ));
+    std::fs::write(&tokens, text).unwrap();
+    signal(&child, libc::SIGHUP);
+    let endpoints = file.http_addresses().join(",");
+    eventually("the demo to take the new token", || {
+        let output = skiff()
+            .args(["--endpoints", &endpoints, "--token", APP_SECRET, "get", "app/none"])
+            .env("SKIFF_CACERT", &ca)
+            .output()
+            .unwrap();
+        output.status.code() == Some(3) // not found, rather than refused
+    });
+
+    let output = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/secure_clients.py"))
+        .env("SKIFF_HTTP", file.node(NodeId(1)).http.clone().unwrap())
+        .env("SKIFF_REDIS", file.node(NodeId(2)).redis.clone().unwrap())
+        .env("SKIFF_CA", &ca)
+        .env("SKIFF_ADMIN", &admin)
+        .env("SKIFF_APP", APP_SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!("{}", stdout(&output));
+    assert!(output.status.success(), "the Python clients failed:\n{}\n{}", stdout(&output), stderr(&output));
+
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    guard.disarm();
+}
