@@ -195,8 +195,9 @@ impl Envelope {
     /// What is refused here, and why it would hurt:
     /// - a message not to `receiver` or from `receiver` itself (we would answer ourselves,
     ///   which `Shared::send` asserts never happens);
-    /// - any term or index above [`crate::MAX_WIRE_VALUE`]: we would adopt and persist such
-    ///   a term, and our next election, or the next `index + 1`, would overflow;
+    /// - any term or index above [`crate::MAX_WIRE_VALUE`] (for a term: unless it is at most
+    ///   one above ours): we would adopt and persist such a term, and our next election, or
+    ///   the next `index + 1`, would overflow;
     /// - entries that don't continue `prev_log_id` one index at a time, whose terms go back,
     ///   or whose terms are above the message's term (a leader only has entries of its term
     ///   or earlier ones, Raft §5.3): appending them would break the log's invariants, which
@@ -207,13 +208,19 @@ impl Envelope {
     /// - a snapshot at index 0 (the empty log, which no leader sends), and a membership (in
     ///   a snapshot or an entry) that names a node both voter and learner, which breaks the
     ///   documented invariant of [`crate::Membership`].
-    pub(crate) fn check(&self, receiver: NodeId) -> Result<(), &'static str> {
+    ///
+    /// `receiver_term` is the receiver's current term. Above the bound, a term at most one
+    /// above it is still accepted (see [`crate::MAX_WIRE_VALUE`] for why).
+    pub(crate) fn check(&self, receiver: NodeId, receiver_term: Term) -> Result<(), &'static str> {
         use drop_reason::*;
         if self.to != receiver || self.from == receiver {
             return Err(MISADDRESSED);
         }
         let term = self.term;
-        let bounded_term = |t: Term| t <= Term::MAX_ACCEPTED;
+        // Every term in the message is at most the envelope's (checked below, where a log
+        // id carries one), so this bound covers them all.
+        let term_limit = Term::MAX_ACCEPTED.max(receiver_term.next());
+        let bounded_term = |t: Term| t <= term_limit;
         let bounded_index = |i: Index| i <= Index::MAX_ACCEPTED;
         let bounded = |log_id: LogId| bounded_term(log_id.term) && bounded_index(log_id.index);
         if !bounded_term(term) {

@@ -397,7 +397,7 @@ impl<S: Storage> Raft<S> {
     /// asserts that remain on the way are invariants of our own state.
     pub fn step(&mut self, envelope: Envelope) -> Result<(), Error> {
         self.assert_no_pending_ready();
-        if let Err(why) = envelope.check(self.shared.id) {
+        if let Err(why) = envelope.check(self.shared.id, self.shared.term) {
             self.shared.drop_message(why);
             return Ok(());
         }
