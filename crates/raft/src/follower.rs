@@ -5,7 +5,7 @@ use crate::message::{AppendResult, Message};
 use crate::raft::Raft;
 use crate::ready::Error;
 use crate::storage::Storage;
-use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, Index, LogId, NodeId, SnapshotMeta};
 
 impl<S: Storage> Raft<S> {
     /// Raft §5.3: accept the entries if our log holds `prev_log_id`; cut any conflicting tail
@@ -18,10 +18,9 @@ impl<S: Storage> Raft<S> {
         entries: Vec<Entry>,
         leader_commit: Index,
     ) -> Result<(), Error> {
-        if !Self::valid_entries(prev_log_id, &entries, self.shared.term) {
-            self.shared.drop_message("AppendEntries with entries that don't follow prev_log_id");
-            return Ok(());
-        }
+        // `Envelope::check` made sure the entries follow `prev_log_id` one index at a time,
+        // with terms that never go back nor exceed the sender's (our) term, and that every
+        // index is far from overflow.
         let commit = self.shared.log.commit_index();
         if prev_log_id.index < commit {
             // Everything up to our commit matches already; tell the leader where we are.
@@ -35,6 +34,8 @@ impl<S: Storage> Raft<S> {
             self.shared.send(leader, Message::AppendEntriesResponse(rejection));
             return Ok(());
         }
+        // No overflow: the entries run one index at a time from `prev_log_id`, and each index
+        // is at most `Index::MAX_ACCEPTED` (checked in `step`).
         let last_new = Index(prev_log_id.index.0 + entries.len() as u64);
         // Skip the entries we already hold; the first one that differs starts the new tail.
         let mut new_from = entries.len();
@@ -46,6 +47,9 @@ impl<S: Storage> Raft<S> {
         }
         let new_entries: Vec<Entry> = entries.into_iter().skip(new_from).collect();
         if let Some(first) = new_entries.first() {
+            // Invariant: only our own bug can break this, because the entries start at
+            // `prev_log_id.index + 1` (checked in `step`) and `prev_log_id.index >= commit`
+            // (checked above).
             assert!(first.index() > commit, "the leader conflicts with committed entry {}", first.index());
             if first.index() <= self.shared.log.last_index() {
                 self.shared.memberships.truncate(first.index());
@@ -57,19 +61,6 @@ impl<S: Storage> Raft<S> {
         let success = AppendResult::Success { match_index: last_new };
         self.shared.send(leader, Message::AppendEntriesResponse(success));
         Ok(())
-    }
-
-    /// Remote input is validated, not trusted: the entries must follow `prev_log_id` without
-    /// gaps, with terms that never decrease and never exceed the sender's term.
-    fn valid_entries(prev_log_id: LogId, entries: &[Entry], term: Term) -> bool {
-        let mut previous = prev_log_id;
-        for entry in entries {
-            if entry.index() != previous.index.next() || entry.term() < previous.term || entry.term() > term {
-                return false;
-            }
-            previous = entry.log_id;
-        }
-        true
     }
 
     /// The last entry at or below `rejected.index` whose term is at most `rejected.term`:
@@ -98,19 +89,12 @@ impl<S: Storage> Raft<S> {
 
     /// Raft §7: install a snapshot unless our log already holds its last entry; either way,
     /// tell the leader how far we now match.
-    pub(crate) fn handle_install_snapshot(
-        &mut self,
-        leader: NodeId,
-        term: Term,
-        meta: SnapshotMeta,
-    ) -> Result<(), Error> {
+    pub(crate) fn handle_install_snapshot(&mut self, leader: NodeId, meta: SnapshotMeta) -> Result<(), Error> {
         let snapshot = meta.last_log_id;
-        // Not checked: that the snapshot's membership holds the sender. A leader added
-        // after the snapshot's index is legitimately absent from it.
-        if snapshot.term > term || snapshot.index == Index(0) {
-            self.shared.drop_message("InstallSnapshot with impossible metadata");
-            return Ok(());
-        }
+        // `Envelope::check` refused a snapshot at index 0, of a term above the sender's, with
+        // an index close to overflow, or with a membership both voter and learner. Not
+        // checked: that the snapshot's membership holds the sender. A leader added after the
+        // snapshot's index is legitimately absent from it.
         let commit = self.shared.log.commit_index();
         let match_index = if snapshot.index <= commit {
             commit
@@ -119,6 +103,7 @@ impl<S: Storage> Raft<S> {
             self.shared.log.commit_to(snapshot.index);
             snapshot.index
         } else {
+            // `log.restore` asserts the snapshot is above our commit: checked just above.
             self.shared.memberships.reset(snapshot.index, meta.membership.clone());
             self.shared.log.restore(meta);
             snapshot.index

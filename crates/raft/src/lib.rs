@@ -91,9 +91,15 @@
 //!
 //! ## Safety checks
 //! Local invariants are asserted always, not only in debug builds: terms and commit indexes
-//! never go back, the log is contiguous, nothing committed is truncated, two leaders in one
-//! term stop the node. Input from other nodes is validated instead: a misaddressed message,
-//! a response from a non-member or an impossible index is dropped and counted by reason
+//! never go back, the log is contiguous, nothing committed is truncated. Each of these can
+//! only be broken by a bug in this crate or in the driver. Input from other nodes is
+//! validated instead, never asserted ("no panic from the wire"): before anything else,
+//! [`Raft::step`] drops a misaddressed message, one naming a term or index above
+//! [`MAX_WIRE_VALUE`] (so nothing a peer sends can overflow a term or an index), and one
+//! that is impossible on its face (entries that don't follow `prev_log_id`, a log id of a
+//! term above the message's, a snapshot at index 0). Later checks drop a second leader in
+//! a term (Election Safety says there is at most one, so the claim is forged or buggy), a
+//! response from a non-member, an index beyond our log. Every drop is counted by reason
 //! ([`Status::dropped_messages`]).
 //!
 //! ## Not implemented
@@ -130,5 +136,6 @@ pub use raft::Raft;
 pub use ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 pub use storage::{MemStorage, Storage, StorageError};
 pub use types::{
-    Entry, HardState, Index, LogId, Membership, MembershipChange, NodeId, Payload, ReadId, SnapshotMeta, Term,
+    Entry, HardState, Index, LogId, MAX_WIRE_VALUE, Membership, MembershipChange, NodeId, Payload, ReadId,
+    SnapshotMeta, Term,
 };

@@ -7,6 +7,11 @@
 //!   unstable snapshot);
 //! - nothing at or below `commit` is ever truncated (Raft §5.4: committed entries are
 //!   permanent).
+//!
+//! The asserts here are invariants that only a bug in the core can break: every index and
+//! entry that reaches this module from another node was checked first (`Envelope::check`
+//! for contiguity, terms and overflow; the follower's handlers against `commit` and the
+//! log's end).
 
 use crate::storage::{Storage, StorageError, limit_bytes};
 use crate::types::{Entry, Index, LogId, SnapshotMeta, Term};

@@ -4,6 +4,9 @@
 //! committed or not (thesis §4.1). So when a conflicting tail is truncated, the membership
 //! goes back to the one before it. This history keeps the snapshot's membership and every
 //! membership entry after it.
+//!
+//! Its asserts are invariants that only a bug in the core can break: indexes come from our
+//! own log, whose entries `step` checked to be contiguous before they were appended.
 
 use crate::types::{Index, Membership};
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, Index, LogId, NodeId, ReadId, SnapshotMeta, Term};
+use crate::types::{Entry, Index, LogId, NodeId, Payload, ReadId, SnapshotMeta, Term};
 
 /// A message addressed from one node to one other node, stamped with the sender's term.
 /// For a pre-vote request and a granted pre-vote response, `term` is the term the
@@ -161,5 +161,145 @@ impl Message {
             Message::ReadIndex { .. } => "ReadIndex",
             Message::ReadIndexResponse { .. } => "ReadIndexResponse",
         }
+    }
+}
+
+/// Why [`Envelope::check`] refuses a message. Each is the fixed phrase the drop is counted
+/// under in [`crate::Status::dropped_messages`].
+pub(crate) mod drop_reason {
+    /// Not addressed to us, or claiming to come from us.
+    pub const MISADDRESSED: &str = "misaddressed";
+    /// A term or index above [`crate::MAX_WIRE_VALUE`].
+    pub const CLOSE_TO_OVERFLOW: &str = "term or index close to overflow";
+    /// Entries with a gap after `prev_log_id` or between them, terms that go back, or a
+    /// term above the message's.
+    pub const ENTRIES_DONT_FOLLOW: &str = "AppendEntries with entries that don't follow prev_log_id";
+    /// A `prev_log_id` or a candidate's `last_log_id` of a term above the message's.
+    pub const LOG_ID_FROM_THE_FUTURE: &str = "log id of a term above the message's";
+    /// A snapshot at index 0, of a term above the message's, or with a broken membership.
+    pub const IMPOSSIBLE_SNAPSHOT: &str = "InstallSnapshot with impossible metadata";
+    /// A membership entry naming a node both voter and learner.
+    pub const IMPOSSIBLE_MEMBERSHIP: &str = "AppendEntries with a membership both voter and learner";
+    /// A leader's message from a second leader of our term.
+    pub const SECOND_LEADER: &str = "a second leader in the term";
+    /// `TimeoutNow` in our term from a node that is not the leader we follow.
+    pub const TIMEOUT_NOW_NOT_FROM_LEADER: &str = "TimeoutNow from a node that is not our leader";
+}
+
+impl Envelope {
+    /// The checks a message must pass before [`crate::Raft::step`] looks at anything else in
+    /// it: those that need nothing but the message and the receiver's id. Nothing in an
+    /// envelope is trusted (STYLE §5): a peer may be buggy, or a message forged or corrupted.
+    /// On refusal, returns the reason to count the drop under.
+    ///
+    /// What is refused here, and why it would hurt:
+    /// - a message not to `receiver` or from `receiver` itself (we would answer ourselves,
+    ///   which `Shared::send` asserts never happens);
+    /// - any term or index above [`crate::MAX_WIRE_VALUE`] (for a term: unless it is at most
+    ///   one above ours): we would adopt and persist such a term, and our next election, or
+    ///   the next `index + 1`, would overflow;
+    /// - entries that don't continue `prev_log_id` one index at a time, whose terms go back,
+    ///   or whose terms are above the message's term (a leader only has entries of its term
+    ///   or earlier ones, Raft §5.3): appending them would break the log's invariants, which
+    ///   the log asserts;
+    /// - a `prev_log_id`, candidate's `last_log_id` or snapshot of a term above the
+    ///   message's: no correct sender has one (a candidate's log holds no entry of a term
+    ///   above its campaign term), and a forged one would win votes or a match;
+    /// - a snapshot at index 0 (the empty log, which no leader sends), and a membership (in
+    ///   a snapshot or an entry) that names a node both voter and learner, which breaks the
+    ///   documented invariant of [`crate::Membership`].
+    ///
+    /// `receiver_term` is the receiver's current term. Above the bound, a term at most one
+    /// above it is still accepted (see [`crate::MAX_WIRE_VALUE`] for why).
+    pub(crate) fn check(&self, receiver: NodeId, receiver_term: Term) -> Result<(), &'static str> {
+        use drop_reason::*;
+        if self.to != receiver || self.from == receiver {
+            return Err(MISADDRESSED);
+        }
+        let term = self.term;
+        // Every term in the message is at most the envelope's (checked below, where a log
+        // id carries one), so this bound covers them all.
+        let term_limit = Term::MAX_ACCEPTED.max(receiver_term.next());
+        let bounded_term = |t: Term| t <= term_limit;
+        let bounded_index = |i: Index| i <= Index::MAX_ACCEPTED;
+        let bounded = |log_id: LogId| bounded_term(log_id.term) && bounded_index(log_id.index);
+        if !bounded_term(term) {
+            return Err(CLOSE_TO_OVERFLOW);
+        }
+        match &self.message {
+            Message::AppendEntries { prev_log_id, entries, leader_commit } => {
+                if !bounded(*prev_log_id) || !bounded_index(*leader_commit) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+                if prev_log_id.term > term {
+                    return Err(LOG_ID_FROM_THE_FUTURE);
+                }
+                let mut previous = *prev_log_id;
+                for entry in entries {
+                    if !bounded(entry.log_id) {
+                        return Err(CLOSE_TO_OVERFLOW);
+                    }
+                    // `previous.index` is bounded (checked above), so `next()` can't overflow.
+                    if entry.index() != previous.index.next() || entry.term() < previous.term || entry.term() > term {
+                        return Err(ENTRIES_DONT_FOLLOW);
+                    }
+                    if let Payload::Membership(membership) = &entry.payload
+                        && !membership.voters.is_disjoint(&membership.learners)
+                    {
+                        return Err(IMPOSSIBLE_MEMBERSHIP);
+                    }
+                    previous = entry.log_id;
+                }
+            }
+            Message::AppendEntriesResponse(AppendResult::Success { match_index }) => {
+                if !bounded_index(*match_index) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+            }
+            Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {
+                if !bounded_index(*rejected_prev) || !bounded(*hint) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+            }
+            Message::Heartbeat { commit, .. } => {
+                if !bounded_index(*commit) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+            }
+            Message::RequestVote { last_log_id, .. } => {
+                if !bounded(*last_log_id) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+                if last_log_id.term > term {
+                    return Err(LOG_ID_FROM_THE_FUTURE);
+                }
+            }
+            Message::InstallSnapshot { meta } => {
+                let snapshot = meta.last_log_id;
+                if !bounded(snapshot) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+                let membership = &meta.membership;
+                if snapshot.term > term
+                    || snapshot.index == Index(0)
+                    || !membership.voters.is_disjoint(&membership.learners)
+                {
+                    return Err(IMPOSSIBLE_SNAPSHOT);
+                }
+            }
+            Message::ReadIndexResponse { index: Some(index), .. } => {
+                if !bounded_index(*index) {
+                    return Err(CLOSE_TO_OVERFLOW);
+                }
+            }
+            // Nothing in them is used in arithmetic or as an index: the heartbeat round is
+            // only compared with our own, the read id only echoed.
+            Message::HeartbeatResponse { .. }
+            | Message::RequestVoteResponse { .. }
+            | Message::TimeoutNow
+            | Message::ReadIndex { .. }
+            | Message::ReadIndexResponse { index: None, .. } => {}
+        }
+        Ok(())
     }
 }

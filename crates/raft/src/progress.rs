@@ -89,6 +89,8 @@ impl Progress {
                     self.next_index = last_sent.next();
                 }
             }
+            // Invariant: only our own bug can break this, because `can_send` is false while a
+            // snapshot is pending, and the leader asks it before every send.
             ProgressState::Snapshot { .. } => unreachable!("no entries are sent while a snapshot is pending"),
         }
         self.assert_invariants();

@@ -15,7 +15,7 @@ use crate::election::Campaign;
 use crate::leader::Leader;
 use crate::log::RaftLog;
 use crate::membership::MembershipHistory;
-use crate::message::{AppendResult, Envelope, Message};
+use crate::message::{AppendResult, Envelope, Message, drop_reason};
 use crate::ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 use crate::storage::Storage;
 use crate::types::{
@@ -103,6 +103,8 @@ impl<S: Storage> Shared<S> {
     }
 
     pub fn send_with_term(&mut self, to: NodeId, term: Term, message: Message) {
+        // Invariant: only our own bug can break this, because we send only to members and to
+        // the senders of messages, and `step` drops a message that claims to come from us.
         assert_ne!(to, self.id, "a node never sends to itself");
         self.outbox.push(Envelope { from: self.id, to, term, message });
     }
@@ -385,10 +387,18 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Feeds a message from another node.
+    ///
+    /// Nothing a peer sends can make this panic ("no panic from the wire"): the message is
+    /// first checked on its own ([`Envelope::check`]: addressing, terms and indexes above
+    /// [`crate::MAX_WIRE_VALUE`], entries that don't follow `prev_log_id`, impossible log ids
+    /// and snapshots), then against our state (a second leader in our term, responses from
+    /// non-members, indexes beyond our log). A message that fails is dropped and counted by
+    /// reason in [`Status::dropped_messages`], and changes nothing (not even our term). The
+    /// asserts that remain on the way are invariants of our own state.
     pub fn step(&mut self, envelope: Envelope) -> Result<(), Error> {
         self.assert_no_pending_ready();
-        if envelope.to != self.shared.id || envelope.from == self.shared.id {
-            self.shared.drop_message("misaddressed");
+        if let Err(why) = envelope.check(self.shared.id, self.shared.term) {
+            self.shared.drop_message(why);
             return Ok(());
         }
         if envelope.term > self.shared.term {
@@ -446,26 +456,34 @@ impl<S: Storage> Raft<S> {
         let from = envelope.from;
         match envelope.message {
             Message::AppendEntries { prev_log_id, entries, leader_commit } => {
-                self.follow(from);
-                self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
+                if self.follow(from) {
+                    self.handle_append_entries(from, prev_log_id, entries, leader_commit)?;
+                }
             }
             Message::Heartbeat { commit, heartbeat_round } => {
-                self.follow(from);
-                self.handle_heartbeat(from, commit, heartbeat_round);
+                if self.follow(from) {
+                    self.handle_heartbeat(from, commit, heartbeat_round);
+                }
             }
             Message::InstallSnapshot { meta } => {
-                self.follow(from);
-                self.handle_install_snapshot(from, envelope.term, meta)?;
+                if self.follow(from) {
+                    self.handle_install_snapshot(from, meta)?;
+                }
             }
             Message::RequestVote { last_log_id, pre_vote, .. } => {
                 self.handle_request_vote(from, envelope.term, last_log_id, pre_vote)?;
             }
             Message::RequestVoteResponse { granted, pre_vote } => self.handle_vote_response(from, granted, pre_vote)?,
-            Message::TimeoutNow => {
-                if matches!(self.role, Role::Follower(_)) && self.shared.is_voter() {
-                    self.campaign(Campaign::Transfer)?;
+            Message::TimeoutNow => match &self.role {
+                // Only the leader of our term sends TimeoutNow (thesis §3.10), and by Election
+                // Safety there is at most one: from anyone else it is forged or buggy, and
+                // would make us disrupt a working leader.
+                Role::Follower(Follower { leader: Some(leader), .. }) if *leader != from => {
+                    self.shared.drop_message(drop_reason::TIMEOUT_NOW_NOT_FROM_LEADER);
                 }
-            }
+                Role::Follower(_) if self.shared.is_voter() => self.campaign(Campaign::Transfer)?,
+                _ => {}
+            },
             Message::ReadIndex { id } => match &mut self.role {
                 Role::Leader(leader) if self.shared.membership().contains(from) => {
                     leader.read_index(&mut self.shared, id, Some(from))
@@ -492,24 +510,28 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// A message in our term from `leader`, which only a leader sends: follow it.
-    fn follow(&mut self, leader: NodeId) {
+    /// A message in our term from `leader`, which only a leader sends: follow it. Returns
+    /// whether to handle the message.
+    ///
+    /// Election Safety (Raft §5.2): at most one leader per term. So when we lead this term,
+    /// or already follow another leader in it, the claim is false: a forged message, a
+    /// corrupted one, or a peer with a bug. That is remote input, so it is dropped and
+    /// counted, not asserted: the node keeps serving the leader it knows (itself included),
+    /// and its log is not touched by the impostor.
+    fn follow(&mut self, leader: NodeId) -> bool {
         match &mut self.role {
             Role::Leader(_) => {
-                // Election Safety (Raft §5.2): at most one leader per term. Two is a bug that
-                // must stop this node rather than corrupt the log.
-                panic!(
-                    "{}: {leader} claims leadership of term {}, which this node leads",
-                    self.shared.id, self.shared.term
-                );
+                self.shared.drop_message(drop_reason::SECOND_LEADER);
+                return false;
+            }
+            Role::Follower(Follower { leader: Some(known), .. }) if *known != leader => {
+                self.shared.drop_message(drop_reason::SECOND_LEADER);
+                return false;
             }
             Role::Candidate(_) => {
                 self.become_follower(self.shared.term, Some(leader));
             }
             Role::Follower(follower) => {
-                if let Some(known) = follower.leader {
-                    assert_eq!(known, leader, "two leaders in term {}", self.shared.term);
-                }
                 follower.leader = Some(leader);
             }
         }
@@ -517,6 +539,7 @@ impl<S: Storage> Raft<S> {
             follower.election_elapsed_ticks = 0;
             follower.leader_lease = true;
         }
+        true
     }
 
     /// Whether we would refuse to help depose a leader: a follower that heard from a leader
@@ -557,6 +580,8 @@ impl<S: Storage> Raft<S> {
 
     /// Becomes a follower of `term` (the same or a later one), following `leader` if known.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        // Invariant: only our own bug can break this, because callers pass our term or a
+        // message's term that `step` found higher than ours.
         assert!(term >= self.shared.term, "terms never go back");
         if term > self.shared.term {
             self.shared.term = term;

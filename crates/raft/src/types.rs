@@ -20,17 +20,45 @@ pub struct Index(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u64);
 
+/// The largest term or index the core takes from another node: half the range of `u64`.
+///
+/// A message naming a term or an index above it is dropped at the boundary of
+/// [`crate::Raft::step`] (counted as "term or index close to overflow"), so every term and
+/// index the core holds stays far below `u64::MAX` and `next()` and `index + count` never
+/// overflow. Without it a peer that sends term `u64::MAX` (forged, or a bit flip) makes the
+/// receiver adopt and persist it, and its next election overflows: the node is wedged for
+/// good.
+///
+/// One exception keeps a cluster live that a bad message pushed up to the bound: above it,
+/// a term at most one above the receiver's own is still accepted. A node's own term grows
+/// by one per election, so the others can follow it one election at a time, while a peer
+/// would need 2^63 messages, each one term up, to reach `u64::MAX` (at a million elections a
+/// second, over 290,000 years). Indexes have no such exception: a log grows by one entry at
+/// a time and cannot honestly come near the bound.
+pub const MAX_WIRE_VALUE: u64 = u64::MAX / 2;
+
 impl Term {
+    /// The largest term the core accepts from another node (see [`MAX_WIRE_VALUE`]).
+    pub const MAX_ACCEPTED: Term = Term(MAX_WIRE_VALUE);
+
     /// The term after this one.
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        // Invariant: only our own bug can break this, because `step` refuses terms above
+        // `Term::MAX_ACCEPTED` (beyond it, more than one above ours), and elections, ours or
+        // others', cannot climb the remaining half of u64.
+        Term(self.0.checked_add(1).expect("term overflow: remote terms are bounded at the step boundary"))
     }
 }
 
 impl Index {
+    /// The largest index the core accepts from another node (see [`MAX_WIRE_VALUE`]).
+    pub const MAX_ACCEPTED: Index = Index(MAX_WIRE_VALUE);
+
     /// The index after this one.
     pub fn next(self) -> Index {
-        Index(self.0 + 1)
+        // Invariant: only our own bug can break this, because `step` refuses indexes above
+        // `Index::MAX_ACCEPTED` and our own log cannot grow by the remaining half of u64.
+        Index(self.0.checked_add(1).expect("index overflow: remote indexes are bounded at the step boundary"))
     }
 
     /// The index before this one; `Index(0).prev()` is `Index(0)`.

@@ -24,7 +24,8 @@
 //! - `crash ID` (unsynced writes are lost), `restart ID`, `add-node ID` (a new empty node).
 //! - `step ID from=ID KIND [term=N] ...`: hands the node a message built by the script
 //!   (`AppendEntries prev= entries= commit=`, `AppendEntriesResponse match=|reject= hint=`,
-//!   `HeartbeatResponse seq=`, `InstallSnapshot snapshot=`, `ReadIndex id=`).
+//!   `Heartbeat commit= seq=`, `HeartbeatResponse seq=`, `RequestVote last= pre_vote=
+//!   transfer=`, `TimeoutNow`, `InstallSnapshot snapshot=`, `ReadIndex id=`).
 //! - `status [ID...]`, `log [ID...]`: print state without changing it.
 //!
 //! After every input command each live node's `Ready` is processed as its contract says, by
@@ -107,6 +108,7 @@ golden_scripts! {
     restart_from_storage,
     restart_crash_loses_unsynced,
     input_validation,
+    input_validation_no_panic_from_the_wire,
 }
 
 fn scripts_dir() -> std::path::PathBuf {
@@ -666,7 +668,17 @@ impl Cluster {
                     hint: args.key_log_id("hint")?.unwrap_or_default(),
                 }),
             },
+            "Heartbeat" => Message::Heartbeat {
+                commit: Index(args.key("commit")?.unwrap_or(0)),
+                heartbeat_round: args.key("seq")?.unwrap_or(1),
+            },
             "HeartbeatResponse" => Message::HeartbeatResponse { heartbeat_round: args.key("seq")?.unwrap_or(0) },
+            "RequestVote" => Message::RequestVote {
+                last_log_id: args.key_log_id("last")?.unwrap_or_default(),
+                pre_vote: args.key("pre_vote")?.unwrap_or(false),
+                leader_transfer: args.key("transfer")?.unwrap_or(false),
+            },
+            "TimeoutNow" => Message::TimeoutNow,
             "InstallSnapshot" => {
                 let last_log_id = args.key_log_id("snapshot")?.ok_or("needs snapshot=")?;
                 Message::InstallSnapshot { meta: SnapshotMeta { last_log_id, membership } }
