@@ -164,9 +164,9 @@ impl Message {
     }
 }
 
-/// Why [`Envelope::check`] refuses a message. Each is the fixed phrase the drop is counted
-/// under in [`crate::Status::dropped_messages`].
-pub(crate) mod drop_reason {
+/// Why [`Envelope::check`] (and `step`) refuses a message. Each is the fixed phrase the drop
+/// is counted under in [`crate::Status::dropped_messages`].
+pub mod drop_reason {
     /// Not addressed to us, or claiming to come from us.
     pub const MISADDRESSED: &str = "misaddressed";
     /// A term or index above [`crate::MAX_WIRE_VALUE`].
@@ -184,6 +184,19 @@ pub(crate) mod drop_reason {
     pub const SECOND_LEADER: &str = "a second leader in the term";
     /// `TimeoutNow` in our term from a node that is not the leader we follow.
     pub const TIMEOUT_NOW_NOT_FROM_LEADER: &str = "TimeoutNow from a node that is not our leader";
+
+    /// The reasons no message of a correct node ever has, however late, lost, repeated or
+    /// reordered: a drop under one of them means a faulty (or forged) sender, or a check
+    /// that is too strict. (A `TimeoutNow` is not among them: a node that restarted knows
+    /// no leader, and may drop a correct one.) The simulator fails a run that has any.
+    pub const ONLY_FROM_A_FAULTY_PEER: &[&str] = &[
+        CLOSE_TO_OVERFLOW,
+        ENTRIES_DONT_FOLLOW,
+        LOG_ID_FROM_THE_FUTURE,
+        IMPOSSIBLE_SNAPSHOT,
+        IMPOSSIBLE_MEMBERSHIP,
+        SECOND_LEADER,
+    ];
 }
 
 impl Envelope {

@@ -684,6 +684,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Messages dropped as invalid so far, by reason (as in [`Status::dropped_messages`],
+    /// without building a whole status).
+    pub fn dropped_messages(&self) -> &BTreeMap<&'static str, u64> {
+        &self.shared.dropped_messages
+    }
+
     /// A snapshot of this node's state.
     pub fn status(&self) -> Status {
         let shared = &self.shared;

@@ -20,7 +20,7 @@ use std::collections::btree_map::Entry as MapEntry;
 
 use skiff_raft::{
     AppendResult, Entry, Envelope, HardState, Index, LogId, MemStorage, Message, NodeId, Payload, Raft, RoleName,
-    Storage, StorageError, Term,
+    Storage, StorageError, Term, drop_reason,
 };
 
 use crate::state_machine::{SnapshotData, StateMachine};
@@ -213,6 +213,13 @@ impl Checker {
     /// Returns the term when `node` just became leader.
     pub fn observe(&mut self, node: NodeId, raft: &Raft<MemStorage>) -> Result<Option<Term>, Violation> {
         self.observe_commit(node, raft)?;
+        // Every node here is correct: a message refused as only a faulty peer could send it
+        // means a validation at `step` that refuses correct traffic.
+        let dropped = raft.dropped_messages();
+        if let Some(reason) = drop_reason::ONLY_FROM_A_FAULTY_PEER.iter().find(|reason| dropped.contains_key(*reason)) {
+            let detail = format!("{node} dropped a correct node's message as {reason:?}");
+            return Err(Violation::new("Input validation (correct messages accepted)", detail));
+        }
         if raft.role() != RoleName::Leader {
             return Ok(None);
         }
