@@ -40,19 +40,10 @@ pub(super) async fn kv(
             }
         }
     };
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
     match result {
         Ok(response) => response,
-        // A refused PUT may leave its body unread, and the server then drops the connection:
-        // say so, so a client does not send its next request on a connection being closed.
-        Err(Refusal::Denied(response)) => response,
-        Err(Refusal::Error(error)) if has_body => {
-            let mut response = error.into_response();
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
-        Err(Refusal::Error(error)) => error.into_response(),
+        Err(Refusal::Denied(response)) => closing_if_body_unread(&headers, response),
+        Err(Refusal::Error(error)) => closing_if_body_unread(&headers, error.into_response()),
     }
 }
 

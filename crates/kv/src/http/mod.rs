@@ -98,16 +98,14 @@ pub fn router(api: Api) -> Router {
 /// management token; the KV routes check each key in their handler (they get the
 /// request's [`Access`]).
 async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Response {
-    let access = match &api.auth {
-        None => Access::Open,
-        Some(auth) => match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
-            Some(token) => Access::Token(token),
-            None => {
-                return permission_denied(
-                    "a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)",
-                );
-            }
-        },
+    // Without [auth] nothing is checked, and the handlers see no `Access` (which is `Open`).
+    let Some(auth) = &api.auth else { return next.run(request).await };
+    let access = match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
+        Some(token) => Access::Token(token),
+        None => {
+            let why = "a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)";
+            return closing_if_body_unread(request.headers(), permission_denied(why));
+        }
     };
     let path = request.uri().path();
     let management = path.starts_with("/v1/operator/")
@@ -116,7 +114,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         || path.starts_with("/v1/skiff/log")
         || path == "/metrics";
     if management && !access.is_management() {
-        return permission_denied("this route needs a management token");
+        return closing_if_body_unread(request.headers(), permission_denied("this route needs a management token"));
     }
     request.extensions_mut().insert(access);
     next.run(request).await
@@ -137,6 +135,18 @@ fn request_secret(request: &Request) -> Option<Vec<u8>> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned().into_bytes())
+}
+
+/// A refused request may leave its body unread, and the server then drops the connection:
+/// say so (`Connection: close`), so a client does not send its next request on a
+/// connection being closed.
+fn closing_if_body_unread(headers: &HeaderMap, mut response: Response) -> Response {
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Consul's answer to a request its token does not allow: 403, `Permission denied`, and why.
