@@ -171,12 +171,13 @@ pub mod drop_reason {
     pub const MISADDRESSED: &str = "misaddressed";
     /// A term or index above [`crate::MAX_WIRE_VALUE`].
     pub const CLOSE_TO_OVERFLOW: &str = "term or index close to overflow";
-    /// Entries with a gap after `prev_log_id` or between them, terms that go back, or a
-    /// term above the message's.
+    /// Entries with a gap after `prev_log_id` or between them, terms that go back, term 0,
+    /// or a term above the message's.
     pub const ENTRIES_DONT_FOLLOW: &str = "AppendEntries with entries that don't follow prev_log_id";
     /// A `prev_log_id` or a candidate's `last_log_id` of a term above the message's.
     pub const LOG_ID_FROM_THE_FUTURE: &str = "log id of a term above the message's";
-    /// A snapshot at index 0, of a term above the message's, or with a broken membership.
+    /// A snapshot at index 0, of term 0 or a term above the message's, or with a broken
+    /// membership.
     pub const IMPOSSIBLE_SNAPSHOT: &str = "InstallSnapshot with impossible metadata";
     /// A membership entry naming a node both voter and learner.
     pub const IMPOSSIBLE_MEMBERSHIP: &str = "AppendEntries with a membership both voter and learner";
@@ -253,7 +254,9 @@ impl Envelope {
                         return Err(CLOSE_TO_OVERFLOW);
                     }
                     // `previous.index` is bounded (checked above), so `next()` can't overflow.
-                    if entry.index() != previous.index.next() || entry.term() < previous.term || entry.term() > term {
+                    // Term 0 is the empty log's: no leader appends an entry of it.
+                    let impossible_term = entry.term() == Term(0) || entry.term() > term;
+                    if entry.index() != previous.index.next() || entry.term() < previous.term || impossible_term {
                         return Err(ENTRIES_DONT_FOLLOW);
                     }
                     if let Payload::Membership(membership) = &entry.payload
@@ -295,6 +298,7 @@ impl Envelope {
                 let membership = &meta.membership;
                 if snapshot.term > term
                     || snapshot.index == Index(0)
+                    || snapshot.term == Term(0)
                     || !membership.voters.is_disjoint(&membership.learners)
                 {
                     return Err(IMPOSSIBLE_SNAPSHOT);

@@ -492,8 +492,22 @@ impl<S: Storage> Raft<S> {
                 _ => self.shared.send(from, Message::ReadIndexResponse { id, index: None }),
             },
             Message::ReadIndexResponse { id, index } => {
-                let result = index.ok_or(ReadError::LeadershipLost { leader: self.leader() });
-                self.shared.reads.push(ReadState { id, result });
+                // Only the leader of our term confirms a read index (thesis §6.4), and by
+                // Election Safety there is one: an index from any other node is forged or
+                // buggy, and would let us serve a stale read. (Any node may say it is not the
+                // leader: `index: None`.)
+                let from_another_leader = index.is_some()
+                    && match &self.role {
+                        Role::Leader(_) => true,
+                        Role::Follower(Follower { leader: Some(leader), .. }) => *leader != from,
+                        _ => false,
+                    };
+                if from_another_leader {
+                    self.shared.drop_message(drop_reason::SECOND_LEADER);
+                } else {
+                    let result = index.ok_or(ReadError::LeadershipLost { leader: self.leader() });
+                    self.shared.reads.push(ReadState { id, result });
+                }
             }
             Message::AppendEntriesResponse(result) => {
                 if let Role::Leader(leader) = &mut self.role {

@@ -684,6 +684,10 @@ impl Cluster {
                 Message::InstallSnapshot { meta: SnapshotMeta { last_log_id, membership } }
             }
             "ReadIndex" => Message::ReadIndex { id: ReadId(args.key("id")?.unwrap_or(0)) },
+            "ReadIndexResponse" => Message::ReadIndexResponse {
+                id: ReadId(args.key("id")?.unwrap_or(0)),
+                index: args.key("index")?.map(Index),
+            },
             _ => return Err(format!("step can't build a {kind}").into()),
         };
         let envelope = Envelope { from, to, term, message };
