@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 use skiff_raft::NodeId;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::connection;
-use super::frame::{Connection, FrameError};
+use super::frame::{self, Connection, FrameError};
 use super::handshake::{self, HandshakeError};
+use crate::tls::node_server_name;
 use crate::transport::PeerHealth;
 use crate::wire::PeerMessage;
 
@@ -186,7 +188,7 @@ impl Backoff {
 /// The peer's task: keeps one connection up and serves it, until cancelled (the caller
 /// races this future against `peer.cancel`).
 pub(super) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, mut incoming: mpsc::Receiver<Connection>) {
-    let dials = shared.identity.id < peer.id;
+    let dials = shared.id < peer.id;
     let mut backoff = Backoff::new();
     let mut failed_dials = 0_u32;
     let mut replacement: Option<Connection> = None;
@@ -234,13 +236,21 @@ pub(super) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, mut incoming: mpsc
     }
 }
 
-/// Connects to the peer's advertised address and handshakes, within the handshake timeout.
+/// Connects to the peer's advertised address and handshakes (TLS first, if on, requiring
+/// the peer's certificate to name it), within the handshake timeout.
 async fn dial(shared: &Shared, peer: &Peer) -> Result<Connection, HandshakeError> {
     let address = peer.address();
     let attempt = async {
         let stream = TcpStream::connect(address.as_str()).await.map_err(FrameError::from)?;
-        let mut connection = Connection::new(stream).map_err(FrameError::from)?;
-        handshake::dial(&mut connection, &shared.identity, peer.id).await?;
+        let remote = frame::prepare(&stream).map_err(FrameError::from)?;
+        let mut connection = match &shared.tls {
+            None => Connection::plain(stream, remote),
+            Some(tls) => {
+                let stream = tls.connector.connect(node_server_name(peer.id), stream).await.map_err(HandshakeError::Tls)?;
+                Connection::tls(TlsStream::Client(stream), remote)
+            }
+        };
+        handshake::dial(&mut connection, shared, peer.id).await?;
         connection.open(shared.limits.max_frame_bytes);
         Ok(connection)
     };
