@@ -27,6 +27,8 @@ pub struct ClusterFile {
     pub nodes: Vec<NodeAddresses>,
     /// The `[raft]` section, as `key = value` lines.
     raft: Vec<String>,
+    /// `[tls] dir`: where the cluster's certificates are, if it has TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// What a [`ClusterFile`] will hold; [`ClusterFileBuilder::build`] picks the ports.
@@ -38,12 +40,21 @@ pub struct ClusterFileBuilder {
     http: bool,
     redis: bool,
     raft: Vec<String>,
+    tls_dir: Option<PathBuf>,
 }
 
 impl ClusterFile {
     /// `members` nodes (n1..), each with a raft address; add more with the builder.
     pub fn builder(name: &str, members: u64) -> ClusterFileBuilder {
-        ClusterFileBuilder { name: name.to_string(), members, joiners: 0, http: false, redis: false, raft: Vec::new() }
+        ClusterFileBuilder {
+            name: name.to_string(),
+            members,
+            joiners: 0,
+            http: false,
+            redis: false,
+            raft: Vec::new(),
+            tls_dir: None,
+        }
     }
 
     /// The file's text (TOML).
@@ -54,6 +65,10 @@ impl ClusterFile {
             for line in &self.raft {
                 let _ = writeln!(text, "{line}");
             }
+        }
+        if let Some(dir) = &self.tls_dir {
+            // A TOML literal string: no escapes in a path.
+            let _ = write!(text, "\n[tls]\ndir = '{}'\n", dir.display());
         }
         for node in &self.nodes {
             let _ = write!(text, "\n[[node]]\nid = \"{}\"\nraft = \"{}\"\n", node.id, node.raft);
@@ -125,8 +140,22 @@ impl ClusterFileBuilder {
         self
     }
 
-    /// Picks the ports.
+    /// Gives the cluster TLS: `skiff certs` (CA, a certificate per node naming its id and
+    /// loopback, a client certificate) into `dir`, and `[tls] dir` pointing there. `dir`
+    /// should be absolute (the file may be parsed without a directory to resolve against).
+    pub fn tls(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tls_dir = Some(dir.into());
+        self
+    }
+
+    /// Picks the ports (and writes the certificates, with [`tls`](Self::tls)).
     pub fn build(self) -> ClusterFile {
+        if let Some(dir) = &self.tls_dir {
+            let ids: Vec<NodeId> = (1..=self.members + self.joiners).map(NodeId).collect();
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            skiff::tls::generate(dir, &ids, &hosts, false)
+                .unwrap_or_else(|error| panic!("certificates in {}: {error}", dir.display()));
+        }
         let nodes = (1..=self.members + self.joiners)
             .map(|i| NodeAddresses {
                 id: NodeId(i),
@@ -136,6 +165,6 @@ impl ClusterFileBuilder {
                 join: i > self.members,
             })
             .collect();
-        ClusterFile { name: self.name, nodes, raft: self.raft }
+        ClusterFile { name: self.name, nodes, raft: self.raft, tls_dir: self.tls_dir }
     }
 }
