@@ -254,14 +254,16 @@ async fn slow_receiver_loses_the_oldest_messages_not_the_newest() {
     const COUNT: u64 = 20_000; // 80 MB: more than loopback's socket buffers can hold
     for n in 0..COUNT {
         let data = Bytes::from(vec![0; 4096]);
-        n1.transport
-            .send(n2.id(), PeerMessage::SnapshotChunk {
-            meta: SnapshotMeta::default(),
-            offset: n,
-            data,
-            done: false,
-            cluster_id: None,
-        });
+        n1.transport.send(
+            n2.id(),
+            PeerMessage::SnapshotChunk {
+                meta: SnapshotMeta::default(),
+                offset: n,
+                data,
+                done: false,
+                cluster_id: None,
+            },
+        );
         if n % 4 == 0 {
             tokio::task::yield_now().await; // let the writer drain what it can
         }

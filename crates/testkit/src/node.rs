@@ -197,9 +197,8 @@ impl<S: StateMachine + Default> TcpCluster<S> {
 
     async fn start_with(name: &str, snapshot_after_entries: u64, tls: bool) -> TcpCluster<S> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut builder = ClusterFile::builder(name, 3)
-            .raft("tick_ms", 5)
-            .raft("snapshot_after_entries", snapshot_after_entries);
+        let mut builder =
+            ClusterFile::builder(name, 3).raft("tick_ms", 5).raft("snapshot_after_entries", snapshot_after_entries);
         if tls {
             builder = builder.tls(dir.path().join("certs"));
         }

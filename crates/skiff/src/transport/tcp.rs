@@ -4,24 +4,58 @@
 //! accepts; both directions then share that connection. There is never a simultaneous
 //! connect to break a tie on: only one side ever dials. When the dialer redials (it only does
 //! so after giving up on the old connection), the acceptor replaces whatever connection it
-//! still holds with the newer one. Only the addresses of higher-id peers are ever dialed.
+//! still holds with the newer one, once the newer one passed the handshake below. Only the
+//! addresses of higher-id peers are ever dialed.
 //!
 //! **Frames.** Each frame is a 4-byte big-endian length and a postcard-encoded frame body
-//! ([`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec)). A body is a `Hello`,
+//! ([`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec)), over the socket or
+//! inside TLS. A body is a `Hello`,
 //! a `Refused`, a [`PeerMessage`], or a ping/pong. Frames above
 //! [`TcpOptions::max_frame_bytes`] are refused by the reader (the connection closes) and
 //! never written by the writer (the message is dropped, counted and logged): large payloads
 //! such as snapshots must be chunked below the limit.
 //!
-//! **Handshake.** The first frame each way is a `Hello { protocol_version, cluster, from, to }`.
-//! The acceptor refuses a dialer of another cluster or protocol version, an id that is not
-//! one of its peers, a higher id than its own, or a `Hello` addressed to another node; the
-//! dialer refuses an answer from a node other than the one it meant to reach. A refused
-//! connection is closed, logged with `tracing::warn!` naming the peer address and the
-//! reason, and counted ([`TcpTransport::refused_connections`]). Until the handshake
-//! succeeds, frames are limited to 4 KiB, so a stranger cannot make a node allocate much.
-//! Garbage, a malformed or oversized frame, or an unexpected frame closes that one
-//! connection and nothing else.
+//! **TLS.** With [`TcpOptions::tls`] (the cluster file's `[tls]`), every peer connection is
+//! mutual TLS, and the TLS handshake comes first; the `Hello`s and all frames travel inside
+//! it. Both sides present their node certificate and require one signed by the cluster CA.
+//! The dialer asks for [`node_server_name`](crate::tls::node_server_name) of the peer it
+//! dials (`n2`), so rustls refuses an acceptor whose certificate does not name that node;
+//! the acceptor, once it has read the dialer's `Hello`, refuses a dialer whose certificate
+//! does not name the id the `Hello` claims ([`certificate_names_node`](crate::tls::certificate_names_node)),
+//! so a node's certificate lets it speak only as itself and a client certificate not as any
+//! node. Without TLS a peer is whoever says so: fine on loopback or a private network only.
+//!
+//! **Handshake.** The first frame each way is a
+//! `Hello { protocol_version, cluster, from, to, cluster_id }`. The acceptor refuses a dialer
+//! of another cluster (name, or id when both have one) or protocol version, an id that is
+//! not one of its peers, a higher id than its own, a `Hello` addressed to another node, or
+//! (over TLS) a certificate that does not name the claimed id; the dialer refuses an answer
+//! from a node other than the one it meant to reach, or of another cluster. A refused
+//! dialer is sent `Refused { reason: "refused" }` and nothing else — not our cluster name,
+//! cluster id or node id; the reason is logged locally with `tracing::warn!` naming the
+//! peer address, and counted ([`TcpTransport::refused_connections`]). Until the handshake
+//! succeeds, frames are limited to 4 KiB, so a stranger cannot make a node allocate much;
+//! the TLS handshake and the `Hello`s together must finish within
+//! [`TcpOptions::handshake_timeout`], and at most 64 accepted connections may be
+//! handshaking at once. Garbage, a malformed or oversized frame, or an unexpected frame
+//! closes that one connection and nothing else. Only a connection that passed all of this
+//! reaches a peer's task, so only it can replace that peer's live connection (with TLS:
+//! only the holder of that node's key).
+//!
+//! **Cluster id.** Two clusters may share a name; a random 128-bit cluster id tells them
+//! apart. The initial voter with the lowest id makes it when it first initialises its data
+//! directory, which keeps it in its `node-id` file ([`TcpOptions::cluster_id`]). Every other
+//! node starts without one and adopts the id of the first peer that presents one in a
+//! handshake that otherwise passed (authenticated, with TLS): it records the id durably
+//! ([`TcpOptions::record_cluster_id`], an atomic rewrite of `node-id`) before it uses that
+//! connection, and from then on refuses a peer presenting any other id. A node with an id
+//! accepts peers without one (they adopt ours); a node without one accepts peers with or
+//! without one. Adoption is serialised, so two ids can never both be taken. Snapshot chunks
+//! carry the sender's id too (stamped by the writer): a node with an id drops, counts
+//! ([`TcpTransport::refused_snapshot_chunks`]) and logs a chunk that carries another id or
+//! none. Directories made before cluster ids existed keep working without one; a voter
+//! whose data directory is lost must rejoin under a new id (as Raft requires anyway), since
+//! a fresh lowest voter would make a new cluster id.
 //!
 //! **Reconnect.** A dialer that fails, or whose connection ends, waits 20 ms and retries,
 //! doubling the wait up to 1 s; a successful handshake resets it. A connection that carries
@@ -42,9 +76,9 @@ mod handshake;
 mod peer;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -259,7 +293,9 @@ impl Shared {
     /// Takes `theirs` as our cluster id if we have none (recording it first), or checks
     /// that it is ours.
     async fn adopt_cluster_id(&self, theirs: ClusterId) -> Result<(), HandshakeError> {
-        let same = |ours: ClusterId| if ours == theirs { Ok(()) } else { Err(HandshakeError::OtherClusterId { theirs, ours }) };
+        let same = |ours: ClusterId| {
+            if ours == theirs { Ok(()) } else { Err(HandshakeError::OtherClusterId { theirs, ours }) }
+        };
         if let Some(ours) = self.cluster_id() {
             return same(ours);
         }

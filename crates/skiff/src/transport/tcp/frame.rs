@@ -179,8 +179,12 @@ impl Connection {
     /// Frames a TLS stream whose TLS handshake is done, with the handshake's small frame
     /// limit.
     pub(super) fn tls(stream: TlsStream<TcpStream>, remote: SocketAddr) -> Connection {
-        let peer_certificate =
-            stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|cert| cert.clone().into_owned());
+        let peer_certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.clone().into_owned());
         let codec = handshake_codec();
         let (read_half, write_half) = tokio::io::split(stream);
         Connection {

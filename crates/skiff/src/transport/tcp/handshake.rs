@@ -193,7 +193,10 @@ mod tests {
         let ours = Identity { id: NodeId(5), cluster: "c".into(), cluster_id: None };
         let known = |id: NodeId| id == NodeId(1) || id == NodeId(9);
         assert!(check_dialer(&hello("c", 1, 5), &ours, None, known).is_ok());
-        assert!(matches!(check_dialer(&hello("d", 1, 5), &ours, None, known), Err(HandshakeError::OtherCluster { .. })));
+        assert!(matches!(
+            check_dialer(&hello("d", 1, 5), &ours, None, known),
+            Err(HandshakeError::OtherCluster { .. })
+        ));
         assert!(matches!(check_dialer(&hello("c", 1, 6), &ours, None, known), Err(HandshakeError::NotForUs { .. })));
         assert!(matches!(check_dialer(&hello("c", 2, 5), &ours, None, known), Err(HandshakeError::UnknownPeer(_))));
         assert!(matches!(
@@ -218,10 +221,7 @@ mod tests {
         let ours = Identity { id: NodeId(5), cluster: "c".into(), cluster_id: Some(a) };
         assert!(check_dialer(&with(Some(a)), &ours, None, known).is_ok());
         assert!(check_dialer(&with(None), &ours, None, known).is_ok(), "a node without an id yet adopts ours");
-        assert!(matches!(
-            check_dialer(&with(Some(b)), &ours, None, known),
-            Err(HandshakeError::OtherClusterId { .. })
-        ));
+        assert!(matches!(check_dialer(&with(Some(b)), &ours, None, known), Err(HandshakeError::OtherClusterId { .. })));
         let fresh = Identity { cluster_id: None, ..ours };
         assert!(check_dialer(&with(Some(b)), &fresh, None, known).is_ok());
         assert!(check_dialer(&with(None), &fresh, None, known).is_ok());

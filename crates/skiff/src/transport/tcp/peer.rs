@@ -4,7 +4,9 @@
 //! handshakes and serves the connection, and redials with exponential backoff when it ends.
 //! Toward a peer with a lower id it waits for the listener to hand over a connection that
 //! peer dialed; a newer one replaces the current one (the peer only redials once it gave
-//! the old connection up, so the newest is the live one).
+//! the old connection up, so the newest is the live one). The listener hands over only
+//! connections that passed the whole handshake (with TLS, a certificate naming this peer),
+//! so only those can replace a live one.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -246,7 +248,8 @@ async fn dial(shared: &Shared, peer: &Peer) -> Result<Connection, HandshakeError
         let mut connection = match &shared.tls {
             None => Connection::plain(stream, remote),
             Some(tls) => {
-                let stream = tls.connector.connect(node_server_name(peer.id), stream).await.map_err(HandshakeError::Tls)?;
+                let stream =
+                    tls.connector.connect(node_server_name(peer.id), stream).await.map_err(HandshakeError::Tls)?;
                 Connection::tls(TlsStream::Client(stream), remote)
             }
         };
