@@ -70,7 +70,7 @@ impl ClusterId {
 
     /// Parses 32 hex digits; `None` for anything else.
     pub fn parse(text: &str) -> Option<ClusterId> {
-        if text.len() != 32 || !text.is_ascii() {
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0_u8; 16];
