@@ -357,7 +357,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             {
                 tracing::warn!(%from, snapshot = %meta.last_log_id, "dropping a snapshot chunk not from the current leader");
             }
-            PeerMessage::SnapshotChunk { meta, offset, data, done } => {
+            PeerMessage::SnapshotChunk { meta, offset, data, done, .. } => {
                 let ack = self.incoming.chunk(self.raft.storage_mut(), meta, offset, data, done)?;
                 self.transport.send(from, ack);
             }

@@ -16,10 +16,11 @@ use crate::driver::{Driver, DriverOptions, Request};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
+use crate::tls::TlsMaterial;
 use crate::transport::faults::Faults;
-use crate::transport::tcp::{TcpOptions, TcpTransport};
+use crate::transport::tcp::{ClusterIdRecorder, TcpOptions, TcpTransport};
 use crate::transport::{PeerHealth, Transport};
-use crate::wire::{ForwardedRequest, PeerMessage};
+use crate::wire::{ClusterId, ForwardedRequest, PeerMessage};
 
 /// How a node runs, apart from what the cluster file says.
 #[derive(Clone, Debug)]
@@ -157,11 +158,30 @@ impl<S: StateMachine> Node<S> {
             .next()
             .ok_or_else(|| Error::Unresolved { id, address: listen_address.to_string() })?;
         let name = cluster.cluster.name.clone();
-        let disk_options = DiskOptions::new(id, name.clone(), cluster.voters());
+        // Peers use mutual TLS when the cluster file has [tls]; the files are checked now.
+        let tls = match cluster.tls_files(id) {
+            None => None,
+            Some(files) => Some(TlsMaterial::load(&files).map_err(|error| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("node {id}: peer TLS: {error}"))
+            })?),
+        };
+        let voters = cluster.voters();
+        let mut disk_options = DiskOptions::new(id, name.clone(), voters.clone());
+        // The initial voter with the lowest id makes the cluster's id when it creates its
+        // directory; every other node adopts it from a peer (see `transport::tcp`).
+        if voters.voters.first() == Some(&id) {
+            disk_options.cluster_id = Some(ClusterId::random()?.to_string());
+        }
         let store = DiskStorage::open(data_dir, disk_options)?;
         let (inbox, receiver) = mpsc::channel(4096);
         let mut tcp = TcpOptions::new(id, name, listen);
         tcp.peers = cluster.peers_of(id);
+        tcp.tls = tls;
+        tcp.cluster_id = store.cluster_id().and_then(ClusterId::parse);
+        let cluster_id_file = store.cluster_id_file();
+        tcp.record_cluster_id = Some(ClusterIdRecorder::new(move |cluster_id| {
+            cluster_id_file.record(&cluster_id.to_string()).map_err(std::io::Error::other)
+        }));
         let options = NodeOptions::from_section(&cluster.raft, id);
         let Some(faults) = faults else {
             let transport = TcpTransport::start(tcp, inbox).await?;

@@ -120,6 +120,8 @@ impl Outgoing {
             offset: self.acked,
             data: self.in_flight.clone(),
             done: self.last,
+            // The TCP transport stamps its cluster id as it sends the chunk.
+            cluster_id: None,
         }
     }
 }

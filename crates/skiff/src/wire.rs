@@ -1,5 +1,7 @@
 //! What nodes say to each other over the peer transport, one message per frame.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use skiff_raft::{Envelope, Index, MembershipChange, NodeId, SnapshotMeta};
@@ -17,7 +19,10 @@ pub enum PeerMessage {
     ForwardResult { request: u64, result: Result<Bytes, ForwardError> },
     /// A piece of the leader's snapshot `meta`, starting at byte `offset` of its data. The
     /// last chunk has `done`; the follower then hands `InstallSnapshot` to its core.
-    SnapshotChunk { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool },
+    /// `cluster_id` is the sending node's cluster id, which the TCP transport fills in as it
+    /// sends the chunk (leave it `None`) and checks on arrival: a chunk of another cluster is
+    /// dropped.
+    SnapshotChunk { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool, cluster_id: Option<ClusterId> },
     /// The follower received `snapshot_index`'s data up to `offset` (or failed, `ok = false`).
     SnapshotAck { snapshot_index: Index, offset: u64, ok: bool },
 }
@@ -45,4 +50,62 @@ pub enum ForwardedRequest {
     /// Hand leadership to this voter, or (`None`) to the one the leader picks: its
     /// successor, the voter holding most of its log.
     TransferLeader(Option<NodeId>),
+}
+
+/// A cluster's random id, 128 bits, made when the cluster is first bootstrapped (see the
+/// `tcp` transport's documentation). Written as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClusterId(pub [u8; 16]);
+
+impl ClusterId {
+    /// A new id from the operating system's secure random source.
+    pub fn random() -> std::io::Result<ClusterId> {
+        let mut bytes = [0_u8; 16];
+        crate::tls::provider()
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| std::io::Error::other("the operating system's random source failed"))?;
+        Ok(ClusterId(bytes))
+    }
+
+    /// Parses 32 hex digits; `None` for anything else.
+    pub fn parse(text: &str) -> Option<ClusterId> {
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0_u8; 16];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(ClusterId(bytes))
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_print_and_parse_as_hex() {
+        let id = ClusterId([0xab; 16]);
+        assert_eq!(id.to_string(), "ab".repeat(16));
+        assert_eq!(ClusterId::parse(&id.to_string()), Some(id));
+        assert_eq!(ClusterId::parse("ab"), None);
+        assert_eq!(ClusterId::parse(&"zz".repeat(16)), None);
+        assert_eq!(ClusterId::parse(&"+1".repeat(16)), None);
+        assert_ne!(ClusterId::random().unwrap(), ClusterId::random().unwrap());
+    }
 }

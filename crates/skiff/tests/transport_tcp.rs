@@ -1,5 +1,5 @@
-//! The TCP peer transport on loopback: delivery in order, reconnects, back-pressure, and
-//! hostile connections refused without harm to the legitimate peers.
+//! The TCP peer transport on loopback: delivery in order, reconnects, back-pressure,
+//! hostile connections refused without harm to the legitimate peers, and cluster ids.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -11,9 +11,9 @@ use skiff_testkit::ports::free_address;
 use skiff_testkit::wait::{TIMEOUT, eventually_async};
 
 use bytes::Bytes;
-use skiff::transport::tcp::{TcpOptions, TcpTransport};
+use skiff::transport::tcp::{ClusterIdRecorder, TcpOptions, TcpTransport};
 use skiff::transport::{PeerHealth, Transport};
-use skiff::wire::PeerMessage;
+use skiff::wire::{ClusterId, PeerMessage};
 use skiff::{Index, NodeId};
 use skiff_raft::SnapshotMeta;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,6 +125,7 @@ async fn two_nodes_exchange_messages_in_order_both_ways() {
         offset: 7,
         data: Bytes::from(vec![0xab; 100_000]),
         done: true,
+        cluster_id: None,
     };
     n1.transport.send(n2.id(), chunk.clone());
     assert_eq!(n2.receive().await, (n1.id(), chunk));
@@ -253,8 +254,16 @@ async fn slow_receiver_loses_the_oldest_messages_not_the_newest() {
     const COUNT: u64 = 20_000; // 80 MB: more than loopback's socket buffers can hold
     for n in 0..COUNT {
         let data = Bytes::from(vec![0; 4096]);
-        n1.transport
-            .send(n2.id(), PeerMessage::SnapshotChunk { meta: SnapshotMeta::default(), offset: n, data, done: false });
+        n1.transport.send(
+            n2.id(),
+            PeerMessage::SnapshotChunk {
+                meta: SnapshotMeta::default(),
+                offset: n,
+                data,
+                done: false,
+                cluster_id: None,
+            },
+        );
         if n % 4 == 0 {
             tokio::task::yield_now().await; // let the writer drain what it can
         }
@@ -274,14 +283,32 @@ async fn slow_receiver_loses_the_oldest_messages_not_the_newest() {
 // --- hostile connections ---------------------------------------------------------------
 
 /// A `Hello` frame written by hand, so this test also pins the handshake's wire format:
-/// 4-byte big-endian length, then postcard: variant 0, version, cluster, from, to.
+/// 4-byte big-endian length, then postcard: variant 0, version 2, cluster, from, to, and no
+/// cluster id.
 fn hello_frame(cluster: &str, from: u64, to: u64) -> Vec<u8> {
-    let mut body = vec![0, 1];
+    hello_frame_with_id(cluster, from, to, None)
+}
+
+/// A `Hello` frame presenting `cluster_id`.
+fn hello_frame_with_id(cluster: &str, from: u64, to: u64, cluster_id: Option<ClusterId>) -> Vec<u8> {
+    let mut body = vec![0, 2];
     varint(&mut body, cluster.len() as u64);
     body.extend_from_slice(cluster.as_bytes());
     varint(&mut body, from);
     varint(&mut body, to);
+    match cluster_id {
+        None => body.push(0),
+        Some(id) => {
+            body.push(1);
+            body.extend_from_slice(&id.0);
+        }
+    }
     framed(&body)
+}
+
+/// The one answer a refused dialer gets: `Refused { reason: "refused" }`, framed.
+fn refused_frame() -> Vec<u8> {
+    framed(&[&[1, 7][..], b"refused"].concat())
 }
 
 fn varint(out: &mut Vec<u8>, mut value: u64) {
@@ -319,15 +346,21 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 
 /// Handshakes as `from` (a legitimate id), then sends `bytes`; the transport must close.
 async fn send_after_handshake(addr: &str, from: u64, to: u64, bytes: &[u8]) {
+    let mut stream = handshake_raw(addr, hello_frame(CLUSTER, from, to)).await;
+    let _ = stream.write_all(bytes).await;
+    read_until_closed(&mut stream).await;
+}
+
+/// Connects to `addr`, says `hello`, and checks the transport answered with a `Hello`.
+async fn handshake_raw(addr: &str, hello: Vec<u8>) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&hello_frame(CLUSTER, from, to)).await.unwrap();
+    stream.write_all(&hello).await.unwrap();
     let mut length = [0; 4];
     stream.read_exact(&mut length).await.unwrap();
     let mut answer = vec![0; u32::from_be_bytes(length) as usize];
     stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(answer[0], 0, "the transport answers a good Hello with its own");
-    let _ = stream.write_all(bytes).await;
-    read_until_closed(&mut stream).await;
+    stream
 }
 
 #[tokio::test]
@@ -357,8 +390,8 @@ async fn hostile_connections_are_refused_and_the_peer_keeps_working() {
     for (number, (what, bytes, explained)) in refusals.iter().enumerate() {
         let answer = send_raw(&addr, bytes).await;
         if *explained {
-            // Variant 1 of the frame enum, right after the 4-byte length.
-            assert_eq!(answer.get(4), Some(&1), "{what}: {answer:?}");
+            // Variant 1 of the frame enum, and nothing of ours: no cluster name, no reason.
+            assert_eq!(answer, refused_frame(), "{what}: {answer:?}");
         }
         eventually_async(format!("{what} is counted"), async || n2.transport.refused_connections() > number as u64)
             .await;
@@ -386,4 +419,124 @@ async fn nodes_of_two_clusters_never_connect() {
     eventually_async("n2 refuses n1", async || n2.transport.refused_connections() > 0).await;
     assert!(!n1.health(NodeId(2)).connected);
     assert!(!n2.health(NodeId(1)).connected);
+}
+
+// --- cluster ids -------------------------------------------------------------------------
+
+const ID_A: ClusterId = ClusterId([0xaa; 16]);
+const ID_B: ClusterId = ClusterId([0xbb; 16]);
+
+/// Options of node `id` of cluster `name` with cluster id `cluster_id`.
+fn with_id(id: u64, cluster_id: Option<ClusterId>) -> TcpOptions {
+    let mut options = options(id, local());
+    options.cluster_id = cluster_id;
+    options
+}
+
+#[tokio::test]
+async fn clusters_of_one_name_but_different_ids_never_connect() {
+    init_logs();
+    let n2 = start(with_id(2, Some(ID_B)), 16).await;
+    let mut n1_options = with_id(1, Some(ID_A));
+    n1_options.peers.insert(NodeId(2), n2.addr());
+    let n1 = start(n1_options, 16).await;
+    n2.transport.add_peer(NodeId(1), n1.addr());
+    eventually_async("n2 refuses n1 more than once", async || n2.transport.refused_connections() > 1).await;
+    assert!(!n1.health(NodeId(2)).connected);
+    assert!(!n2.health(NodeId(1)).connected);
+    assert_eq!((n1.transport.cluster_id(), n2.transport.cluster_id()), (Some(ID_A), Some(ID_B)));
+}
+
+#[tokio::test]
+async fn a_refusal_reveals_neither_the_cluster_name_nor_its_id() {
+    init_logs();
+    let secret = "secret-cluster-name";
+    let mut n2_options = TcpOptions::new(NodeId(2), secret, local());
+    n2_options.cluster_id = Some(ID_A);
+    n2_options.peers.insert(NodeId(1), "127.0.0.1:9".into());
+    let n2 = start(n2_options, 16).await;
+    let hellos = [
+        hello_frame_with_id(secret, 1, 2, Some(ID_B)),
+        hello_frame_with_id("guess", 1, 2, None),
+        hello_frame_with_id(secret, 1, 3, None),
+        hello_frame_with_id(secret, 5, 2, Some(ID_A)),
+    ];
+    for (number, hello) in hellos.iter().enumerate() {
+        let answer = send_raw(&n2.addr(), hello).await;
+        assert_eq!(answer, refused_frame());
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.contains(secret) && !text.contains(&ID_A.to_string()), "{text}");
+        assert!(!answer.windows(16).any(|window| window == ID_A.0), "{answer:?}");
+        eventually_async("the refusal is counted", async || n2.transport.refused_connections() > number as u64).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_without_an_id_adopts_the_first_and_refuses_any_other() {
+    init_logs();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut n2_options = with_id(2, None);
+    let record = Arc::clone(&recorded);
+    n2_options.record_cluster_id = Some(ClusterIdRecorder::new(move |id| {
+        record.lock().unwrap().push(id);
+        Ok(())
+    }));
+    n2_options.peers.insert(NodeId(1), "127.0.0.1:9".into());
+    let mut n2 = start(n2_options, 16).await;
+    let addr = n2.addr();
+    // A dialer without an id is accepted, and teaches n2 nothing.
+    drop(handshake_raw(&addr, hello_frame(CLUSTER, 1, 2)).await);
+    assert_eq!(n2.transport.cluster_id(), None);
+    // The first id presented is recorded, then taken.
+    let mut stream = handshake_raw(&addr, hello_frame_with_id(CLUSTER, 1, 2, Some(ID_A))).await;
+    assert_eq!(n2.transport.cluster_id(), Some(ID_A));
+    assert_eq!(*recorded.lock().unwrap(), [ID_A]);
+
+    // A snapshot chunk stamped with another cluster's id, or with none (a peer of ours has
+    // ours by the time it sends over this connection), is dropped and counted; one of ours
+    // is delivered.
+    let chunk = |cluster_id| PeerMessage::SnapshotChunk {
+        meta: SnapshotMeta::default(),
+        offset: 3,
+        data: Bytes::from_static(b"data"),
+        done: false,
+        cluster_id,
+    };
+    let message_frame = |message: &PeerMessage| framed(&[&[2][..], &postcard::to_allocvec(message).unwrap()].concat());
+    stream.write_all(&message_frame(&chunk(Some(ID_B)))).await.unwrap();
+    stream.write_all(&message_frame(&chunk(Some(ID_A)))).await.unwrap();
+    assert_eq!(n2.receive().await, (NodeId(1), chunk(Some(ID_A))));
+    assert_eq!(n2.transport.refused_snapshot_chunks(), 1);
+    stream.write_all(&message_frame(&chunk(None))).await.unwrap();
+    stream.write_all(&message_frame(&chunk(Some(ID_A)))).await.unwrap();
+    assert_eq!(n2.receive().await, (NodeId(1), chunk(Some(ID_A))));
+    assert_eq!(n2.transport.refused_snapshot_chunks(), 2);
+    drop(stream);
+
+    // From now on another id is refused, and none is still fine.
+    let refused = n2.transport.refused_connections();
+    assert_eq!(send_raw(&addr, &hello_frame_with_id(CLUSTER, 1, 2, Some(ID_B))).await, refused_frame());
+    assert_eq!(n2.transport.refused_connections(), refused + 1);
+    drop(handshake_raw(&addr, hello_frame(CLUSTER, 1, 2)).await);
+    assert_eq!(*recorded.lock().unwrap(), [ID_A], "recorded once");
+}
+
+#[tokio::test]
+async fn a_dialer_without_an_id_adopts_the_acceptors_and_stamps_its_snapshots() {
+    init_logs();
+    let mut n2 = start(with_id(2, Some(ID_A)), 16).await;
+    let n1 = start(with_id(1, None), 16).await;
+    introduce(&[&n1, &n2]);
+    wait_connected(&n1, &n2).await;
+    assert_eq!(n1.transport.cluster_id(), Some(ID_A));
+    let chunk = |cluster_id| PeerMessage::SnapshotChunk {
+        meta: SnapshotMeta::default(),
+        offset: 0,
+        data: Bytes::from_static(b"x"),
+        done: true,
+        cluster_id,
+    };
+    n1.transport.send(n2.id(), chunk(None));
+    assert_eq!(n2.receive().await, (n1.id(), chunk(Some(ID_A))), "stamped with the sender's id");
+    assert_eq!(n2.transport.refused_snapshot_chunks(), 0);
 }

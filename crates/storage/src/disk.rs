@@ -11,7 +11,7 @@ use crate::cache::TailCache;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, DirLock};
 use crate::hardstate;
-use crate::identity::{self, Identity};
+use crate::identity::{self, ClusterIdFile, Identity};
 use crate::scan::TornTail;
 use crate::segment::{ReadLimit, TermRuns, parse_segment_name, segment_name};
 use crate::snapshot::{self, SnapshotDir, SnapshotReader, SnapshotWriter};
@@ -30,6 +30,10 @@ pub struct DiskOptions {
     /// The membership of a new cluster, recorded when the directory is created (as the
     /// snapshot at index 0); empty for a node that waits to be added. Ignored afterwards.
     pub initial_membership: Membership,
+    /// The cluster's random id (32 lowercase hex digits), recorded in the `node-id` file
+    /// when the directory is created; `None` (the default) records none, and one can be
+    /// recorded later ([`DiskStorage::cluster_id_file`]). Ignored for an existing directory.
+    pub cluster_id: Option<String>,
     /// A segment takes writes until it holds about this many bytes (default 64 MiB; at
     /// least 64 KiB, at most 1 GiB). A batch never spans two segments.
     pub segment_bytes: u64,
@@ -49,6 +53,7 @@ impl DiskOptions {
             node_id,
             cluster: cluster.into(),
             initial_membership,
+            cluster_id: None,
             segment_bytes: 64 << 20,
             preallocate: true,
             tail_cache_bytes: 4 << 20,
@@ -61,6 +66,11 @@ impl DiskOptions {
                 "cluster name {:?} must be non-empty, without spaces",
                 self.cluster
             )));
+        }
+        if let Some(cluster_id) = &self.cluster_id
+            && !identity::is_cluster_id(cluster_id)
+        {
+            return Err(Error::InvalidInput(format!("cluster id {cluster_id:?} is not 32 lowercase hex digits")));
         }
         if !(64 << 10..=1 << 30).contains(&self.segment_bytes) {
             return Err(Error::InvalidInput(format!(
@@ -107,6 +117,8 @@ pub struct DiskStorage {
     /// Why the store refuses writes, after a failed write or sync.
     poisoned: Option<String>,
     recovery: Recovery,
+    /// The cluster id the `node-id` file recorded when the directory was opened.
+    cluster_id: Option<String>,
     _lock: DirLock,
 }
 
@@ -119,16 +131,20 @@ impl DiskStorage {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).context("create data directory", &dir)?;
         let lock = DirLock::acquire(&dir)?;
-        let expected = Identity { node_id: options.node_id, cluster: options.cluster.clone() };
-        let created = match identity::read(&dir)? {
+        let expected = Identity {
+            node_id: options.node_id,
+            cluster: options.cluster.clone(),
+            cluster_id: options.cluster_id.clone(),
+        };
+        let (created, cluster_id) = match identity::read(&dir)? {
             Some(found) => {
                 identity::check(&dir, &found, &expected)?;
-                false
+                (false, found.cluster_id)
             }
             None => {
                 initialize(&dir, &options)?;
                 identity::write(&dir, &expected)?;
-                true
+                (true, expected.cluster_id)
             }
         };
         let snapshot = newest_snapshot(&dir)?;
@@ -154,6 +170,7 @@ impl DiskStorage {
             cache: TailCache::new(options.tail_cache_bytes),
             poisoned: None,
             recovery: Recovery { created, torn_tail: scan.torn, wal_replaced_by_snapshot: false },
+            cluster_id,
             _lock: lock,
         };
         store.reconcile_with_snapshot()?;
@@ -170,6 +187,18 @@ impl DiskStorage {
     /// What opening found and repaired.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// The cluster id the directory recorded when it was opened (see
+    /// [`DiskOptions::cluster_id`]), if any.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// A handle that records the cluster id later, from another thread, in a directory
+    /// that has none yet.
+    pub fn cluster_id_file(&self) -> ClusterIdFile {
+        ClusterIdFile::new(self.dir.clone())
     }
 
     /// How many fdatasyncs of the WAL `sync` has issued.

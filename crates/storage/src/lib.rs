@@ -104,6 +104,7 @@ mod wal;
 
 pub use disk::{DiskOptions, DiskStorage, Recovery};
 pub use error::{Error, Result};
+pub use identity::{ClusterIdFile, is_cluster_id};
 pub use scan::TornTail;
 pub use skiff_raft::MemStorage;
 pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};

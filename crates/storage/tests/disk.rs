@@ -164,3 +164,42 @@ fn compaction_leaves_a_snapshot_being_written_alone() {
         .expect("read");
     assert_eq!(data.len(), 20_000);
 }
+
+#[test]
+fn the_cluster_id_is_recorded_at_creation_or_later_and_never_changes() {
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER: &str = "fedcba9876543210fedcba9876543210";
+    // Recorded when the directory is created; kept on reopen, whatever the options say.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut with_id = options();
+    with_id.cluster_id = Some(ID.into());
+    let store = DiskStorage::open(dir.path(), with_id).expect("create");
+    assert_eq!(store.cluster_id(), Some(ID));
+    drop(store);
+    let text = fs::read_to_string(dir.path().join("node-id")).expect("node-id");
+    assert!(text.contains(&format!("\ncluster-id {ID}\n")), "{text}");
+    let store = DiskStorage::open(dir.path(), options()).expect("reopen");
+    assert_eq!(store.cluster_id(), Some(ID));
+    assert!(store.cluster_id_file().record(OTHER).is_err(), "a cluster id never changes");
+    store.cluster_id_file().record(ID).expect("the same id again is fine");
+    drop(store);
+
+    // A directory without one (as every directory made before cluster ids) opens, and
+    // records one later.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = DiskStorage::open(dir.path(), options()).expect("create");
+    assert_eq!(store.cluster_id(), None);
+    let file = store.cluster_id_file();
+    assert_eq!(file.read().expect("read"), None);
+    assert!(file.record("not hex").is_err());
+    file.record(OTHER).expect("record");
+    assert_eq!(file.read().expect("read"), Some(OTHER.into()));
+    drop(store);
+    assert_eq!(DiskStorage::open(dir.path(), options()).expect("reopen").cluster_id(), Some(OTHER));
+
+    // A mangled id is damage, not silently ignored.
+    let text = fs::read_to_string(dir.path().join("node-id")).expect("node-id");
+    fs::write(dir.path().join("node-id"), text.replace(OTHER, "xyz")).expect("write");
+    let message = DiskStorage::open(dir.path(), options()).expect_err("a bad cluster-id").to_string();
+    assert!(message.contains("cluster-id"), "{message}");
+}

@@ -29,6 +29,8 @@ pub struct ClusterFile {
     raft: Vec<String>,
     /// `[auth]`: the tokens file, and a management token's secret the test clients send.
     pub auth: Option<TestAuth>,
+    /// `[tls] dir`: where the cluster's certificates are, if it has TLS.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The `[auth]` of a test cluster file.
@@ -50,6 +52,7 @@ pub struct ClusterFileBuilder {
     redis: bool,
     raft: Vec<String>,
     auth: Option<TestAuth>,
+    tls_dir: Option<PathBuf>,
 }
 
 impl ClusterFile {
@@ -63,6 +66,7 @@ impl ClusterFile {
             redis: false,
             raft: Vec::new(),
             auth: None,
+            tls_dir: None,
         }
     }
 
@@ -77,6 +81,10 @@ impl ClusterFile {
             for line in &self.raft {
                 let _ = writeln!(text, "{line}");
             }
+        }
+        if let Some(dir) = &self.tls_dir {
+            // A TOML literal string: no escapes in a path.
+            let _ = write!(text, "\n[tls]\ndir = '{}'\n", dir.display());
         }
         for node in &self.nodes {
             let _ = write!(text, "\n[[node]]\nid = \"{}\"\nraft = \"{}\"\n", node.id, node.raft);
@@ -155,8 +163,22 @@ impl ClusterFileBuilder {
         self
     }
 
-    /// Picks the ports.
+    /// Gives the cluster TLS: `skiff certs` (CA, a certificate per node naming its id and
+    /// loopback, a client certificate) into `dir`, and `[tls] dir` pointing there. `dir`
+    /// should be absolute (the file may be parsed without a directory to resolve against).
+    pub fn tls(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tls_dir = Some(dir.into());
+        self
+    }
+
+    /// Picks the ports (and writes the certificates, with [`tls`](Self::tls)).
     pub fn build(self) -> ClusterFile {
+        if let Some(dir) = &self.tls_dir {
+            let ids: Vec<NodeId> = (1..=self.members + self.joiners).map(NodeId).collect();
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            skiff::tls::generate(dir, &ids, &hosts, false)
+                .unwrap_or_else(|error| panic!("certificates in {}: {error}", dir.display()));
+        }
         let nodes = (1..=self.members + self.joiners)
             .map(|i| NodeAddresses {
                 id: NodeId(i),
@@ -166,6 +188,6 @@ impl ClusterFileBuilder {
                 join: i > self.members,
             })
             .collect();
-        ClusterFile { name: self.name, nodes, raft: self.raft, auth: self.auth }
+        ClusterFile { name: self.name, nodes, raft: self.raft, auth: self.auth, tls_dir: self.tls_dir }
     }
 }

@@ -186,12 +186,24 @@ impl<S: StateMachine + Default> TcpCluster<S> {
     /// Three nodes with 5 ms ticks (heartbeats every 25 ms, election timeouts of 150-300
     /// ms) and a snapshot every `snapshot_after_entries` entries, all started.
     pub async fn start(name: &str, snapshot_after_entries: u64) -> TcpCluster<S> {
-        let file = ClusterFile::builder(name, 3)
-            .raft("tick_ms", 5)
-            .raft("snapshot_after_entries", snapshot_after_entries)
-            .build();
-        let config = file.config();
+        TcpCluster::start_with(name, snapshot_after_entries, false).await
+    }
+
+    /// As [`TcpCluster::start`], with mutual TLS between the nodes: certificates from
+    /// `skiff certs` in [`TcpCluster::certs_dir`].
+    pub async fn start_tls(name: &str, snapshot_after_entries: u64) -> TcpCluster<S> {
+        TcpCluster::start_with(name, snapshot_after_entries, true).await
+    }
+
+    async fn start_with(name: &str, snapshot_after_entries: u64, tls: bool) -> TcpCluster<S> {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut builder =
+            ClusterFile::builder(name, 3).raft("tick_ms", 5).raft("snapshot_after_entries", snapshot_after_entries);
+        if tls {
+            builder = builder.tls(dir.path().join("certs"));
+        }
+        let file = builder.build();
+        let config = file.config();
         let mut cluster = TcpCluster { file, config, dir, nodes: BTreeMap::new() };
         for id in cluster.config.node_ids().collect::<Vec<_>>() {
             cluster.start_node(id).await;
@@ -215,6 +227,11 @@ impl<S: StateMachine> TcpCluster<S> {
     /// Where node `id` keeps its data.
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
         self.dir.path().join(id.to_string())
+    }
+
+    /// Where the certificates of a [`TcpCluster::start_tls`] cluster are.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
     }
 
     pub fn node(&self, id: NodeId) -> &Arc<Node<S>> {

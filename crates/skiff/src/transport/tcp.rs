@@ -4,24 +4,58 @@
 //! accepts; both directions then share that connection. There is never a simultaneous
 //! connect to break a tie on: only one side ever dials. When the dialer redials (it only does
 //! so after giving up on the old connection), the acceptor replaces whatever connection it
-//! still holds with the newer one. Only the addresses of higher-id peers are ever dialed.
+//! still holds with the newer one, once the newer one passed the handshake below. Only the
+//! addresses of higher-id peers are ever dialed.
 //!
 //! **Frames.** Each frame is a 4-byte big-endian length and a postcard-encoded frame body
-//! ([`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec)). A body is a `Hello`,
+//! ([`LengthDelimitedCodec`](tokio_util::codec::LengthDelimitedCodec)), over the socket or
+//! inside TLS. A body is a `Hello`,
 //! a `Refused`, a [`PeerMessage`], or a ping/pong. Frames above
 //! [`TcpOptions::max_frame_bytes`] are refused by the reader (the connection closes) and
 //! never written by the writer (the message is dropped, counted and logged): large payloads
 //! such as snapshots must be chunked below the limit.
 //!
-//! **Handshake.** The first frame each way is a `Hello { protocol_version, cluster, from, to }`.
-//! The acceptor refuses a dialer of another cluster or protocol version, an id that is not
-//! one of its peers, a higher id than its own, or a `Hello` addressed to another node; the
-//! dialer refuses an answer from a node other than the one it meant to reach. A refused
-//! connection is closed, logged with `tracing::warn!` naming the peer address and the
-//! reason, and counted ([`TcpTransport::refused_connections`]). Until the handshake
-//! succeeds, frames are limited to 4 KiB, so a stranger cannot make a node allocate much.
-//! Garbage, a malformed or oversized frame, or an unexpected frame closes that one
-//! connection and nothing else.
+//! **TLS.** With [`TcpOptions::tls`] (the cluster file's `[tls]`), every peer connection is
+//! mutual TLS, and the TLS handshake comes first; the `Hello`s and all frames travel inside
+//! it. Both sides present their node certificate and require one signed by the cluster CA.
+//! The dialer asks for [`node_server_name`](crate::tls::node_server_name) of the peer it
+//! dials (`n2`), so rustls refuses an acceptor whose certificate does not name that node;
+//! the acceptor, once it has read the dialer's `Hello`, refuses a dialer whose certificate
+//! does not name the id the `Hello` claims ([`certificate_names_node`](crate::tls::certificate_names_node)),
+//! so a node's certificate lets it speak only as itself and a client certificate not as any
+//! node. Without TLS a peer is whoever says so: fine on loopback or a private network only.
+//!
+//! **Handshake.** The first frame each way is a
+//! `Hello { protocol_version, cluster, from, to, cluster_id }`. The acceptor refuses a dialer
+//! of another cluster (name, or id when both have one) or protocol version, an id that is
+//! not one of its peers, a higher id than its own, a `Hello` addressed to another node, or
+//! (over TLS) a certificate that does not name the claimed id; the dialer refuses an answer
+//! from a node other than the one it meant to reach, or of another cluster. A refused
+//! dialer is sent `Refused { reason: "refused" }` and nothing else — not our cluster name,
+//! cluster id or node id; the reason is logged locally with `tracing::warn!` naming the
+//! peer address, and counted ([`TcpTransport::refused_connections`]). Until the handshake
+//! succeeds, frames are limited to 4 KiB, so a stranger cannot make a node allocate much;
+//! the TLS handshake and the `Hello`s together must finish within
+//! [`TcpOptions::handshake_timeout`], and at most 64 accepted connections may be
+//! handshaking at once. Garbage, a malformed or oversized frame, or an unexpected frame
+//! closes that one connection and nothing else. Only a connection that passed all of this
+//! reaches a peer's task, so only it can replace that peer's live connection (with TLS:
+//! only the holder of that node's key).
+//!
+//! **Cluster id.** Two clusters may share a name; a random 128-bit cluster id tells them
+//! apart. The initial voter with the lowest id makes it when it first initialises its data
+//! directory, which keeps it in its `node-id` file ([`TcpOptions::cluster_id`]). Every other
+//! node starts without one and adopts the id of the first peer that presents one in a
+//! handshake that otherwise passed (authenticated, with TLS): it records the id durably
+//! ([`TcpOptions::record_cluster_id`], an atomic rewrite of `node-id`) before it uses that
+//! connection, and from then on refuses a peer presenting any other id. A node with an id
+//! accepts peers without one (they adopt ours); a node without one accepts peers with or
+//! without one. Adoption is serialised, so two ids can never both be taken. Snapshot chunks
+//! carry the sender's id too (stamped by the writer): a node with an id drops, counts
+//! ([`TcpTransport::refused_snapshot_chunks`]) and logs a chunk that carries another id or
+//! none. Directories made before cluster ids existed keep working without one; a voter
+//! whose data directory is lost must rejoin under a new id (as Raft requires anyway), since
+//! a fresh lowest voter would make a new cluster id.
 //!
 //! **Reconnect.** A dialer that fails, or whose connection ends, waits 20 ms and retries,
 //! doubling the wait up to 1 s; a successful handshake resets it. A connection that carries
@@ -42,25 +76,28 @@ mod handshake;
 mod peer;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use skiff_raft::NodeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::frame::Connection;
 use self::handshake::{HandshakeError, Identity};
 use self::peer::Peer;
 use super::{Inbox, PeerHealth, Transport};
-use crate::wire::PeerMessage;
+use crate::tls::TlsMaterial;
+use crate::wire::{ClusterId, PeerMessage};
 
 /// Handshakes in progress at once; further connections are closed at once (a limit on what
 /// strangers can make a node hold).
@@ -68,13 +105,42 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 /// The frame limit must leave room for a real message.
 const MIN_FRAME_BYTES: usize = 1024;
 
+/// Records a cluster id this node adopted from a peer, durably, before the transport uses
+/// the connection that presented it (see the module documentation).
+#[derive(Clone)]
+pub struct ClusterIdRecorder(Arc<dyn Fn(ClusterId) -> io::Result<()> + Send + Sync>);
+
+impl ClusterIdRecorder {
+    /// A recorder that calls `record` (on a blocking thread) with the adopted id; an error
+    /// refuses the connection that presented it, and a later one may try again.
+    pub fn new(record: impl Fn(ClusterId) -> io::Result<()> + Send + Sync + 'static) -> ClusterIdRecorder {
+        ClusterIdRecorder(Arc::new(record))
+    }
+}
+
+impl fmt::Debug for ClusterIdRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterIdRecorder")
+    }
+}
+
 /// How to run a [`TcpTransport`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TcpOptions {
     /// This node's id, stated in every handshake.
     pub id: NodeId,
     /// The cluster's name; a node of another cluster is refused.
     pub cluster: String,
+    /// The cluster's id, if this node has one: a peer presenting another is refused. A
+    /// node without one adopts the first one a peer presents (and records it with
+    /// `record_cluster_id`).
+    pub cluster_id: Option<ClusterId>,
+    /// Where an adopted cluster id is recorded (the data directory); without one, an adopted
+    /// id lasts as long as the transport.
+    pub record_cluster_id: Option<ClusterIdRecorder>,
+    /// Mutual TLS for every peer connection, with the node's certificate and the cluster
+    /// CA; `None` for plain TCP, where a peer is whoever says so.
+    pub tls: Option<TlsMaterial>,
     /// The address to listen on for peers (port 0 picks a free port; see
     /// [`TcpTransport::local_addr`]).
     pub listen: SocketAddr,
@@ -100,6 +166,9 @@ impl TcpOptions {
         TcpOptions {
             id,
             cluster: cluster.into(),
+            cluster_id: None,
+            record_cluster_id: None,
+            tls: None,
             listen,
             peers: BTreeMap::new(),
             max_frame_bytes: 16 * 1024 * 1024,
@@ -142,14 +211,47 @@ struct Limits {
     handshake_timeout: Duration,
 }
 
+/// The rustls configurations of peer connections.
+#[derive(Clone)]
+struct PeerTls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+}
+
+impl fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerTls")
+    }
+}
+
+impl PeerTls {
+    fn new(material: &TlsMaterial) -> io::Result<PeerTls> {
+        let invalid = |error: crate::tls::TlsError| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("peer TLS configuration: {error}"))
+        };
+        Ok(PeerTls {
+            acceptor: TlsAcceptor::from(material.peer_acceptor().map_err(invalid)?),
+            connector: TlsConnector::from(material.peer_connector().map_err(invalid)?),
+        })
+    }
+}
+
 /// What the transport's tasks share.
 #[derive(Debug)]
 struct Shared {
-    identity: Identity,
+    id: NodeId,
+    cluster: String,
+    /// Set once: at start, or when adopted from a peer.
+    cluster_id: OnceLock<ClusterId>,
+    /// Held while an adopted id is recorded, so two peers cannot both be adopted.
+    adopting: tokio::sync::Mutex<()>,
+    record_cluster_id: Option<ClusterIdRecorder>,
+    tls: Option<PeerTls>,
     limits: Limits,
     inbox: Inbox,
     peers: Mutex<BTreeMap<NodeId, Arc<Peer>>>,
     refused_connections: AtomicU64,
+    refused_snapshot_chunks: AtomicU64,
     pending_handshakes: Arc<Semaphore>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -177,6 +279,53 @@ impl Shared {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
         warn!(address = %remote, reason = %error, "refused a peer connection");
     }
+
+    /// Who we are now, for a handshake.
+    fn identity(&self) -> Identity {
+        Identity { id: self.id, cluster: self.cluster.clone(), cluster_id: self.cluster_id.get().copied() }
+    }
+
+    /// Our cluster id, if we have one yet.
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.cluster_id.get().copied()
+    }
+
+    /// Takes `theirs` as our cluster id if we have none (recording it first), or checks
+    /// that it is ours.
+    async fn adopt_cluster_id(&self, theirs: ClusterId) -> Result<(), HandshakeError> {
+        let same = |ours: ClusterId| {
+            if ours == theirs { Ok(()) } else { Err(HandshakeError::OtherClusterId { theirs, ours }) }
+        };
+        if let Some(ours) = self.cluster_id() {
+            return same(ours);
+        }
+        let _adopting = self.adopting.lock().await;
+        if let Some(ours) = self.cluster_id() {
+            return same(ours);
+        }
+        if let Some(ClusterIdRecorder(record)) = &self.record_cluster_id {
+            let record = Arc::clone(record);
+            let recorded = tokio::task::spawn_blocking(move || record(theirs)).await;
+            let reason = match recorded {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(reason) = reason {
+                return Err(HandshakeError::Record { cluster_id: theirs, reason });
+            }
+        }
+        // Only this task sets it, under `adopting`.
+        let _ = self.cluster_id.set(theirs);
+        info!(cluster_id = %theirs, "adopted the cluster id a peer presented");
+        Ok(())
+    }
+
+    /// Whether a snapshot chunk stamped with `theirs` belongs to our cluster: always while
+    /// we have no id; otherwise only with our id.
+    fn accepts_snapshot_of(&self, theirs: Option<ClusterId>) -> bool {
+        self.cluster_id().is_none_or(|ours| theirs == Some(ours))
+    }
 }
 
 /// A [`Transport`] over TCP. Its tasks run until [`shutdown`](Self::shutdown) or until the
@@ -200,8 +349,18 @@ impl TcpTransport {
             )
         })?;
         let local_addr = listener.local_addr()?;
+        let tls = options.tls.as_ref().map(PeerTls::new).transpose()?;
+        let cluster_id = OnceLock::new();
+        if let Some(id) = options.cluster_id {
+            let _ = cluster_id.set(id);
+        }
         let shared = Arc::new(Shared {
-            identity: Identity { id: options.id, cluster: options.cluster },
+            id: options.id,
+            cluster: options.cluster,
+            cluster_id,
+            adopting: tokio::sync::Mutex::new(()),
+            record_cluster_id: options.record_cluster_id,
+            tls,
             limits: Limits {
                 max_frame_bytes: options.max_frame_bytes,
                 queue_capacity: options.queue_capacity,
@@ -212,6 +371,7 @@ impl TcpTransport {
             inbox,
             peers: Mutex::new(BTreeMap::new()),
             refused_connections: AtomicU64::new(0),
+            refused_snapshot_chunks: AtomicU64::new(0),
             pending_handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -234,14 +394,14 @@ impl TcpTransport {
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.shared.identity.id
+        self.shared.id
     }
 
     /// Adds peer `id` at advertised `address` (a membership change), or updates the address
     /// of a known peer (used from its next dial on). Adding this node's own id does nothing.
     pub fn add_peer(&self, id: NodeId, address: impl Into<String>) {
         let address = address.into();
-        if id == self.shared.identity.id {
+        if id == self.shared.id {
             return;
         }
         let mut peers = self.shared.peers();
@@ -274,6 +434,21 @@ impl TcpTransport {
     /// id, garbage, a timeout) and connections beyond the handshake limit.
     pub fn refused_connections(&self) -> u64 {
         self.shared.refused_connections.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot chunks dropped because they carried another cluster's id.
+    pub fn refused_snapshot_chunks(&self) -> u64 {
+        self.shared.refused_snapshot_chunks.load(Ordering::Relaxed)
+    }
+
+    /// The cluster id this node has: the one it started with, or the one it adopted.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.shared.cluster_id()
+    }
+
+    /// Whether peer connections use mutual TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// Stops every task and waits until they have stopped, so the listening port is free
@@ -337,7 +512,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let Ok(permit) = Arc::clone(&shared.pending_handshakes).try_acquire_owned() else {
-            shared.refuse(remote, &HandshakeError::Refused("too many handshakes in progress".into()));
+            shared.refuse(remote, &HandshakeError::Busy("too many handshakes in progress"));
             continue;
         };
         let handshaking = Arc::clone(&shared);
@@ -354,11 +529,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Handshakes an accepted connection and hands it to its peer's task.
+/// Handshakes an accepted connection (TLS first, if on) and hands it to its peer's task.
 async fn accept_one(shared: &Shared, stream: TcpStream, remote: SocketAddr) {
     let handshake = async {
-        let mut connection = Connection::new(stream).map_err(frame::FrameError::from)?;
-        let id = handshake::accept(&mut connection, &shared.identity, |id| shared.peer(id).is_some()).await?;
+        frame::prepare(&stream).map_err(frame::FrameError::from)?;
+        let mut connection = match &shared.tls {
+            None => Connection::plain(stream, remote),
+            Some(tls) => {
+                let stream = tls.acceptor.accept(stream).await.map_err(HandshakeError::Tls)?;
+                Connection::tls(TlsStream::Server(stream), remote)
+            }
+        };
+        let id = handshake::accept(&mut connection, shared).await?;
         connection.open(shared.limits.max_frame_bytes);
         Ok::<_, HandshakeError>((id, connection))
     };

@@ -15,23 +15,25 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::sync::atomic::Ordering;
+
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::warn;
 
 use super::Shared;
-use super::frame::{Connection, Frame, FrameError, decode, encode, read_error};
+use super::frame::{Connection, Frame, FrameError, ReadHalf, WriteHalf, decode, encode, read_error};
 use super::peer::Peer;
+use crate::wire::PeerMessage;
 
 /// The most messages the writer takes from the queue before it flushes.
 const MAX_BATCH_MESSAGES: usize = 256;
 /// Pongs waiting for the writer; a peer that pings faster than that loses some answers.
 const PENDING_PONGS: usize = 8;
 
-type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
-type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+type Reader = FramedRead<ReadHalf, LengthDelimitedCodec>;
+type Writer = FramedWrite<WriteHalf, LengthDelimitedCodec>;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,13 @@ async fn read_loop(
         };
         peer.touch();
         match decode(&body)? {
+            Frame::Message(PeerMessage::SnapshotChunk { meta, cluster_id, .. })
+                if !shared.accepts_snapshot_of(cluster_id) =>
+            {
+                shared.refused_snapshot_chunks.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer.id, snapshot = %meta.last_log_id, theirs = ?cluster_id, ours = ?shared.cluster_id(),
+                    "dropped a snapshot chunk of another cluster");
+            }
             Frame::Message(message) => {
                 shared.inbox.send((peer.id, message)).await.map_err(|_| ConnectionError::InboxClosed)?;
             }
@@ -141,7 +150,11 @@ async fn write_batch(shared: &Shared, peer: &Peer, writer: &mut Writer) -> Resul
         peer.wakeup.notify_one();
     }
     let mut unsent = batch.len();
-    for message in batch {
+    for mut message in batch {
+        if let PeerMessage::SnapshotChunk { cluster_id, .. } = &mut message {
+            // Our id, so the follower can refuse a snapshot of another cluster.
+            *cluster_id = shared.cluster_id();
+        }
         let body = match encode(&Frame::Message(message)) {
             Ok(body) if body.len() <= shared.limits.max_frame_bytes => body,
             Ok(body) => {

@@ -2,24 +2,32 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of one postcard-encoded
 //! [`Frame`]. The variant order of [`Frame`] and the field order of [`Hello`] are the wire
-//! format: append new variants at the end, and never change `Hello`, whose first field is
-//! the protocol version so that any future layout can still be told apart.
+//! format: append new variants at the end. `Hello`'s first field is the protocol version, so
+//! that any layout can still be told apart: a change of `Hello` (version 2 appended
+//! `cluster_id`) bumps [`PROTOCOL_VERSION`], and [`hello_version`] reads the version of a
+//! `Hello` this node cannot otherwise decode.
+//!
+//! A connection runs over plain TCP or over TLS: the framing is the same, inside TLS.
 
 use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use skiff_raft::NodeId;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::either::Either;
 
-use crate::wire::PeerMessage;
+use crate::wire::{ClusterId, PeerMessage};
 
-/// The version of this frame format. Both ends must speak the same one.
-pub(super) const PROTOCOL_VERSION: u32 = 1;
+/// The version of this frame format. Both ends must speak the same one. Version 2: `Hello`
+/// carries the cluster id; snapshot chunks carry it too.
+pub(super) const PROTOCOL_VERSION: u32 = 2;
 
 /// The frame limit until the handshake succeeds: a stranger must not make us allocate
 /// `max_frame_bytes` before we know who it is. A `Hello` is a few dozen bytes.
@@ -68,6 +76,8 @@ pub(super) struct Hello {
     /// The id the sender believes it reached: a stale address book that points at the wrong
     /// node is caught here.
     pub to: NodeId,
+    /// The sender's cluster id, if it has one yet (see the `tcp` module).
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// A frame that could not be read.
@@ -81,6 +91,8 @@ pub(super) enum FrameError {
     Malformed(#[from] postcard::Error),
     #[error("malformed frame: {0} bytes after its end")]
     TrailingBytes(usize),
+    #[error("a Hello of protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
+    Version(u32),
 }
 
 /// Encodes `frame` into the body of one length-delimited frame.
@@ -98,6 +110,16 @@ pub(super) fn decode(body: &[u8]) -> Result<Frame, FrameError> {
     Ok(frame)
 }
 
+/// The protocol version of a frame that looks like a `Hello` of some version (its variant
+/// tag, then the version), for a clear error when the rest does not decode.
+pub(super) fn hello_version(body: &[u8]) -> Option<u32> {
+    let (tag, rest) = postcard::take_from_bytes::<u32>(body).ok()?;
+    if tag != 0 {
+        return None;
+    }
+    postcard::take_from_bytes::<u32>(rest).ok().map(|(version, _)| version)
+}
+
 /// Says which read errors are the codec refusing an oversized frame, and with what limit.
 pub(super) fn read_error<T>(error: io::Error, reader: &FramedRead<T, LengthDelimitedCodec>) -> FrameError {
     if error.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) {
@@ -107,29 +129,71 @@ pub(super) fn read_error<T>(error: io::Error, reader: &FramedRead<T, LengthDelim
     }
 }
 
-/// A TCP connection to a peer, split into a framed reader and a framed writer so that a
-/// reader task and a writer task can each own one.
+/// A peer connection's stream, read side: a plain socket's own half (no lock between the
+/// halves), or half of a TLS stream (which both halves share).
+pub(super) type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<TlsStream<TcpStream>>>;
+/// The write side of a peer connection's stream.
+pub(super) type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
+
+/// A connection to a peer, plain TCP or TLS, split into a framed reader and a framed
+/// writer so that a reader task and a writer task can each own one.
 #[derive(Debug)]
 pub(super) struct Connection {
-    pub reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    pub writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    pub reader: FramedRead<ReadHalf, LengthDelimitedCodec>,
+    pub writer: FramedWrite<WriteHalf, LengthDelimitedCodec>,
     /// The other end's address, for logs.
     pub remote: SocketAddr,
+    /// Whether the connection runs over TLS.
+    pub tls: bool,
+    /// Over TLS, the certificate the other end presented (checked against the cluster CA
+    /// by the TLS handshake).
+    pub peer_certificate: Option<CertificateDer<'static>>,
+}
+
+/// Turns off Nagle's algorithm on a peer socket (Raft's messages are small and
+/// latency-bound, and the writer coalesces) and returns its remote address.
+pub(super) fn prepare(stream: &TcpStream) -> io::Result<SocketAddr> {
+    stream.set_nodelay(true)?;
+    stream.peer_addr()
+}
+
+fn handshake_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(HANDSHAKE_FRAME_BYTES).new_codec()
 }
 
 impl Connection {
-    /// Frames `stream` with the handshake's small frame limit, and turns off Nagle's
-    /// algorithm: Raft's messages are small and latency-bound, and the writer coalesces.
-    pub(super) fn new(stream: TcpStream) -> io::Result<Connection> {
-        stream.set_nodelay(true)?;
-        let remote = stream.peer_addr()?;
-        let codec = LengthDelimitedCodec::builder().max_frame_length(HANDSHAKE_FRAME_BYTES).new_codec();
+    /// Frames a plain TCP `stream` (already [`prepare`]d) with the handshake's small frame
+    /// limit.
+    pub(super) fn plain(stream: TcpStream, remote: SocketAddr) -> Connection {
+        let codec = handshake_codec();
         let (read_half, write_half) = stream.into_split();
-        Ok(Connection {
-            reader: FramedRead::new(read_half, codec.clone()),
-            writer: FramedWrite::new(write_half, codec),
+        Connection {
+            reader: FramedRead::new(Either::Left(read_half), codec.clone()),
+            writer: FramedWrite::new(Either::Left(write_half), codec),
             remote,
-        })
+            tls: false,
+            peer_certificate: None,
+        }
+    }
+
+    /// Frames a TLS stream whose TLS handshake is done, with the handshake's small frame
+    /// limit.
+    pub(super) fn tls(stream: TlsStream<TcpStream>, remote: SocketAddr) -> Connection {
+        let peer_certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.clone().into_owned());
+        let codec = handshake_codec();
+        let (read_half, write_half) = tokio::io::split(stream);
+        Connection {
+            reader: FramedRead::new(Either::Right(read_half), codec.clone()),
+            writer: FramedWrite::new(Either::Right(write_half), codec),
+            remote,
+            tls: true,
+            peer_certificate,
+        }
     }
 
     /// Raises the frame limit to `max_frame_bytes` once the peer is known.
@@ -150,7 +214,13 @@ impl Connection {
     pub(super) async fn receive(&mut self) -> Result<Option<Frame>, FrameError> {
         match self.reader.next().await {
             None => Ok(None),
-            Some(body) => Ok(Some(decode(&body.map_err(|error| read_error(error, &self.reader))?)?)),
+            Some(body) => {
+                let body = body.map_err(|error| read_error(error, &self.reader))?;
+                decode(&body).map(Some).map_err(|error| match hello_version(&body) {
+                    Some(version) if version != PROTOCOL_VERSION => FrameError::Version(version),
+                    _ => error,
+                })
+            }
         }
     }
 }
@@ -168,6 +238,7 @@ mod tests {
                 cluster: "c".into(),
                 from: NodeId(1),
                 to: NodeId(2),
+                cluster_id: Some(ClusterId([7; 16])),
             }),
             Frame::Refused { reason: "no".into() },
             Frame::Message(PeerMessage::SnapshotAck { snapshot_index: Index(7), offset: 9, ok: true }),
@@ -180,11 +251,23 @@ mod tests {
         }
     }
 
-    /// The `Hello` layout is the one thing every future version must still read.
+    /// The start of the `Hello` layout is the one thing every future version must still read.
     #[test]
     fn hello_layout_is_fixed() {
-        let hello = Frame::Hello(Hello { protocol_version: 1, cluster: "ab".into(), from: NodeId(3), to: NodeId(4) });
-        assert_eq!(&encode(&hello).unwrap()[..], &[0, 1, 2, b'a', b'b', 3, 4]);
+        let hello = Frame::Hello(Hello {
+            protocol_version: 2,
+            cluster: "ab".into(),
+            from: NodeId(3),
+            to: NodeId(4),
+            cluster_id: None,
+        });
+        let body = encode(&hello).unwrap();
+        assert_eq!(&body[..], &[0, 2, 2, b'a', b'b', 3, 4, 0]);
+        assert_eq!(hello_version(&body), Some(2));
+        // A version 1 Hello, which has no cluster id: its version is still read.
+        assert_eq!(hello_version(&[0, 1, 2, b'a', b'b', 3, 4]), Some(1));
+        assert!(decode(&[0, 1, 2, b'a', b'b', 3, 4]).is_err());
+        assert_eq!(hello_version(&encode(&Frame::Ping { sent_micros: 1 }).unwrap()), None);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! handshakes and serves the connection, and redials with exponential backoff when it ends.
 //! Toward a peer with a lower id it waits for the listener to hand over a connection that
 //! peer dialed; a newer one replaces the current one (the peer only redials once it gave
-//! the old connection up, so the newest is the live one).
+//! the old connection up, so the newest is the live one). The listener hands over only
+//! connections that passed the whole handshake (with TLS, a certificate naming this peer),
+//! so only those can replace a live one.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,13 +15,15 @@ use std::time::{Duration, Instant};
 use skiff_raft::NodeId;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::connection;
-use super::frame::{Connection, FrameError};
+use super::frame::{self, Connection, FrameError};
 use super::handshake::{self, HandshakeError};
+use crate::tls::node_server_name;
 use crate::transport::PeerHealth;
 use crate::wire::PeerMessage;
 
@@ -186,7 +190,7 @@ impl Backoff {
 /// The peer's task: keeps one connection up and serves it, until cancelled (the caller
 /// races this future against `peer.cancel`).
 pub(super) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, mut incoming: mpsc::Receiver<Connection>) {
-    let dials = shared.identity.id < peer.id;
+    let dials = shared.id < peer.id;
     let mut backoff = Backoff::new();
     let mut failed_dials = 0_u32;
     let mut replacement: Option<Connection> = None;
@@ -234,13 +238,22 @@ pub(super) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, mut incoming: mpsc
     }
 }
 
-/// Connects to the peer's advertised address and handshakes, within the handshake timeout.
+/// Connects to the peer's advertised address and handshakes (TLS first, if on, requiring
+/// the peer's certificate to name it), within the handshake timeout.
 async fn dial(shared: &Shared, peer: &Peer) -> Result<Connection, HandshakeError> {
     let address = peer.address();
     let attempt = async {
         let stream = TcpStream::connect(address.as_str()).await.map_err(FrameError::from)?;
-        let mut connection = Connection::new(stream).map_err(FrameError::from)?;
-        handshake::dial(&mut connection, &shared.identity, peer.id).await?;
+        let remote = frame::prepare(&stream).map_err(FrameError::from)?;
+        let mut connection = match &shared.tls {
+            None => Connection::plain(stream, remote),
+            Some(tls) => {
+                let stream =
+                    tls.connector.connect(node_server_name(peer.id), stream).await.map_err(HandshakeError::Tls)?;
+                Connection::tls(TlsStream::Client(stream), remote)
+            }
+        };
+        handshake::dial(&mut connection, shared, peer.id).await?;
         connection.open(shared.limits.max_frame_bytes);
         Ok(connection)
     };
