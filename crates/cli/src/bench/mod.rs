@@ -26,6 +26,7 @@ mod http;
 mod options;
 mod report;
 mod resp;
+mod stream;
 mod worker;
 
 use std::process::ExitCode;
