@@ -383,9 +383,9 @@ run_skiff() {
 }
 
 # 3d. TLS: Skiff's writes over HTTP at 64 clients, on a cluster without TLS and on one with
-# TLS between the peers and to the clients (and a token on every request: `[tls]` and
-# `[auth]`, as `skiff demo --secure` runs), alternating off and on for TLS_ROUNDS rounds so
-# that both see the same machine. A fresh cluster each time.
+# `[tls]` (TLS between the peers and to the clients; no `[auth]`, so that the row measures
+# TLS alone: 127.0.0.1 needs no tokens), alternating off and on for TLS_ROUNDS rounds so that
+# both see the same machine. A fresh cluster each time.
 run_tls_cluster() {
     local mode=$1 round=$2 dir=$WORK/tls-$mode-$round i
     local config=$dir/cluster.toml
@@ -393,11 +393,8 @@ run_tls_cluster() {
     skiff_cluster_config "$config" skiff-compare-tls "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
     if [[ $mode == on ]]; then
         "$SKIFF" certs --dir "$dir/certs" --nodes n1,n2,n3 >/dev/null
-        local secret
-        secret=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-        (umask 077 && printf '[[token]]\nname = "bench"\nsecret = "%s"\nmanagement = true\n' "$secret" >"$dir/tokens.toml")
-        printf '\n[tls]\ndir = "%s"\n\n[auth]\ntokens = "%s"\n' "$dir/certs" "$dir/tokens.toml" >>"$config"
-        export SKIFF_CACERT=$dir/certs/ca.pem SKIFF_TOKEN=$secret
+        printf '\n[tls]\ndir = "%s"\n' "$dir/certs" >>"$config"
+        export SKIFF_CACERT=$dir/certs/ca.pem
     fi
     for i in 1 2 3; do
         "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$dir/n$i" --log warn >"$dir/n$i.log" 2>&1 &
@@ -409,7 +406,7 @@ run_tls_cluster() {
     log "skiff, TLS $mode (round $round): 3 nodes up, leader $leader"
     bench "tls-$mode-$round" skiff-http "$(leader_first "127.0.0.1:${SKIFF_HTTP_PORTS[${leader#n} - 1]}" "$SKIFF_HTTP_ENDPOINTS")" put 64
     stop_all
-    unset SKIFF_CACERT SKIFF_TOKEN
+    unset SKIFF_CACERT
 }
 
 run_tls() {
@@ -548,7 +545,7 @@ tls_off, tls_on = mean_row(tls["off"]), mean_row(tls["on"])
 if tls_off or tls_on:
     rounds = " / ".join(f"{num(r['throughput'])}" for r in tls["off"]) or "—"
     rounds_on = " / ".join(f"{num(r['throughput'])}" for r in tls["on"]) or "—"
-    lines.append(f"| put (write), TLS off → on (peers and clients, with a token), {len(tls['off'])}+{len(tls['on'])} rounds | 64 | Skiff, TLS off | "
+    lines.append(f"| put (write), TLS off → on (peers and clients), {len(tls['off'])}+{len(tls['on'])} rounds | 64 | Skiff, TLS off | "
                  f"{cell(tls_off)} | {cell(tls_on)} | — | {ratio(tls_on, tls_off)} | — |")
 table = "\n".join(lines)
 
@@ -657,8 +654,8 @@ Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --app
 - `redis-benchmark -t set,get -n {env['RB_REQUESTS']} -c 64 -d {env['VALUE_SIZE']} -r {env['KEYS']}`, with and without `-P 16`,
   against the Redis server and against the Skiff leader's Redis port.
 - TLS: `skiff bench put --target skiff-http --clients 64 --connections 64` (as above) against a fresh
-  3-node Skiff cluster without TLS, then one with `[tls]` (peers and clients) and `[auth]` (a token
-  on every request), alternating, {env['TLS_ROUNDS']} rounds of each; the row averages the rounds.
+  3-node Skiff cluster without TLS, then one with `[tls]` (TLS between the peers and to the
+  clients; no tokens), alternating, {env['TLS_ROUNDS']} rounds of each; the row averages the rounds.
 
 ## Results
 

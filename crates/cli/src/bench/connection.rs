@@ -108,6 +108,12 @@ pub fn io_error_kind(error: &std::io::Error) -> String {
 
 /// The message of an error that says nothing answers at `endpoint`.
 pub fn unreachable(target: Target, endpoint: &str, cause: &str) -> anyhow::Error {
+    if cause.starts_with("TLS") {
+        return anyhow::anyhow!(
+            "no TLS connection to {endpoint} ({cause}): is --cacert the cluster's CA, and does it need a client \
+             certificate (--cert, --key)?"
+        );
+    }
     anyhow::anyhow!("nothing answers at {endpoint} ({cause}): {}", target.start_hint())
 }
 

@@ -137,13 +137,25 @@ impl HttpConnection {
         };
         self.path.clear();
         self.path.push_str(path);
-        let status = match self.exchange(method, Bytes::from_static(body)).await {
-            Ok((status, _)) => status,
+        let (status, answer) = match self.exchange(method, Bytes::from_static(body)).await {
+            Ok(answered) => answered,
             Err(failure) => return Err(unreachable(target, &self.base, &failure.kind())),
         };
-        if status != StatusCode::OK {
+        if status == StatusCode::FORBIDDEN {
             bail!(
-                "{} answered HTTP {} to {route}: is it {}? (--target {})",
+                "{} answered HTTP 403 to {route}: the cluster has tokens ([auth]); give one that may write the keys \
+                 with --token (or SKIFF_TOKEN)",
+                self.base
+            );
+        }
+        if status != StatusCode::OK {
+            // The node's own words first, if any (a TLS port says it serves HTTPS; a node
+            // with tokens says Permission denied).
+            let said = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
+            let said = said.trim();
+            let said = if said.is_empty() { String::new() } else { format!(" ({said})") };
+            bail!(
+                "{} answered HTTP {}{said} to {route}: is it {}? (--target {})",
                 self.base,
                 status.as_u16(),
                 match self.api {
