@@ -255,15 +255,18 @@ impl HttpConnection {
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
+        tokio::pin!(answer);
         tokio::select! {
             // The answer first: a server that answers and then closes the connection has
             // answered.
             biased;
-            answer = answer => answer.map_err(Failure::Hyper),
-            ended = driver => Err(match ended {
-                Ok(()) => Failure::Closed,
-                Err(error) => Failure::Hyper(error),
-            }),
+            answer = &mut answer => answer.map_err(Failure::Hyper),
+            ended = driver => match ended {
+                // The connection ended cleanly: an answer read to the end of the stream
+                // (no length, `Connection: close`) is complete now; otherwise there was none.
+                Ok(()) => answer.await.map_err(|_| Failure::Closed),
+                Err(error) => Err(Failure::Hyper(error)),
+            },
         }
     }
 }

@@ -108,6 +108,15 @@ pub fn run(options: BenchOptions) -> Result<ExitCode> {
     } else {
         print!("{}", report.text());
     }
+    let refused =
+        |kind: &String| kind == "HTTP 403" || ["NOAUTH", "NOPERM", "WRONGPASS"].iter().any(|k| kind.starts_with(k));
+    if report.errors_by_kind.keys().any(refused) {
+        note(if settings.token.is_some() {
+            "the cluster refused the token for some requests: it must be allowed to read and write the key- keys"
+        } else {
+            "the cluster has tokens ([auth]): give one that may read and write the key- keys with --token"
+        });
+    }
     if report.requests > 0 && report.requests == report.errors {
         note("no request was answered: every one failed (see the errors above)");
         return Ok(ExitCode::FAILURE);

@@ -343,6 +343,26 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_makes_the_endpoints_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        skiff::tls::generate(dir.path(), &[skiff::NodeId(1)], &["127.0.0.1".to_string()], false).unwrap();
+        let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let security = Security { ca_pem: Some(ca_pem), identity_pem: None, token: Some("secret".into()) };
+        let settings = BenchOptions { security: security.clone(), ..options() }.settings().unwrap();
+        assert_eq!(settings.endpoints[0].name, "https://127.0.0.1:8001");
+        assert!(settings.endpoints.iter().all(|endpoint| endpoint.tls_name.is_some()));
+        assert!(settings.tls.is_some());
+        assert_eq!(settings.token.as_deref(), Some("secret"));
+        let plain =
+            BenchOptions { endpoints: Some("http://127.0.0.1:1".into()), security: security.clone(), ..options() };
+        assert!(plain.settings().unwrap().endpoints[0].tls_name.is_none(), "http:// stays plain");
+        let redis = BenchOptions { target: Target::SkiffRedis, security, ..options() };
+        assert!(redis.settings().unwrap().endpoints.iter().all(|endpoint| endpoint.tls_name.is_some()));
+        let bad = Security { ca_pem: Some(b"not a certificate".to_vec()), ..Security::default() };
+        assert!(BenchOptions { security: bad, ..options() }.settings().unwrap_err().contains("--cacert"));
+    }
+
+    #[test]
     fn refusals() {
         let refused = |options: BenchOptions| options.settings().unwrap_err();
         assert!(
