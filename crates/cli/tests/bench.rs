@@ -169,7 +169,7 @@ fn a_secure_cluster_loaded_over_https_and_redis_tls() {
         .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
         .expect("start skiff demo --secure");
-    let _guard = KillOnDrop::new(&child);
+    let guard = KillOnDrop::new(&child);
     // The banner ends with a line that starts with "running"; keep reading so the demo
     // never blocks on a full pipe.
     let lines = BufReader::new(child.stdout.take().expect("stdout"));
@@ -232,6 +232,9 @@ fn a_secure_cluster_loaded_over_https_and_redis_tls() {
     let plain = skiff().args(["bench", "put", "--endpoints", &http, "--total", "20"]).output().unwrap();
     assert_eq!(plain.status.code(), Some(1), "{plain:?}");
     assert!(stderr(&plain).contains("serves HTTPS"), "{}", stderr(&plain));
+    child.kill().expect("stop the demo");
+    child.wait().expect("reap the demo");
+    guard.disarm();
 }
 
 fn run(args: &[&str]) -> Output {
