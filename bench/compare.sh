@@ -3,10 +3,12 @@
 #
 #   bench/compare.sh                      # the full run: 10 s per measurement, about 7 minutes
 #   DURATION=1s WARMUP=0s bench/compare.sh   # a quick smoke test
+#   SYSTEMS=tls MEMORY=0 bench/compare.sh     # only the TLS row: Skiff's writes, TLS off vs on
 #
 # Settings (environment): DURATION (10s), WARMUP (2s), CLIENTS ("1 16 64 256"), KEYS (10000),
 # VALUE_SIZE (256), RB_REQUESTS (100000, per redis-benchmark test), SYSTEMS ("etcd skiff
-# redis": which to run, for a partial table), MEMORY (1: also run bench/memory.sh; 0: not),
+# redis tls": which to run, for a partial table; tls is Skiff's writes at 64 clients with TLS
+# off and on), TLS_ROUNDS (2: rounds of off then on), MEMORY (1: also run bench/memory.sh; 0: not),
 # MEMORY_KEYS (1000000), BENCH_TMPDIR (where the
 # temporary directory goes; default the workspace's target/), RESULTS (bench/RESULTS.md),
 # SKIP_INSTALL=1 (do not call apt-get), SKIP_BUILD=1 (use target/release/skiff as it is).
@@ -19,7 +21,8 @@ KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 RB_REQUESTS=${RB_REQUESTS:-100000}
 SEED=${SEED:-1}
-SYSTEMS=${SYSTEMS:-"etcd skiff redis"}
+SYSTEMS=${SYSTEMS:-"etcd skiff redis tls"}
+TLS_ROUNDS=${TLS_ROUNDS:-2}
 MEMORY=${MEMORY:-1}
 MEMORY_KEYS=${MEMORY_KEYS:-1000000}
 
@@ -379,6 +382,42 @@ run_skiff() {
     log "skiff: stopped"
 }
 
+# 3d. TLS: Skiff's writes over HTTP at 64 clients, on a cluster without TLS and on one with
+# `[tls]` (TLS between the peers and to the clients; no `[auth]`, so that the row measures
+# TLS alone: 127.0.0.1 needs no tokens), alternating off and on for TLS_ROUNDS rounds so that
+# both see the same machine. A fresh cluster each time.
+run_tls_cluster() {
+    local mode=$1 round=$2 dir=$WORK/tls-$mode-$round i
+    local config=$dir/cluster.toml
+    mkdir -p "$dir"
+    skiff_cluster_config "$config" skiff-compare-tls "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
+    if [[ $mode == on ]]; then
+        "$SKIFF" certs --dir "$dir/certs" --nodes n1,n2,n3 >/dev/null
+        printf '\n[tls]\ndir = "%s"\n' "$dir/certs" >>"$config"
+        export SKIFF_CACERT=$dir/certs/ca.pem
+    fi
+    for i in 1 2 3; do
+        "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$dir/n$i" --log warn >"$dir/n$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    wait_until "skiff (TLS $mode)" 60 skiff_leader
+    local leader
+    leader=$(skiff_leader)
+    log "skiff, TLS $mode (round $round): 3 nodes up, leader $leader"
+    bench "tls-$mode-$round" skiff-http "$(leader_first "127.0.0.1:${SKIFF_HTTP_PORTS[${leader#n} - 1]}" "$SKIFF_HTTP_ENDPOINTS")" put 64
+    stop_all
+    unset SKIFF_CACERT
+}
+
+run_tls() {
+    local round
+    for ((round = 1; round <= TLS_ROUNDS; round++)); do
+        run_tls_cluster off "$round"
+        run_tls_cluster on "$round"
+    done
+    log "tls: done"
+}
+
 # 3c. Redis: one server, every write appended and fsync'd before the reply.
 run_redis() {
     mkdir -p "$WORK/redis"
@@ -399,7 +438,8 @@ for system in $SYSTEMS; do
         etcd) run_etcd ;;
         skiff) run_skiff ;;
         redis) run_redis ;;
-        *) die "unknown system in SYSTEMS: $system (etcd, skiff, redis)" ;;
+        tls) run_tls ;;
+        *) die "unknown system in SYSTEMS: $system (etcd, skiff, redis, tls)" ;;
     esac
 done
 
@@ -429,7 +469,7 @@ MEM=$(free -h | awk '/^Mem:/ {print $2}')
 DISK=$(df -h --output=source,fstype,size,avail,target "$WORK" | tail -n 1 |
     awk '{printf "%s (%s, mounted on %s), %s, %s free", $1, $2, $5, $3, $4}')
 
-export FSYNC_JSON RTT_JSON RTT_LINE FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS
+export FSYNC_JSON RTT_JSON RTT_LINE FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS TLS_ROUNDS
 NPROC_OUT=$(nproc)
 ETCD_VERSION=$(etcd --version | head -n 1)
 REDIS_VERSION=$(redis-server --version)
@@ -490,6 +530,23 @@ for workload, label in [("rb-set", "redis-benchmark SET"), ("rb-get", "redis-ben
         base = find("redis", workload, 64, p)
         sk = find("skiff", workload, 64, p)
         lines.append(f"| {label}{' -P 16' if p > 1 else ''} | 64 | Redis | {cell(base)} | — | {cell(sk)} | — | {ratio(sk, base)} |")
+# TLS off vs on: Skiff's writes over HTTP at 64 clients, each mode's rounds averaged.
+tls = {mode: [r for r in rows if r["system"].startswith(f"tls-{mode}-") and not r.get("failed")] for mode in ("off", "on")}
+
+def mean_row(runs):
+    if not runs:
+        return None
+    n = len(runs)
+    return {"throughput": sum(r["throughput"] for r in runs) / n, "p50_us": sum(r["p50_us"] for r in runs) / n,
+            "p99_us": sum(r["p99_us"] for r in runs) / n, "errors": sum(r["errors"] for r in runs),
+            "misses": 0}
+
+tls_off, tls_on = mean_row(tls["off"]), mean_row(tls["on"])
+if tls_off or tls_on:
+    rounds = " / ".join(f"{num(r['throughput'])}" for r in tls["off"]) or "—"
+    rounds_on = " / ".join(f"{num(r['throughput'])}" for r in tls["on"]) or "—"
+    lines.append(f"| put (write), TLS off → on (peers and clients), {len(tls['off'])}+{len(tls['on'])} rounds | 64 | Skiff, TLS off | "
+                 f"{cell(tls_off)} | {cell(tls_on)} | — | {ratio(tls_on, tls_off)} | — |")
 table = "\n".join(lines)
 
 # The issue's targets, judged from this run.
@@ -527,6 +584,10 @@ for p, label in ((1, "redis-benchmark SET -c 64"), (16, "redis-benchmark SET -c 
     if usable(base, sk):
         t = sk["throughput"] / base["throughput"]
         checks.append(f"| {label}: Skiff (3 nodes) ≥ 60 % of Redis (1 node, appendfsync always) | {t * 100:.0f} % | {ok(t >= 0.6)} |")
+if tls_off and tls_on:
+    cost = 1 - tls_on["throughput"] / tls_off["throughput"]
+    checks.append(f"| TLS on peers and clients costs ≤ 15 % of write throughput at 64 clients (HTTP) | "
+                  f"{cost * 100:.0f} % (off {rounds} req/s, on {rounds_on} req/s, by round) | {ok(cost <= 0.15)} |")
 if env.get("MEMORY_JSON"):
     m = json.loads(env["MEMORY_JSON"])
     rss = max(n["rss_kb"] for n in m["nodes"]) / 1024
@@ -592,6 +653,9 @@ Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --app
   (etcd, Skiff HTTP) and over the Redis protocol alike.
 - `redis-benchmark -t set,get -n {env['RB_REQUESTS']} -c 64 -d {env['VALUE_SIZE']} -r {env['KEYS']}`, with and without `-P 16`,
   against the Redis server and against the Skiff leader's Redis port.
+- TLS: `skiff bench put --target skiff-http --clients 64 --connections 64` (as above) against a fresh
+  3-node Skiff cluster without TLS, then one with `[tls]` (TLS between the peers and to the
+  clients; no tokens), alternating, {env['TLS_ROUNDS']} rounds of each; the row averages the rounds.
 
 ## Results
 

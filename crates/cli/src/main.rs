@@ -283,6 +283,11 @@ struct CheckArgs {
     /// restarted nodes catch up from snapshots).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     snapshot_after: u64,
+    /// Start the cluster with TLS (certificates made in its directory) and tokens (a
+    /// management token), and check it over HTTPS. Against your own cluster (--endpoints),
+    /// give --cacert and --token instead.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(Args)]
@@ -411,14 +416,16 @@ impl CheckArgs {
             endpoints,
             request_timeout: self.request_timeout,
             snapshot_after_entries: self.snapshot_after,
+            security,
+            secure: self.secure,
         })
     }
 }
 
 impl BenchArgs {
     /// `skiff bench`'s options; `--endpoints` only when given, else the demo's or etcd's.
-    fn into_options(self, client: &ClientArgs) -> bench::BenchOptions {
-        bench::BenchOptions {
+    fn into_options(self, client: &ClientArgs) -> Result<bench::BenchOptions> {
+        Ok(bench::BenchOptions {
             workload: self.workload,
             target: self.target,
             endpoints: bench::endpoints_given().then(|| client.endpoints.clone()),
@@ -435,7 +442,8 @@ impl BenchArgs {
             seed: self.seed,
             json: client.json,
             request_timeout: self.request_timeout,
-        }
+            security: client.security.load()?,
+        })
     }
 }
 
@@ -524,7 +532,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
         Command::Shell => shell::run(&client()?)?,
         Command::Check(args) => return check::run(args.into_options(&cli.client)?),
-        Command::Bench(args) => return bench::run(args.into_options(&cli.client)),
+        Command::Bench(args) => return bench::run(args.into_options(&cli.client)?),
         Command::Certs(args) => certs(args)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -1,12 +1,15 @@
 //! `skiff bench` end to end: a 3-node cluster (`skiff demo --config`, with HTTP and Redis
 //! listeners) loaded over both protocols, the JSON report checked, and the data it wrote
-//! read back; then the usage errors and an endpoint where nothing answers.
+//! read back; the same over TLS with a token (`skiff demo --secure`); then the usage errors
+//! and an endpoint where nothing answers.
 
 mod common;
 
-use std::process::Output;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{Cluster, SKIFF, skiff, stderr, stdout};
+use common::{Cluster, KillOnDrop, SKIFF, skiff, stderr, stdout};
 use serde_json::Value;
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
@@ -145,6 +148,93 @@ fn a_cluster_loaded_over_redis() {
     for operation in ["get", "put"] {
         assert!(mixed["operations"][operation]["requests"].as_u64().unwrap() > 0, "{mixed:#}");
     }
+}
+
+/// A secure cluster (`skiff demo --secure`: HTTPS, Redis over TLS, tokens) loaded over both
+/// protocols with the CA and the admin token it made; without the token nothing is answered.
+#[test]
+fn a_secure_cluster_loaded_over_https_and_redis_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = ClusterFile::builder("bench-tls", 3).http().redis().build();
+    let config = file.write(dir.path());
+    let data = dir.path().join("data");
+    let errors = dir.path().join("stderr");
+    let mut child = skiff()
+        .args(["demo", "--secure", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("start skiff demo --secure");
+    let guard = KillOnDrop::new(&child);
+    // The banner ends with a line that starts with "running"; keep reading so the demo
+    // never blocks on a full pipe.
+    let lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let (sender, running) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if line.starts_with("running") {
+                let _ = sender.send(());
+            }
+        }
+    });
+    let log = || std::fs::read_to_string(&errors).unwrap_or_default();
+    running.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("the demo did not start:\n{}", log()));
+    let ca = data.join("certs").join("ca.pem");
+    let tokens: toml::Table = std::fs::read_to_string(data.join("tokens.toml")).unwrap().parse().unwrap();
+    let token = tokens["token"][0]["secret"].as_str().expect("the admin token's secret").to_string();
+
+    let secure_bench = |args: &[&str], token: Option<&str>| {
+        let mut command = skiff();
+        command.arg("bench").args(args).args(["--json", "--warmup", "200ms", "--cacert"]).arg(&ca);
+        if let Some(token) = token {
+            command.env("SKIFF_TOKEN", token);
+        }
+        command.output().expect("bench")
+    };
+    let http = file.http_addresses().join(",");
+    // Until the nodes agree on a leader, writes fail: wait for a clean run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let args = ["put", "--endpoints", &http, "--total", "300", "--clients", "8", "--connections", "4"];
+    let report: Value = loop {
+        let output = secure_bench(&args, Some(&token));
+        assert!(output.status.success(), "skiff bench {args:?} failed: {}\n{}", stderr(&output), log());
+        let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+        if report["errors"] == 0 || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_clean(&report);
+    assert_eq!(report["requests"], 300, "{report:#}");
+    assert!(report["endpoints"][0].as_str().unwrap().starts_with("https://"), "{report:#}");
+
+    let redis = file.redis_addresses().join(",");
+    let args = ["mixed", "--target", "skiff-redis", "--endpoints", &redis, "--keys", "200", "--total", "2000"];
+    let output = secure_bench(&args, Some(&token));
+    assert!(output.status.success(), "skiff bench {args:?} failed: {}\n{}", stderr(&output), log());
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_clean(&report);
+    assert_eq!(report["misses"], 0, "{report:#}");
+
+    // Without the token the run stops at the start (403 over HTTP, NOAUTH over Redis) and
+    // says to give one.
+    let anonymous = secure_bench(&["put", "--endpoints", &http, "--total", "20"], None);
+    assert_eq!(anonymous.status.code(), Some(1), "{anonymous:?}");
+    assert!(stderr(&anonymous).contains("HTTP 403") && stderr(&anonymous).contains("--token"), "{anonymous:?}");
+    let anonymous = secure_bench(&["get", "--target", "skiff-redis", "--endpoints", &redis, "--total", "20"], None);
+    assert_eq!(anonymous.status.code(), Some(1), "{anonymous:?}");
+    assert!(stderr(&anonymous).contains("--token"), "{}", stderr(&anonymous));
+    // Plain HTTP to a TLS port is not mistaken for a working node.
+    let plain = skiff().args(["bench", "put", "--endpoints", &http, "--total", "20"]).output().unwrap();
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    assert!(stderr(&plain).contains("serves HTTPS"), "{}", stderr(&plain));
+    child.kill().expect("stop the demo");
+    child.wait().expect("reap the demo");
+    guard.disarm();
 }
 
 fn run(args: &[&str]) -> Output {

@@ -80,6 +80,20 @@ fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
     assert_eq!(report["history"], dir.path().join("history.json").display().to_string());
 }
 
+/// `--secure`: the cluster has TLS and tokens, and every client, status and fault call goes
+/// over HTTPS with the management token check made.
+#[test]
+fn a_secure_cluster_killed_paused_and_partitioned_stays_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_port(3);
+    let args = ["--secure", "--time", "12s", "--faults", "kill,pause,partition", "--base-port", &base];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["kill", "pause", "partition"]);
+    let endpoints = report["settings"]["endpoints"].as_array().unwrap();
+    assert!(endpoints.iter().all(|url| url.as_str().unwrap().starts_with("https://127.0.0.1:")), "{report:#}");
+    assert_eq!(report["unexpected_exits"], serde_json::json!([]));
+}
+
 #[test]
 fn five_nodes_lose_their_leader_and_restart_together() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +147,10 @@ fn usage_errors_exit_2_with_a_clear_message() {
         assert_eq!(refused.status.code(), Some(2), "{refused:?}");
         assert!(stderr(&refused).contains("--nodes"), "{}", stderr(&refused));
     }
+
+    let secure = run(&["--secure", "--endpoints", "127.0.0.1:1"]);
+    assert_eq!(secure.status.code(), Some(2), "{secure:?}");
+    assert!(stderr(&secure).contains("--cacert and --token"), "{}", stderr(&secure));
 
     let unknown = run(&["--faults", "flood"]);
     assert_eq!(unknown.status.code(), Some(2));

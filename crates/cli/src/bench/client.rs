@@ -284,6 +284,7 @@ mod tests {
             seed: Some(1),
             json: false,
             request_timeout: Duration::from_secs(1),
+            security: crate::client::Security::default(),
         };
         options.settings().unwrap()
     }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::http::HttpConnection;
 use super::options::{Consistency, Settings, Target};
 use super::resp::RespConnection;
+use super::stream::Tls;
 
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,17 +60,41 @@ pub async fn open(settings: &Settings, index: usize) -> Result<Connection> {
     // Stale reads only matter when there are reads (and READONLY is Skiff's, not Redis's).
     let stale = settings.consistency == Consistency::Stale && settings.read_ratio > 0.0;
     let endpoint = &settings.endpoints[index % settings.endpoints.len()];
+    let tls = match (&settings.tls, &endpoint.tls_name) {
+        (Some(config), Some(name)) => Some(Tls::new(config, name)),
+        _ => None,
+    };
+    let security = Access { tls, token: settings.token.as_deref() };
     Ok(match settings.target {
-        Target::SkiffHttp | Target::Etcd => {
-            Connection::Http(HttpConnection::open(settings.target, endpoint, stale, settings.request_timeout).await?)
+        Target::SkiffHttp | Target::Etcd => Connection::Http(
+            HttpConnection::open(settings.target, endpoint, stale, settings.request_timeout, security).await?,
+        ),
+        Target::SkiffRedis => {
+            Connection::Resp(RespConnection::open(endpoint, stale, settings.request_timeout, security).await?)
         }
-        Target::SkiffRedis => Connection::Resp(RespConnection::open(endpoint, stale, settings.request_timeout).await?),
     })
+}
+
+/// How a connection reaches a secure cluster: TLS, and a token.
+#[derive(Default)]
+pub struct Access<'a> {
+    pub tls: Option<Tls>,
+    pub token: Option<&'a str>,
+}
+
+/// The kind of a TLS failure (a certificate of another CA, a name it does not carry, no
+/// client certificate), if `error` is one.
+fn tls_error_kind(error: &std::io::Error) -> Option<String> {
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(format!("TLS: {tls}"))
 }
 
 /// The kind of an I/O error, for counting.
 pub fn io_error_kind(error: &std::io::Error) -> String {
     use std::io::ErrorKind;
+    if let Some(kind) = tls_error_kind(error) {
+        return kind;
+    }
     match error.kind() {
         ErrorKind::ConnectionRefused => "connection refused".to_string(),
         ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
@@ -83,6 +108,12 @@ pub fn io_error_kind(error: &std::io::Error) -> String {
 
 /// The message of an error that says nothing answers at `endpoint`.
 pub fn unreachable(target: Target, endpoint: &str, cause: &str) -> anyhow::Error {
+    if cause.starts_with("TLS") {
+        return anyhow::anyhow!(
+            "no TLS connection to {endpoint} ({cause}): is --cacert the cluster's CA, and does it need a client \
+             certificate (--cert, --key)?"
+        );
+    }
     anyhow::anyhow!("nothing answers at {endpoint} ({cause}): {}", target.start_hint())
 }
 

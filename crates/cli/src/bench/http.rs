@@ -17,13 +17,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::connection::{Operation, Outcome, Request, io_error_kind, unreachable};
+use super::connection::{Access, Operation, Outcome, Request, io_error_kind, unreachable};
 use super::options::{Endpoint, Target};
+use super::stream::{self, Stream, Tls};
+
+/// The header a token's secret goes in.
+const TOKEN: HeaderName = HeaderName::from_static("x-consul-token");
 
 /// The longest a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,18 +42,22 @@ enum Api {
 /// reads and writes the socket (polled by whoever waits for an answer).
 struct Open {
     sender: http1::SendRequest<Full<Bytes>>,
-    driver: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    driver: http1::Connection<TokioIo<Stream>, Full<Bytes>>,
 }
 
 /// A keep-alive HTTP connection to one endpoint, and its buffers, reused from request to
 /// request.
 pub struct HttpConnection {
     api: Api,
-    /// `http://host:port`, for messages.
+    /// `http://host:port` (or `https://`), for messages.
     base: String,
     address: SocketAddr,
+    /// For an `https://` endpoint.
+    tls: Option<Tls>,
     /// `host:port`, the `Host` header.
     host: HeaderValue,
+    /// The token's secret, sent as `X-Consul-Token` with every request.
+    token: Option<HeaderValue>,
     stale: bool,
     /// How long a request may take, from sending it to the end of its answer.
     timeout: Duration,
@@ -87,13 +94,29 @@ impl Failure {
 
 impl HttpConnection {
     /// Opens a connection to `endpoint` and checks that it is the API of `target`.
-    pub async fn open(target: Target, endpoint: &Endpoint, stale: bool, timeout: Duration) -> Result<HttpConnection> {
-        let host = endpoint.name.trim_start_matches("http://");
+    pub async fn open(
+        target: Target,
+        endpoint: &Endpoint,
+        stale: bool,
+        timeout: Duration,
+        access: Access<'_>,
+    ) -> Result<HttpConnection> {
+        let token = match access.token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(token)
+                    .map_err(|_| anyhow::anyhow!("--token holds characters an HTTP header cannot carry"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let mut connection = HttpConnection {
             api: if target == Target::Etcd { Api::Etcd } else { Api::Skiff },
             base: endpoint.name.clone(),
             address: endpoint.address,
-            host: HeaderValue::from_str(host)?,
+            tls: access.tls,
+            host: HeaderValue::from_str(endpoint.host_port())?,
+            token,
             stale,
             timeout,
             open: None,
@@ -114,13 +137,25 @@ impl HttpConnection {
         };
         self.path.clear();
         self.path.push_str(path);
-        let status = match self.exchange(method, Bytes::from_static(body)).await {
-            Ok((status, _)) => status,
+        let (status, answer) = match self.exchange(method, Bytes::from_static(body)).await {
+            Ok(answered) => answered,
             Err(failure) => return Err(unreachable(target, &self.base, &failure.kind())),
         };
-        if status != StatusCode::OK {
+        if status == StatusCode::FORBIDDEN {
             bail!(
-                "{} answered HTTP {} to {route}: is it {}? (--target {})",
+                "{} answered HTTP 403 to {route}: the cluster has tokens ([auth]); give one that may write the keys \
+                 with --token (or SKIFF_TOKEN)",
+                self.base
+            );
+        }
+        if status != StatusCode::OK {
+            // The node's own words first, if any (a TLS port says it serves HTTPS; a node
+            // with tokens says Permission denied).
+            let said = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
+            let said = said.trim();
+            let said = if said.is_empty() { String::new() } else { format!(" ({said})") };
+            bail!(
+                "{} answered HTTP {}{said} to {route}: is it {}? (--target {})",
                 self.base,
                 status.as_u16(),
                 match self.api {
@@ -189,6 +224,10 @@ impl HttpConnection {
         } else {
             request
         };
+        let request = match &self.token {
+            Some(token) => request.header(TOKEN, token.clone()),
+            None => request,
+        };
         // The path is ours (`/v1/kv/key-<n>...`), always valid; a failure here is a bug.
         let request = request.body(Full::new(body)).expect("a valid request");
         let result = match tokio::time::timeout(self.timeout, self.send(request)).await {
@@ -204,7 +243,7 @@ impl HttpConnection {
     /// Sends `request` and reads its answer, polling the connection meanwhile.
     async fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Failure> {
         if self.open.as_ref().is_none_or(|open| open.sender.is_closed()) {
-            self.open = Some(Box::new(connect(self.address).await?));
+            self.open = Some(Box::new(connect(self.address, self.tls.as_ref()).await?));
         }
         let Some(Open { sender, driver }) = self.open.as_deref_mut() else {
             unreachable!("opened above");
@@ -216,27 +255,28 @@ impl HttpConnection {
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
+        tokio::pin!(answer);
         tokio::select! {
             // The answer first: a server that answers and then closes the connection has
             // answered.
             biased;
-            answer = answer => answer.map_err(Failure::Hyper),
-            ended = driver => Err(match ended {
-                Ok(()) => Failure::Closed,
-                Err(error) => Failure::Hyper(error),
-            }),
+            answer = &mut answer => answer.map_err(Failure::Hyper),
+            ended = driver => match ended {
+                // The connection ended cleanly: an answer read to the end of the stream
+                // (no length, `Connection: close`) is complete now; otherwise there was none.
+                Ok(()) => answer.await.map_err(|_| Failure::Closed),
+                Err(error) => Err(Failure::Hyper(error)),
+            },
         }
     }
 }
 
-/// Opens a TCP connection to `address` (without Nagle's delay: a request is one write, its
-/// answer awaited at once) and starts HTTP/1.1 on it.
-async fn connect(address: SocketAddr) -> Result<Open, Failure> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+/// Opens a connection to `address` (TLS with `tls`) and starts HTTP/1.1 on it.
+async fn connect(address: SocketAddr, tls: Option<&Tls>) -> Result<Open, Failure> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, stream::connect(address, tls)).await {
         Ok(connected) => connected.map_err(Failure::Io)?,
         Err(_elapsed) => return Err(Failure::Timeout),
     };
-    stream.set_nodelay(true).map_err(Failure::Io)?;
     let (sender, driver) = http1::handshake(TokioIo::new(stream)).await.map_err(Failure::Hyper)?;
     Ok(Open { sender, driver })
 }
@@ -306,7 +346,7 @@ mod tests {
     }
 
     /// Reads a request's head (the tests send no bodies).
-    async fn read_head(socket: &mut TcpStream) -> String {
+    async fn read_head(socket: &mut tokio::net::TcpStream) -> String {
         use tokio::io::AsyncReadExt as _;
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -344,9 +384,10 @@ mod tests {
             read_head(&mut socket).await;
             std::future::pending::<()>().await;
         });
-        let endpoint = Endpoint { name: format!("http://{address}"), address };
+        let endpoint = Endpoint { name: format!("http://{address}"), address, tls_name: None };
         let timeout = Duration::from_millis(300);
-        let mut connection = HttpConnection::open(Target::SkiffHttp, &endpoint, false, timeout).await.unwrap();
+        let access = Access { tls: None, token: Some("s3cret-s3cret-s3cret") };
+        let mut connection = HttpConnection::open(Target::SkiffHttp, &endpoint, false, timeout, access).await.unwrap();
         let get = Request { operation: Operation::Get, key: b"key-1", value: b"" };
         assert_eq!(connection.request(&get).await, Outcome::Miss);
         let closed = connection.request(&get).await;
@@ -358,6 +399,7 @@ mod tests {
         let probe = received.recv().await.unwrap().to_ascii_lowercase();
         assert!(probe.starts_with("get /v1/status/leader http/1.1\r\n"), "{probe}");
         assert!(probe.contains(&format!("\r\nhost: {address}\r\n")), "{probe}");
+        assert!(probe.contains("\r\nx-consul-token: s3cret-s3cret-s3cret\r\n"), "{probe}");
         let read = received.recv().await.unwrap();
         assert!(read.starts_with("GET /v1/kv/key-1?raw HTTP/1.1\r\n"), "{read}");
     }
@@ -366,8 +408,10 @@ mod tests {
     async fn nothing_answering_is_named() {
         // Bound, then closed: nothing listens there.
         let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let endpoint = Endpoint { name: format!("http://{address}"), address };
-        let error = HttpConnection::open(Target::Etcd, &endpoint, false, Duration::from_secs(1)).await.err().unwrap();
+        let endpoint = Endpoint { name: format!("http://{address}"), address, tls_name: None };
+        let timeout = Duration::from_secs(1);
+        let error =
+            HttpConnection::open(Target::Etcd, &endpoint, false, timeout, Access::default()).await.err().unwrap();
         let message = error.to_string();
         assert!(message.starts_with(&format!("nothing answers at http://{address} (connection refused)")), "{message}");
     }

@@ -26,6 +26,7 @@ mod http;
 mod options;
 mod report;
 mod resp;
+mod stream;
 mod worker;
 
 use std::process::ExitCode;
@@ -106,6 +107,15 @@ pub fn run(options: BenchOptions) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
+    }
+    let refused =
+        |kind: &String| kind == "HTTP 403" || ["NOAUTH", "NOPERM", "WRONGPASS"].iter().any(|k| kind.starts_with(k));
+    if report.errors_by_kind.keys().any(refused) {
+        note(if settings.token.is_some() {
+            "the cluster refused the token for some requests: it must be allowed to read and write the key- keys"
+        } else {
+            "the cluster has tokens ([auth]): give one that may read and write the key- keys with --token"
+        });
     }
     if report.requests > 0 && report.requests == report.errors {
         note("no request was answered: every one failed (see the errors above)");

@@ -2,9 +2,14 @@
 //! checks of the options that make a usage error.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use serde::Serialize;
+
+use super::stream;
+use crate::client::Security;
 
 /// The most clients a run may have (and so connections, each a socket): a bound on what one
 /// generator opens, far beyond what one machine's servers answer usefully.
@@ -52,12 +57,13 @@ impl Target {
         matches!(self, Target::SkiffHttp | Target::Etcd)
     }
 
-    /// The endpoints when `--endpoints` is not given: the demo's nodes, or a local etcd.
+    /// The endpoints when `--endpoints` is not given: the demo's nodes, or a local etcd
+    /// (over TLS when `--cacert` is given, as `skiff demo --secure` serves them).
     fn default_endpoints(self) -> &'static str {
         match self {
-            Target::SkiffHttp => "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003",
+            Target::SkiffHttp => "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003",
             Target::SkiffRedis => "127.0.0.1:6001,127.0.0.1:6002,127.0.0.1:6003",
-            Target::Etcd => "http://127.0.0.1:2379",
+            Target::Etcd => "127.0.0.1:2379",
         }
     }
 
@@ -113,6 +119,8 @@ pub struct BenchOptions {
     pub seed: Option<u64>,
     pub json: bool,
     pub request_timeout: Duration,
+    /// `--cacert`, `--cert`/`--key` and `--token`, read.
+    pub security: Security,
 }
 
 /// The run's settings, checked.
@@ -135,14 +143,27 @@ pub struct Settings {
     pub seed: u64,
     pub json: bool,
     pub request_timeout: Duration,
+    /// The TLS client configuration, when `--cacert` is given.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--token`: sent as `X-Consul-Token`, or with `AUTH` first on a Redis connection.
+    pub token: Option<String>,
 }
 
 /// One endpoint: what the user wrote (normalized) and where it is.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    /// `http://host:port` for HTTP targets, `host:port` for Redis.
+    /// `http://host:port` or `https://host:port` for HTTP targets, `host:port` for Redis.
     pub name: String,
     pub address: SocketAddr,
+    /// Over TLS: the name the node's certificate must carry.
+    pub tls_name: Option<ServerName<'static>>,
+}
+
+impl Endpoint {
+    /// The host and port, without a scheme (the HTTP `Host` header).
+    pub fn host_port(&self) -> &str {
+        self.name.split_once("://").map_or(self.name.as_str(), |(_, rest)| rest)
+    }
 }
 
 /// The default duration of a run given neither `--duration` nor `--total`.
@@ -184,7 +205,9 @@ impl BenchOptions {
             (None, None) => Stop::After(DEFAULT_DURATION),
             (Some(_), Some(_)) => return Err("give --duration or --total, not both".to_string()),
         };
-        let endpoints = parse_endpoints(self.target, self.endpoints.as_deref())?;
+        let alpn: &[&[u8]] = if self.target.is_http() { &[b"http/1.1"] } else { &[] };
+        let tls = stream::client_config(&self.security, alpn)?;
+        let endpoints = parse_endpoints(self.target, self.endpoints.as_deref(), tls.is_some())?;
         let read_ratio = match self.workload {
             Workload::Put => 0.0,
             Workload::Get => 1.0,
@@ -206,31 +229,51 @@ impl BenchOptions {
             seed: self.seed.unwrap_or_else(rand::random),
             json: self.json,
             request_timeout: self.request_timeout,
+            tls,
+            token: self.security.token.clone(),
         })
     }
 }
 
-/// The endpoints of `--endpoints` (comma-separated), or the target's defaults.
-fn parse_endpoints(target: Target, given: Option<&str>) -> Result<Vec<Endpoint>, String> {
+/// The endpoints of `--endpoints` (comma-separated), or the target's defaults. With a CA
+/// (`ca`), `host:port` is reached over TLS (`https://`); `https://` and `rediss://` need one.
+fn parse_endpoints(target: Target, given: Option<&str>, ca: bool) -> Result<Vec<Endpoint>, String> {
     let text = given.unwrap_or(target.default_endpoints());
     let mut endpoints = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
-        let name = if target.is_http() {
-            skiff_client::normalize_endpoint(entry).map_err(|error| error.to_string())?
+        let (name, tls) = if target.is_http() {
+            let name = skiff_client::normalize_endpoint_as(entry, if ca { "https" } else { "http" })
+                .map_err(|error| error.to_string())?;
+            let tls = name.starts_with("https://");
+            (name, tls)
         } else {
-            let address = entry.strip_prefix("redis://").unwrap_or(entry).trim_end_matches('/');
+            let (address, tls) = match entry.split_once("://") {
+                Some(("redis", address)) => (address, false),
+                Some(("rediss", address)) => (address, true),
+                _ => (entry, ca),
+            };
+            let address = address.trim_end_matches('/');
             if address.contains("://") || address.contains('/') || !address.contains(':') {
-                return Err(format!("endpoint {entry:?} is not host:port or redis://host:port"));
+                return Err(format!("endpoint {entry:?} is not host:port, redis://host:port or rediss://host:port"));
             }
-            address.to_string()
+            (address.to_string(), tls)
         };
-        let host_port = name.strip_prefix("http://").unwrap_or(&name);
+        if tls && !ca {
+            return Err(format!("endpoint {entry:?} is reached over TLS: give the cluster's CA with --cacert"));
+        }
+        let host_port = name.split_once("://").map_or(name.as_str(), |(_, rest)| rest);
         let address = host_port
             .to_socket_addrs()
             .map_err(|error| format!("endpoint {entry:?}: {error}"))?
             .next()
             .ok_or_else(|| format!("endpoint {entry:?} has no address"))?;
-        endpoints.push(Endpoint { name, address });
+        let tls_name = if tls {
+            let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host);
+            Some(stream::server_name(host).map_err(|error| format!("endpoint {entry:?}: {error}"))?)
+        } else {
+            None
+        };
+        endpoints.push(Endpoint { name, address, tls_name });
     }
     if endpoints.is_empty() {
         return Err("--endpoints lists no endpoint".to_string());
@@ -260,6 +303,7 @@ mod tests {
             seed: Some(7),
             json: false,
             request_timeout: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
 
@@ -293,8 +337,29 @@ mod tests {
         );
         assert_eq!(given(Target::SkiffRedis, "redis://127.0.0.1:6379").unwrap(), ["127.0.0.1:6379"]);
         assert!(given(Target::SkiffRedis, "http://127.0.0.1:6379").is_err());
-        assert!(given(Target::SkiffHttp, "https://127.0.0.1:1").is_err());
+        assert!(given(Target::SkiffHttp, "https://127.0.0.1:1").unwrap_err().contains("--cacert"));
+        assert!(given(Target::SkiffRedis, "rediss://127.0.0.1:1").unwrap_err().contains("--cacert"));
         assert!(given(Target::SkiffHttp, " , ").unwrap_err().contains("no endpoint"));
+    }
+
+    #[test]
+    fn a_ca_makes_the_endpoints_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        skiff::tls::generate(dir.path(), &[skiff::NodeId(1)], &["127.0.0.1".to_string()], false).unwrap();
+        let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let security = Security { ca_pem: Some(ca_pem), identity_pem: None, token: Some("secret".into()) };
+        let settings = BenchOptions { security: security.clone(), ..options() }.settings().unwrap();
+        assert_eq!(settings.endpoints[0].name, "https://127.0.0.1:8001");
+        assert!(settings.endpoints.iter().all(|endpoint| endpoint.tls_name.is_some()));
+        assert!(settings.tls.is_some());
+        assert_eq!(settings.token.as_deref(), Some("secret"));
+        let plain =
+            BenchOptions { endpoints: Some("http://127.0.0.1:1".into()), security: security.clone(), ..options() };
+        assert!(plain.settings().unwrap().endpoints[0].tls_name.is_none(), "http:// stays plain");
+        let redis = BenchOptions { target: Target::SkiffRedis, security, ..options() };
+        assert!(redis.settings().unwrap().endpoints.iter().all(|endpoint| endpoint.tls_name.is_some()));
+        let bad = Security { ca_pem: Some(b"not a certificate".to_vec()), ..Security::default() };
+        assert!(BenchOptions { security: bad, ..options() }.settings().unwrap_err().contains("--cacert"));
     }
 
     #[test]

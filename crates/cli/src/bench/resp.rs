@@ -1,4 +1,4 @@
-//! The Redis target: RESP2 written by hand over tokio's `TcpStream`.
+//! The Redis target: RESP2 written by hand over tokio's `TcpStream` (or TLS over it).
 //!
 //! The clients that share a connection pipeline on it, as a multiplexed Redis client does:
 //! the connection's task ([`super::worker`]) keeps each client's request in flight,
@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
-use super::connection::{Operation, Outcome, Request, io_error_kind, unreachable};
+use super::connection::{Access, Operation, Outcome, Request, io_error_kind, unreachable};
 use super::options::{Endpoint, Target};
+use super::stream::{self, Stream, Tls};
 
 /// The longest a connection may take to open, and to answer `PING` and `READONLY`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,7 +34,11 @@ pub struct RespConnection {
     /// How long a read may wait for a reply before the requests in flight time out.
     timeout: Duration,
     /// `None` after a failure, until the next [`RespConnection::flush`] reconnects.
-    socket: Option<Replies<TcpStream>>,
+    socket: Option<Replies<Stream>>,
+    /// TLS, for a node that serves the Redis protocol over it.
+    tls: Option<Tls>,
+    /// `AUTH <secret>`, sent first on every connection when a token is given.
+    auth: Option<Vec<u8>>,
     /// Commands queued and not yet written.
     out: Vec<u8>,
 }
@@ -53,13 +57,36 @@ impl From<io::Error> for Handshake {
 
 impl RespConnection {
     /// Opens a connection to `endpoint`, checks that it answers `PING` (and `READONLY`).
-    pub async fn open(endpoint: &Endpoint, readonly: bool, timeout: Duration) -> Result<RespConnection> {
-        let mut connection =
-            RespConnection { address: endpoint.address, readonly, timeout, socket: None, out: Vec::new() };
+    pub async fn open(
+        endpoint: &Endpoint,
+        readonly: bool,
+        timeout: Duration,
+        access: Access<'_>,
+    ) -> Result<RespConnection> {
+        let auth = access.token.map(|secret| {
+            let mut command = Vec::new();
+            encode_command(&[b"AUTH", secret.as_bytes()], &mut command);
+            command
+        });
+        let mut connection = RespConnection {
+            address: endpoint.address,
+            readonly,
+            timeout,
+            socket: None,
+            tls: access.tls,
+            auth,
+            out: Vec::new(),
+        };
         match connection.connect().await {
             Ok(socket) => connection.socket = Some(socket),
             Err(Handshake::Io(error)) => {
                 return Err(unreachable(Target::SkiffRedis, &endpoint.name, &io_error_kind(&error)));
+            }
+            Err(Handshake::Refused { command: "AUTH", reply }) => {
+                bail!("{} refused AUTH with the --token given ({reply:?})", endpoint.name)
+            }
+            Err(Handshake::Refused { command: "PING", reply }) if reply.starts_with("NOAUTH") => {
+                bail!("{} wants a token ({reply:?}): give one with --token", endpoint.name)
             }
             Err(Handshake::Refused { command: "READONLY", reply }) => bail!(
                 "{} refused READONLY ({reply:?}): --consistency stale needs a Skiff node, whose READONLY makes reads \
@@ -74,20 +101,23 @@ impl RespConnection {
     }
 
     /// Connects, and says `PING` (and `READONLY`), within [`CONNECT_TIMEOUT`].
-    async fn connect(&mut self) -> Result<Replies<TcpStream>, Handshake> {
+    async fn connect(&mut self) -> Result<Replies<Stream>, Handshake> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.handshake()).await {
             Ok(result) => result,
             Err(_elapsed) => Err(Handshake::Io(io::ErrorKind::TimedOut.into())),
         }
     }
 
-    async fn handshake(&mut self) -> Result<Replies<TcpStream>, Handshake> {
-        let stream = TcpStream::connect(self.address).await?;
+    async fn handshake(&mut self) -> Result<Replies<Stream>, Handshake> {
         // Without Nagle's delay: a batch of commands is one write, its replies awaited at
         // once.
-        stream.set_nodelay(true)?;
+        let stream = stream::connect(self.address, self.tls.as_ref()).await?;
         let mut socket = Replies::new(stream);
-        let mut handshake = vec![("PING", b"*1\r\n$4\r\nPING\r\n".as_slice())];
+        let mut handshake = Vec::new();
+        if let Some(auth) = &self.auth {
+            handshake.push(("AUTH", auth.as_slice()));
+        }
+        handshake.push(("PING", b"*1\r\n$4\r\nPING\r\n".as_slice()));
         if self.readonly {
             handshake.push(("READONLY", b"*1\r\n$8\r\nREADONLY\r\n".as_slice()));
         }
@@ -221,6 +251,16 @@ impl<S: AsyncRead + Unpin> Replies<S> {
 }
 
 /// Appends `GET key` or `SET key value`, as a RESP array, to `out`.
+/// Writes a command of any arguments as a RESP array (the handshake's `AUTH`).
+fn encode_command(arguments: &[&[u8]], out: &mut Vec<u8>) {
+    let _ = write!(out, "*{}\r\n", arguments.len());
+    for argument in arguments {
+        let _ = write!(out, "${}\r\n", argument.len());
+        out.extend_from_slice(argument);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 fn encode(request: &Request<'_>, out: &mut Vec<u8>) {
     let bulk = |out: &mut Vec<u8>, bytes: &[u8]| {
         let _ = write!(out, "${}\r\n", bytes.len());

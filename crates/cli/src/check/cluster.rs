@@ -17,9 +17,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use skiff::config::{ClusterConfig, ClusterSection, NodeConfig, RaftSection};
+use skiff::config::{AuthSection, ClusterConfig, ClusterSection, NodeConfig, RaftSection, TlsSection};
 
 use super::Member;
+use crate::client::Security;
 
 /// The files of one node.
 struct NodeFiles {
@@ -70,18 +71,23 @@ pub fn ports(base_port: u16, i: usize) -> (u16, u16) {
 }
 
 impl LocalCluster {
-    /// Writes the cluster file and starts `nodes` nodes. Returns the cluster and its members.
+    /// Writes the cluster file and starts `nodes` nodes. Returns the cluster, its members,
+    /// and how to reach them: with `secure`, the cluster has `[tls]` (certificates made in
+    /// its directory) and `[auth]` (a tokens file with one management token), and the
+    /// members are `https://` with that CA and token.
     pub fn start(
         nodes: usize,
         base_port: u16,
         snapshot_after_entries: u64,
+        secure: bool,
         name: &str,
-    ) -> Result<(LocalCluster, Vec<Member>)> {
+    ) -> Result<(LocalCluster, Vec<Member>, Security)> {
         let temp = tempfile::Builder::new().prefix("skiff-check-").tempdir().context("cannot create a temp dir")?;
         let dir = temp.path().to_path_buf();
         let mut members = Vec::new();
         let mut node_configs = Vec::new();
         let mut files = Vec::new();
+        let scheme = if secure { "https" } else { "http" };
         for i in 1..=nodes {
             let (raft, http) = ports(base_port, i);
             let id = format!("n{i}");
@@ -95,17 +101,18 @@ impl LocalCluster {
                 cert: None,
                 key: None,
             });
-            members.push(Member { id: id.clone(), url: format!("http://127.0.0.1:{http}") });
+            members.push(Member { id: id.clone(), url: format!("{scheme}://127.0.0.1:{http}") });
             files.push(NodeFiles { data_dir: dir.join(&id), log: dir.join(format!("{id}.log")), id });
         }
         let raft = RaftSection { snapshot_after_entries, ..RaftSection::default() };
-        let cluster = ClusterConfig {
+        let mut cluster = ClusterConfig {
             cluster: ClusterSection { name: name.to_string(), insecure: false },
             node: node_configs,
             raft,
             tls: None,
             auth: None,
         };
+        let security = if secure { secure_cluster(&mut cluster, &dir)? } else { Security::default() };
         cluster.validate().context("the generated cluster file is invalid (a bug in skiff check)")?;
         let config = dir.join("cluster.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&cluster)?)
@@ -125,7 +132,7 @@ impl LocalCluster {
             let child = local.spawn(index, "start")?;
             local.lock().push(Process::Running(child));
         }
-        Ok((local, members))
+        Ok((local, members, security))
     }
 
     /// The directory holding the cluster file, the data directories and the logs.
@@ -276,6 +283,39 @@ impl Drop for LocalCluster {
             }
         }
     }
+}
+
+/// Makes certificates (`certs/`) and a tokens file with one management token
+/// (`tokens.toml`, a random secret) in `dir`, and names them in `cluster`'s `[tls]` and
+/// `[auth]`. Returns the CA and the token.
+fn secure_cluster(cluster: &mut ClusterConfig, dir: &Path) -> Result<Security> {
+    use rand::Rng as _;
+    let certs = dir.join("certs");
+    let nodes: Vec<_> = cluster.node_ids().collect();
+    skiff::tls::generate(&certs, &nodes, &["127.0.0.1".to_string()], true).context("cannot make certificates")?;
+    let secret = format!("{:032x}", rand::rng().random::<u128>());
+    let tokens = dir.join("tokens.toml");
+    let text = format!(
+        "# Made by skiff check --secure.\n[[token]]\nname = \"check\"\nsecret = \"{secret}\"\nmanagement = true\n"
+    );
+    write_private(&tokens, &text)?;
+    cluster.tls = Some(TlsSection { dir: Some(certs.clone()), ca: None, verify_clients: false });
+    cluster.auth = Some(AuthSection { tokens });
+    let ca_path = certs.join("ca.pem");
+    let ca_pem = std::fs::read(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
+    Ok(Security { ca_pem: Some(ca_pem), identity_pem: None, token: Some(secret) })
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn signal(child: &Child, signal: Signal) -> nix::Result<()> {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use skiff_check::{Operation, Outcome};
 use ureq::http::Method;
 
-use super::http::{Answer, Http, KvEntry, snippet};
+use super::http::{Access, Answer, Http, KvEntry, snippet};
 use super::watch::{find_leader, statuses};
 use super::workload::Client;
 use super::{Member, Signals};
@@ -26,11 +26,12 @@ pub fn final_reads(
     client: u64,
     start: Instant,
     request_timeout: Duration,
+    access: &Access,
     signals: &Signals,
 ) -> Result<Vec<Operation>> {
     let counter = AtomicU64::new(0);
-    let status_http = Http::new(request_timeout);
-    let mut reader = Client::new(client, start, Http::new(request_timeout), &counter);
+    let status_http = Http::new(request_timeout, access);
+    let mut reader = Client::new(client, start, Http::new(request_timeout, access), &counter);
     let deadline = Instant::now() + FINAL_READS_TIMEOUT;
     for key in keys {
         loop {

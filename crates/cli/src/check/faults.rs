@@ -19,7 +19,7 @@ use serde_json::json;
 use ureq::http::Method;
 
 use super::cluster::LocalCluster;
-use super::http::{Answer, Http};
+use super::http::{Access, Answer, Http};
 use super::watch::find_leader;
 use super::{FaultKind, Member};
 
@@ -41,6 +41,8 @@ pub struct FaultPlan<'a> {
     pub stop: &'a AtomicBool,
     /// The fault in force, for the progress display ("" when healthy).
     pub current: &'a Mutex<String>,
+    /// How the fault API is reached.
+    pub access: &'a Access,
 }
 
 /// One fault injected.
@@ -79,7 +81,7 @@ impl FaultPlan<'_> {
             return log;
         }
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let http = Http::new(FAULT_API_TIMEOUT);
+        let http = Http::new(FAULT_API_TIMEOUT, self.access);
         let mut round: Vec<FaultKind> = Vec::new();
         loop {
             let healthy = self.period(&mut rng, 1.0, 3.0);

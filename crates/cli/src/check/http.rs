@@ -12,6 +12,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use ureq::http::{Method, Request};
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+use crate::client::Security;
 
 /// The longest a connection attempt may take. A stopped process still completes TCP
 /// handshakes (the kernel does), so this only fires for a host that does not answer at all.
@@ -52,15 +55,58 @@ impl Answer {
     }
 }
 
+/// How the nodes are reached: their CA (for `https://` URLs), a client certificate, and a
+/// token sent as `X-Consul-Token`. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Access {
+    tls: TlsConfig,
+    token: Option<String>,
+}
+
+impl Access {
+    /// The access `security` (the global `--cacert`, `--cert`/`--key`, `--token`) gives.
+    pub fn new(security: &Security) -> Result<Access> {
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &security.ca_pem {
+            let certificates = certificates(ca);
+            if certificates.is_empty() {
+                bail!("--cacert holds no PEM certificate");
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&certificates));
+        }
+        if let Some((certificate, key)) = &security.identity_pem {
+            let chain = certificates(certificate);
+            if chain.is_empty() {
+                bail!("--cert holds no PEM certificate");
+            }
+            let key = PrivateKey::from_pem(key).map_err(|_| anyhow!("--key holds no PEM private key"))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(Access { tls: tls.build(), token: security.token.clone() })
+    }
+}
+
+/// The certificates of a PEM file.
+fn certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(certificate)) => Some(certificate),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A plain HTTP client: no retries, no redirects, no connection reuse, one deadline per
 /// request.
 pub struct Http {
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl Http {
-    pub fn new(timeout: Duration) -> Http {
+    pub fn new(timeout: Duration, access: &Access) -> Http {
         let config = ureq::Agent::config_builder()
+            .tls_config(access.tls.clone())
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -70,7 +116,7 @@ impl Http {
             .timeout_global(Some(timeout))
             .user_agent(concat!("skiff-check/", env!("CARGO_PKG_VERSION")))
             .build();
-        Http { agent: config.into() }
+        Http { agent: config.into(), token: access.token.clone() }
     }
 
     /// Sends `method url` with `body`, once.
@@ -83,7 +129,10 @@ impl Http {
     }
 
     fn exchange(&self, method: Method, url: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), ureq::Error> {
-        let builder = Request::builder().method(method).uri(url);
+        let mut builder = Request::builder().method(method).uri(url);
+        if let Some(token) = &self.token {
+            builder = builder.header("X-Consul-Token", token);
+        }
         let mut response = match body {
             Some(body) => self.agent.run(builder.body(body)?)?,
             None => self.agent.run(builder.body(())?)?,

@@ -37,7 +37,7 @@ use skiff_check::Operation;
 use self::cluster::LocalCluster;
 use self::converge::Convergence;
 use self::faults::{FaultLog, FaultPlan, clear_faults, faults_url};
-use self::http::{Answer, Http};
+use self::http::{Access, Answer, Http};
 pub use self::options::{CheckOptions, FaultKind, FaultList, parse_faults};
 use self::report::{CheckSummary, Faults, Operations, Progress, Report, Settings};
 use self::watch::{Leaders, wait_for_leader};
@@ -141,28 +141,37 @@ struct Target {
     /// What the convergence check lists: everything on a cluster started here, the run's
     /// own keys on the user's.
     prefix: String,
+    /// How the nodes are reached (CA, client certificate, token).
+    access: Access,
 }
 
 impl Target {
     fn local(options: &CheckOptions, run_id: &str, signals: &Signals) -> Result<Target> {
         let name = format!("skiff-check-{run_id}");
-        let (local, members) =
-            LocalCluster::start(options.nodes, options.base_port, options.snapshot_after_entries, &name)?;
+        let (local, members, security) = LocalCluster::start(
+            options.nodes,
+            options.base_port,
+            options.snapshot_after_entries,
+            options.secure,
+            &name,
+        )?;
+        let access = Access::new(&security).context("the certificates skiff check made")?;
         note(&format!(
             "started {} nodes (http {}..) in {}; waiting for a leader",
             members.len(),
             members[0].url,
             local.dir().display()
         ));
-        let http = Http::new(options.request_timeout);
+        let http = Http::new(options.request_timeout, &access);
         wait_for_leader(&http, &members, Some(&local), signals, LEADER_TIMEOUT)?;
         let voters = members.iter().map(|member| member.id.clone()).collect();
         let keys = (1..=options.keys).map(|i| format!("k{i}")).collect();
-        Ok(Target { local: Some(local), members, voters, keys, prefix: String::new() })
+        Ok(Target { local: Some(local), members, voters, keys, prefix: String::new(), access })
     }
 
     fn remote(options: &CheckOptions, endpoints: &[String], run_id: &str, signals: &Signals) -> Result<Target> {
-        let http = Http::new(options.request_timeout);
+        let access = Access::new(&options.security)?;
+        let http = Http::new(options.request_timeout, &access);
         let mut members = Vec::new();
         let mut voters = Vec::new();
         for url in endpoints {
@@ -182,7 +191,7 @@ impl Target {
         wait_for_leader(&http, &members, None, signals, LEADER_TIMEOUT)?;
         let prefix = format!("skiff-check/{run_id}/");
         let keys = (1..=options.keys).map(|i| format!("{prefix}k{i}")).collect();
-        Ok(Target { local: None, members, voters, keys, prefix })
+        Ok(Target { local: None, members, voters, keys, prefix, access })
     }
 
     /// Brings every node back and clears every fault.
@@ -198,7 +207,7 @@ impl Drop for Target {
     fn drop(&mut self) {
         // The user's cluster must never be left partitioned, whatever happened.
         if self.local.is_none() {
-            let _ = clear_faults(&Http::new(Duration::from_secs(1)), &self.members, false);
+            let _ = clear_faults(&Http::new(Duration::from_secs(1), &self.access), &self.members, false);
         }
     }
 }
@@ -250,6 +259,7 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         stop: &stop,
         operations: &operations,
         request_timeout: options.request_timeout,
+        access: &target.access,
         seed,
     };
     let plan = FaultPlan {
@@ -262,10 +272,11 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         start,
         stop: &stop,
         current: &current,
+        access: &target.access,
     };
     note(&format!("running {} clients for {:?} (seed {seed})", options.clients, options.time));
     std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| watch::watch(&target.members, &stop_watching));
+        let watcher = scope.spawn(|| watch::watch(&target.members, &target.access, &stop_watching));
         let workload = &workload;
         let clients: Vec<_> =
             (0..options.clients as u64).map(|id| scope.spawn(move || workload.run_client(id))).collect();
@@ -278,7 +289,7 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         let faults = fault_thread.join().expect("the fault thread panicked");
         collect_exits(target, start, &mut exits);
         note("healing every node and waiting for a leader");
-        let http = Http::new(options.request_timeout);
+        let http = Http::new(options.request_timeout, &target.access);
         let recovered = target
             .heal(&http)
             .and_then(|()| wait_for_leader(&http, &target.members, target.local.as_ref(), signals, LEADER_TIMEOUT))
@@ -354,12 +365,19 @@ fn conclude(
 ) -> Result<Report> {
     note("reading every key back and comparing the replicas");
     let reader = options.clients as u64;
-    let reads =
-        converge::final_reads(&target.members, &target.keys, reader, recorded.start, options.request_timeout, signals)
-            .map_err(|error| with_saved_history(error, options, target, run_id, &recorded.history))?;
+    let reads = converge::final_reads(
+        &target.members,
+        &target.keys,
+        reader,
+        recorded.start,
+        options.request_timeout,
+        &target.access,
+        signals,
+    )
+    .map_err(|error| with_saved_history(error, options, target, run_id, &recorded.history))?;
     recorded.history.extend(reads);
     recorded.history.sort_by_key(|operation| operation.invoke_ns);
-    let http = Http::new(options.request_timeout);
+    let http = Http::new(options.request_timeout, &target.access);
     let convergence: Convergence = converge::convergence(&http, &target.members, &target.prefix, CONVERGENCE_TIMEOUT);
 
     note(&format!("checking {} operations", recorded.history.len()));

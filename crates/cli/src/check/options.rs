@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::client::Security;
+
 /// A kind of fault the fault thread injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -90,6 +92,11 @@ pub struct CheckOptions {
     pub endpoints: Option<Vec<String>>,
     pub request_timeout: Duration,
     pub snapshot_after_entries: u64,
+    /// With `--endpoints`: how the user's nodes are reached (`--cacert`, `--cert`/`--key`,
+    /// `--token`).
+    pub security: Security,
+    /// Without `--endpoints`: start the cluster with TLS and tokens (`--secure`).
+    pub secure: bool,
 }
 
 impl CheckOptions {
@@ -109,6 +116,11 @@ impl CheckOptions {
             }
         };
         if self.endpoints.is_some() {
+            if self.secure {
+                return Err("--secure starts a secure cluster of check's own; against your cluster give its CA \
+                            and a management token with --cacert and --token instead"
+                    .to_string());
+            }
             if let Some(kind) = kinds.iter().find(|kind| kind.needs_processes()) {
                 return Err(format!(
                     "--faults {kind} cannot be used with --endpoints: skiff check can kill, pause and restart only \
@@ -147,6 +159,8 @@ mod tests {
             endpoints: None,
             request_timeout: Duration::from_secs(2),
             snapshot_after_entries: 1000,
+            security: Security::default(),
+            secure: false,
         }
     }
 

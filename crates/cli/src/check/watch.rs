@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::cluster::LocalCluster;
-use super::http::{Http, Status};
+use super::http::{Access, Http, Status};
 use super::{Member, Signals};
 
 /// How often the watcher polls every node.
@@ -101,8 +101,8 @@ pub struct Leaders {
 }
 
 /// Polls every member until `stop`, collecting the leaders it sees.
-pub fn watch(members: &[Member], stop: &AtomicBool) -> Leaders {
-    let http = Http::new(WATCH_TIMEOUT);
+pub fn watch(members: &[Member], access: &Access, stop: &AtomicBool) -> Leaders {
+    let http = Http::new(WATCH_TIMEOUT, access);
     let mut leaders: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let mut terms: Option<(u64, u64)> = None;
     while !stop.load(Ordering::Relaxed) {

@@ -18,7 +18,7 @@ use skiff_check::{Call, Operation, Outcome, Reply};
 use ureq::http::Method;
 
 use super::Member;
-use super::http::{Answer, Http, KvEntry};
+use super::http::{Access, Answer, Http, KvEntry};
 
 /// How long a client waits after a node refused its connection (it is down): a refusal
 /// takes no time, and a client would otherwise spin on that node.
@@ -34,6 +34,7 @@ pub struct Workload<'a> {
     /// Operations recorded so far by all clients, for the progress display.
     pub operations: &'a AtomicU64,
     pub request_timeout: Duration,
+    pub access: &'a Access,
     pub seed: u64,
 }
 
@@ -50,7 +51,7 @@ impl Workload<'_> {
     /// (a read and a conditional write) and deletes.
     pub fn run_client(&self, id: u64) -> ClientLog {
         let mut rng = StdRng::seed_from_u64(self.seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut client = Client::new(id, self.start, Http::new(self.request_timeout), self.operations);
+        let mut client = Client::new(id, self.start, Http::new(self.request_timeout, self.access), self.operations);
         while !self.stop.load(Ordering::Relaxed) {
             let base = &self.members[rng.random_range(0..self.members.len())].url;
             let key = &self.keys[rng.random_range(0..self.keys.len())];
