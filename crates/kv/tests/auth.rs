@@ -48,6 +48,9 @@ fn http_needs_a_token_and_checks_its_prefixes() {
     // No token, a wrong one: 403, nothing written.
     let refused = anonymous.put(n1, "/v1/kv/app/a", b"x");
     assert_eq!(refused.status, 403, "{}", refused.text());
+    // Its body unread, the server drops the connection: it says so, or the client's next
+    // request on it fails now and then ("connection closed").
+    assert_eq!(refused.header("Connection"), Some("close"), "a refused PUT with a body");
     assert!(refused.text().starts_with("Permission denied"), "{}", refused.text());
     let wrong = admin.request("PUT", n1, "/v1/kv/app/a", Some(b"x"), &[("X-Consul-Token", "app-secret-012345678")]);
     assert_eq!(wrong.status, 403);
@@ -63,7 +66,8 @@ fn http_needs_a_token_and_checks_its_prefixes() {
 
     // Prefixes: write app/ (which implies read), read shared/, nothing else.
     assert!(app.put(n1, "/v1/kv/app/a", b"1").boolean());
-    assert_eq!(app.put(n1, "/v1/kv/shared/s", b"mine").status, 403);
+    let refused = app.put(n1, "/v1/kv/shared/s", b"mine");
+    assert_eq!((refused.status, refused.header("Connection")), (403, Some("close")), "{}", refused.text());
     assert_eq!(app.put(n1, "/v1/kv/other", b"x").status, 403);
     assert_eq!(app.put(n1, "/v1/kv/ap", b"x").status, 403, "a prefix is a prefix of the key, not the other way");
     admin.put(n1, "/v1/kv/other", b"secret").ok();
@@ -98,6 +102,8 @@ fn http_needs_a_token_and_checks_its_prefixes() {
         assert!(!admin.get(n1, path).text().starts_with("Permission denied"), "{path}");
     }
     assert_eq!(app.post(n1, "/v1/operator/raft/transfer-leader", b"").status, 403);
+    let refused = app.post(n1, "/v1/skiff/members", br#"{"id": "n9"}"#);
+    assert_eq!((refused.status, refused.header("Connection")), (403, Some("close")), "{}", refused.text());
     assert_eq!(app.get(n1, "/v1/skiff/status").status, 200);
     assert_eq!(app.get(n1, "/v1/status/leader").status, 200);
     assert_eq!(anonymous.get(n1, "/v1/status/leader").status, 403);

@@ -40,20 +40,18 @@ pub(super) async fn kv(
             }
         }
     };
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
-    match result {
-        Ok(response) => response,
-        // A refused PUT may leave its body unread, and the server then drops the connection:
-        // say so, so a client does not send its next request on a connection being closed.
+    let mut response = match result {
+        Ok(response) => return response,
         Err(Refusal::Denied(response)) => response,
-        Err(Refusal::Error(error)) if has_body => {
-            let mut response = error.into_response();
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
         Err(Refusal::Error(error)) => error.into_response(),
+    };
+    // A refused PUT (a 403 too) may leave its body unread, and the server then drops the
+    // connection: say so, so a client does not send its next request on a connection
+    // being closed.
+    if has_body(&headers) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
 /// Why a KV request was not served.

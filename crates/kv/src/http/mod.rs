@@ -103,9 +103,9 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         Some(auth) => match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
             Some(token) => Access::Token(token),
             None => {
-                return permission_denied(
-                    "a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)",
-                );
+                let refusal =
+                    permission_denied("a valid token is required (X-Consul-Token, Authorization: Bearer, or ?token=)");
+                return closing_if_body(refusal, request.headers());
             }
         },
     };
@@ -116,7 +116,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         || path.starts_with("/v1/skiff/log")
         || path == "/metrics";
     if management && !access.is_management() {
-        return permission_denied("this route needs a management token");
+        return closing_if_body(permission_denied("this route needs a management token"), request.headers());
     }
     request.extensions_mut().insert(access);
     next.run(request).await
@@ -137,6 +137,21 @@ fn request_secret(request: &Request) -> Option<Vec<u8>> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned().into_bytes())
+}
+
+/// Whether a request has a body (which a refusal leaves unread).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// A refusal of a request whose body is left unread says `Connection: close`: the server
+/// drops the connection, and a client must not send its next request on it.
+fn closing_if_body(mut response: Response, headers: &HeaderMap) -> Response {
+    if has_body(headers) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Consul's answer to a request its token does not allow: 403, `Permission denied`, and why.
