@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use thiserror::Error;
 
 /// The shortest secret accepted.
@@ -122,19 +122,31 @@ impl Tokens {
     /// matches.
     pub fn find(&self, name: Option<&[u8]>, secret: &[u8]) -> Option<Arc<Token>> {
         let name = name.filter(|name| *name != b"default");
-        let mut found = None;
-        for token in &self.tokens {
-            let same: bool = token.secret.as_bytes().ct_eq(secret).into();
-            if same && found.is_none() {
-                found = Some(token);
-            }
+        // Secrets are unique, so at most one matches; no branch on whether one did.
+        let mut found = u64::MAX;
+        for (index, token) in self.tokens.iter().enumerate() {
+            let same = constant_time_equal(secret, token.secret.as_bytes());
+            found.conditional_assign(&(index as u64), same);
         }
-        let found = found?;
+        let found = usize::try_from(found).ok().and_then(|index| self.tokens.get(index))?;
         match name {
             Some(name) if name != found.name.as_bytes() => None,
             _ => Some(Arc::clone(found)),
         }
     }
+}
+
+/// `presented == secret` in a time that depends on `presented`'s length only: unlike
+/// `ct_eq` on slices, which answers at once when the lengths differ, it does not tell how
+/// long a token's secret is.
+fn constant_time_equal(presented: &[u8], secret: &[u8]) -> subtle::Choice {
+    let mut same = (presented.len() as u64).ct_eq(&(secret.len() as u64));
+    for (at, byte) in presented.iter().enumerate() {
+        // Wraps around a shorter secret, so the work is the same whatever its length.
+        let other = secret.get(at % secret.len().max(1)).copied().unwrap_or(0);
+        same &= byte.ct_eq(&other);
+    }
+    same
 }
 
 /// The tokens of a running node, reloadable.
@@ -298,5 +310,19 @@ mod tests {
         assert_eq!(auth.reload().unwrap(), 2);
         assert!(auth.authenticate(None, b"0123456789abcdef-app").is_none(), "the old secret is gone");
         assert!(auth.authenticate(None, b"0123456789abcdef-app2").is_some());
+    }
+
+    #[test]
+    fn secrets_compare_whole_whatever_their_lengths() {
+        let equal = |a: &str, b: &str| bool::from(constant_time_equal(a.as_bytes(), b.as_bytes()));
+        let secret = "0123456789abcdef";
+        assert!(equal(secret, secret));
+        for other in ["", "0", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeF", "1123456789abcdef"] {
+            assert!(!equal(other, secret), "{other:?}");
+        }
+        // A presented secret that repeats a shorter one does not match it.
+        assert!(!equal("0123456789abcdef0123456789abcdef", secret));
+        let tokens = Tokens::parse(FILE).expect("a valid file");
+        assert!(tokens.find(None, &[b'x'; 100_000]).is_none());
     }
 }

@@ -48,6 +48,9 @@ fn http_needs_a_token_and_checks_its_prefixes() {
     // No token, a wrong one: 403, nothing written.
     let refused = anonymous.put(n1, "/v1/kv/app/a", b"x");
     assert_eq!(refused.status, 403, "{}", refused.text());
+    // Its body unread, the server drops the connection: it says so, or the client's next
+    // request on it fails now and then ("connection closed").
+    assert_eq!(refused.header("Connection"), Some("close"), "a refused PUT with a body");
     assert!(refused.text().starts_with("Permission denied"), "{}", refused.text());
     let wrong = admin.request("PUT", n1, "/v1/kv/app/a", Some(b"x"), &[("X-Consul-Token", "app-secret-012345678")]);
     assert_eq!(wrong.status, 403);
@@ -63,7 +66,8 @@ fn http_needs_a_token_and_checks_its_prefixes() {
 
     // Prefixes: write app/ (which implies read), read shared/, nothing else.
     assert!(app.put(n1, "/v1/kv/app/a", b"1").boolean());
-    assert_eq!(app.put(n1, "/v1/kv/shared/s", b"mine").status, 403);
+    let refused = app.put(n1, "/v1/kv/shared/s", b"mine");
+    assert_eq!((refused.status, refused.header("Connection")), (403, Some("close")), "{}", refused.text());
     assert_eq!(app.put(n1, "/v1/kv/other", b"x").status, 403);
     assert_eq!(app.put(n1, "/v1/kv/ap", b"x").status, 403, "a prefix is a prefix of the key, not the other way");
     admin.put(n1, "/v1/kv/other", b"secret").ok();
@@ -98,6 +102,8 @@ fn http_needs_a_token_and_checks_its_prefixes() {
         assert!(!admin.get(n1, path).text().starts_with("Permission denied"), "{path}");
     }
     assert_eq!(app.post(n1, "/v1/operator/raft/transfer-leader", b"").status, 403);
+    let refused = app.post(n1, "/v1/skiff/members", br#"{"id": "n9"}"#);
+    assert_eq!((refused.status, refused.header("Connection")), (403, Some("close")), "{}", refused.text());
     assert_eq!(app.get(n1, "/v1/skiff/status").status, 200);
     assert_eq!(app.get(n1, "/v1/status/leader").status, 200);
     assert_eq!(anonymous.get(n1, "/v1/status/leader").status, 403);
@@ -209,6 +215,68 @@ fn redis_needs_auth_and_checks_every_key() {
     cluster.shutdown();
 }
 
+/// HELLO answers only an authenticated connection, unless it carries AUTH, as in Redis 7.
+#[test]
+fn hello_without_auth_needs_an_authenticated_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured(dir.path(), "auth-hello");
+    let mut redis = Resp::open(cluster.redis_address(NodeId(2)));
+    let noauth_hello = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO \
+                        <proto> AUTH <user> <pass> option can be used to authenticate the client and select the \
+                        RESP protocol version at the same time";
+    assert_eq!(redis.call(&["HELLO"]), noauth_hello);
+    assert_eq!(redis.call(&["HELLO", "3"]), noauth_hello);
+    assert_eq!(redis.call(&["HELLO", "3", "SETNAME", "sneaky"]), noauth_hello);
+    assert_eq!(redis.call(&["GET", "app/a"]), "-NOAUTH Authentication required.", "still RESP2, still anonymous");
+    assert_eq!(
+        redis.call(&["HELLO", "3", "AUTH", "app", "app-secret-wrong-0123"]),
+        "-WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(redis.call(&["HELLO", "3", "AUTH", "app", APP]).chars().next(), Some('%'), "RESP3 and authenticated");
+    assert_eq!(redis.call(&["SET", "app/a", "1"]), "+OK");
+    assert_eq!(redis.call(&["HELLO", "2"]).chars().next(), Some('*'), "HELLO alone, once authenticated");
+    cluster.shutdown();
+}
+
+/// A tokens file that does not load stops the server from starting, and says why.
+#[test]
+fn a_bad_tokens_file_fails_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cases = [
+        (
+            "[[token]]\nname = \"a\"\nsecret = \"short\"\nread = [\"\"]\n",
+            "token 1 (\"a\"): the secret must be at least",
+        ),
+        (
+            "[[token]]\nname = \"a\"\nsecret = \"aaaaaaaaaaaaaaaaaaaa\"\nread = [\"\"]\n\n\
+             [[token]]\nname = \"b\"\nsecret = \"aaaaaaaaaaaaaaaaaaaa\"\nread = [\"\"]\n",
+            "token 2 (\"b\"): the secret is the same as another token's",
+        ),
+        ("[[token]]\nname = \"a\"\nsecret = \"aaaaaaaaaaaaaaaaaaaa\"\nwrites = [\"x\"]\n", "unknown field `writes`"),
+    ];
+    for (text, expected) in cases {
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(&tokens, text).unwrap();
+        let error = start_error(&runtime, dir.path(), &tokens);
+        assert!(error.contains(&tokens.display().to_string()) && error.contains(expected), "{error}");
+        assert!(!error.contains("aaaaaaaaaaaaaaaa"), "the message shows a secret: {error}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let error = start_error(&runtime, dir.path(), &missing);
+    assert!(error.contains("cannot read tokens file") && error.contains("missing.toml"), "{error}");
+}
+
+fn start_error(runtime: &tokio::runtime::Runtime, dir: &Path, tokens: &Path) -> String {
+    let file = ClusterFile::builder("auth-bad-file", 1).http().redis().auth(tokens, ADMIN).build();
+    let options = skiff_kv::ServerOptions::new(file.config(), NodeId(1), dir.join("data"));
+    assert_eq!(options.tokens.as_deref(), Some(tokens), "ServerOptions::new takes [auth] tokens");
+    match runtime.block_on(skiff_kv::Server::start(options)) {
+        Ok(_) => panic!("a server started with the tokens file {}", tokens.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
 #[test]
 fn auth_without_tokens_says_the_server_has_no_password() {
     let cluster = KvCluster::start(ClusterFile::builder("auth-off", 1).http().redis().build());
@@ -257,8 +325,9 @@ impl Resp {
                 let mut body = vec![0; count(line) as usize + 2];
                 self.reader.read_exact(&mut body).unwrap();
             }
-            Some(b'*') => {
-                for _ in 0..count(line).max(0) {
+            Some(b'*') | Some(b'%') => {
+                let pairs = if line.starts_with('%') { 2 } else { 1 };
+                for _ in 0..pairs * count(line).max(0) {
                     let element = self.line();
                     self.skip_rest(&element);
                 }

@@ -11,6 +11,9 @@
 //!   INCR was applied exactly once.
 //! - `python_clients_*` runs `tests/clients/python_clients.py` (redis-py, RESP2 and
 //!   RESP3, and py-consul, blocking queries included).
+//! - `*_with_tokens` run redis-cli (`-a`, `--user`/`--pass`) and the Python script's
+//!   `--auth` checks (redis-py's `password=`, `username=`, RESP3's HELLO AUTH; py-consul's
+//!   `token=` and `ACLPermissionDenied`) against a cluster with `[auth]`.
 //!
 //! A missing tool skips its test with a message saying how to install it, unless
 //! `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets), which turns the skip into a failure.
@@ -1115,6 +1118,90 @@ fn python_clients_redis_py_and_py_consul() {
     let http: Vec<String> =
         target.nodes.iter().map(|endpoint| cluster.client.address(endpoint.id.expect("a node")).to_string()).collect();
     let output = run_python(&["--redis", &redis.join(","), "--http", &http.join(",")]);
+    cluster.shutdown();
+    check_python(test, &output);
+}
+
+/// The tokens of the `*_with_tokens` tests: admin (management) and app (reads and writes
+/// `app/`, reads `shared/`).
+const ADMIN_SECRET: &str = "admin-secret-0123456789";
+const APP_SECRET: &str = "app-secret-0123456789abc";
+
+/// Three servers with HTTP and Redis listeners that require the tokens above; the tokens
+/// file lives in the returned directory.
+fn start_with_tokens(name: &str) -> (KvCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("tokens.toml");
+    let tokens = format!(
+        "[[token]]\nname = \"admin\"\nsecret = \"{ADMIN_SECRET}\"\nmanagement = true\n\n\
+         [[token]]\nname = \"app\"\nsecret = \"{APP_SECRET}\"\nread = [\"shared/\"]\nwrite = [\"app/\"]\n"
+    );
+    std::fs::write(&path, tokens).expect("writing the tokens file");
+    (KvCluster::start(ClusterFile::builder(name, 3).http().redis().auth(&path, ADMIN_SECRET).build()), dir)
+}
+
+#[test]
+fn redis_cli_with_tokens() {
+    let test = "redis_cli_with_tokens";
+    if !tools_present(test, &[tool_version("redis-cli")]) {
+        return;
+    }
+    let (cluster, _dir) = start_with_tokens("redis-cli-tokens");
+    let target = target(&cluster, "skiff");
+    let mut failures = Failures::default();
+    let (leader, follower) = (target.node(0), target.node(1));
+    let admin = ["--no-auth-warning", "-a", ADMIN_SECRET];
+    let app = ["--no-auth-warning", "-a", APP_SECRET];
+    let app_by_name = ["--no-auth-warning", "--user", "app", "--pass", APP_SECRET];
+    fn with<'a>(options: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+        [options, command].concat()
+    }
+    const NOPERM: &str = "(error) NOPERM this user has no permissions to access one of the keys used as arguments";
+    let cases: Vec<(&Endpoint, Vec<&str>, &str)> = vec![
+        (leader, vec!["set", "app/k", "v"], "(error) NOAUTH Authentication required."),
+        (leader, vec!["ping"], "PONG"),
+        (leader, with(&app, &["set", "app/k", "v"]), "OK"),
+        (follower, with(&app_by_name, &["get", "app/k"]), "\"v\""),
+        (follower, with(&app_by_name, &["set", "other/k", "v"]), NOPERM),
+        (leader, with(&app, &["get", "other/k"]), NOPERM),
+        (leader, with(&app, &["mset", "app/a", "1", "other/b", "2"]), NOPERM),
+        (
+            follower,
+            with(&app, &["flushall"]),
+            "(error) NOPERM User has no permissions to run the 'flushall' command (it needs a management token)",
+        ),
+        (follower, with(&admin, &["mget", "app/k", "app/a", "other/b"]), "1) \"v\"\n2) (nil)\n3) (nil)"),
+        (follower, with(&admin, &["set", "other/k", "o"]), "OK"),
+        (leader, with(&app, &["keys", "*"]), "1) \"app/k\""),
+        (leader, with(&admin, &["dbsize"]), "(integer) 2"),
+    ];
+    for (endpoint, args, expected) in cases {
+        let got = cli(endpoint, &args);
+        failures.output(&args.join(" "), endpoint, expected, &got);
+    }
+    // A wrong password: redis-cli reports the failed AUTH, and the command gets NOAUTH.
+    let output = redis_cli_output(leader, &["--no-auth-warning", "-a", "not-the-secret-0000", "get", "app/k"], None);
+    let both = format!("{}{}", output.stdout, output.stderr);
+    failures.check(both.contains("WRONGPASS invalid username-password pair") && both.contains("NOAUTH"), || {
+        format!("redis-cli -a <wrong> get app/k: expected WRONGPASS then NOAUTH, got {both:?}")
+    });
+    failures.finish(test);
+    cluster.shutdown();
+}
+
+#[test]
+fn python_clients_with_tokens() {
+    let test = "python_clients_with_tokens";
+    if !tools_present(test, &[python_modules()]) {
+        return;
+    }
+    let (cluster, _dir) = start_with_tokens("redis-python-tokens");
+    let target = target(&cluster, "skiff");
+    let redis: Vec<String> = target.nodes.iter().map(|endpoint| endpoint.address.to_string()).collect();
+    let http: Vec<String> =
+        target.nodes.iter().map(|endpoint| cluster.client.address(endpoint.id.expect("a node")).to_string()).collect();
+    let auth = format!("{ADMIN_SECRET},app,{APP_SECRET}");
+    let output = run_python(&["--redis", &redis.join(","), "--http", &http.join(","), "--auth", &auth]);
     cluster.shutdown();
     check_python(test, &output);
 }

@@ -514,6 +514,11 @@ fn authenticate(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
 /// Redis's answer to credentials that match no user.
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
+/// Redis 7's answer to `HELLO` without `AUTH` on a connection that has not authenticated.
+const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+    HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \
+    version at the same time";
+
 /// HELLO [protover [AUTH username password] [SETNAME clientname]]
 fn hello(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
     let mut resp3 = session.resp3;
@@ -542,6 +547,13 @@ fn hello(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Reply {
                 return Reply::error(format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(option)));
             }
         }
+    }
+    // As Redis 7: HELLO without AUTH answers only an authenticated connection (it would
+    // otherwise tell anyone the server's version and role, and switch the protocol).
+    if let Some(auth) = &redis.auth
+        && session.access(auth).is_none()
+    {
+        return Reply::error(NOAUTH_HELLO);
     }
     if let Some(name) = name {
         if let Err(reply) = check_client_name(&name) {

@@ -9,6 +9,9 @@ Every node listed is used: writes go through one node and are read back through 
 at the first failure, saying what was sent to which node, what was expected and what came
 back. Exit 2: a module is missing (the Rust test turns that into a skip).
 
+`--auth ADMIN_SECRET,APP_NAME,APP_SECRET` runs only the token checks, against a cluster with
+`[auth]`: the app token reads and writes `app/`, reads `shared/`, and nothing else.
+
 `--plain-redis` runs only the redis-py checks whose answers are Redis's own, so the script
 can be checked against a real Redis (keys under `--prefix`; every key it writes is deleted).
 """
@@ -300,11 +303,78 @@ def consul_session(http, redis_clients, prefix):
     c1.kv.delete(f"{prefix}c/", recurse=True)
 
 
+def check_raises(what, call, exception, fragment):
+    """`call()` must raise `exception` whose message contains `fragment`."""
+    try:
+        result = call()
+    except exception as error:
+        if fragment.lower() not in str(error).lower():
+            raise CheckFailed(f"{what}\n  expected {exception.__name__} mentioning {fragment!r}\n  got: {error}")
+        print(f"ok: {what} -> {type(error).__name__} {str(error)!r}")
+        return
+    except Exception as error:
+        raise CheckFailed(f"{what}\n  expected {exception.__name__}\n  got: {type(error).__name__}: {error}")
+    raise CheckFailed(f"{what}\n  expected {exception.__name__}\n  got: {short(result)}")
+
+
+def auth_session(nodes, http, admin, app_name, app_secret):
+    """With tokens: redis-py with a password, a username and password, RESP3's HELLO AUTH;
+    py-consul with a token; the refusals each client raises."""
+    (host, port), (h2, p2) = nodes[0], nodes[-1]
+    admin_redis = redis.Redis(host=host, port=port, password=admin, socket_timeout=15)
+    check("redis-py password=<admin>: SET other/x", admin_redis.set("other/x", "o"), True)
+
+    bare = redis.Redis(host=host, port=port, protocol=2, socket_timeout=15)
+    check_raises("redis-py RESP2 without a password: GET", lambda: bare.get("app/x"), redis.AuthenticationError, "Authentication required")
+    bare3 = redis.Redis(host=host, port=port, protocol=3, socket_timeout=15)
+    check_raises("redis-py RESP3 without a password: HELLO 3", lambda: bare3.get("app/x"), redis.AuthenticationError, "HELLO must be called with the client already authenticated")
+    wrong = redis.Redis(host=host, port=port, password="not-the-secret-0000", protocol=2, socket_timeout=15)
+    check_raises("redis-py with a wrong password: GET", lambda: wrong.get("app/x"), redis.AuthenticationError, "invalid username-password pair")
+
+    # RESP2: AUTH <secret>, AUTH <name> <secret>.
+    by_secret = redis.Redis(host=host, port=port, password=app_secret, protocol=2, socket_timeout=15)
+    check("redis-py password=<app>: SET app/x", by_secret.set("app/x", "1"), True)
+    check("redis-py password=<app>: GET app/x", by_secret.get("app/x"), b"1")
+    check_raises("redis-py password=<app>: GET other/x", lambda: by_secret.get("other/x"), redis.exceptions.NoPermissionError, "no permissions to access one of the keys")
+    check_raises("redis-py password=<app>: MSET with other/y", lambda: by_secret.mset({"app/y": "1", "other/y": "2"}), redis.exceptions.NoPermissionError, "no permissions to access one of the keys")
+    check("the refused MSET wrote nothing", admin_redis.mget("app/y", "other/y"), [None, None])
+    check("redis-py password=<app>: KEYS *", sorted(by_secret.keys("*")), [b"app/x"])
+
+    by_name = redis.Redis(host=h2, port=p2, username=app_name, password=app_secret, protocol=2, socket_timeout=15)
+    check("redis-py username=app password=<app>: INCR app/n", by_name.incr("app/n"), 1)
+    check_raises("redis-py username=app: SET shared/x", lambda: by_name.set("shared/x", "1"), redis.exceptions.NoPermissionError, "no permissions to access one of the keys")
+    wrong_name = redis.Redis(host=h2, port=p2, username="admin", password=app_secret, protocol=2, socket_timeout=15)
+    check_raises("redis-py username=admin with app's secret", lambda: wrong_name.get("app/x"), redis.AuthenticationError, "invalid username-password pair")
+
+    resp3 = redis.Redis(host=h2, port=p2, username=app_name, password=app_secret, protocol=3, socket_timeout=15)
+    check("redis-py RESP3 (HELLO 3 AUTH): GET app/x", resp3.get("app/x"), b"1")
+    resp3_default = redis.Redis(host=h2, port=p2, password=app_secret, protocol=3, socket_timeout=15)
+    check("redis-py RESP3 password only (HELLO 3 AUTH default): GET app/n", resp3_default.get("app/n"), b"1")
+
+    (chost, cport), (chost2, cport2) = http[0], http[-1]
+    app = consul.Consul(host=chost, port=cport, token=app_secret)
+    check("py-consul token=<app>: kv.put app/c", app.kv.put("app/c", "consul"), True)
+    _, entry = consul.Consul(host=chost2, port=cport2, token=app_secret).kv.get("app/c")
+    check("py-consul token=<app>: kv.get app/c through another node", entry and entry["Value"], b"consul")
+    check_raises("py-consul token=<app>: kv.put other/c", lambda: app.kv.put("other/c", "x"), consul.ACLPermissionDenied, "Permission denied")
+    check_raises("py-consul token=<app>: kv.get other/x", lambda: app.kv.get("other/x"), consul.ACLPermissionDenied, "Permission denied")
+    no_token = consul.Consul(host=chost, port=cport)
+    check_raises("py-consul without a token: kv.get app/c", lambda: no_token.kv.get("app/c"), consul.ACLPermissionDenied, "Permission denied")
+    bad_token = consul.Consul(host=chost, port=cport, token="not-the-secret-0000")
+    check_raises("py-consul with a wrong token: kv.put app/z", lambda: bad_token.kv.put("app/z", "x"), consul.ACLPermissionDenied, "Permission denied")
+    _, entries = app.kv.get("", recurse=True)
+    check("py-consul token=<app>: kv.get recurse sees its keys only", [e["Key"] for e in entries or []], ["app/c", "app/n", "app/x"])
+    admin_consul = consul.Consul(host=chost, port=cport, token=admin)
+    check("py-consul token=<admin>: kv.get other/c (nothing written)", admin_consul.kv.get("other/c")[1], None)
+    check("py-consul token=<admin>: kv.get other/x", admin_consul.kv.get("other/x")[1]["Value"], b"o")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", required=True, help="host:port of each node's Redis listener, comma-separated")
     parser.add_argument("--http", default="", help="host:port of each node's HTTP API, comma-separated")
     parser.add_argument("--prefix", default="py:", help="every key starts with this")
+    parser.add_argument("--auth", default="", help="ADMIN_SECRET,APP_NAME,APP_SECRET: only the token checks")
     parser.add_argument("--plain-redis", action="store_true", help="a real Redis: only the checks Redis answers alike")
     args = parser.parse_args()
     nodes = [address(text) for text in args.redis.split(",") if text]
@@ -317,6 +387,11 @@ def main():
     written = set()
     clients = []
     try:
+        if args.auth:
+            admin, app_name, app_secret = args.auth.split(",")
+            auth_session(nodes, http, admin, app_name, app_secret)
+            print("all checks passed")
+            return 0
         clients, written = redis_session(nodes, args.prefix, skiff)
         resp3_session(nodes, args.prefix)
         if skiff:
