@@ -210,7 +210,7 @@ fn usage_errors_exit_2() {
         assert_eq!(output.status.code(), Some(2), "skiff {args:?}: {output:?}");
         assert!(!stderr(&output).is_empty());
     }
-    let output = skiff().args(["--endpoints", "https://secure:1", "get", "k"]).output().unwrap();
+    let output = skiff().args(["--endpoints", "ftp://node:1", "get", "k"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(stderr(&output).contains("https is not supported"), "{output:?}");
+    assert!(stderr(&output).contains("only http:// and https://"), "{output:?}");
 }
