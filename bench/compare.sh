@@ -394,7 +394,8 @@ run_skiff() {
 # TLS alone: 127.0.0.1 needs no tokens), alternating off and on for TLS_ROUNDS rounds so that
 # both see the same machine. A fresh cluster each time.
 run_tls_cluster() {
-    local mode=$1 round=$2 dir=$WORK/tls-$mode-$round i
+    local mode=$1 round=$2 i
+    local dir=$WORK/tls-$mode-$round
     local config=$dir/cluster.toml
     mkdir -p "$dir"
     skiff_cluster_config "$config" skiff-compare-tls "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
