@@ -90,11 +90,18 @@ as_root() {
 
 install_missing() {
     local -a packages=()
-    command -v etcd >/dev/null || packages+=(etcd-server)
-    command -v etcdctl >/dev/null || packages+=(etcd-client)
-    command -v redis-server >/dev/null || packages+=(redis-server)
-    command -v redis-benchmark >/dev/null || packages+=(redis-tools)
-    command -v redis-cli >/dev/null || packages+=(redis-tools)
+    # etcd and Redis only for the systems that need them (SYSTEMS=tls needs neither).
+    if [[ " $SYSTEMS " == *" etcd "* ]]; then
+        command -v etcd >/dev/null || packages+=(etcd-server)
+        command -v etcdctl >/dev/null || packages+=(etcd-client)
+    fi
+    if [[ " $SYSTEMS " == *" redis "* ]]; then
+        command -v redis-server >/dev/null || packages+=(redis-server)
+    fi
+    if [[ " $SYSTEMS " == *" redis "* || " $SYSTEMS " == *" skiff "* ]]; then
+        command -v redis-benchmark >/dev/null || packages+=(redis-tools)
+        command -v redis-cli >/dev/null || packages+=(redis-tools)
+    fi
     command -v curl >/dev/null || packages+=(curl)
     command -v python3 >/dev/null || packages+=(python3)
     if ((${#packages[@]} == 0)); then
@@ -387,7 +394,8 @@ run_skiff() {
 # TLS alone: 127.0.0.1 needs no tokens), alternating off and on for TLS_ROUNDS rounds so that
 # both see the same machine. A fresh cluster each time.
 run_tls_cluster() {
-    local mode=$1 round=$2 dir=$WORK/tls-$mode-$round i
+    local mode=$1 round=$2 i
+    local dir=$WORK/tls-$mode-$round
     local config=$dir/cluster.toml
     mkdir -p "$dir"
     skiff_cluster_config "$config" skiff-compare-tls "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
@@ -471,8 +479,10 @@ DISK=$(df -h --output=source,fstype,size,avail,target "$WORK" | tail -n 1 |
 
 export FSYNC_JSON RTT_JSON RTT_LINE FSYNC_LINE ELAPSED COMMIT CPU MEM DISK DURATION WARMUP KEYS VALUE_SIZE RB_REQUESTS SEED CLIENTS TLS_ROUNDS
 NPROC_OUT=$(nproc)
-ETCD_VERSION=$(etcd --version | head -n 1)
-REDIS_VERSION=$(redis-server --version)
+ETCD_VERSION=$(etcd --version 2>/dev/null | head -n 1 || true)
+REDIS_VERSION=$(redis-server --version 2>/dev/null || true)
+[[ -n $ETCD_VERSION ]] || ETCD_VERSION="etcd: not installed (not run)"
+[[ -n $REDIS_VERSION ]] || REDIS_VERSION="Redis: not installed (not run)"
 RUSTC_VERSION=$(rustc --version)
 DATE_UTC=$(date -u '+%Y-%m-%d %H:%M UTC')
 KERNEL=$(uname -sr)
