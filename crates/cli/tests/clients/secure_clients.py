@@ -68,7 +68,7 @@ def redis_checks(address, ca, admin, app):
     root = connect(username="admin", password=admin)
     check("redis-py: SET over TLS with username and password", root.set("app/r", "v") is True)
     check("redis-py: GET", root.get("app/r") == b"v")
-    check("redis-py: password alone (AUTH secret)", connect(password=admin).get("app/r") == b"v")
+    check("redis-py: password alone (the default user)", connect(password=admin).get("app/r") == b"v")
     resp3 = connect(username="admin", password=admin, protocol=3)
     check("redis-py: RESP3 (HELLO 3 AUTH)", resp3.get("app/r") == b"v")
     scoped = connect(username="app", password=app)
