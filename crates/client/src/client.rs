@@ -492,12 +492,30 @@ mod tests {
         assert_ne!(keys[0], keys[1]);
     }
 
+    /// A CA certificate, as `skiff certs` writes it.
+    const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBfTCCASOgAwIBAgIUaNlbmDGYI6N9Uv/FxJxrMYsspPowCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQU2tpZmYgY2x1c3RlciBDQTAeFw0yNTAxMDEwMDAwMDBaFw0z
+NjAxMDEwMDAwMDBaMBsxGTAXBgNVBAMMEFNraWZmIGNsdXN0ZXIgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAARPSEUEv3rUZBmd7j8j5LPeyrSq+hhU1cH/C6Px
+c94/h+mp9VRYCETamtsqoAsDZ3xExKPhx0gofJjF3QaBztNto0UwQzAOBgNVHQ8B
+Af8EBAMCAQYwHQYDVR0OBBYEFH2CJRwVRjn9CMSDW6v92tDtGvKFMBIGA1UdEwEB
+/wQIMAYBAf8CAQAwCgYIKoZIzj0EAwIDSAAwRQIgJLM8XTNIXOtr8iVPFW8UxcgG
+3XOdA6bLRM8jf217MtICIQC6W/7dHqDZSQH2Zrkqxa7bRJTZmCeVZWn2uzQNsyLL
+Zw==
+-----END CERTIFICATE-----
+";
+
     #[test]
     fn options_that_cannot_work_are_refused() {
         let no_endpoints: [&str; 0] = [];
         assert!(matches!(Client::new(no_endpoints), Err(Error::Options(_))));
         let zero = Client::builder().endpoints(["127.0.0.1:1"]).timeout(Duration::ZERO).build();
         assert!(matches!(zero, Err(Error::Options(_))));
-        assert!(matches!(Client::new(["https://a:1"]), Err(Error::InvalidEndpoint { .. })));
+        assert!(matches!(Client::new(["ftp://a:1"]), Err(Error::InvalidEndpoint { .. })));
+        let not_a_ca = Client::builder().endpoints(["a:1"]).ca_pem("not a certificate").build();
+        assert!(matches!(not_a_ca, Err(Error::Options(_))), "{not_a_ca:?}");
+        let https = Client::builder().endpoints(["a:1"]).ca_pem(CA).build().unwrap();
+        assert_eq!(https.endpoints(), ["https://a:1"], "with a CA, host:port is https");
     }
 }
