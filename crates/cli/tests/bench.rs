@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, KillOnDrop, SKIFF, skiff, stderr, stdout};
+use common::{Cluster, Demo, SKIFF, skiff, stderr, stdout};
 use serde_json::Value;
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
@@ -156,36 +155,9 @@ fn a_cluster_loaded_over_redis() {
 fn a_secure_cluster_loaded_over_https_and_redis_tls() {
     let dir = tempfile::tempdir().unwrap();
     let file = ClusterFile::builder("bench-tls", 3).http().redis().build();
-    let config = file.write(dir.path());
-    let data = dir.path().join("data");
-    let errors = dir.path().join("stderr");
-    let mut child = skiff()
-        .args(["demo", "--secure", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .expect("start skiff demo --secure");
-    let guard = KillOnDrop::new(&child);
-    // The banner ends with a line that starts with "running"; keep reading so the demo
-    // never blocks on a full pipe.
-    let lines = BufReader::new(child.stdout.take().expect("stdout"));
-    let (sender, running) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.lines().map_while(Result::ok) {
-            if line.starts_with("running") {
-                let _ = sender.send(());
-            }
-        }
-    });
-    let log = || std::fs::read_to_string(&errors).unwrap_or_default();
-    running.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("the demo did not start:\n{}", log()));
-    let ca = data.join("certs").join("ca.pem");
-    let tokens: toml::Table = std::fs::read_to_string(data.join("tokens.toml")).unwrap().parse().unwrap();
-    let token = tokens["token"][0]["secret"].as_str().expect("the admin token's secret").to_string();
+    let demo = Demo::start(dir.path(), &file, &["--secure"]);
+    let log = || demo.log();
+    let (ca, token) = (demo.ca(), demo.token());
 
     let secure_bench = |args: &[&str], token: Option<&str>| {
         let mut command = skiff();
@@ -232,9 +204,7 @@ fn a_secure_cluster_loaded_over_https_and_redis_tls() {
     let plain = skiff().args(["bench", "put", "--endpoints", &http, "--total", "20"]).output().unwrap();
     assert_eq!(plain.status.code(), Some(1), "{plain:?}");
     assert!(stderr(&plain).contains("serves HTTPS"), "{}", stderr(&plain));
-    child.kill().expect("stop the demo");
-    child.wait().expect("reap the demo");
-    guard.disarm();
+    demo.stop();
 }
 
 fn run(args: &[&str]) -> Output {

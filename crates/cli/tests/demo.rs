@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::process::Stdio;
 
-use common::{KillOnDrop, read_banner, signal, skiff, stdout};
+use common::{Demo, skiff, stdout};
 use skiff::NodeId;
 use skiff::config::ClusterConfig;
 use skiff_testkit::cluster_file::ClusterFile;
@@ -16,21 +15,8 @@ use skiff_testkit::cluster_file::ClusterFile;
 fn demo_serves_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let file = ClusterFile::builder("demo", 3).http().redis().build();
-    let config = file.write(dir.path());
-    let errors = dir.path().join("stderr");
-    let mut child = skiff()
-        .arg("demo")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .expect("start skiff demo");
-    let guard = KillOnDrop::new(&child);
-    let (banner, receiver, reader) = read_banner(&mut child, &errors);
+    let demo = Demo::start(dir.path(), &file, &[]);
+    let banner = &demo.banner;
     let first_http = file.node(NodeId(1)).http.clone().expect("an http address");
     let last_raft = file.node(NodeId(3)).raft.clone();
     let endpoints = file.http_addresses().join(",");
@@ -45,11 +31,7 @@ fn demo_serves_and_stops_on_sigint() {
     let get = skiff().args(["--endpoints", &endpoints, "get", "greeting"]).output().unwrap();
     assert_eq!(stdout(&get), "hello\n", "{get:?}");
 
-    signal(&child, libc::SIGINT);
-    let status = child.wait().expect("wait for demo");
-    guard.disarm();
-    let _ = reader.join();
-    let rest: Vec<String> = receiver.try_iter().collect();
+    let (status, rest) = demo.stop();
     assert_eq!(status.code(), Some(0), "after SIGINT: {rest:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
 }
@@ -75,28 +57,11 @@ fn the_default_endpoints_are_the_demos() {
 fn secure_demo_needs_the_ca_and_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let file = ClusterFile::builder("demo", 3).http().redis().build();
-    let config = file.write(dir.path());
-    let errors = dir.path().join("stderr");
-    let data = dir.path().join("data");
-    let mut child = skiff()
-        .args(["demo", "--secure", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .expect("start skiff demo --secure");
-    let guard = KillOnDrop::new(&child);
-    let (banner, _rest, _reader) = read_banner(&mut child, &errors);
-    let ca = data.join("certs").join("ca.pem");
+    let demo = Demo::start(dir.path(), &file, &["--secure"]);
+    let banner = &demo.banner;
+    let ca = demo.ca();
     assert!(banner.contains(&format!("export SKIFF_CACERT={}", ca.display())), "{banner}");
-    let token = banner
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("export SKIFF_TOKEN="))
-        .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"))
-        .to_string();
+    let token = demo.token();
     assert!(token.len() >= 32, "a long random secret: {token:?}");
     assert!(banner.contains("https://") && banner.contains("redis-cli --tls"), "{banner}");
     assert!(banner.contains("┆ leader "), "the demo's own status table reaches its nodes over TLS:\n{banner}");
@@ -156,10 +121,8 @@ fn secure_demo_needs_the_ca_and_the_token() {
     assert_eq!(redis_cli(&["--user", "admin", "--pass", &token, "--no-auth-warning", "get", "greeting"]), "hello\n");
     assert!(redis_cli(&["get", "greeting"]).contains("NOAUTH"), "{}", redis_cli(&["get", "greeting"]));
 
-    signal(&child, libc::SIGINT);
-    let status = child.wait().expect("wait for demo");
-    guard.disarm();
-    assert_eq!(status.code(), Some(0));
+    let (status, rest) = demo.stop();
+    assert_eq!(status.code(), Some(0), "after SIGINT: {rest:?}");
 }
 
 /// `skiff certs`: a CA, node certificates and a client certificate; run again with more

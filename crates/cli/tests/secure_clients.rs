@@ -11,7 +11,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{KillOnDrop, read_banner, signal, skiff, stderr, stdout};
+use common::{Demo, signal, skiff, stderr, stdout};
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::wait::eventually;
@@ -42,36 +42,17 @@ fn py_consul_and_redis_py_over_tls_with_tokens() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = ClusterFile::builder("secure-clients", 3).http().redis().build();
-    let config = file.write(dir.path());
-    let data = dir.path().join("data");
-    let errors = dir.path().join("stderr");
-    let mut child = skiff()
-        .args(["demo", "--secure", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .expect("start skiff demo --secure");
-    let guard = KillOnDrop::new(&child);
-    let (banner, _rest, _reader) = read_banner(&mut child, &errors);
-    let admin = banner
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("export SKIFF_TOKEN="))
-        .unwrap_or_else(|| panic!("no token in the banner:\n{banner}"))
-        .to_string();
-    let ca = data.join("certs").join("ca.pem");
+    let demo = Demo::start(dir.path(), &file, &["--secure"]);
+    let (admin, ca) = (demo.token(), demo.ca());
 
     // A scoped token, added while the cluster runs.
-    let tokens = data.join("tokens.toml");
+    let tokens = demo.data.join("tokens.toml");
     let mut text = std::fs::read_to_string(&tokens).unwrap();
     text.push_str(&format!(
         "\n[[token]]\nname = \"app\"\nsecret = \"{APP_SECRET}\"\nread = [\"shared/\"]\nwrite = [\"app/\"]\n"
     ));
     std::fs::write(&tokens, text).unwrap();
-    signal(&child, libc::SIGHUP);
+    signal(&demo.child, libc::SIGHUP);
     let endpoints = file.http_addresses().join(",");
     eventually("the demo to take the new token", || {
         let output = skiff()
@@ -95,7 +76,6 @@ fn py_consul_and_redis_py_over_tls_with_tokens() {
     eprintln!("{}", stdout(&output));
     assert!(output.status.success(), "the Python clients failed:\n{}\n{}", stdout(&output), stderr(&output));
 
-    signal(&child, libc::SIGINT);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    guard.disarm();
+    let (status, rest) = demo.stop();
+    assert_eq!(status.code(), Some(0), "after SIGINT: {rest:?}");
 }
