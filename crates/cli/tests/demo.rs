@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::{Demo, skiff, stdout};
 use skiff::NodeId;
 use skiff::config::ClusterConfig;

@@ -185,29 +185,23 @@ impl Transport {
     /// files do not hold certificates and a key.
     pub fn new(endpoints: Vec<String>, timeout: Duration, security: Security) -> Result<Transport> {
         use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        // The certificates of a PEM file; `missing` if it holds none.
+        let certificates = |pem: &[u8], missing: &'static str| {
+            let certificates: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(certificate)) => Some(certificate),
+                    _ => None,
+                })
+                .collect();
+            if certificates.is_empty() { Err(Error::Options(missing)) } else { Ok(certificates) }
+        };
         let mut tls = TlsConfig::builder();
         if let Some(ca) = &security.ca_pem {
-            let certificates: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca)
-                .filter_map(|item| match item {
-                    Ok(PemItem::Certificate(certificate)) => Some(certificate),
-                    _ => None,
-                })
-                .collect();
-            if certificates.is_empty() {
-                return Err(Error::Options("the CA file holds no PEM certificate"));
-            }
-            tls = tls.root_certs(RootCerts::new_with_certs(&certificates));
+            let roots = certificates(ca, "the CA file holds no PEM certificate")?;
+            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
         }
         if let Some((certificate, key)) = &security.identity_pem {
-            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(certificate)
-                .filter_map(|item| match item {
-                    Ok(PemItem::Certificate(certificate)) => Some(certificate),
-                    _ => None,
-                })
-                .collect();
-            if chain.is_empty() {
-                return Err(Error::Options("the client certificate file holds no PEM certificate"));
-            }
+            let chain = certificates(certificate, "the client certificate file holds no PEM certificate")?;
             let key = PrivateKey::from_pem(key)
                 .map_err(|_| Error::Options("the client key file holds no PEM private key"))?;
             tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
