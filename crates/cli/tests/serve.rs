@@ -146,16 +146,13 @@ fn a_node_open_to_the_network_without_tls_and_tokens_refuses_to_start() {
     let exposed = format!(
         "[cluster]\nname = \"open\"\n[[node]]\nid = \"n1\"\nraft = \"127.0.0.1:{raft}\"\nhttp = \"0.0.0.0:{port}\"\n"
     );
-    let config = write_file(dir.path(), "open.toml", &exposed);
-    let output = skiff()
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args(["--id", "n1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
+    let serve = |file: &str, text: &str| {
+        let mut command = skiff();
+        command.arg("serve").arg("--config").arg(write_file(dir.path(), file, text));
+        command.args(["--id", "n1"]).arg("--data-dir").arg(dir.path().join("data"));
+        command
+    };
+    let output = serve("open.toml", &exposed).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     for wanted in
         ["refusing to start", &format!("http 0.0.0.0:{port}"), "[tls] and [auth]", "skiff certs", "insecure = true"]
@@ -165,21 +162,8 @@ fn a_node_open_to_the_network_without_tls_and_tokens_refuses_to_start() {
     assert!(!dir.path().join("data").exists(), "nothing was created before the refusal");
 
     // The operator's explicit choice is respected.
-    let insecure = write_file(
-        dir.path(),
-        "insecure.toml",
-        &exposed.replace("name = \"open\"", "name = \"open\"\ninsecure = true"),
-    );
-    let mut child = skiff()
-        .arg("serve")
-        .arg("--config")
-        .arg(&insecure)
-        .args(["--id", "n1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let insecure = exposed.replace("name = \"open\"", "name = \"open\"\ninsecure = true");
+    let mut child = serve("insecure.toml", &insecure).stderr(Stdio::null()).spawn().unwrap();
     let guard = KillOnDrop::new(&child);
     eventually_ok("the insecure node to serve", || {
         ureq::get(&format!("http://127.0.0.1:{port}/v1/status/leader")).call().map(|_| ())
