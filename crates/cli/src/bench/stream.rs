@@ -1,31 +1,26 @@
 //! The byte stream under a connection: plain TCP, or TLS over it (rustls with ring) for a
 //! cluster with `[tls]` (`https://` endpoints, or any endpoint when `--cacert` is given).
 //!
-//! One enum rather than a boxed trait object: a plain connection pays a match per read or
-//! write, nothing more.
+//! An `Either` rather than a boxed trait object (as the KV server's client connections): a
+//! plain connection pays a match per read or write, nothing more.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::client::Security;
 
-/// A connection's stream.
-pub enum Stream {
-    Plain(TcpStream),
-    /// Boxed: rustls's state is large, and a plain run should not carry its size.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A connection's stream: plain, or TLS (boxed: rustls's state is large, and a plain run
+/// should not carry its size).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How to wrap a connection in TLS: the client configuration, and the name the node's
 /// certificate must carry (the host of the endpoint).
@@ -47,8 +42,8 @@ pub async fn connect(address: SocketAddr, tls: Option<&Tls>) -> io::Result<Strea
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     match tls {
-        None => Ok(Stream::Plain(stream)),
-        Some(tls) => Ok(Stream::Tls(Box::new(tls.connector.connect(tls.name.clone(), stream).await?))),
+        None => Ok(Either::Left(stream)),
+        Some(tls) => Ok(Either::Right(Box::new(tls.connector.connect(tls.name.clone(), stream).await?))),
     }
 }
 
@@ -95,54 +90,4 @@ pub fn client_config(security: &Security, alpn: &[&[u8]]) -> Result<Option<Arc<C
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let host = host.strip_prefix('[').and_then(|host| host.strip_suffix(']')).unwrap_or(host);
     ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a host name a certificate can carry"))
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(stream) => stream.is_write_vectored(),
-            Stream::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
