@@ -63,6 +63,9 @@ pub(crate) struct Shared<S: Storage> {
     pub ticks: u64,
     /// Set between `ready()` and `advance()`: the index applied once the driver is done.
     pending_advance: Option<Index>,
+    /// Set by the driver while its state machine is behind: `ready()` hands out no
+    /// committed entries (see [`Raft::pause_applying`]).
+    applying_paused: bool,
 }
 
 pub(crate) enum Role {
@@ -185,6 +188,7 @@ impl<S: Storage> Raft<S> {
             persisted_hard_state: hard_state,
             ticks: 0,
             pending_advance: None,
+            applying_paused: false,
         };
         shared.reset_election_timeout();
         // With lease reads, a node that just (re)started may have acknowledged a leader's
@@ -620,7 +624,10 @@ impl<S: Storage> Raft<S> {
         let shared = &mut self.shared;
         let hard_state = shared.hard_state();
         let (snapshot, entries) = shared.log.unstable();
-        let committed = shared.log.next_committed(shared.config.max_committed_bytes_per_ready)?;
+        let committed = match shared.applying_paused {
+            true => Vec::new(),
+            false => shared.log.next_committed(shared.config.max_committed_bytes_per_ready)?,
+        };
         let applied = committed.last().map_or(shared.log.applied_index(), Entry::index);
         shared.pending_advance = Some(applied);
         // Everything in the outbox of a leader whose term and vote are durable was sent by
@@ -656,7 +663,16 @@ impl<S: Storage> Raft<S> {
             || !shared.outbox.is_empty()
             || !shared.reads.is_empty()
             || shared.hard_state() != shared.persisted_hard_state
-            || shared.log.commit_index() > shared.log.applied_index()
+            || (!shared.applying_paused && shared.log.commit_index() > shared.log.applied_index())
+    }
+
+    /// While `paused`, `ready()` hands out no committed entries (everything else goes on:
+    /// votes, appends, commits, reads). A driver whose state machine falls behind pauses
+    /// rather than queue committed entries without bound, and never waits for it: the
+    /// log holds what is committed and not yet applied, so nothing is lost, and replication
+    /// and heartbeats, which do not depend on applying, keep the leader in place.
+    pub fn pause_applying(&mut self, paused: bool) {
+        self.shared.applying_paused = paused;
     }
 
     /// The driver did everything the last `Ready` asked.

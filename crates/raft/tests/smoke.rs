@@ -172,3 +172,27 @@ fn a_durable_leaders_messages_may_leave_before_its_fsync() {
     let ready = single.ready().unwrap();
     assert!(ready.leader_messages.is_empty(), "term and vote not yet durable");
 }
+
+/// A driver whose state machine is behind pauses applying: commits go on (a quorum keeps
+/// acknowledging, the leader keeps its followers), but no committed entry is handed out,
+/// and `has_ready` does not spin on them; resumed, they come out in order.
+#[test]
+fn a_paused_node_commits_but_hands_out_nothing_to_apply() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.tick_until_leader();
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    let applied_before = cluster.applied.get(&follower).map_or(0, Vec::len);
+    cluster.nodes.get_mut(&follower).unwrap().pause_applying(true);
+    let proposal = cluster.nodes.get_mut(&leader).unwrap().propose(Bytes::from("later")).unwrap();
+    cluster.settle();
+    let node = &cluster.nodes[&follower];
+    assert_eq!(node.commit_index(), proposal.log_id.index, "the paused node still learns the commit");
+    assert!(!node.has_ready(), "nothing but the paused entries is left, and they wait");
+    assert_eq!(cluster.applied.get(&follower).map_or(0, Vec::len), applied_before);
+    assert_eq!(cluster.applied[&leader].last(), Some(&Bytes::from("later")), "the leader applied it");
+
+    cluster.nodes.get_mut(&follower).unwrap().pause_applying(false);
+    assert!(cluster.nodes[&follower].has_ready());
+    cluster.settle();
+    assert_eq!(cluster.applied[&follower], cluster.applied[&leader], "resumed: the same entries, in order");
+}

@@ -2,11 +2,17 @@
 //! their proposers, serves reads once their index is applied, and takes snapshots. It runs
 //! beside the driver, so a slow `apply` or a large snapshot never delays ticks, heartbeats
 //! or replication; the order of entries is the order the driver hands them over.
+//!
+//! The driver never waits for this thread: its queue is unbounded, and what is in it is
+//! bounded by the [`Backlog`] instead. Committed entries above `max_apply_backlog_bytes`
+//! stay in the log (the core is paused, [`skiff_raft::Raft::pause_applying`]) until this
+//! thread catches up and says so ([`Event::Drained`]); reads above `max_queued_reads`
+//! are refused when they arrive.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use skiff_raft::{Entry, Index, LogId, Membership, NodeId, Payload, SnapshotMeta, Term};
@@ -45,11 +51,86 @@ impl Responder {
     }
 }
 
+/// How far the apply thread is, shared with the driver: the index applied, and what was
+/// handed over and is not done yet.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// The index applied so far (also for status).
+    applied: AtomicU64,
+    /// The bytes of the committed entries handed over and not yet applied.
+    entry_bytes: AtomicU64,
+    /// Above this many `entry_bytes`, the driver pauses handing out entries.
+    max_entry_bytes: u64,
+    /// Reads taken on and not yet answered (waiting for a read index, for their index to be
+    /// applied, or in the queue). Counted by [`ReadTicket`]s.
+    reads: AtomicUsize,
+    /// Set by the driver when it paused handing out entries; the apply thread then tells
+    /// it when the backlog is down to half.
+    paused: AtomicBool,
+}
+
+impl Progress {
+    pub fn new(max_entry_bytes: u64) -> Progress {
+        Progress {
+            applied: AtomicU64::new(0),
+            entry_bytes: AtomicU64::new(0),
+            max_entry_bytes,
+            reads: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    pub fn applied(&self) -> Index {
+        Index(self.applied.load(Ordering::Acquire))
+    }
+
+    fn set_applied(&self, index: Index) {
+        self.applied.store(index.0, Ordering::Release);
+    }
+
+    /// The driver hands over `bytes` of entries.
+    pub fn handed(&self, bytes: u64) {
+        self.entry_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether the driver must pause handing out entries; if so, it is marked paused.
+    pub fn must_pause(&self) -> bool {
+        let over = self.entry_bytes.load(Ordering::Acquire) >= self.max_entry_bytes;
+        self.paused.store(over, Ordering::Release);
+        over
+    }
+
+    /// The apply thread finished `bytes` of entries: whether a paused driver should hear.
+    fn done(&self, bytes: u64) -> bool {
+        let left = self.entry_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        left <= self.max_entry_bytes / 2 && self.paused.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes on one more read, unless `max` already wait: then it is refused.
+    pub fn admit_read(self: &Arc<Self>, max: usize) -> Result<ReadTicket> {
+        let waiting = self.reads.fetch_add(1, Ordering::AcqRel);
+        if waiting >= max {
+            self.reads.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Overloaded { waiting });
+        }
+        Ok(ReadTicket(Arc::clone(self)))
+    }
+}
+
+/// One read taken on; it counts until dropped, whichever way the read ends.
+pub(crate) struct ReadTicket(Arc<Progress>);
+
+impl Drop for ReadTicket {
+    fn drop(&mut self) {
+        self.0.reads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What the driver asks of the apply thread, in order.
 pub(crate) enum Task<S: StateMachine> {
-    /// Apply these committed entries; each write waits under its index, with the term it
-    /// was proposed in.
-    Apply { entries: Vec<Entry>, writes: BTreeMap<Index, (Term, Responder)> },
+    /// Apply these committed entries (`bytes` in all); each write waits under its index,
+    /// with the term it was proposed in.
+    Apply { entries: Vec<Entry>, bytes: u64, writes: BTreeMap<Index, (Term, Responder)> },
     /// Replace the state by the snapshot `meta` (from the leader), read from `data`.
     Restore { meta: SnapshotMeta, data: Box<dyn Read + Send> },
     /// Run `query` once everything up to `index` is applied.
@@ -65,12 +146,14 @@ pub(crate) enum Event {
     SnapshotTaken { meta: SnapshotMeta },
     /// The state machine failed (restoring, snapshotting, or a panic): the node must stop.
     Failed(Error),
+    /// The backlog the driver paused on is down to half: hand out committed entries again.
+    Drained,
 }
 
 pub(crate) struct Applier<S: StateMachine> {
     pub state_machine: S,
-    /// The index applied so far, shared with the driver for status.
-    pub applied: Arc<AtomicU64>,
+    /// The index applied so far and the backlog, shared with the driver.
+    progress: Arc<Progress>,
     pub transport: Arc<dyn Transport>,
     pub events: mpsc::UnboundedSender<Event>,
     waiting_reads: Vec<(Index, ReadQuery<S>)>,
@@ -121,15 +204,15 @@ impl<S: StateMachine> Applier<S> {
         state_machine: S,
         restored: SnapshotMeta,
         snapshots: SnapshotPolicy,
-        applied: Arc<AtomicU64>,
+        progress: Arc<Progress>,
         transport: Arc<dyn Transport>,
         target: Arc<dyn SnapshotTarget>,
         events: mpsc::UnboundedSender<Event>,
     ) -> Applier<S> {
-        applied.store(restored.last_log_id.index.0, Ordering::Release);
+        progress.set_applied(restored.last_log_id.index);
         Applier {
             state_machine,
-            applied,
+            progress,
             transport,
             events,
             waiting_reads: Vec::new(),
@@ -170,7 +253,7 @@ impl<S: StateMachine> Applier<S> {
 
     fn handle(&mut self, task: Task<S>) -> Result<(), Error> {
         match task {
-            Task::Apply { entries, writes } => {
+            Task::Apply { entries, bytes, writes } => {
                 let mut writes = writes.into_iter().peekable();
                 for entry in entries {
                     let log_id = entry.log_id;
@@ -190,6 +273,9 @@ impl<S: StateMachine> Applier<S> {
                         responder.respond(self.transport.as_ref(), result);
                     }
                 }
+                if self.progress.done(bytes) {
+                    let _ = self.events.send(Event::Drained);
+                }
                 self.serve_reads();
                 self.maybe_snapshot()
             }
@@ -200,7 +286,7 @@ impl<S: StateMachine> Applier<S> {
                 self.snapshots.taken(index, data.bytes);
                 self.last_applied = meta.last_log_id;
                 self.membership = meta.membership;
-                self.applied.store(index.0, Ordering::Release);
+                self.progress.set_applied(index);
                 self.serve_reads();
                 Ok(())
             }
@@ -218,7 +304,7 @@ impl<S: StateMachine> Applier<S> {
 
     fn apply(&mut self, entry: Entry) -> Result<Bytes> {
         let index = entry.index();
-        let applied = Index(self.applied.load(Ordering::Acquire));
+        let applied = self.progress.applied();
         assert_eq!(index, applied.next(), "entries are applied in order, once");
         self.last_applied = entry.log_id;
         self.snapshots.log_bytes += entry.size_bytes();
@@ -239,12 +325,12 @@ impl<S: StateMachine> Applier<S> {
             }
             Payload::Empty => Ok(Bytes::new()),
         };
-        self.applied.store(index.0, Ordering::Release);
+        self.progress.set_applied(index);
         output
     }
 
     fn serve_reads(&mut self) {
-        let applied = Index(self.applied.load(Ordering::Acquire));
+        let applied = self.progress.applied();
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.waiting_reads).into_iter().partition(|(index, _)| *index <= applied);
         self.waiting_reads = waiting;
@@ -257,7 +343,7 @@ impl<S: StateMachine> Applier<S> {
     /// and tells the driver, which compacts the log to it. The driver goes on meanwhile:
     /// only applying waits (the state machine is borrowed), and the policy keeps that rare.
     fn maybe_snapshot(&mut self) -> Result<(), Error> {
-        let applied = Index(self.applied.load(Ordering::Acquire));
+        let applied = self.progress.applied();
         if !self.snapshots.due(applied) {
             return Ok(());
         }

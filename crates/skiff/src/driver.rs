@@ -8,14 +8,13 @@
 //! `AppendEntries` per follower (group commit).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use skiff_raft::{Index, Message, NodeId, Raft, Ready, RoleName};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::{Applier, CountingReader, Event, ReadQuery, Responder, SnapshotPolicy, Task};
+use crate::apply::{Applier, CountingReader, Event, Progress, ReadQuery, Responder, SnapshotPolicy, Task};
 use crate::error::{Error, Result, StorageFailure};
 use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
 use crate::pending::Pending;
@@ -52,9 +51,6 @@ pub(crate) enum Request<S: StateMachine> {
 /// The most bytes of entries one [`crate::Node::log`] page reads (at least one entry).
 const LOG_PAGE_BYTES: u64 = 4 << 20;
 
-/// How many tasks may wait for the apply thread.
-const APPLY_QUEUE_TASKS: usize = 64;
-
 /// What woke the driver.
 enum Input<S: StateMachine> {
     Tick,
@@ -72,6 +68,10 @@ pub(crate) struct DriverOptions {
     pub snapshot_after_entries: u64,
     /// How long a leader that shuts down waits for its successor to take over.
     pub shutdown_wait_ticks: u32,
+    /// Reads that may wait for the apply thread at once.
+    pub max_queued_reads: usize,
+    /// Committed bytes the apply thread may be behind before the driver pauses the core.
+    pub max_apply_backlog_bytes: u64,
 }
 
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
@@ -82,12 +82,13 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     pending: Pending<S>,
     /// Set once a shutdown is asked for.
     shutdown: Option<Shutdown>,
-    /// Work for the apply thread, in order; and what it reports back.
-    tasks: std::sync::mpsc::SyncSender<Task<S>>,
+    /// Work for the apply thread, in order (never waited on: [`Progress`] bounds it); and
+    /// what it reports back.
+    tasks: std::sync::mpsc::Sender<Task<S>>,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     apply_thread: Option<std::thread::JoinHandle<()>>,
-    /// The index the apply thread has applied.
-    applied: Arc<AtomicU64>,
+    /// The index the apply thread has applied, and what it has yet to do.
+    progress: Arc<Progress>,
     outgoing: snapshot_stream::Sender,
     incoming: snapshot_stream::Receiver,
     leader: watch::Sender<LeaderInfo>,
@@ -119,21 +120,19 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
             None => (raft.storage().snapshot_meta(), 0),
         };
-        let applied = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::new(options.max_apply_backlog_bytes));
         let (events_sender, events) = mpsc::unbounded_channel();
         let policy = SnapshotPolicy::new(options.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
         let applier = Applier::new(
             state_machine,
             restored,
             policy,
-            Arc::clone(&applied),
+            Arc::clone(&progress),
             Arc::clone(&transport),
             raft.storage().snapshot_target(),
             events_sender,
         );
-        // Bounded: a state machine slower than the commit rate makes the driver wait rather
-        // than queue without limit (each task is at most one Ready's committed entries).
-        let (tasks, task_receiver) = std::sync::mpsc::sync_channel(APPLY_QUEUE_TASKS);
+        let (tasks, task_receiver) = std::sync::mpsc::channel();
         let apply_thread = std::thread::Builder::new()
             .name(format!("skiff-{}-apply", raft.id()))
             .spawn(move || applier.run(task_receiver))?;
@@ -146,7 +145,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             tasks,
             events: Some(events),
             apply_thread: Some(apply_thread),
-            applied,
+            progress,
             outgoing: snapshot_stream::Sender::default(),
             incoming: snapshot_stream::Receiver::default(),
             leader,
@@ -188,8 +187,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 while let Ok(request) = requests.try_recv() {
                     self.handle_request(request)?;
                 }
+                // Hand out committed entries only while the apply thread keeps up (it says
+                // when it has caught up again: `Event::Drained`).
+                self.raft.pause_applying(self.progress.must_pause());
                 while self.raft.has_ready() {
                     self.handle_ready()?;
+                    self.raft.pause_applying(self.progress.must_pause());
                 }
                 self.publish_leader();
                 if self.shutdown_done() {
@@ -212,7 +215,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
         };
         self.pending.stop(self.transport.as_ref(), cause);
-        let (closed, _) = std::sync::mpsc::sync_channel(0);
+        let (closed, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.tasks, closed));
         if let Some(thread) = self.apply_thread.take() {
             let _ = thread.join();
@@ -258,16 +261,18 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     fn handle_request(&mut self, request: Request<S>) -> Result<()> {
         match request {
             Request::Write { body, reply } => self.write(body, Responder::Local(reply)),
-            Request::Read { linearizable: false, query } => {
-                self.send_to_apply(Task::ReadNow { query });
-                Ok(())
-            }
-            Request::Read { linearizable: true, query } => {
-                let id = self.pending.next_read_id();
-                match self.raft.read_index(id) {
-                    Ok(()) => self.pending.add_read(id, self.deadline(), query),
-                    Err(skiff_raft::Error::NotLeader { leader: None }) => query(Err(Error::NoLeader)),
-                    Err(error) => query(Err(error.into())),
+            Request::Read { linearizable, query } => {
+                // A read counts from here until it is answered, whichever way; past the
+                // limit it is refused now rather than queued on the apply thread.
+                match self.progress.admit_read(self.options.max_queued_reads) {
+                    Ok(ticket) => self.read(
+                        linearizable,
+                        Box::new(move |state| {
+                            let _counted = ticket;
+                            query(state);
+                        }),
+                    ),
+                    Err(overloaded) => query(Err(overloaded)),
                 }
                 Ok(())
             }
@@ -284,6 +289,20 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 self.shutdown = Some(Shutdown { reply, ticks_left });
                 Ok(())
             }
+        }
+    }
+
+    /// A stale read runs when the apply thread comes to it; a linearizable one once the
+    /// core has confirmed its read index (thesis §6.4) and that index is applied.
+    fn read(&mut self, linearizable: bool, query: ReadQuery<S>) {
+        if !linearizable {
+            return self.send_to_apply(Task::ReadNow { query });
+        }
+        let id = self.pending.next_read_id();
+        match self.raft.read_index(id) {
+            Ok(()) => self.pending.add_read(id, self.deadline(), query),
+            Err(skiff_raft::Error::NotLeader { leader: None }) => query(Err(Error::NoLeader)),
+            Err(error) => query(Err(error.into())),
         }
     }
 
@@ -389,7 +408,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         // Step 3, handed to the apply thread in order, with the proposers to answer.
         if let Some(last) = ready.committed.last() {
             let writes = self.pending.take_writes_through(last.index());
-            self.send_to_apply(Task::Apply { entries: std::mem::take(&mut ready.committed), writes });
+            let entries = std::mem::take(&mut ready.committed);
+            let bytes = entries.iter().map(|entry| entry.size_bytes()).sum();
+            self.progress.handed(bytes);
+            self.send_to_apply(Task::Apply { entries, bytes, writes });
         }
         for read in std::mem::take(&mut ready.reads) {
             match (self.pending.take_read(read.id), read.result) {
@@ -412,6 +434,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     fn handle_event(&mut self, event: Event) -> Result<()> {
         match event {
             Event::Failed(error) => Err(error),
+            Event::Drained => Ok(()), // the run loop un-pauses the core
             Event::SnapshotTaken { meta: written } => {
                 let meta = match self.raft.compact(written.last_log_id.index) {
                     Ok(meta) => meta,
@@ -522,7 +545,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             vote: status.vote,
             leader: status.leader,
             commit: status.commit,
-            applied: Index(self.applied.load(Ordering::Acquire)),
+            applied: self.progress.applied(),
             last_log_id: status.last_log_id,
             snapshot_index: self.raft.storage().snapshot_meta().last_log_id.index,
             membership: status.membership,
@@ -544,7 +567,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             first_index,
             last_index,
             commit: self.raft.commit_index(),
-            applied: Index(self.applied.load(Ordering::Acquire)),
+            applied: self.progress.applied(),
             entries,
         })
     }

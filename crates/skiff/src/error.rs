@@ -40,6 +40,10 @@ pub enum Error {
     /// A command or output could not be encoded or decoded.
     #[error("could not encode or decode a command or its output: {0}")]
     Codec(#[from] postcard::Error),
+    /// The node has more reads waiting for its state machine than it takes on
+    /// ([`crate::NodeOptions`]'s `max_queued_reads`): refused at once, certainly not run.
+    #[error("the node is overloaded: {waiting} reads already wait for its state machine; retry shortly")]
+    Overloaded { waiting: usize },
     /// The node stopped: shut down (no cause), or stopped by the failure `cause`.
     #[error("the node has stopped{}", stop_cause(.cause))]
     Stopped {
@@ -93,7 +97,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         use skiff_raft::Error as R;
         match self {
-            Error::NoLeader | Error::LeadershipLost => ErrorKind::Unavailable,
+            Error::NoLeader | Error::LeadershipLost | Error::Overloaded { .. } => ErrorKind::Unavailable,
             Error::Timeout(_) | Error::OutcomeUnknown => ErrorKind::Indeterminate,
             Error::Remote { kind, .. } => *kind,
             Error::Raft(refused) => match refused {

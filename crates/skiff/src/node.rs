@@ -35,6 +35,13 @@ pub struct NodeOptions {
     pub snapshot_after_entries: u64,
     /// How long `propose` and `read` wait before giving up. Default 5 s.
     pub request_timeout: Duration,
+    /// Reads that may wait for the state machine at once; beyond, a read is refused at
+    /// once with [`crate::Error::Overloaded`] (a 503 or `-TRYAGAIN`). Default 10,000.
+    pub max_queued_reads: usize,
+    /// Committed entries, in bytes, handed to the apply thread and not yet applied. Above
+    /// it, the driver hands out no more until the apply thread catches up: the entries
+    /// wait in the log, and the driver never waits. Default 64 MiB.
+    pub max_apply_backlog_bytes: u64,
 }
 
 impl NodeOptions {
@@ -50,6 +57,8 @@ impl NodeOptions {
             tick: section.tick(),
             snapshot_after_entries: section.snapshot_after_entries,
             request_timeout: Duration::from_secs(5),
+            max_queued_reads: 10_000,
+            max_apply_backlog_bytes: 64 << 20,
         }
     }
 
@@ -212,6 +221,8 @@ impl<S: StateMachine> Node<S> {
             request_timeout: options.request_timeout,
             snapshot_after_entries: options.snapshot_after_entries,
             shutdown_wait_ticks: options.raft.max_election_timeout_ticks(),
+            max_queued_reads: options.max_queued_reads,
+            max_apply_backlog_bytes: options.max_apply_backlog_bytes,
         };
         let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);

@@ -165,3 +165,101 @@ async fn a_slow_state_machine_does_not_cost_the_leader_its_leadership() {
     let after = leader.leader();
     assert_eq!((after.term, after.leader), (term, Some(leader.id())), "leadership held through ~750 ms of applying");
 }
+
+/// A state machine whose `apply` blocks until the test opens its gate.
+struct Gated {
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    applied: u64,
+}
+
+impl StateMachine for Gated {
+    type Command = ();
+    type Output = u64;
+
+    fn apply(&mut self, _index: Index, _command: ()) -> u64 {
+        let (open, changed) = &*self.gate;
+        let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while !*open {
+            open = changed.wait(open).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        self.applied += 1;
+        self.applied
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.applied.to_le_bytes())
+    }
+
+    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
+        let mut bytes = [0; 8];
+        snapshot.read_exact(&mut bytes)?;
+        self.applied = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+/// The driver never waits for the apply thread. With every state machine stuck, hundreds
+/// of writes and reads pile up: the leader keeps its term and its followers, status still
+/// answers, the log still commits, reads past the queue's limit are refused at once as
+/// `Overloaded` (a retry-later error), and once the state machines move again every write
+/// is applied, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let mut cluster = MemoryCluster::<Gated>::empty(3);
+    for id in 1..=3 {
+        let mut options = fast_options(NodeId(id));
+        options.max_queued_reads = 100;
+        let store = MemLogStore::new(cluster.membership.clone());
+        cluster.start(options, Gated { gate: std::sync::Arc::clone(&gate), applied: 0 }, store);
+    }
+    let leader = cluster.node(cluster.leader().await).clone();
+    assert_eq!(leader.propose(()).await.expect("first write"), 1);
+    let before = leader.status().await.expect("status");
+    *gate.0.lock().expect("gate") = false;
+
+    // Writes one at a time into separate batches, each a task for the stuck apply thread
+    // (more than the 64 the driver once blocked at), and reads beyond the limit.
+    let mut writes = Vec::new();
+    for _ in 0..200 {
+        let node = leader.clone();
+        writes.push(tokio::spawn(async move { node.propose(()).await }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let reads: Vec<_> = (0..150)
+        .map(|_| {
+            let node = leader.clone();
+            tokio::spawn(async move { node.read_stale(|machine: &Gated| machine.applied).await })
+        })
+        .collect();
+    // 150 reads against a limit of 100: the first 100 wait, the others are refused now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (answered, waiting): (Vec<_>, Vec<_>) = reads.into_iter().partition(|read| read.is_finished());
+    assert_eq!((answered.len(), waiting.len()), (50, 100), "100 reads wait, the others were answered");
+    for read in answered {
+        let refused = read.await.expect("join");
+        assert!(matches!(refused, Err(skiff::Error::Overloaded { waiting: 100 })), "{refused:?}");
+    }
+
+    // Several election timeouts (60-120 ms) later, still the same leader, and it answers.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = leader.status().await.expect("status answers while applying is stuck");
+    assert_eq!((status.term, status.leader), (before.term, Some(leader.id())), "leadership held");
+    let all_written = Index(before.last_log_id.index.0 + 200);
+    assert!(status.commit >= all_written, "writes still commit: commit {}, {all_written} written", status.commit);
+    assert_eq!(status.applied, before.applied, "and nothing more is applied");
+
+    {
+        let (open, changed) = &*gate;
+        *open.lock().expect("gate") = true;
+        changed.notify_all();
+    }
+    let mut outputs = Vec::new();
+    for write in writes {
+        outputs.push(write.await.expect("join").expect("write"));
+    }
+    assert_eq!(outputs, (2..=201).collect::<Vec<u64>>(), "every write applied once, in order");
+    for read in waiting {
+        assert!(read.await.expect("join").expect("a waiting read is served") >= 1);
+    }
+}
