@@ -201,8 +201,8 @@ impl StateMachine for Gated {
 /// The driver never waits for the apply thread. With every state machine stuck, hundreds
 /// of writes and reads pile up: the leader keeps its term and its followers, status still
 /// answers, the log still commits, reads past the queue's limit are refused at once as
-/// `Overloaded` (a retry-later error), and once the state machines move again every write
-/// is applied, in order.
+/// `Overloaded` (a retry-later error), the committed entries past the apply backlog wait in
+/// the log, and once the state machines move again every write is applied, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
     let gate = std::sync::Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
@@ -210,6 +210,9 @@ async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
     for id in 1..=3 {
         let mut options = fast_options(NodeId(id));
         options.max_queued_reads = 100;
+        // A few entries' worth: the driver pauses handing them out almost at once, and must
+        // resume when the apply thread catches up.
+        options.max_apply_backlog_bytes = 256;
         let store = MemLogStore::new(cluster.membership.clone());
         cluster.start(options, Gated { gate: std::sync::Arc::clone(&gate), applied: 0 }, store);
     }
