@@ -133,7 +133,15 @@ pub fn run(options: ServeOptions) -> Result<()> {
             data_dir = %data_dir.display(),
             "node started"
         );
-        let signal = wait_for_signal().await?;
+        // A node that stops by itself (a storage failure, a panic) takes the process with
+        // it, non-zero, so that a supervisor restarts it rather than leave it answering 500.
+        let signal = tokio::select! {
+            signal = wait_for_signal() => signal?,
+            stopped = server.node().stopped() => {
+                let _ = server.shutdown().await;
+                return Err(anyhow::Error::new(stopped).context(format!("node {id}")));
+            }
+        };
         tracing::info!(node = %id, signal, "shutting down (a leader hands off leadership first)");
         server.shutdown().await.with_context(|| format!("node {id} did not shut down cleanly"))?;
         tracing::info!(node = %id, "stopped");

@@ -92,6 +92,8 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     outgoing: snapshot_stream::Sender,
     incoming: snapshot_stream::Receiver,
     leader: watch::Sender<LeaderInfo>,
+    /// Told once the driver stopped, and why ([`crate::Node::stopped`]).
+    stop: watch::Sender<Option<Option<Arc<Error>>>>,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -109,6 +111,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         transport: Arc<dyn Transport>,
         options: DriverOptions,
         leader: watch::Sender<LeaderInfo>,
+        stop: watch::Sender<Option<Option<Arc<Error>>>>,
     ) -> Result<Self> {
         let snapshot = raft.storage().open_snapshot()?;
         let (restored, snapshot_bytes) = match snapshot {
@@ -149,6 +152,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             outgoing: snapshot_stream::Sender::default(),
             incoming: snapshot_stream::Receiver::default(),
             leader,
+            stop,
         })
     }
 
@@ -214,7 +218,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 Some(Arc::new(error))
             }
         };
-        self.pending.stop(self.transport.as_ref(), cause);
+        self.pending.stop(self.transport.as_ref(), cause.clone());
+        self.stop.send_replace(Some(cause));
         let (closed, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.tasks, closed));
         if let Some(thread) = self.apply_thread.take() {

@@ -53,6 +53,9 @@ pub enum Error {
     /// The apply thread ended without saying why; the node stops.
     #[error("the apply thread stopped")]
     ApplyThreadStopped,
+    /// The driver thread panicked (a bug in Skiff: its log has the panic); the node stopped.
+    #[error("the consensus thread panicked (a bug: the log has its message)")]
+    DriverPanicked,
     /// The state machine panicked; the node stops.
     #[error("the state machine panicked: {0}")]
     StateMachinePanicked(String),
@@ -113,6 +116,7 @@ impl Error {
             Error::Codec(_)
             | Error::Stopped { .. }
             | Error::ApplyThreadStopped
+            | Error::DriverPanicked
             | Error::StateMachinePanicked(_)
             | Error::Config(_)
             | Error::Unresolved { .. }

@@ -123,6 +123,9 @@ pub struct Node<S: StateMachine> {
     id: NodeId,
     requests: mpsc::Sender<Request<S>>,
     leader: watch::Receiver<LeaderInfo>,
+    /// `Some` once the driver stopped, with why (`None` inside: shut down); the sender
+    /// dropped without a value means the driver thread panicked.
+    stop: watch::Receiver<Option<Option<Arc<Error>>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     options: NodeOptions,
     faults: Option<Faults>,
@@ -224,13 +227,14 @@ impl<S: StateMachine> Node<S> {
             max_queued_reads: options.max_queued_reads,
             max_apply_backlog_bytes: options.max_apply_backlog_bytes,
         };
-        let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender)?;
+        let (stop_sender, stop) = watch::channel(None);
+        let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender, stop_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         let thread = std::thread::Builder::new()
             .name(format!("skiff-{id}"))
             .spawn(move || runtime.block_on(driver.run(requests_receiver, inbox)))?;
-        Ok(Node { id, requests, leader, thread: Mutex::new(Some(thread)), options, faults: None })
+        Ok(Node { id, requests, leader, stop, thread: Mutex::new(Some(thread)), options, faults: None })
     }
 
     pub fn id(&self) -> NodeId {
@@ -284,14 +288,14 @@ impl<S: StateMachine> Node<S> {
             let _ = reply.send(state.map(query));
         });
         self.send(Request::Read { linearizable: false, query: run }).await?;
-        result.await.map_err(|_| self.stopped())?
+        result.await.map_err(|_| self.stopped_error())?
     }
 
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<NodeStatus> {
         let (reply, status) = oneshot::channel();
         self.send(Request::Status { reply }).await?;
-        status.await.map_err(|_| self.stopped())
+        status.await.map_err(|_| self.stopped_error())
     }
 
     /// Up to `limit` entries of this node's log, from `from` (default: the last `limit`),
@@ -299,7 +303,7 @@ impl<S: StateMachine> Node<S> {
     pub async fn log(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
         let (reply, page) = oneshot::channel();
         self.send(Request::Log { from, limit, reply }).await?;
-        page.await.map_err(|_| self.stopped())?
+        page.await.map_err(|_| self.stopped_error())?
     }
 
     /// The term and leader this node knows of now.
@@ -318,7 +322,7 @@ impl<S: StateMachine> Node<S> {
         let wait = leader.wait_for(|info| info.leader.is_some());
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(info)) => info.leader.ok_or(Error::NoLeader),
-            Ok(Err(_)) => Err(self.stopped()),
+            Ok(Err(_)) => Err(self.stopped_error()),
             Err(_) => Err(Error::Timeout(timeout)),
         }
     }
@@ -379,7 +383,7 @@ impl<S: StateMachine> Node<S> {
             self.send(request).await?;
             let outcome = match tokio::time::timeout_at(deadline, result).await {
                 Err(_) => return Err(Error::Timeout(timeout)),
-                Ok(Err(_)) => return Err(self.stopped()),
+                Ok(Err(_)) => return Err(self.stopped_error()),
                 Ok(Ok(outcome)) => outcome,
             };
             match outcome {
@@ -392,10 +396,25 @@ impl<S: StateMachine> Node<S> {
     }
 
     async fn send(&self, request: Request<S>) -> Result<()> {
-        self.requests.send(request).await.map_err(|_| self.stopped())
+        self.requests.send(request).await.map_err(|_| self.stopped_error())
     }
 
-    fn stopped(&self) -> Error {
-        Error::shut_down()
+    /// Waits until the node stops, and says why: [`Error::Stopped`], with no cause after
+    /// [`Node::shutdown`], else the failure that stopped it (a storage error, a panic in the
+    /// state machine or the driver). A process serving one node exits with it.
+    pub async fn stopped(&self) -> Error {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(Option::is_some).await;
+        self.stopped_error()
+    }
+
+    fn stopped_error(&self) -> Error {
+        let stop = self.stop.borrow();
+        match (&*stop, self.stop.has_changed()) {
+            (Some(cause), _) => Error::Stopped { cause: cause.clone() },
+            // The driver's end is dropped without a word only when its thread panicked.
+            (None, Err(_)) => Error::Stopped { cause: Some(Arc::new(Error::DriverPanicked)) },
+            (None, Ok(_)) => Error::shut_down(),
+        }
     }
 }
