@@ -72,6 +72,8 @@ pub(crate) struct DriverOptions {
     pub max_queued_reads: usize,
     /// Committed bytes the apply thread may be behind before the driver pauses the core.
     pub max_apply_backlog_bytes: u64,
+    /// The largest snapshot accepted from a leader.
+    pub max_snapshot_bytes: u64,
 }
 
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
@@ -139,6 +141,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let apply_thread = std::thread::Builder::new()
             .name(format!("skiff-{}-apply", raft.id()))
             .spawn(move || applier.run(task_receiver))?;
+        let incoming = snapshot_stream::Receiver::new(options.max_snapshot_bytes);
         Ok(Driver {
             raft,
             transport,
@@ -150,7 +153,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             apply_thread: Some(apply_thread),
             progress,
             outgoing: snapshot_stream::Sender::default(),
-            incoming: snapshot_stream::Receiver::default(),
+            incoming,
             leader,
             stop,
         })

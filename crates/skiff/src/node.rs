@@ -42,6 +42,10 @@ pub struct NodeOptions {
     /// it, the driver hands out no more until the apply thread catches up: the entries
     /// wait in the log, and the driver never waits. Default 64 MiB.
     pub max_apply_backlog_bytes: u64,
+    /// The largest snapshot this node accepts from a leader, in bytes: the bound on what a
+    /// snapshot stream may write to disk. A larger one is dropped with an error in the log
+    /// (the node cannot catch up by snapshot until the limit is raised). Default 32 GiB.
+    pub max_snapshot_bytes: u64,
 }
 
 impl NodeOptions {
@@ -59,6 +63,7 @@ impl NodeOptions {
             request_timeout: Duration::from_secs(5),
             max_queued_reads: 10_000,
             max_apply_backlog_bytes: 64 << 20,
+            max_snapshot_bytes: 32 << 30,
         }
     }
 
@@ -226,6 +231,7 @@ impl<S: StateMachine> Node<S> {
             shutdown_wait_ticks: options.raft.max_election_timeout_ticks(),
             max_queued_reads: options.max_queued_reads,
             max_apply_backlog_bytes: options.max_apply_backlog_bytes,
+            max_snapshot_bytes: options.max_snapshot_bytes,
         };
         let (stop_sender, stop) = watch::channel(None);
         let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender, stop_sender)?;

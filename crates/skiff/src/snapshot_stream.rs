@@ -127,15 +127,20 @@ impl Outgoing {
 }
 
 /// A snapshot being received from the leader, written to its file chunk by chunk.
-#[derive(Default)]
 pub(crate) struct Receiver {
     /// The snapshot, its file being written, and the bytes received.
     receiving: Option<(SnapshotMeta, Box<dyn SnapshotSink>, u64)>,
     /// The last snapshot whose data was saved: the only one the core may be told to install.
     pub saved: Option<SnapshotMeta>,
+    /// The most bytes one snapshot may have; a stream past it is dropped, its file removed.
+    max_bytes: u64,
 }
 
 impl Receiver {
+    pub fn new(max_bytes: u64) -> Receiver {
+        Receiver { receiving: None, saved: None, max_bytes }
+    }
+
     /// A chunk arrived: returns the acknowledgement to send.
     pub fn chunk<L: LogStore>(
         &mut self,
@@ -164,6 +169,14 @@ impl Receiver {
             self.receiving = None;
             return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: false });
         }
+        if received.saturating_add(data.len() as u64) > self.max_bytes {
+            // Not a storage failure: this node keeps running, and the leader retries (and
+            // fails again) until an operator raises the limit. Say so loudly.
+            tracing::error!(snapshot = %index, limit = self.max_bytes,
+                "the leader's snapshot is larger than max_snapshot_bytes: dropped; raise the limit to let this node catch up");
+            self.receiving = None;
+            return Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: 0, ok: false });
+        }
         sink.write_all(&data).map_err(|source| StorageFailure::SnapshotData { action: "writing", index, source })?;
         *received += data.len() as u64;
         let received = *received;
@@ -173,5 +186,40 @@ impl Receiver {
             self.saved = Some(meta);
         }
         Ok(PeerMessage::SnapshotAck { snapshot_index: index, offset: received, ok: true })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_raft::{Index, LogId, Membership, NodeId, SnapshotMeta, Term};
+
+    use super::*;
+    use crate::store::MemLogStore;
+
+    fn meta() -> SnapshotMeta {
+        let membership = Membership::with_voters([NodeId(1)]);
+        SnapshotMeta { last_log_id: LogId::new(Term(1), Index(10)), membership }
+    }
+
+    /// A leader's snapshot stream is bounded: the chunk that would take it past
+    /// `max_snapshot_bytes` is refused, nothing is saved, and the stream starts over.
+    #[test]
+    fn a_snapshot_stream_past_its_limit_is_dropped() {
+        let mut store = MemLogStore::new(Membership::with_voters([NodeId(1)]));
+        let mut receiver = Receiver::new(10);
+        let chunk = |offset, data: &'static [u8], done| (meta(), offset, Bytes::from_static(data), done);
+        let (m, offset, data, done) = chunk(0, b"0123456", false);
+        let ack = receiver.chunk(&mut store, m, offset, data, done).expect("chunk");
+        assert!(matches!(ack, PeerMessage::SnapshotAck { offset: 7, ok: true, .. }), "{ack:?}");
+        let (m, offset, data, done) = chunk(7, b"7890", true);
+        let ack = receiver.chunk(&mut store, m, offset, data, done).expect("chunk");
+        assert!(matches!(ack, PeerMessage::SnapshotAck { offset: 0, ok: false, .. }), "{ack:?}");
+        assert_eq!(receiver.saved, None, "nothing may be installed");
+
+        let mut receiver = Receiver::new(11);
+        let (m, offset, data, done) = chunk(0, b"01234567890", true);
+        let ack = receiver.chunk(&mut store, m, offset, data, done).expect("chunk");
+        assert!(matches!(ack, PeerMessage::SnapshotAck { offset: 11, ok: true, .. }), "{ack:?}");
+        assert_eq!(receiver.saved, Some(meta()), "exactly at the limit is fine");
     }
 }
