@@ -120,6 +120,8 @@ pub fn run(options: ServeOptions) -> Result<()> {
     if options.fault_injection {
         tracing::warn!(node = %id, "fault injection is on: anyone who reaches the HTTP port can cut this node off");
     }
+    let open_files = raise_open_file_limit();
+    tracing::debug!(node = %id, open_files, "open file limit");
     let mut server_options = ServerOptions::new(cluster, id, &data_dir);
     server_options.limits = options.limits;
     server_options.fault_injection = options.fault_injection;
@@ -147,6 +149,24 @@ pub fn run(options: ServeOptions) -> Result<()> {
         tracing::info!(node = %id, "stopped");
         Ok(())
     })
+}
+
+/// Raises this process's soft limit on open files to its hard limit (a default soft limit
+/// of 1024 is far below what thousands of client connections need, and running out in the
+/// middle of creating a WAL segment stops the node); returns the limit in force.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> u64 {
+    u64::MAX
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM; returns which.
