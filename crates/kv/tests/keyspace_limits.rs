@@ -337,20 +337,20 @@ fn the_quota_refuses_writes_lets_deletes_through_and_its_alarm_clears_once_space
     let one = One::start("quota", limits, metrics_exclusive());
     assert_eq!(one.status()["keyspace"]["quota_bytes"], 1000);
     assert_eq!(one.status()["keyspace"]["alarm"], Value::Null);
-    // Keys of 6 bytes with 194-byte values: 200 bytes each; four fit, a fifth could not...
+    // Keys of 5 bytes with 245-byte values: 250 bytes each; four fill the quota.
     for number in 0..4 {
-        one.client.set(N1, &format!("q/{number:03}"), &[b'v'; 194]);
+        one.client.set(N1, &format!("q/{number:03}"), &[b'v'; 245]);
     }
-    let message = one.client.put(N1, &kv_path("q/004"), &[b'v'; 194]).error(507);
+    let message = one.client.put(N1, &kv_path("q/004"), &[b'v'; 245]).error(507);
     assert!(message.starts_with("OOM command not allowed when used memory > 'keyspace-quota'"), "{message}");
-    assert!(message.contains("800 bytes of keys and values used of 1000"), "{message}");
+    assert!(message.contains("1000 bytes of keys and values used of 1000"), "{message}");
     assert_eq!(one.client.raw(N1, "q/004"), None, "nothing was written");
     let status = one.status();
-    assert_eq!(status["keyspace"]["used_bytes"], 800);
+    assert_eq!(status["keyspace"]["used_bytes"], 1000);
     let alarm = status["keyspace"]["alarm"].as_str().expect("the alarm is raised").to_string();
     assert!(alarm.starts_with("NOSPACE"), "{alarm}");
     assert_eq!(one.metric("skiff_kv_quota_alarm", ""), 1.0);
-    assert_eq!(one.metric("skiff_kv_keyspace_bytes", ""), 800.0);
+    assert_eq!(one.metric("skiff_kv_keyspace_bytes", ""), 1000.0);
     // Through Redis: the same refusal, for SET and for a whole MSET (nothing of it applies).
     let mut redis = Redis::open(one.redis);
     let refused = redis.call(&format!("SET q/r {}", "v".repeat(200)));
@@ -363,8 +363,8 @@ fn the_quota_refuses_writes_lets_deletes_through_and_its_alarm_clears_once_space
     one.client.remove(N1, "q/001");
     let status = one.status();
     assert_eq!(status["keyspace"]["alarm"], Value::Null);
-    assert_eq!(status["keyspace"]["used_bytes"], 400);
+    assert_eq!(status["keyspace"]["used_bytes"], 500);
     assert_eq!(one.metric("skiff_kv_quota_alarm", ""), 0.0);
-    one.client.set(N1, "q/004", &[b'v'; 194]);
+    one.client.set(N1, "q/004", &[b'v'; 245]);
     assert_eq!(redis.call("SET q/r small"), ["+OK"]);
 }
