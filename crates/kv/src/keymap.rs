@@ -161,8 +161,7 @@ impl KeyMap {
         encode(&mut record, key, value, meta);
         let added = (key.len() + value.len()) as u64;
         let blocks = Arc::make_mut(&mut self.blocks);
-        let Some((_, block)) = blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()
-        else {
+        let Some((_, block)) = blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back() else {
             // The map is empty: the first block, bound by the empty key.
             assert!(blocks.is_empty() && self.len == 0, "a non-empty key map has a block for every key");
             blocks.insert(Arc::default(), Arc::new(record));

@@ -23,9 +23,9 @@ mod watch;
 
 pub use error::{Error, Result, http_status, redis_error};
 pub use server::{Limits, Server, ServerOptions};
+pub use state::{Command, Entry, KvStore, Op, Output, Published, Retention, Value, View};
 #[doc(hidden)]
 pub use watch::gate as test_gate;
-pub use state::{Command, Entry, KvStore, Op, Output, Published, Retention, Value, View};
 
 // The Rust blocks of the docs pages that use `skiff_kv` run as doctests of this crate, so
 // what they show compiles (`cargo test -p skiff-kv --doc`).

@@ -1087,7 +1087,10 @@ mod tests {
             put("k6", &"v".repeat(30)),
         ]);
         let Output::Batch(outputs) = run(&mut store, 6, within(QUOTA, batch)) else { panic!("a batch output") };
-        assert!(matches!(&outputs[..], [Output::Refused(_), Output::Done { ok: true, deleted: 1 }, Output::Refused(_)]));
+        assert!(matches!(
+            &outputs[..],
+            [Output::Refused(_), Output::Done { ok: true, deleted: 1 }, Output::Refused(_)]
+        ));
         assert!(store.get(b"k5").is_none() && store.get(b"k0").is_none());
         assert_eq!(store.used_bytes(), 66);
         assert_eq!(store.quota_alarm(), None, "space was freed: the alarm clears");

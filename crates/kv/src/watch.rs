@@ -247,7 +247,8 @@ pub mod gate {
         let mut state = gate.lock();
         state.0 += 1;
         gate.changed.notify_all();
-        let mut state = gate.changed.wait_while(state, |(_, open)| !*open).unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state =
+            gate.changed.wait_while(state, |(_, open)| !*open).unwrap_or_else(|poisoned| poisoned.into_inner());
         state.0 -= 1;
     }
 }

@@ -283,7 +283,9 @@ fn blocking_queries_are_capped_per_client_address_and_per_node() {
     one.client.set(N1, "capped", b"0");
     let index = one.client.get(N1, "/v1/kv/capped").ok().index();
     let path = format!("/v1/kv/capped?index={index}&wait=10m");
-    let held = |count: usize| eventually(format!("{count} blocking queries"), || one.status()["keyspace"]["blocking_queries"] == count);
+    let held = |count: usize| {
+        eventually(format!("{count} blocking queries"), || one.status()["keyspace"]["blocking_queries"] == count)
+    };
     let first = blocking_from(&one, [127, 0, 0, 2], &path);
     let second = blocking_from(&one, [127, 0, 0, 2], &path);
     held(2);
@@ -317,7 +319,10 @@ fn a_listing_over_the_limit_is_refused_and_a_narrower_one_is_served() {
         one.client.set(N1, &format!("big/{number:02}"), &[b'v'; 100]);
     }
     let message = one.client.get(N1, "/v1/kv/big/?recurse").error(413);
-    assert!(message.contains("more than the limit of 2000 bytes") && message.contains("narrow the prefix"), "{message}");
+    assert!(
+        message.contains("more than the limit of 2000 bytes") && message.contains("narrow the prefix"),
+        "{message}"
+    );
     let narrower = one.client.get(N1, "/v1/kv/big/0?recurse").ok();
     assert_eq!(narrower.json().as_array().map(Vec::len), Some(10));
     // Names are small: the whole prefix's names fit.

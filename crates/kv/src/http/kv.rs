@@ -115,7 +115,7 @@ async fn kv_get(
             // A blocking query: wait for a change past `index`, or for `wait`. Its slot is
             // held until it answers; its watch is made before the first read, so a change
             // between the read and the wait is not missed.
-            let _slot = api.blocking.enter(client)?;
+            let _slot = api.blocking.enter(client).map_err(too_busy)?;
             let watch = api.published.watch(Bytes::from(key.clone()), prefix);
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -291,8 +291,8 @@ impl Blocking {
         Blocking::lock(&self.counts).total
     }
 
-    /// A slot for a blocking query of `client`, or 429 saying which limit is reached.
-    fn enter(&self, client: std::net::IpAddr) -> Result<BlockingSlot, Refusal> {
+    /// A slot for a blocking query of `client`, or why not: which limit is reached.
+    fn enter(&self, client: std::net::IpAddr) -> Result<BlockingSlot, String> {
         let mut counts = Blocking::lock(&self.counts);
         let of_client = counts.by_client.get(&client).copied().unwrap_or(0);
         let refusal = if counts.total >= self.per_node {
@@ -311,17 +311,22 @@ impl Blocking {
             None
         };
         if let Some(message) = refusal {
-            let response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::RETRY_AFTER, BLOCKING_RETRY_AFTER)],
-                message,
-            );
-            return Err(Refusal::Busy(response.into_response()));
+            return Err(message);
         }
         counts.total += 1;
         *counts.by_client.entry(client).or_default() += 1;
         Ok(BlockingSlot { counts: Arc::clone(&self.counts), client })
     }
+}
+
+/// A blocking query refused for `message` (which limit): a plain-text 429 with `Retry-After`.
+fn too_busy(message: String) -> Refusal {
+    let response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::RETRY_AFTER, BLOCKING_RETRY_AFTER)],
+        message,
+    );
+    Refusal::Busy(response.into_response())
 }
 
 impl Drop for BlockingSlot {
