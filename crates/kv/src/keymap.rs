@@ -14,6 +14,13 @@
 //! a block's bytes and reallocates the block. Both are far below the cost of a Raft round
 //! trip and an fsync, which every write pays anyway.
 //!
+//! Copy on write: the tree and each block are behind an `Arc`, so a clone of the map (a
+//! *view*, read on another thread while writes go on) costs one reference count. A write
+//! while no view is alive changes the tree and the block in place (`Arc::make_mut` finds
+//! them unshared); the first write after a view was taken copies the tree (its bounds and
+//! block pointers, not the blocks: about 6,000 slots for 200,000 keys), and each write
+//! copies the one block it changes if a view still shares it. A view never sees a write.
+//!
 //! Invariants (checked by [`KeyMap::check`] in tests):
 //! - no block is empty; each holds whole records, keys strictly increasing;
 //! - each block's *bound* (its key in `blocks`) is at most its first key, and every key in
@@ -28,6 +35,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::ops::Bound;
+use std::sync::Arc;
 
 pub use record::{Entry, Meta, invalid, put_varint};
 use record::{Header, decode, encode, encoded_len, read_varint};
@@ -43,12 +51,23 @@ const MERGE_BELOW_DIVISOR: usize = 4;
 /// Spare capacity a block may keep after it shrank, before it is reallocated to fit.
 const MAX_SPARE_BYTES: usize = 64;
 
-/// An ordered map from byte-string keys to values with revisions, in packed blocks.
+/// A block's bound: shared, so that copying the tree copies no key.
+type BlockBound = Arc<[u8]>;
+
+/// The blocks by their bound, shared between the map and its views.
+type Blocks = BTreeMap<BlockBound, Arc<Vec<u8>>>;
+
+/// An ordered map from byte-string keys to values with revisions, in packed blocks. A clone
+/// is a view: it shares every block, and writes to either copy what they change.
+#[derive(Clone)]
 pub struct KeyMap {
     /// Blocks by their bound (see the invariants above).
-    blocks: BTreeMap<Box<[u8]>, Vec<u8>>,
+    blocks: Arc<Blocks>,
     /// The number of keys.
     len: usize,
+    /// The bytes of every key and value (not of the record headers): what a keyspace quota
+    /// counts. The same on every replica, as it depends only on the entries.
+    data_bytes: u64,
     /// The size a block is split at: [`BLOCK_BYTES`], smaller in tests to exercise splits
     /// and merges.
     block_bytes: usize,
@@ -108,7 +127,7 @@ impl KeyMap {
     /// An empty map whose blocks split at `block_bytes` (at least 1).
     pub fn with_block_bytes(block_bytes: usize) -> KeyMap {
         assert!(block_bytes > 0, "a key map block must hold at least a byte");
-        KeyMap { blocks: BTreeMap::new(), len: 0, block_bytes }
+        KeyMap { blocks: Arc::default(), len: 0, data_bytes: 0, block_bytes }
     }
 
     pub fn len(&self) -> usize {
@@ -117,6 +136,11 @@ impl KeyMap {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The bytes of every key and value.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// The block `key` belongs in: the one with the greatest bound at most `key`.
@@ -135,35 +159,48 @@ impl KeyMap {
     pub fn insert(&mut self, key: &[u8], value: &[u8], meta: Meta) {
         let mut record = Vec::with_capacity(encoded_len(key, value, meta));
         encode(&mut record, key, value, meta);
-        let Some((_, block)) = self.blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()
-        else {
+        let added = (key.len() + value.len()) as u64;
+        let blocks = Arc::make_mut(&mut self.blocks);
+        let Some((_, block)) = blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back() else {
             // The map is empty: the first block, bound by the empty key.
-            assert!(self.blocks.is_empty() && self.len == 0, "a non-empty key map has a block for every key");
-            self.blocks.insert(Box::default(), record);
+            assert!(blocks.is_empty() && self.len == 0, "a non-empty key map has a block for every key");
+            blocks.insert(Arc::default(), Arc::new(record));
             self.len = 1;
+            self.data_bytes = added;
             return;
         };
+        let block = Arc::make_mut(block);
         let position = search(block, key);
         let replaced = position.found.unwrap_or(0);
-        splice_exact(block, position.offset..position.offset + replaced, &record);
-        if position.found.is_none() {
+        if position.found.is_some() {
+            let old = decode_stored(&block[position.offset..]).0;
+            self.data_bytes -= (old.key.len() + old.value.len()) as u64;
+        } else {
             self.len += 1;
         }
+        self.data_bytes += added;
+        splice_exact(block, position.offset..position.offset + replaced, &record);
         for piece in split(block, self.block_bytes) {
             let bound = decode_stored(&piece).0.key.into();
-            self.blocks.insert(bound, piece);
+            blocks.insert(bound, Arc::new(piece));
         }
     }
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        let Some((bound, block)) =
-            self.blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()
-        else {
-            return false;
-        };
+        // Look before changing anything: removing a missing key copies nothing a view shares.
+        let Some((_, block)) = self.block_for(key) else { return false };
         let position = search(block, key);
         let Some(len) = position.found else { return false };
+        let old = decode_stored(&block[position.offset..]).0;
+        let old_bytes = (old.key.len() + old.value.len()) as u64;
+        self.data_bytes -= old_bytes;
+        let blocks = Arc::make_mut(&mut self.blocks);
+        let Some((bound, block)) = blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back()
+        else {
+            unreachable!("the block found above is still there");
+        };
+        let block = Arc::make_mut(block);
         splice_exact(block, position.offset..position.offset + len, &[]);
         self.len -= 1;
         if block.is_empty() || block.len() < self.block_bytes / MERGE_BELOW_DIVISOR {
@@ -175,16 +212,17 @@ impl KeyMap {
 
     /// After a removal left the block at `bound` small: drops it if empty, else merges it
     /// into a neighbour when the two fit in one block.
-    fn merge_or_drop(&mut self, bound: Box<[u8]>) {
+    fn merge_or_drop(&mut self, bound: BlockBound) {
         let Some(block) = self.blocks.get(&bound) else { return };
         let size = block.len();
         if size == 0 {
-            self.blocks.remove(&bound);
+            let blocks = Arc::make_mut(&mut self.blocks);
+            blocks.remove(&bound);
             // The first block's bound is the empty key: the next block takes it over.
             if bound.is_empty()
-                && let Some((_, next)) = self.blocks.pop_first()
+                && let Some((_, next)) = blocks.pop_first()
             {
-                self.blocks.insert(Box::default(), next);
+                blocks.insert(Arc::default(), next);
             }
             return;
         }
@@ -208,8 +246,10 @@ impl KeyMap {
     /// Moves the records of the block at `second` to the end of the block at `first`, its
     /// neighbour before it (so the records stay in key order), and drops `second`.
     fn merge_blocks(&mut self, first: &[u8], second: &[u8]) {
-        let Some(records) = self.blocks.remove(second) else { return };
-        if let Some(block) = self.blocks.get_mut(first) {
+        let blocks = Arc::make_mut(&mut self.blocks);
+        let Some(records) = blocks.remove(second) else { return };
+        if let Some(block) = blocks.get_mut(first) {
+            let block = Arc::make_mut(block);
             block.reserve_exact(records.len());
             block.extend_from_slice(&records);
         }
@@ -250,13 +290,14 @@ impl KeyMap {
     /// The records of every key, in key order, as [`record::encode`] writes them, in
     /// pieces: what a snapshot stores.
     pub fn encoded(&self) -> impl Iterator<Item = &[u8]> {
-        self.blocks.values().map(Vec::as_slice)
+        self.blocks.values().map(|block| block.as_slice())
     }
 
     /// Checks the invariants in the module's doc; panics with the first that fails.
     #[cfg(test)]
     pub fn check(&self) {
         let mut count = 0;
+        let mut data_bytes = 0;
         let mut previous: Option<&[u8]> = None;
         let bounds: Vec<&[u8]> = self.blocks.keys().map(|bound| &bound[..]).collect();
         if let Some(first) = bounds.first() {
@@ -274,6 +315,7 @@ impl KeyMap {
                 }
                 assert!(previous.is_none_or(|previous| previous < entry.key), "keys out of order");
                 previous = Some(entry.key);
+                data_bytes += (entry.key.len() + entry.value.len()) as u64;
                 offset += len;
                 records += 1;
             }
@@ -281,6 +323,7 @@ impl KeyMap {
             count += records;
         }
         assert_eq!(count, self.len, "len counts the records");
+        assert_eq!(data_bytes, self.data_bytes, "data_bytes counts the keys' and values' bytes");
     }
 }
 
@@ -325,7 +368,7 @@ fn split_in_two(block: &mut Vec<u8>) -> Option<Vec<u8>> {
 
 /// An iterator over a [`KeyMap`]'s entries, in key order.
 pub struct Iter<'a> {
-    blocks: std::collections::btree_map::Range<'a, Box<[u8]>, Vec<u8>>,
+    blocks: std::collections::btree_map::Range<'a, BlockBound, Arc<Vec<u8>>>,
     /// What is left of the current block.
     block: &'a [u8],
 }
@@ -335,7 +378,7 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Entry<'a>> {
         while self.block.is_empty() {
-            self.block = self.blocks.next()?.1;
+            self.block = self.blocks.next()?.1.as_slice();
         }
         let (entry, len) = decode_stored(self.block);
         self.block = &self.block[len..];
@@ -383,6 +426,7 @@ impl Builder {
         }
         encode(&mut self.block, key, value, meta);
         self.map.len += 1;
+        self.map.data_bytes += (key.len() + value.len()) as u64;
         match &mut self.last_key {
             Some(last) => {
                 last.clear();
@@ -396,8 +440,8 @@ impl Builder {
     fn finish_block(&mut self) {
         let mut block = std::mem::take(&mut self.block);
         block.shrink_to_fit();
-        let bound = if self.map.blocks.is_empty() { Box::default() } else { decode_stored(&block).0.key.into() };
-        self.map.blocks.insert(bound, block);
+        let bound = if self.map.blocks.is_empty() { Arc::default() } else { decode_stored(&block).0.key.into() };
+        Arc::make_mut(&mut self.map.blocks).insert(bound, Arc::new(block));
     }
 
     pub fn finish(mut self) -> KeyMap {
@@ -421,13 +465,22 @@ pub fn read_records(reader: &mut impl io::BufRead, count: u64, block_bytes: usiz
         })?;
         // Read through `take` rather than allocating the claimed length up front: a corrupt
         // length fails at the end of the input instead of asking for exabytes.
+        // The two lengths are checked: their sum must not wrap (two lengths near 2^64 would
+        // sum to a small number), and the key must lie within what was read.
         buffer.clear();
-        let wanted = header.key_len as u64 + header.value_len as u64;
+        let wanted = (header.key_len as u64)
+            .checked_add(header.value_len as u64)
+            .ok_or_else(|| invalid("a record's key and value lengths add up past 2^64"))?;
         io::Read::read_to_end(&mut io::Read::take(&mut *reader, wanted), &mut buffer)?;
         if buffer.len() as u64 != wanted {
-            return Err(invalid("a record is cut short"));
+            return Err(invalid(format!(
+                "a record is cut short: it claims {wanted} bytes of key and value, {} are left",
+                buffer.len()
+            )));
         }
-        let (key, value) = buffer.split_at(header.key_len);
+        let (key, value) = buffer
+            .split_at_checked(header.key_len)
+            .ok_or_else(|| invalid("a record's key is longer than the record"))?;
         builder.push(key, value, header.meta)?;
     }
     Ok(builder.finish())

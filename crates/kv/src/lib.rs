@@ -19,10 +19,13 @@ mod metrics;
 pub mod redis;
 mod server;
 pub mod state;
+mod watch;
 
 pub use error::{Error, Result, http_status, redis_error};
 pub use server::{Limits, Server, ServerOptions};
-pub use state::{Command, Entry, KvStore, Op, Output, Retention, Value};
+pub use state::{Command, Entry, KvStore, Op, Output, Published, Retention, Value, View};
+#[doc(hidden)]
+pub use watch::gate as test_gate;
 
 // The Rust blocks of the docs pages that use `skiff_kv` run as doctests of this crate, so
 // what they show compiles (`cargo test -p skiff-kv --doc`).

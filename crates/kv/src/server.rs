@@ -41,11 +41,40 @@ pub struct Limits {
     #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_VALUE_BYTES", value_name = "BYTES",
         default_value_t = Limits::default().max_value_bytes))]
     pub max_value_bytes: usize,
+    // The keyspace limits (issue 16): listings, blocking queries, the quota.
+    /// The most bytes of keys and values one `?recurse` or `?keys` listing copies; a larger
+    /// one is refused with 413 (narrow the prefix).
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_LISTING_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().max_listing_bytes))]
+    pub max_listing_bytes: usize,
+    /// The most blocking queries (`?index=`) this node holds at once; more get 429.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_BLOCKING_QUERIES", value_name = "COUNT",
+        default_value_t = Limits::default().max_blocking_queries))]
+    pub max_blocking_queries: usize,
+    /// The most blocking queries this node holds at once for one client IP address.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_BLOCKING_QUERIES_PER_CLIENT", value_name = "COUNT",
+        default_value_t = Limits::default().max_blocking_queries_per_client))]
+    pub max_blocking_queries_per_client: usize,
+    /// The most bytes of keys and values the keyspace may hold: writes that could pass it are
+    /// refused (HTTP 507, Redis `-OOM`), deletes still work. 0: no quota. Set the same on
+    /// every node: each write carries the quota of the node it was sent to.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_KEYSPACE_QUOTA_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().keyspace_quota_bytes))]
+    pub keyspace_quota_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_key_bytes: 8 << 10, max_value_bytes: 1 << 20 }
+        Limits {
+            max_key_bytes: 8 << 10,
+            max_value_bytes: 1 << 20,
+            max_listing_bytes: 64 << 20,
+            max_blocking_queries: 4096,
+            max_blocking_queries_per_client: 256,
+            // The whole keyspace lives in memory, about 1.1 times its bytes: 2 GiB (etcd's
+            // default backend quota) fits a node of 4 GiB or more with room for snapshots.
+            keyspace_quota_bytes: 2 << 30,
+        }
     }
 }
 
@@ -233,7 +262,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 async fn serve_http(acceptor: Acceptor, router: axum::Router, mut stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
     while let Some(incoming) = acceptor.next(&mut stop).await {
-        let router = router.clone();
+        // The client's address, for limits per client (`ConnectInfo` as axum names it).
+        let router = router.clone().layer(axum::Extension(axum::extract::ConnectInfo(incoming.address())));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Some((stream, slot)) = incoming.establish().await else { return };

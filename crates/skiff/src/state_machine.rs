@@ -37,4 +37,13 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the whole state by the one `snapshot` wrote.
     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()>;
+
+    /// A writer of the state as it is now, that may run later on another thread while
+    /// `apply` goes on: what `snapshot` would write now, byte for byte, so that a snapshot
+    /// need not stop writes. `None` (the default) when the state machine cannot provide one
+    /// cheaply (a copy-on-write view, for instance); then `snapshot` runs in place.
+    #[allow(clippy::type_complexity)]
+    fn snapshot_view(&self) -> Option<Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>> {
+        None
+    }
 }

@@ -63,5 +63,12 @@ pub(super) async fn metrics(State(api): Shared) -> ApiResult {
     metrics::gauge!("skiff_raft_is_leader", &node).set(if status.role == RoleName::Leader { 1.0 } else { 0.0 });
     metrics::gauge!("skiff_apply_lag_entries", &node).set(status.commit.0.saturating_sub(status.applied.0) as f64);
     metrics::gauge!("skiff_raft_voters", &node).set(status.membership.voters.len() as f64);
+    let published = &api.published;
+    metrics::gauge!("skiff_kv_keyspace_bytes", &node).set(published.used_bytes() as f64);
+    metrics::gauge!("skiff_kv_keyspace_quota_bytes", &node).set(api.limits.keyspace_quota_bytes as f64);
+    let alarm = if published.quota_alarm().is_some() { 1.0 } else { 0.0 };
+    metrics::gauge!("skiff_kv_quota_alarm", &node).set(alarm);
+    metrics::gauge!("skiff_kv_blocking_queries", &node).set(api.blocking.count() as f64);
+    metrics::gauge!("skiff_kv_watches", &node).set(published.watches() as f64);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }

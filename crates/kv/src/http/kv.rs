@@ -17,18 +17,22 @@ const MAX_REQUEST_ID_BYTES: usize = 256;
 pub(super) async fn kv(
     State(api): Shared,
     access: Option<axum::Extension<Access>>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let access = access.map_or(Access::Open, |axum::Extension(access)| access);
+    // Without the connection's address (an embedding program's own server), all clients
+    // count as one.
+    let client = client.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |axum::Extension(info)| info.0.ip());
     let result = match kv_key(uri.path()) {
         Err(error) => Err(Refusal::from(error)),
         Ok(key) => {
             let query = Query::parse(&uri);
             match method {
-                Method::GET | Method::HEAD => kv_get(&api, &access, key, &query).await,
+                Method::GET | Method::HEAD => kv_get(&api, &access, client, key, &query).await,
                 Method::PUT if !access.can_write(key.as_bytes()) => Err(denied("write", &key)),
                 Method::DELETE if !access.can_write(key.as_bytes()) => Err(denied("write", &key)),
                 Method::PUT => kv_put(&api, key, &query, &headers, body).await.map_err(Refusal::from),
@@ -42,7 +46,7 @@ pub(super) async fn kv(
     };
     match result {
         Ok(response) => response,
-        Err(Refusal::Denied(response)) => closing_if_body_unread(&headers, response),
+        Err(Refusal::Denied(response) | Refusal::Busy(response)) => closing_if_body_unread(&headers, response),
         Err(Refusal::Error(error)) => closing_if_body_unread(&headers, error.into_response()),
     }
 }
@@ -52,6 +56,8 @@ enum Refusal {
     Error(ApiError),
     /// Consul's plain-text 403.
     Denied(Response),
+    /// A plain-text 429 with `Retry-After`: too many blocking queries.
+    Busy(Response),
 }
 
 impl From<ApiError> for Refusal {
@@ -81,7 +87,13 @@ struct Found {
     names: Vec<String>,
 }
 
-async fn kv_get(api: &Api, access: &Access, key: String, query: &Query) -> Result<Response, Refusal> {
+async fn kv_get(
+    api: &Api,
+    access: &Access,
+    client: std::net::IpAddr,
+    key: String,
+    query: &Query,
+) -> Result<Response, Refusal> {
     let prefix = query.flag("recurse") || query.flag("keys");
     // A single key must be readable; a listing shows only the keys that are (as Consul's
     // ACLs filter it).
@@ -96,36 +108,26 @@ async fn kv_get(api: &Api, access: &Access, key: String, query: &Query) -> Resul
     if !prefix && key.is_empty() {
         return Err(ApiError::bad_request("a key is required (or ?recurse / ?keys for a prefix)").into());
     }
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut applied = api.applied.clone();
-    applied.borrow_and_update();
-    let found = loop {
-        let (read_key, separator, access) = (key.clone(), separator.clone(), access.clone());
-        let read = move |store: &KvStore| {
-            collect(store, read_key.as_bytes(), prefix, names_only, separator.as_deref(), &access)
-        };
-        let found = if stale { api.node.read_stale(read).await } else { api.node.read(read).await };
-        let found = found.map_err(|error| api.fail(error))?;
-        match wait_index {
-            // A blocking query: wait for a change past `index`, or for `wait`.
-            Some(index) if found.index <= index && tokio::time::Instant::now() < deadline => {
-                // Wake on each applied command, but redo the full read only once this
-                // key's (or prefix's) index has moved: a cheap local look first.
-                loop {
-                    if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
-                        break;
-                    }
-                    let key = key.clone();
-                    let moved = api.node.read_stale(move |store| store.watch_index(key.as_bytes(), prefix)).await;
-                    if moved.map_err(|error| api.fail(error))? > index {
-                        break;
-                    }
+    let read = Read { key: key.clone(), prefix, names_only, separator, access: access.clone(), stale };
+    let found = match wait_index {
+        None => read.run(api).await?,
+        Some(index) => {
+            // A blocking query: wait for a change past `index`, or for `wait`. Its slot is
+            // held until it answers; its watch is made before the first read, so a change
+            // between the read and the wait is not missed.
+            let _slot = api.blocking.enter(client).map_err(too_busy)?;
+            let watch = api.published.watch(Bytes::from(key.clone()), prefix);
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let found = read.run(api).await?;
+                if found.index > index || tokio::time::Instant::now() >= deadline {
+                    break found;
                 }
-                if tokio::time::Instant::now() >= deadline {
+                // Woken only by a change to this key (or under this prefix), then read again.
+                if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
                     break found;
                 }
             }
-            _ => break found,
         }
     };
     let mut response = if found.entries.is_empty() && found.names.is_empty() {
@@ -148,31 +150,86 @@ async fn kv_get(api: &Api, access: &Access, key: String, query: &Query) -> Resul
     Ok(response)
 }
 
-/// Runs on the state machine: copies out what a read asked for, of the keys `access` may read.
-fn collect(
-    store: &KvStore,
-    key: &[u8],
+/// One KV read, as a request asked for it.
+struct Read {
+    key: String,
     prefix: bool,
+    names_only: bool,
+    separator: Option<String>,
+    access: Access,
+    stale: bool,
+}
+
+impl Read {
+    /// Reads what was asked. One key is read on the apply thread (a lookup). A listing
+    /// takes a view there (a reference count, see [`View`]) and walks it on a blocking
+    /// thread, so that however many keys it copies, apply goes on meanwhile.
+    async fn run(&self, api: &Api) -> ApiResult<Found> {
+        if !self.prefix {
+            let key = self.key.clone();
+            return api.read(self.stale, move |store: &KvStore| one_key(store, key.as_bytes())).await;
+        }
+        let prefix = self.key.clone();
+        let (view, deleted) = api
+            .read(self.stale, move |store: &KvStore| (store.view(), store.deletion_index(prefix.as_bytes(), true)))
+            .await?;
+        let (prefix, names_only, separator, access) =
+            (self.key.clone(), self.names_only, self.separator.clone(), self.access.clone());
+        let budget = api.limits.max_listing_bytes;
+        let listed = tokio::task::spawn_blocking(move || {
+            crate::watch::gate::pass(prefix.as_bytes());
+            list(&view, prefix.as_bytes(), names_only, separator.as_deref(), &access, budget)
+        })
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the listing failed: {error}")))?;
+        let mut found = listed?;
+        found.index = found.index.max(deleted);
+        Ok(found)
+    }
+}
+
+/// Runs on the state machine: the one key `key`, if it is there.
+fn one_key(store: &KvStore, key: &[u8]) -> Found {
+    let index = store.watch_index(key, false);
+    let entries = store.get(key).map(|entry| (Bytes::copy_from_slice(key), Value::from(entry))).into_iter().collect();
+    Found { index, entries, names: Vec::new() }
+}
+
+/// Copies out the keys under `key` that `access` may read (with `names_only`, their names cut
+/// after `separator`), at most `budget` bytes of keys and values; its index is the keys'
+/// part of the watch index. Refused with 413 past the budget.
+fn list(
+    view: &View,
+    key: &[u8],
     names_only: bool,
     separator: Option<&str>,
     access: &Access,
-) -> Found {
-    let index = store.watch_index(key, prefix);
-    if !prefix {
-        let entries =
-            store.get(key).map(|entry| (Bytes::copy_from_slice(key), Value::from(entry))).into_iter().collect();
-        return Found { index, entries, names: Vec::new() };
-    }
+    budget: usize,
+) -> ApiResult<Found> {
+    let index = view.live_index(key, true);
+    let mut copied = 0usize;
+    let mut spend = |bytes: usize| {
+        copied = copied.saturating_add(bytes);
+        if copied > budget {
+            let message = format!(
+                "the listing of {:?} holds more than the limit of {budget} bytes of keys and values \
+                 (--max-listing-bytes): narrow the prefix, or list names with ?keys&separator=/",
+                String::from_utf8_lossy(key)
+            );
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message));
+        }
+        Ok(())
+    };
     if !names_only {
-        let entries = store
-            .range(key)
-            .filter(|entry| access.can_read(entry.key))
-            .map(|entry| (Bytes::copy_from_slice(entry.key), Value::from(entry)))
-            .collect();
-        return Found { index, entries, names: Vec::new() };
+        let mut entries = Vec::new();
+        for entry in view.range(key).filter(|entry| access.can_read(entry.key)) {
+            spend(entry.key.len() + entry.value.len())?;
+            entries.push((Bytes::copy_from_slice(entry.key), Value::from(entry)));
+        }
+        return Ok(Found { index, entries, names: Vec::new() });
     }
     let mut names: Vec<String> = Vec::new();
-    for Entry { key: name, .. } in store.range(key).filter(|entry| access.can_read(entry.key)) {
+    for Entry { key: name, .. } in view.range(key).filter(|entry| access.can_read(entry.key)) {
         // On bytes: a stored key need not be UTF-8, and slicing text could split a character.
         let rest = &name[key.len()..]; // `range` yields only keys that start with `key`
         let cut = separator
@@ -185,10 +242,104 @@ fn collect(
         let name = String::from_utf8_lossy(&name[..cut]);
         let name = name.as_ref();
         if names.last().map(String::as_str) != Some(name) {
+            spend(name.len())?;
             names.push(name.to_string());
         }
     }
-    Found { index, entries: Vec::new(), names }
+    Ok(Found { index, entries: Vec::new(), names })
+}
+
+/// The blocking queries under way on this node, in all and by client address, against
+/// [`Limits::max_blocking_queries`] and [`Limits::max_blocking_queries_per_client`].
+pub(super) struct Blocking {
+    counts: Arc<std::sync::Mutex<BlockingCounts>>,
+    per_node: usize,
+    per_client: usize,
+}
+
+#[derive(Default)]
+struct BlockingCounts {
+    total: usize,
+    by_client: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A blocking query's place in the count, given back when it answers.
+pub(super) struct BlockingSlot {
+    counts: Arc<std::sync::Mutex<BlockingCounts>>,
+    client: std::net::IpAddr,
+}
+
+/// What a client is told to wait before retrying a refused blocking query, in seconds.
+const BLOCKING_RETRY_AFTER: &str = "5";
+
+impl Blocking {
+    pub(super) fn new(limits: &Limits) -> Blocking {
+        Blocking {
+            counts: Arc::default(),
+            per_node: limits.max_blocking_queries,
+            per_client: limits.max_blocking_queries_per_client,
+        }
+    }
+
+    fn lock(counts: &std::sync::Mutex<BlockingCounts>) -> std::sync::MutexGuard<'_, BlockingCounts> {
+        // Counts only: a panicking holder cannot leave them half-changed.
+        counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The blocking queries under way.
+    pub(super) fn count(&self) -> usize {
+        Blocking::lock(&self.counts).total
+    }
+
+    /// A slot for a blocking query of `client`, or why not: which limit is reached.
+    fn enter(&self, client: std::net::IpAddr) -> Result<BlockingSlot, String> {
+        let mut counts = Blocking::lock(&self.counts);
+        let of_client = counts.by_client.get(&client).copied().unwrap_or(0);
+        let refusal = if counts.total >= self.per_node {
+            Some(format!(
+                "too many blocking queries on this node: {} under way, the limit is {} \
+                 (--max-blocking-queries); retry later or ask another node",
+                counts.total, self.per_node
+            ))
+        } else if of_client >= self.per_client {
+            Some(format!(
+                "too many blocking queries from {client}: {of_client} under way, the limit per client address \
+                 is {} (--max-blocking-queries-per-client); retry later",
+                self.per_client
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return Err(message);
+        }
+        counts.total += 1;
+        *counts.by_client.entry(client).or_default() += 1;
+        Ok(BlockingSlot { counts: Arc::clone(&self.counts), client })
+    }
+}
+
+/// A blocking query refused for `message` (which limit): a plain-text 429 with `Retry-After`.
+fn too_busy(message: String) -> Refusal {
+    let response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::RETRY_AFTER, BLOCKING_RETRY_AFTER)],
+        message,
+    );
+    Refusal::Busy(response.into_response())
+}
+
+impl Drop for BlockingSlot {
+    fn drop(&mut self) {
+        let mut counts = Blocking::lock(&self.counts);
+        counts.total -= 1;
+        if let Some(count) = counts.by_client.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.by_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 fn entry_json(key: &[u8], value: &Value) -> Json {
@@ -237,9 +388,13 @@ impl Api {
     /// Consul's `true` / `false`.
     async fn write(&self, op: Op, headers: &HeaderMap) -> ApiResult {
         let request = request_id(headers, &op)?;
+        let op = op.within_quota(self.limits.keyspace_quota_bytes);
         let output = self.node.propose(Command { request, op }).await.map_err(|error| self.fail(error))?;
         match output {
             Output::Done { ok, .. } => Ok(axum::Json(ok).into_response()),
+            Output::Refused(message) if message.starts_with(OVER_QUOTA) => {
+                Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message))
+            }
             Output::RequestIdReused => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "this Idempotency-Key was already used for a different request",

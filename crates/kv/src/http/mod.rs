@@ -22,7 +22,6 @@ use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use skiff::config::{ClusterConfig, parse_node_id};
 use skiff::{Index, Node, NodeId, NodeStatus, Payload, RoleName};
-use tokio::sync::watch;
 
 mod consul;
 mod faults;
@@ -37,13 +36,18 @@ use self::members::*;
 use self::status::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
-use crate::state::{Command, Entry, KvStore, Op, Output, RequestId, Value};
+use crate::state::{Command, Entry, KvStore, OVER_QUOTA, Op, Output, Published, RequestId, Value, View};
 
 /// What every handler shares.
 pub struct Api {
     node: Arc<Node<KvStore>>,
-    /// The state machine's last applied index: blocking queries wait on it.
-    applied: watch::Receiver<u64>,
+    /// The state machine's news: blocking queries wait on their key's changes there; status
+    /// and metrics read the keyspace's size and quota alarm.
+    published: Arc<Published>,
+    /// The blocking queries under way, by client address, against the limits.
+    blocking: Blocking,
+    /// Counts the reads this API sends through the node, by kind.
+    node_reads: [metrics::Counter; 2],
     cluster: ClusterConfig,
     limits: Limits,
     /// The node id as a metrics label.
@@ -55,13 +59,16 @@ pub struct Api {
 impl Api {
     pub fn new(
         node: Arc<Node<KvStore>>,
-        applied: watch::Receiver<u64>,
+        published: Arc<Published>,
         cluster: ClusterConfig,
         limits: Limits,
         auth: Option<Arc<Auth>>,
     ) -> Api {
         let label = node.id().to_string();
-        Api { node, applied, cluster, limits, label, auth }
+        let reads = |kind: &'static str| metrics::counter!("skiff_kv_node_reads_total", "node" => label.clone(), "kind" => kind);
+        let node_reads = [reads("consistent"), reads("stale")];
+        let blocking = Blocking::new(&limits);
+        Api { node, published, blocking, node_reads, cluster, limits, label, auth }
     }
 }
 
@@ -217,6 +224,18 @@ impl Api {
 
     async fn status(&self) -> ApiResult<NodeStatus> {
         self.node.status().await.map_err(|error| self.fail(error))
+    }
+
+    /// Runs `query` on the state machine: after ReadIndex, or with `stale` at once; counted
+    /// in `skiff_kv_node_reads_total` (each is a task on the node's apply thread).
+    async fn read<R: Send + 'static>(
+        &self,
+        stale: bool,
+        query: impl FnOnce(&KvStore) -> R + Send + 'static,
+    ) -> ApiResult<R> {
+        self.node_reads[usize::from(stale)].increment(1);
+        let read = if stale { self.node.read_stale(query).await } else { self.node.read(query).await };
+        read.map_err(|error| self.fail(error))
     }
 
     fn raft_address(&self, id: NodeId) -> String {

@@ -35,8 +35,31 @@ pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
         "raft_address": api.raft_address(status.id),
         "http_address": api.http_address(status.id),
         "peers": peers,
+        "keyspace": api.keyspace_json(),
     }))
     .into_response())
+}
+
+impl Api {
+    /// The keyspace's size against the quota, and the quota alarm: `null`, or why writes
+    /// that add bytes are refused (as etcd's `NOSPACE` alarm; it clears once space is freed).
+    fn keyspace_json(&self) -> Json {
+        let quota = self.limits.keyspace_quota_bytes;
+        let used = self.published.used_bytes();
+        let alarm = self.published.quota_alarm().map(|refused_at| {
+            format!(
+                "NOSPACE: the keyspace holds {used} bytes of keys and values; writes that could pass the quota \
+                 of {refused_at} bytes are refused until keys are deleted"
+            )
+        });
+        json!({
+            "used_bytes": used,
+            "quota_bytes": (quota > 0).then_some(quota),
+            "alarm": alarm,
+            "blocking_queries": self.blocking.count(),
+            "watches": self.published.watches(),
+        })
+    }
 }
 
 /// Node ids as text, in order.

@@ -168,6 +168,69 @@ fn cut_or_unordered_records_are_refused() {
     assert!(read_records(&mut &huge[..], 1, BLOCK_BYTES).is_err());
 }
 
+/// A record header with these lengths, revisions 0 and flags 0, then `tail`.
+fn crafted(key_len: u64, value_len: u64, tail: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    put_varint(&mut bytes, key_len);
+    put_varint(&mut bytes, value_len);
+    bytes.extend_from_slice(&[0, 0, 0]);
+    bytes.extend_from_slice(tail);
+    bytes
+}
+
+/// Two lengths whose sum wraps past 2^64 to a small number panicked (an overflow, or a
+/// `split_at` past the end of what was read): they are refused, saying what is wrong.
+#[test]
+fn lengths_that_add_up_past_2_64_are_refused_not_a_panic() {
+    let cases = [
+        (u64::MAX, 1, &[][..]),         // sums to 0: nothing to read, then a key of 2^64 - 1
+        (1 << 63, 1 << 63, &[][..]),    // sums to 0
+        (u64::MAX, 3, &b"ab"[..]),      // sums to 2, and two bytes follow
+        (u64::MAX - 1, 5, &b"xyz"[..]), // sums to 3
+    ];
+    for (key_len, value_len, tail) in cases {
+        let bytes = crafted(key_len, value_len, tail);
+        let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES).expect_err("crafted lengths");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{key_len} + {value_len}: {error}");
+        assert!(error.to_string().contains("past 2^64"), "{key_len} + {value_len}: {error}");
+    }
+    // A sum that fits but claims more than is there says how much is left.
+    let bytes = crafted(3, 4, b"abc");
+    let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES).expect_err("cut short");
+    assert!(error.to_string().contains("claims 7 bytes of key and value, 3 are left"), "{error}");
+}
+
+/// A view (a clone) keeps the entries it was taken with, however the map changes after,
+/// and writes to the map copy only what the view shares.
+#[test]
+fn a_view_keeps_its_entries_while_the_map_changes() {
+    let mut map = KeyMap::with_block_bytes(64);
+    for number in 0..200u32 {
+        map.insert(format!("key-{number:03}").as_bytes(), &[1; 10], meta(1, 1, 0));
+    }
+    let before: Vec<(Vec<u8>, Vec<u8>)> = map.iter().map(|entry| (entry.key.to_vec(), entry.value.to_vec())).collect();
+    let view = map.clone();
+    // One write and one removal copy the blocks they change (and the tree), no other.
+    map.insert(b"key-100", &[3; 10], meta(1, 3, 0));
+    assert!(map.remove(b"key-150"));
+    let shared = map.blocks.values().filter(|block| view.blocks.values().any(|old| Arc::ptr_eq(old, block))).count();
+    assert!(view.blocks.len() > 50 && shared >= view.blocks.len() - 3, "{shared} of {} shared", view.blocks.len());
+    for number in (0..200u32).step_by(3) {
+        map.insert(format!("key-{number:03}").as_bytes(), &[2; 30], meta(1, 2, 0));
+    }
+    for number in (1..200u32).step_by(3) {
+        assert!(map.remove(format!("key-{number:03}").as_bytes()));
+    }
+    map.insert(b"new", b"v", meta(3, 3, 0));
+    map.check();
+    view.check();
+    let seen: Vec<(Vec<u8>, Vec<u8>)> = view.iter().map(|entry| (entry.key.to_vec(), entry.value.to_vec())).collect();
+    assert_eq!(seen, before, "the view still shows the map as it was");
+    assert_eq!(view.data_bytes(), 200 * (7 + 10));
+    assert!(view.get(b"new").is_none() && map.get(b"new").is_some());
+    assert_eq!(map.get(b"key-000").expect("written").value, &[2; 30]);
+}
+
 /// One step of the model test.
 #[derive(Clone, Debug)]
 enum Step {
@@ -231,7 +294,12 @@ proptest! {
     fn behaves_as_a_btree_map(block_bytes in 1..120usize, steps in prop::collection::vec(step(), 1..200)) {
         let mut map = KeyMap::with_block_bytes(block_bytes);
         let mut model = Model::new();
+        // Views taken along the way, with the model as it was then.
+        let mut views = Vec::new();
         for (number, step) in steps.into_iter().enumerate() {
+            if number % 7 == 3 {
+                views.push((map.clone(), model.clone()));
+            }
             match step {
                 Step::Insert { key, value_len, meta } => {
                     let value = vec![number as u8; value_len];
@@ -256,5 +324,9 @@ proptest! {
         let copy = round_trip(&map, block_bytes).expect("round trip");
         copy.check();
         prop_assert_eq!(copy, map);
+        for (view, model) in views {
+            view.check();
+            prop_assert_eq!(map_from(&view, &Bound::Unbounded), model_from(&model, &Bound::Unbounded));
+        }
     }
 }

@@ -13,7 +13,7 @@ use super::glob;
 use super::resp::Reply;
 use crate::auth::Access;
 use crate::server::Limits;
-use crate::state::{KvStore, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
+use crate::state::{Keyspace, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
 
 /// One command as `COMMAND` describes it.
 pub struct Spec {
@@ -111,6 +111,8 @@ pub enum Answer {
 impl Answer {
     pub fn reply(self, outputs: &[Output]) -> Reply {
         match (self, outputs) {
+            // A refusal (a batch's writes are refused all together, as for the keyspace quota).
+            (_, [Output::Refused(message), ..]) => Reply::error(message.clone()),
             (Answer::Ok, _) => Reply::Ok,
             (Answer::Set { get: true }, [Output::Set { old, .. }]) => old.clone().map_or(Reply::Nil, Reply::Bulk),
             (Answer::Set { get: false }, [Output::Set { written, .. }]) => {
@@ -126,7 +128,6 @@ impl Answer {
                 Reply::Integer(count.sum::<u64>() as i64)
             }
             (Answer::Integer, [Output::Integer(number)]) => Reply::Integer(*number),
-            (_, [Output::Refused(message)]) => Reply::error(message.clone()),
             (answer, outputs) => Reply::error(format!("ERR unexpected outputs {outputs:?} for {answer:?}")),
         }
     }
@@ -159,7 +160,12 @@ pub enum Query {
 }
 
 impl Query {
-    pub fn run(self, store: &KvStore, cursors: &Mutex<Cursors>) -> Reply {
+    /// Whether the query walks the keyspace (KEYS, SCAN): it runs on a view, off the apply thread.
+    pub fn is_heavy(&self) -> bool {
+        matches!(self, Query::Keys { .. } | Query::Scan { .. })
+    }
+
+    pub fn run(self, store: &impl Keyspace, cursors: &Mutex<Cursors>) -> Reply {
         let value =
             |key: &Bytes| store.get(key).map_or(Reply::Nil, |found| Reply::Bulk(Bytes::copy_from_slice(found.value)));
         match self {
@@ -169,13 +175,14 @@ impl Query {
             Query::StrLen(key) => Reply::Integer(store.get(&key).map_or(0, |found| found.value.len() as i64)),
             Query::Type(key) => Reply::Simple(if store.get(&key).is_some() { "string" } else { "none" }.into()),
             Query::Ttl(key) => Reply::Integer(if store.get(&key).is_some() { -1 } else { -2 }),
-            Query::Keys { pattern, visible } => Reply::Array(
+            Query::Keys { pattern, visible } => Reply::Array({
+                crate::watch::gate::pass(&pattern);
                 store
                     .after(None)
                     .filter(|entry| visible.can_read(entry.key) && glob::matches(&pattern, entry.key))
                     .map(|entry| Reply::Bulk(Bytes::copy_from_slice(entry.key)))
-                    .collect(),
-            ),
+                    .collect()
+            }),
             Query::Scan { cursor, pattern, count, strings, visible } => {
                 let Ok(mut cursors) = cursors.lock() else { return Reply::error("ERR the cursor table is unusable") };
                 let after = match cursor {
@@ -399,7 +406,7 @@ fn scan(args: &[Bytes]) -> Result<Query, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Command;
+    use crate::state::{Command, KvStore};
     use skiff::{Index, StateMachine};
 
     fn args(line: &str) -> Vec<Bytes> {

@@ -326,6 +326,7 @@ impl Pending {
                     Ok([op]) => (op, true),
                     Err(ops) => (Op::Batch(ops), false),
                 };
+                let op = op.within_quota(redis.limits.keyspace_quota_bytes);
                 let outputs = match redis.node.propose(Command { request: None, op }).await {
                     Ok(Output::Batch(outputs)) if !single => Ok(outputs),
                     Ok(output) => Ok(vec![output]),
@@ -346,10 +347,26 @@ impl Pending {
                 redis.metrics.reads.increment(queries.len() as u64);
                 let (slots, queries): (Vec<usize>, Vec<Query>) = queries.into_iter().unzip();
                 let cursors = Arc::clone(&redis.cursors);
-                let run = move |store: &KvStore| {
-                    queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>()
+                let answered = if queries.iter().any(Query::is_heavy) {
+                    // KEYS and SCAN walk the keyspace: on a view taken on the apply thread
+                    // (a reference count), read here, so that apply goes on meanwhile.
+                    let view = |store: &KvStore| store.view();
+                    let view = if stale { redis.node.read_stale(view).await } else { redis.node.read(view).await };
+                    match view {
+                        Ok(view) => tokio::task::spawn_blocking(move || {
+                            queries.into_iter().map(|query| query.run(&view, &cursors)).collect::<Vec<_>>()
+                        })
+                        .await
+                        .map_err(|error| Reply::error(format!("ERR the read failed: {error}"))),
+                        Err(error) => Err(node_error(&error)),
+                    }
+                } else {
+                    let run = move |store: &KvStore| {
+                        queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>()
+                    };
+                    let answered = if stale { redis.node.read_stale(run).await } else { redis.node.read(run).await };
+                    answered.map_err(|error| node_error(&error))
                 };
-                let answered = if stale { redis.node.read_stale(run).await } else { redis.node.read(run).await };
                 redis.metrics.read_seconds.record(started.elapsed().as_secs_f64());
                 match answered {
                     Ok(answers) => {
@@ -357,8 +374,7 @@ impl Pending {
                             replies[slot] = Some(reply);
                         }
                     }
-                    Err(error) => {
-                        let reply = node_error(&error);
+                    Err(reply) => {
                         for slot in slots {
                             replies[slot] = Some(reply.clone());
                         }
@@ -378,6 +394,7 @@ fn op_size(op: &Op) -> usize {
         Op::Delete { key, .. } | Op::IncrBy { key, .. } => key.len(),
         Op::DeletePrefix { prefix } => prefix.len(),
         Op::Batch(ops) => ops.iter().map(op_size).sum(),
+        Op::WithinQuota { op, .. } => op_size(op),
     }
 }
 

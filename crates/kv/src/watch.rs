@@ -1,0 +1,293 @@
+//! [`Published`]: what the state machine tells the servers around it as it applies, without
+//! them asking the node: which watched keys changed (so a blocking query wakes only when its
+//! key or prefix did), and the keyspace's size and quota alarm (for status and metrics).
+//!
+//! The apply thread calls [`Published::changed`] for every key it writes or deletes. That
+//! costs one atomic load when nothing is watched; otherwise a lock, one lookup of the key
+//! and one of each distinct watched prefix length, and a wake-up of each matching watcher:
+//! proportional to the watchers that match, not to all of them. A woken blocking query then
+//! reads once. Nothing here goes through the Raft node or its driver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// The state machine's published news. Shared (`Arc`) between the store and the servers.
+#[derive(Debug, Default)]
+pub struct Published {
+    registry: Mutex<Registry>,
+    /// Registered watches, read without the lock: the apply path skips it when 0.
+    watching: AtomicUsize,
+    /// The bytes of every key and value, after the last apply.
+    used_bytes: AtomicU64,
+    /// 0, or the quota a write was refused at and not yet followed by a freeing.
+    alarm_quota: AtomicU64,
+    /// The index of the last applied command.
+    applied: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    /// Watches of one key, by key.
+    keys: HashMap<Bytes, Vec<(u64, Arc<Notify>)>>,
+    /// Watches of a prefix, by prefix.
+    prefixes: HashMap<Bytes, Vec<(u64, Arc<Notify>)>>,
+    /// How many watched prefixes have each length: a changed key is looked up at these
+    /// lengths only.
+    prefix_lengths: BTreeMap<usize, usize>,
+}
+
+impl Registry {
+    fn table(&mut self, prefix: bool) -> &mut HashMap<Bytes, Vec<(u64, Arc<Notify>)>> {
+        if prefix { &mut self.prefixes } else { &mut self.keys }
+    }
+}
+
+/// A registered interest in a key or a prefix; unregistered when dropped.
+#[derive(Debug)]
+pub struct Watch {
+    published: Arc<Published>,
+    id: u64,
+    key: Bytes,
+    prefix: bool,
+    notify: Arc<Notify>,
+}
+
+impl Watch {
+    /// Resolves once the key (or a key under the prefix) changed since the watch was made or
+    /// since the last call returned. A change that came before the call is not lost.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut registry = self.published.lock();
+        let table = registry.table(self.prefix);
+        let Some(watches) = table.get_mut(&self.key) else { return };
+        watches.retain(|(id, _)| *id != self.id);
+        if watches.is_empty() {
+            table.remove(&self.key);
+        }
+        if self.prefix
+            && let Some(count) = registry.prefix_lengths.get_mut(&self.key.len())
+        {
+            *count -= 1;
+            if *count == 0 {
+                registry.prefix_lengths.remove(&self.key.len());
+            }
+        }
+        self.published.watching.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Published {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // The registry holds no invariant a panicking holder could break halfway.
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Watches `key`, or every key that starts with it with `prefix`.
+    pub fn watch(self: &Arc<Self>, key: Bytes, prefix: bool) -> Watch {
+        let notify = Arc::new(Notify::new());
+        let mut registry = self.lock();
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.table(prefix).entry(key.clone()).or_default().push((id, Arc::clone(&notify)));
+        if prefix {
+            *registry.prefix_lengths.entry(key.len()).or_default() += 1;
+        }
+        self.watching.fetch_add(1, Ordering::Relaxed);
+        Watch { published: Arc::clone(self), id, key, prefix, notify }
+    }
+
+    /// How many watches are registered.
+    pub fn watches(&self) -> usize {
+        self.watching.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the watches of `key` and of every watched prefix of it.
+    pub(crate) fn changed(&self, key: &[u8]) {
+        if self.watching.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let registry = self.lock();
+        let wake = |watches: Option<&Vec<(u64, Arc<Notify>)>>| {
+            for (_, notify) in watches.into_iter().flatten() {
+                notify.notify_one();
+            }
+        };
+        wake(registry.keys.get(key));
+        for &length in registry.prefix_lengths.keys() {
+            if length > key.len() {
+                break;
+            }
+            wake(registry.prefixes.get(&key[..length]));
+        }
+    }
+
+    /// Wakes every watch: the whole state was replaced (a snapshot was restored).
+    pub(crate) fn changed_all(&self) {
+        let registry = self.lock();
+        for watches in registry.keys.values().chain(registry.prefixes.values()) {
+            for (_, notify) in watches {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// The bytes of every key and value, as of the last apply.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The quota a write was last refused at, while no space has been freed since.
+    pub fn quota_alarm(&self) -> Option<u64> {
+        Some(self.alarm_quota.load(Ordering::Relaxed)).filter(|&quota| quota > 0)
+    }
+
+    /// The index of the last applied command.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_applied(&self, index: u64) {
+        self.applied.store(index, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_keyspace(&self, used_bytes: u64, alarm: Option<u64>) {
+        self.used_bytes.store(used_bytes, Ordering::Relaxed);
+        self.alarm_quota.store(alarm.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+/// A test hook: holds the heavy reads (an HTTP listing of a prefix, a Redis `KEYS` of a
+/// pattern) named by a test at their start, where they run (off the apply thread), until the
+/// test lets them go; so a test can show that writes are applied while one is under way.
+/// Costs one atomic load per heavy read when no test holds one.
+#[doc(hidden)]
+pub mod gate {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+    use std::time::Duration;
+
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+    static GATES: Mutex<Vec<(Vec<u8>, Arc<Gate>)>> = Mutex::new(Vec::new());
+
+    #[derive(Default)]
+    struct Gate {
+        /// How many reads reached the gate; whether it is open.
+        state: Mutex<(usize, bool)>,
+        changed: Condvar,
+    }
+
+    impl Gate {
+        fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
+            self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
+    /// Reads named `name` wait at the gate while this lives.
+    pub struct Held {
+        name: Vec<u8>,
+        gate: Arc<Gate>,
+    }
+
+    /// Closes the gate for reads named `name` (a listing's prefix, a KEYS pattern).
+    pub fn hold(name: &[u8]) -> Held {
+        let gate = Arc::new(Gate::default());
+        GATES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.to_vec(), Arc::clone(&gate)));
+        HELD.fetch_add(1, Ordering::SeqCst);
+        Held { name: name.to_vec(), gate }
+    }
+
+    impl Held {
+        /// Waits until a read reached the gate (at most `limit`); whether one did.
+        pub fn wait_entered(&self, limit: Duration) -> bool {
+            let state = self.gate.lock();
+            let (state, _) = self
+                .gate
+                .changed
+                .wait_timeout_while(state, limit, |(entered, _)| *entered == 0)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.0 > 0
+        }
+
+        /// How many reads are waiting at the gate now.
+        pub fn waiting(&self) -> usize {
+            self.gate.lock().0
+        }
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            let mut gates = GATES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            gates.retain(|(name, gate)| !(name == &self.name && Arc::ptr_eq(gate, &self.gate)));
+            HELD.fetch_sub(1, Ordering::SeqCst);
+            self.gate.lock().1 = true;
+            self.gate.changed.notify_all();
+        }
+    }
+
+    /// Where a heavy read named `name` starts: waits while a test holds its gate.
+    pub(crate) fn pass(name: &[u8]) {
+        if HELD.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let gate = {
+            let gates = GATES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            gates.iter().find(|(held, _)| held == name).map(|(_, gate)| Arc::clone(gate))
+        };
+        let Some(gate) = gate else { return };
+        let mut state = gate.lock();
+        state.0 += 1;
+        gate.changed.notify_all();
+        let mut state =
+            gate.changed.wait_while(state, |(_, open)| !*open).unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.0 -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// Whether the watch's `changed()` is ready now (it consumes the wake-up if so).
+    fn woken(watch: &Watch) -> bool {
+        let mut changed = pin!(watch.changed());
+        matches!(changed.as_mut().poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(()))
+    }
+
+    #[test]
+    fn only_the_watches_of_the_changed_key_and_its_prefixes_wake() {
+        let published = Arc::new(Published::default());
+        let exact = published.watch(Bytes::from_static(b"a/b"), false);
+        let prefix = published.watch(Bytes::from_static(b"a/"), true);
+        let everything = published.watch(Bytes::new(), true);
+        let other = published.watch(Bytes::from_static(b"b"), false);
+        let longer = published.watch(Bytes::from_static(b"a/bc"), true);
+        assert_eq!(published.watches(), 5);
+        published.changed(b"a/b");
+        assert!(woken(&exact) && woken(&prefix) && woken(&everything));
+        assert!(!woken(&other) && !woken(&longer));
+        // The wake-up was consumed; a change before the next wait is kept.
+        assert!(!woken(&exact));
+        published.changed(b"a/b");
+        assert!(woken(&exact));
+        drop((prefix, longer));
+        assert_eq!(published.watches(), 3);
+        published.changed(b"a/bcd");
+        assert!(woken(&everything) && !woken(&exact));
+        published.changed_all();
+        assert!(woken(&exact) && woken(&other));
+    }
+}
