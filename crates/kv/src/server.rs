@@ -439,7 +439,7 @@ impl Acceptor {
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// `accept` shortages are logged at most this often.
-pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// When an `accept` shortage was last logged, and how many happened since.
 #[derive(Default)]

@@ -254,10 +254,8 @@ for reply in pipe.execute(raise_on_error=False):
     else:
         print("other", reply)
 "#;
-    let output = Command::new(python())
-        .args(["-c", script, &node.redis.port().to_string()])
-        .output()
-        .expect("python runs");
+    let output =
+        Command::new(python()).args(["-c", script, &node.redis.port().to_string()]).output().expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
@@ -268,8 +266,7 @@ for reply in pipe.execute(raise_on_error=False):
         bulk_bytes(MIB),
         3 * MIB
     );
-    let expected =
-        ["value 1048576", "value 1048576", &refused, &refused, &refused, "other True", "value 1"];
+    let expected = ["value 1048576", "value 1048576", &refused, &refused, &refused, "other True", "value 1"];
     assert_eq!(lines, expected, "{stdout}");
 }
 
