@@ -48,7 +48,7 @@ pub struct Limits {
     pub max_reply_bytes: usize,
     /// Seconds a Redis connection may stay idle (no command, or a command that does not
     /// finish arriving) before it is closed, as Redis's `timeout`; 0: never.
-    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_REDIS_TIMEOUT", value_name = "SECONDS",
+    #[cfg_attr(feature = "cli", arg(long = "redis-timeout", env = "SKIFF_REDIS_TIMEOUT", value_name = "SECONDS",
         default_value_t = Limits::default().redis_timeout_secs))]
     pub redis_timeout_secs: u64,
     /// Client connections each listener (HTTP, Redis) holds at once; more are closed as
