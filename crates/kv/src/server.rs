@@ -61,7 +61,25 @@ pub struct Limits {
     #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_KEYSPACE_QUOTA_BYTES", value_name = "BYTES",
         default_value_t = Limits::default().keyspace_quota_bytes))]
     pub keyspace_quota_bytes: u64,
+    /// The largest reply to one Redis command, and all the replies to one round of a
+    /// pipeline together, in bytes (RESP2-encoded); a reply past it is an error instead.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_REPLY_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().max_reply_bytes))]
+    pub max_reply_bytes: usize,
+    /// Seconds a Redis connection may stay idle (no command, or a command that does not
+    /// finish arriving) before it is closed, as Redis's `timeout`; 0: never.
+    #[cfg_attr(feature = "cli", arg(long = "redis-timeout", env = "SKIFF_REDIS_TIMEOUT", value_name = "SECONDS",
+        default_value_t = Limits::default().redis_timeout_secs))]
+    pub redis_timeout_secs: u64,
+    /// Client connections each listener (HTTP, Redis) holds at once; more are closed as
+    /// they arrive. Each takes a file descriptor.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_CONNECTIONS", value_name = "COUNT",
+        default_value_t = Limits::default().max_connections))]
+    pub max_connections: usize,
 }
+
+/// [`Limits::max_connections`] unless set: per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -74,7 +92,17 @@ impl Default for Limits {
             // The whole keyspace lives in memory, about 1.1 times its bytes: 2 GiB (etcd's
             // default backend quota) fits a node of 4 GiB or more with room for snapshots.
             keyspace_quota_bytes: 2 << 30,
+            max_reply_bytes: 64 << 20,
+            redis_timeout_secs: 300,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
+    }
+}
+
+impl Limits {
+    /// The Redis idle timeout; `None` for never.
+    pub fn redis_timeout(&self) -> Option<Duration> {
+        (self.redis_timeout_secs > 0).then(|| Duration::from_secs(self.redis_timeout_secs))
     }
 }
 
@@ -173,14 +201,14 @@ impl Server {
             let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port(), auth.clone());
             let (stop_redis, stopped) = oneshot::channel::<()>();
             stop.push(stop_redis);
-            let acceptor = Acceptor::new(listener, "Redis", redis_tls);
+            let acceptor = Acceptor::new(listener, "Redis", redis_tls, limits.max_connections, id);
             listeners.push(tokio::spawn(crate::redis::serve(acceptor, Arc::new(redis), stopped)));
         }
         let reload = auth.clone().map(|auth| AbortOnDropHandle::new(tokio::spawn(reload_on_hangup(id, auth))));
         let api = Api::new(Arc::clone(&node), applied, cluster, limits, auth);
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
-        let acceptor = Acceptor::new(listener, "HTTP", http_tls);
+        let acceptor = Acceptor::new(listener, "HTTP", http_tls, limits.max_connections, id);
         listeners.push(tokio::spawn(serve_http(acceptor, crate::http::router(api), stopped)));
         tracing::info!(node = %id, http = %http_address, redis = ?redis_address, tls = tls.is_some(), "serving");
         Ok(Server { id, node, http_address, redis_address, stop, listeners, _reload: reload })
@@ -248,8 +276,6 @@ fn local_address(id: NodeId, address: &str, listener: &TcpListener) -> Result<So
     listener.local_addr().map_err(|source| Error::Listen { id, address: address.to_string(), source })
 }
 
-/// At most this many client connections at once; more are closed as they arrive.
-const MAX_CONNECTIONS: usize = 10_000;
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests under way when the server stops get this long to finish (blocking queries may
@@ -281,13 +307,17 @@ async fn serve_http(acceptor: Acceptor, router: axum::Router, mut stop: oneshot:
 /// A client's connection: plain TCP, or TLS over it.
 pub(crate) type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
-/// Takes client connections (HTTP or Redis) off a listener, at most [`MAX_CONNECTIONS`] at
-/// once: a connection over the limit is closed as it arrives.
+/// Takes client connections (HTTP or Redis) off a listener, at most
+/// [`Limits::max_connections`] at once: a connection over the limit is closed as it arrives.
 pub(crate) struct Acceptor {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     protocol: &'static str,
     tls: Option<TlsAcceptor>,
+    /// `skiff_accept_errors_total` of this listener.
+    errors: metrics::Counter,
+    /// When errors were last logged.
+    failing: std::sync::Mutex<Failing>,
 }
 
 /// An accepted connection holding its slot, before its TLS handshake (if any).
@@ -352,30 +382,139 @@ impl Incoming {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: TcpListener, protocol: &'static str, tls: Option<TlsAcceptor>) -> Acceptor {
-        Acceptor { listener, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)), protocol, tls }
+    /// Takes connections off `listener`, at most `max_connections` at once.
+    pub(crate) fn new(
+        listener: TcpListener,
+        protocol: &'static str,
+        tls: Option<TlsAcceptor>,
+        max_connections: usize,
+        node: NodeId,
+    ) -> Acceptor {
+        let errors = metrics::counter!("skiff_accept_errors_total", "node" => node.to_string(), "protocol" => protocol);
+        Acceptor {
+            listener,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            protocol,
+            tls,
+            errors,
+            failing: std::sync::Mutex::new(Failing::default()),
+        }
     }
 
-    /// The next connection, holding its slot until dropped; `None` once `stop` fires.
+    /// The next connection, holding its slot until dropped; `None` once `stop` fires, or
+    /// after an error that says the listening socket itself is unusable.
+    ///
+    /// Any other `accept` error is survived: it belongs to one connection (ECONNABORTED:
+    /// the client left before it was taken), and the next is taken at once; or it is a
+    /// shortage (EMFILE, ENFILE, ENOBUFS, ENOMEM) that closing connections will end, and the
+    /// listener backs off (10 ms, doubling up to 100 ms) and tries again. The connections
+    /// waiting meanwhile stay in the kernel's backlog. Errors are counted in
+    /// `skiff_accept_errors_total` and logged at most once per [`ACCEPT_LOG_INTERVAL`].
     pub(crate) async fn next(&self, stop: &mut oneshot::Receiver<()>) -> Option<Incoming> {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 _ = &mut *stop => return None,
             };
-            match accepted {
+            let error = match accepted {
                 Ok((stream, address)) => {
                     let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else { continue };
                     let _ = stream.set_nodelay(true);
                     let (tls, protocol) = (self.tls.clone(), self.protocol);
                     return Some(Incoming { stream, address, slot, tls, protocol });
                 }
-                Err(error) => {
-                    // Out of file descriptors, most likely: back off rather than spin.
-                    tracing::warn!(%error, protocol = self.protocol, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(error) => error,
+            };
+            self.errors.increment(1);
+            match accept_error(&error) {
+                AcceptError::Connection => {
+                    tracing::debug!(%error, protocol = self.protocol, "a connection was lost before it was accepted");
+                }
+                AcceptError::Fatal => {
+                    tracing::error!(%error, protocol = self.protocol, "the listener cannot accept connections: it stops");
+                    return None;
+                }
+                AcceptError::Shortage => {
+                    self.log_shortage(&error, backoff);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = &mut *stop => return None,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }
+    }
+
+    /// Logs a shortage, at most once per [`ACCEPT_LOG_INTERVAL`], with how many went unlogged.
+    fn log_shortage(&self, error: &std::io::Error, backoff: Duration) {
+        let Ok(mut failing) = self.failing.lock() else { return };
+        failing.unlogged += 1;
+        let now = std::time::Instant::now();
+        if failing.logged.is_some_and(|logged| now.duration_since(logged) < ACCEPT_LOG_INTERVAL) {
+            return;
+        }
+        let errors = std::mem::take(&mut failing.unlogged);
+        failing.logged = Some(now);
+        tracing::warn!(%error, protocol = self.protocol, errors, ?backoff,
+            "accepting connections fails (out of file descriptors or memory?): backing off and retrying");
+    }
+}
+
+/// The first wait after an `accept` shortage, and the longest.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// `accept` shortages are logged at most this often.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// When an `accept` shortage was last logged, and how many happened since.
+#[derive(Default)]
+struct Failing {
+    logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// What an `accept` error means for the listener.
+#[derive(Debug, PartialEq, Eq)]
+enum AcceptError {
+    /// One connection's trouble: take the next.
+    Connection,
+    /// Out of something (descriptors, memory, buffers): wait, then try again.
+    Shortage,
+    /// The listening socket is unusable (EINVAL: it is not listening; an unsupported
+    /// operation): trying again would fail forever.
+    Fatal,
+}
+
+fn accept_error(error: &std::io::Error) -> AcceptError {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionAborted
+        | ErrorKind::ConnectionReset
+        | ErrorKind::Interrupted
+        | ErrorKind::WouldBlock
+        | ErrorKind::TimedOut
+        | ErrorKind::PermissionDenied => AcceptError::Connection,
+        ErrorKind::InvalidInput | ErrorKind::Unsupported => AcceptError::Fatal,
+        // EMFILE and ENFILE have no kind of their own; ENOMEM is OutOfMemory.
+        _ => AcceptError::Shortage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_classified() {
+        let os = std::io::Error::from_raw_os_error;
+        // Linux's numbers: EMFILE 24, ENFILE 23, ENOMEM 12, ENOBUFS 105, ECONNABORTED 103,
+        // EINVAL 22.
+        for shortage in [24, 23, 12, 105] {
+            assert_eq!(accept_error(&os(shortage)), AcceptError::Shortage, "errno {shortage}");
+        }
+        assert_eq!(accept_error(&os(103)), AcceptError::Connection);
+        assert_eq!(accept_error(&os(22)), AcceptError::Fatal);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::glob;
-use super::resp::Reply;
+use super::resp::{NIL_BYTES, Reply, array_header_bytes, bulk_bytes};
 use crate::auth::Access;
 use crate::server::Limits;
 use crate::state::{Keyspace, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
@@ -159,58 +159,207 @@ pub enum Query {
     DbSize,
 }
 
+/// `SCAN ... COUNT n` examines at most this many keys per call, whatever `n` is: COUNT is a
+/// hint in Redis too, and a larger one would hold the state (and the reply) for as long as
+/// a `KEYS`.
+pub const MAX_SCAN_COUNT: usize = 10_000;
+
+/// What the replies of one round of a connection (the commands read at once, a pipeline
+/// or part of one) may still take, in bytes as RESP2 encodes them: `max_reply_bytes` for
+/// each reply, and for all of them together. A read whose reply does not fit gets an error
+/// instead, computed before the reply is built; the replies of writes and of connection
+/// commands are always sent (their size is bounded by their request) and take their share.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    limit: usize,
+    left: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        Budget { limit, left: limit }
+    }
+
+    /// Takes `bytes` for a reply that is sent whatever its size.
+    pub fn charge(&mut self, bytes: usize) {
+        self.left = self.left.saturating_sub(bytes);
+    }
+
+    /// Takes `bytes` for a read's reply, or refuses it: the error says what to do instead
+    /// (`hint`, when the reply alone is over the limit).
+    fn take(&mut self, bytes: usize, hint: &str) -> Result<(), Reply> {
+        self.check(bytes, false, hint)?;
+        self.left -= bytes;
+        Ok(())
+    }
+
+    /// Whether a reply of `bytes` fits; the error if not (`at_least`: the reply is known to
+    /// be at least that large, its full size is not known).
+    fn check(&self, bytes: usize, at_least: bool, hint: &str) -> Result<(), Reply> {
+        let size = if at_least { format!("at least {bytes}") } else { bytes.to_string() };
+        let limit = self.limit;
+        if bytes > limit {
+            return Err(Reply::error(format!(
+                "ERR reply of {size} bytes exceeds the reply budget of {limit} bytes (max-reply-bytes); {hint}"
+            )));
+        }
+        if bytes > self.left {
+            let left = self.left;
+            return Err(Reply::error(format!(
+                "ERR reply of {size} bytes exceeds the {left} bytes left of the reply budget of {limit} bytes \
+                 for this pipeline (max-reply-bytes); read the replies before sending more"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the reads of one round share: the reply budget, and the values copied out of the
+/// state (a key read several times in the round, by `MGET k k k` or by pipelined `GET`s,
+/// shares one copy).
+pub struct Reading {
+    pub budget: Budget,
+    values: HashMap<Bytes, Bytes>,
+}
+
+impl Reading {
+    pub fn new(budget: Budget) -> Reading {
+        Reading { budget, values: HashMap::new() }
+    }
+
+    /// The value of `key` as a reply, shared with every other read of it in the round.
+    fn value(&mut self, store: &impl Keyspace, key: &Bytes) -> Reply {
+        if let Some(value) = self.values.get(key) {
+            return Reply::Bulk(value.clone());
+        }
+        let Some(found) = store.get(key) else { return Reply::Nil };
+        let value = Bytes::copy_from_slice(found.value);
+        self.values.insert(key.clone(), value.clone());
+        Reply::Bulk(value)
+    }
+}
+
+/// The size of a value's reply (its bulk string, or RESP2's nil), without copying it.
+fn value_size(store: &impl Keyspace, key: &[u8]) -> usize {
+    store.get(key).map_or(NIL_BYTES, |found| bulk_bytes(found.value.len()))
+}
+
+const FEWER_KEYS: &str = "ask for fewer keys";
+
 impl Query {
     /// Whether the query walks the keyspace (KEYS, SCAN): it runs on a view, off the apply thread.
     pub fn is_heavy(&self) -> bool {
         matches!(self, Query::Keys { .. } | Query::Scan { .. })
     }
 
-    pub fn run(self, store: &impl Keyspace, cursors: &Mutex<Cursors>) -> Reply {
-        let value =
-            |key: &Bytes| store.get(key).map_or(Reply::Nil, |found| Reply::Bulk(Bytes::copy_from_slice(found.value)));
+    /// The reply, if it fits `reading`'s budget; its size is known before it is built.
+    pub fn run(self, store: &impl Keyspace, cursors: &Mutex<Cursors>, reading: &mut Reading) -> Reply {
         match self {
-            Query::Get(key) => value(&key),
-            Query::MGet(keys) => Reply::Array(keys.iter().map(value).collect()),
+            Query::Get(key) => match reading.budget.take(value_size(store, &key), FEWER_KEYS) {
+                Ok(()) => reading.value(store, &key),
+                Err(refused) => refused,
+            },
+            Query::MGet(keys) => {
+                let size =
+                    array_header_bytes(keys.len()) + keys.iter().map(|key| value_size(store, key)).sum::<usize>();
+                match reading.budget.take(size, FEWER_KEYS) {
+                    Ok(()) => Reply::Array(keys.iter().map(|key| reading.value(store, key)).collect()),
+                    Err(refused) => refused,
+                }
+            }
+            Query::Keys { pattern, visible } => keys(store, &pattern, &visible, &mut reading.budget),
+            Query::Scan { cursor, pattern, count, strings, visible } => {
+                let scan = Scan { pattern, count, strings, visible };
+                scan.run(store, cursors, cursor, &mut reading.budget)
+            }
+            small => {
+                let reply = small.run_small(store);
+                match reading.budget.take(reply.encoded_len(false), FEWER_KEYS) {
+                    Ok(()) => reply,
+                    Err(refused) => refused,
+                }
+            }
+        }
+    }
+
+    /// The queries whose reply is an integer or a word.
+    fn run_small(self, store: &impl Keyspace) -> Reply {
+        match self {
             Query::Exists(keys) => Reply::Integer(keys.iter().filter(|key| store.get(key).is_some()).count() as i64),
             Query::StrLen(key) => Reply::Integer(store.get(&key).map_or(0, |found| found.value.len() as i64)),
             Query::Type(key) => Reply::Simple(if store.get(&key).is_some() { "string" } else { "none" }.into()),
             Query::Ttl(key) => Reply::Integer(if store.get(&key).is_some() { -1 } else { -2 }),
-            Query::Keys { pattern, visible } => Reply::Array({
-                crate::watch::gate::pass(&pattern);
-                store
-                    .after(None)
-                    .filter(|entry| visible.can_read(entry.key) && glob::matches(&pattern, entry.key))
-                    .map(|entry| Reply::Bulk(Bytes::copy_from_slice(entry.key)))
-                    .collect()
-            }),
-            Query::Scan { cursor, pattern, count, strings, visible } => {
-                let Ok(mut cursors) = cursors.lock() else { return Reply::error("ERR the cursor table is unusable") };
-                let after = match cursor {
-                    0 => None,
-                    cursor => match cursors.take(cursor) {
-                        Some(key) => Some(key),
-                        None => return Reply::error("ERR invalid cursor"),
-                    },
-                };
-                let keys = store.after(after.as_deref()).take(count).map(|entry| Bytes::copy_from_slice(entry.key));
-                let mut found = Vec::new();
-                let mut last = None;
-                for key in keys {
-                    let matches = pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, &key));
-                    if strings && matches && visible.can_read(&key) {
-                        found.push(Reply::Bulk(key.clone()));
-                    }
-                    last = Some(key);
-                }
-                let more = last.as_ref().is_some_and(|last| store.after(Some(last)).next().is_some());
-                let next = match last {
-                    Some(last) if more => cursors.insert(last),
-                    _ => 0,
-                };
-                Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(found)])
-            }
             Query::DbSize => Reply::Integer(store.len() as i64),
+            other => Reply::error(format!("ERR {other:?} is not a small query")),
         }
+    }
+}
+
+/// KEYS: every key `visible` may read that matches, if they fit the budget; the keys are
+/// copied as they are found, and the search stops as soon as the reply is over budget.
+fn keys(store: &impl Keyspace, pattern: &[u8], visible: &Access, budget: &mut Budget) -> Reply {
+    crate::watch::gate::pass(pattern);
+    let mut found = Vec::new();
+    // Reserve room for the array header of the largest count the keys could reach.
+    let mut size = array_header_bytes(store.len());
+    for entry in store.after(None).filter(|entry| visible.can_read(entry.key) && glob::matches(pattern, entry.key)) {
+        size += bulk_bytes(entry.key.len());
+        if let Err(refused) = budget.check(size, true, "use SCAN, which returns the keys a part at a time") {
+            return refused;
+        }
+        found.push(Reply::Bulk(Bytes::copy_from_slice(entry.key)));
+    }
+    budget.charge(size);
+    Reply::Array(found)
+}
+
+/// SCAN's options.
+struct Scan {
+    pattern: Option<Bytes>,
+    count: usize,
+    strings: bool,
+    visible: Access,
+}
+
+impl Scan {
+    /// Examines up to `count` keys after the cursor's (at most [`MAX_SCAN_COUNT`]), and
+    /// returns those that match; it stops early, at a key whose reply would not fit the
+    /// budget, and the cursor resumes there.
+    fn run(self, store: &impl Keyspace, cursors: &Mutex<Cursors>, cursor: u64, budget: &mut Budget) -> Reply {
+        let Ok(mut cursors) = cursors.lock() else { return Reply::error("ERR the cursor table is unusable") };
+        let after = match cursor {
+            0 => None,
+            cursor => match cursors.take(cursor) {
+                Some(key) => Some(key),
+                None => return Reply::error("ERR invalid cursor"),
+            },
+        };
+        let count = self.count.min(MAX_SCAN_COUNT);
+        // The cursor (at most 20 digits) and the array headers, counted once.
+        let mut size = 2 * array_header_bytes(2) + bulk_bytes(20) + array_header_bytes(count);
+        let mut found = Vec::new();
+        let mut last: Option<&[u8]> = None;
+        for entry in store.after(after.as_deref()).take(count) {
+            let matches = self.pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, entry.key));
+            if self.strings && matches && self.visible.can_read(entry.key) {
+                let fits = budget.check(size + bulk_bytes(entry.key.len()), false, FEWER_KEYS);
+                match fits {
+                    Ok(()) => size += bulk_bytes(entry.key.len()),
+                    // Not even one key fits: say so, rather than answer nothing forever.
+                    Err(refused) if last.is_none() => return refused,
+                    Err(_) => break,
+                }
+                found.push(Reply::Bulk(Bytes::copy_from_slice(entry.key)));
+            }
+            last = Some(entry.key);
+        }
+        budget.charge(size);
+        let more = last.is_some_and(|last| store.after(Some(last)).next().is_some());
+        let next = match last {
+            Some(last) if more => cursors.insert(Bytes::copy_from_slice(last)),
+            _ => 0,
+        };
+        Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(found)])
     }
 }
 
@@ -419,7 +568,10 @@ mod tests {
         let spec = lookup(&args[0]).expect("a known command");
         match plan(spec, &args, &Limits::default()) {
             Plan::Reply(reply) => reply,
-            Plan::Read(query) => query.run(store, cursors),
+            Plan::Read(query) => {
+                let mut reading = Reading::new(Budget::new(Limits::default().max_reply_bytes));
+                query.run(store, cursors, &mut reading)
+            }
             Plan::Write { ops, answer } => {
                 let Output::Batch(outputs) = store.apply(Index(index), Command { request: None, op: Op::Batch(ops) })
                 else {
@@ -495,6 +647,117 @@ mod tests {
         assert_eq!(seen.len(), 25, "{seen:?}");
         assert_eq!(run(&mut store, &cursors, 0, "SCAN 12345 COUNT 4"), Reply::error("ERR invalid cursor"));
         assert_eq!(run(&mut store, &cursors, 0, "SCAN 0 COUNT 0"), syntax_error());
+    }
+
+    /// Runs the read `line` with `reading`.
+    fn read(store: &KvStore, cursors: &Mutex<Cursors>, reading: &mut Reading, line: &str) -> Reply {
+        let args = args(line);
+        let spec = lookup(&args[0]).expect("a known command");
+        let Plan::Read(query) = plan(spec, &args, &Limits::default()) else { panic!("{line} is not a read") };
+        query.run(store, cursors, reading)
+    }
+
+    fn error_text(reply: &Reply) -> &str {
+        match reply {
+            Reply::Error(text) => text,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_read_many_times_in_a_round_shares_one_copy() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(0)));
+        run(&mut store, &cursors, 1, "SET big 0123456789");
+        let mut reading = Reading::new(Budget::new(1 << 20));
+        let line = format!("MGET{}", " big".repeat(1000));
+        let Reply::Array(values) = read(&store, &cursors, &mut reading, &line) else { panic!("MGET answers an array") };
+        let Reply::Bulk(first) = read(&store, &cursors, &mut reading, "GET big") else { panic!("a value") };
+        assert_eq!(values.len(), 1000);
+        for value in values {
+            let Reply::Bulk(value) = value else { panic!("a value") };
+            assert_eq!(value.as_ptr(), first.as_ptr(), "every read of the key shares the first copy");
+        }
+    }
+
+    #[test]
+    fn a_read_over_the_reply_budget_is_refused_before_it_is_built() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(0)));
+        run(&mut store, &cursors, 1, &format!("SET big {}", "x".repeat(1000)));
+        // 10,000 times a 1,000-byte value: 10 MB asked, of a 1 MiB budget.
+        let line = format!("MGET{}", " big".repeat(10_000));
+        let mut reading = Reading::new(Budget::new(1 << 20));
+        let refused = read(&store, &cursors, &mut reading, &line);
+        let size = array_header_bytes(10_000) + 10_000 * bulk_bytes(1000);
+        assert_eq!(
+            error_text(&refused),
+            format!(
+                "ERR reply of {size} bytes exceeds the reply budget of 1048576 bytes (max-reply-bytes); ask for fewer keys"
+            )
+        );
+        // What fits is answered, in order, and the rest of the round is refused.
+        let limit = 3 * (bulk_bytes(1000) + Reply::Integer(1000).encoded_len(false));
+        let mut reading = Reading::new(Budget::new(limit));
+        for _ in 0..3 {
+            assert_eq!(read(&store, &cursors, &mut reading, "STRLEN big"), Reply::Integer(1000));
+            assert!(matches!(read(&store, &cursors, &mut reading, "GET big"), Reply::Bulk(_)));
+        }
+        let refused = read(&store, &cursors, &mut reading, "GET big");
+        let expected = format!("0 bytes left of the reply budget of {limit} bytes for this pipeline");
+        assert!(error_text(&refused).contains(&expected), "{refused:?}");
+    }
+
+    #[test]
+    fn keys_over_the_budget_suggests_scan_and_scan_stops_at_the_budget() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(0)));
+        for i in 0..100 {
+            run(&mut store, &cursors, i + 1, &format!("SET key{i:03} v"));
+        }
+        // Each key is 11 bytes as a bulk string ($6 key000): 100 of them do not fit 500 bytes.
+        let mut reading = Reading::new(Budget::new(500));
+        let refused = read(&store, &cursors, &mut reading, "KEYS *");
+        assert!(error_text(&refused).ends_with("(max-reply-bytes); use SCAN, which returns the keys a part at a time"));
+        let Reply::Array(keys) = read(&store, &cursors, &mut Reading::new(Budget::new(2000)), "KEYS *") else {
+            panic!("KEYS answers an array")
+        };
+        assert_eq!(keys.len(), 100);
+        // SCAN with a huge COUNT returns what fits, and its cursor resumes after it.
+        let mut seen = 0;
+        let mut cursor = "0".to_string();
+        loop {
+            let mut reading = Reading::new(Budget::new(500));
+            let reply = read(&store, &cursors, &mut reading, &format!("SCAN {cursor} COUNT 1000000000"));
+            assert!(reply.encoded_len(false) <= 500, "{reply:?}");
+            let Reply::Array(parts) = reply else { panic!("SCAN answers an array") };
+            let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else { panic!("{parts:?}") };
+            assert!(!keys.is_empty() && keys.len() < 100);
+            seen += keys.len();
+            cursor = String::from_utf8(next.to_vec()).expect("a number");
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen, 100);
+    }
+
+    #[test]
+    fn scan_count_is_capped() {
+        let (mut store, cursors) = (KvStore::default(), Mutex::new(Cursors::new(0)));
+        let ops = (0..MAX_SCAN_COUNT + 5)
+            .map(|i| Op::Set {
+                key: Bytes::from(format!("k{i:06}")),
+                value: Bytes::new(),
+                when: When::Always,
+                get: false,
+            })
+            .collect();
+        store.apply(Index(1), Command { request: None, op: Op::Batch(ops) });
+        let mut reading = Reading::new(Budget::new(1 << 30));
+        let Reply::Array(parts) = read(&store, &cursors, &mut reading, "SCAN 0 COUNT 18446744073") else {
+            panic!("SCAN answers an array")
+        };
+        let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else { panic!("{parts:?}") };
+        assert_eq!(keys.len(), MAX_SCAN_COUNT);
+        assert_ne!(&next[..], b"0", "the scan is not over");
     }
 
     #[test]

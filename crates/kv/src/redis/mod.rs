@@ -23,8 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use self::commands::{Answer, COMMANDS, Cursors, Plan, Query, Spec, lookup, unknown_command, wrong_arity};
-use self::resp::{Frame, Parser, ParserLimits, Reply};
+use self::commands::{
+    Answer, Budget, COMMANDS, Cursors, Plan, Query, Reading, Spec, lookup, unknown_command, wrong_arity,
+};
+use self::resp::{Encoded, Frame, Parser, ParserLimits, Reply};
 use crate::auth::{Access, Auth, Token};
 use crate::server::{Acceptor, ClientStream, Limits};
 use crate::state::{Command, KvStore, Op, Output};
@@ -39,7 +41,13 @@ const MAX_PROPOSAL_BYTES: usize = 4 << 20;
 const MAX_COMMAND_BYTES: usize = 8 << 20;
 /// Encoded replies are written out once this many bytes are waiting.
 const FLUSH_BYTES: usize = 64 << 10;
-/// A connection keeps buffers up to this size between rounds.
+/// Values at least this long are written from the reply itself, not copied to be encoded.
+const SHARE_FROM_BYTES: usize = 16 << 10;
+/// A command must arrive whole within this long of its first byte (or within the idle
+/// `timeout`, if shorter), whatever the `timeout`: a client trickling a command a byte at a
+/// time is never idle, and would otherwise hold its connection forever.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection keeps an input buffer up to this size between rounds.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// A client that does not take its replies for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -175,7 +183,10 @@ async fn serve_client(
     let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
     let mut parser = Parser::new(ParserLimits { max_bulk, max_command_bytes: MAX_COMMAND_BYTES });
     let mut input = BytesMut::with_capacity(16 << 10);
-    let mut output = BytesMut::with_capacity(16 << 10);
+    let mut output = Encoded::new(SHARE_FROM_BYTES);
+    let idle = redis.limits.redis_timeout();
+    // When the connection began waiting for the rest of a command.
+    let mut partial_since: Option<Instant> = None;
     loop {
         let mut frames = Vec::new();
         let mut broken = None;
@@ -190,8 +201,21 @@ async fn serve_client(
             }
         }
         if frames.is_empty() && broken.is_none() {
+            let partial = !input.is_empty() || parser.is_partial();
+            let deadline = if partial {
+                let since = *partial_since.get_or_insert_with(Instant::now);
+                Some(since + idle.map_or(COMMAND_TIMEOUT, |idle| idle.min(COMMAND_TIMEOUT)))
+            } else {
+                partial_since = None;
+                idle.map(|idle| Instant::now() + idle)
+            };
             let read = tokio::select! {
                 read = stream.read_buf(&mut input) => read?,
+                () = sleep_until(deadline) => {
+                    let what = if partial { "sent part of a command and no more" } else { "was idle" };
+                    tracing::debug!(client = session.id, address = %session.address, "closing a Redis connection that {what} for too long");
+                    return Ok(());
+                }
                 _ = closing.cancelled() => 0,
             };
             if read == 0 {
@@ -199,29 +223,13 @@ async fn serve_client(
             }
             continue;
         }
+        partial_since = None;
         let mut replies = run(redis, &mut session, frames).await;
         if let Some(error) = &broken {
             replies.push(Reply::error(format!("ERR Protocol error: {}", error.0)));
         }
-        // Encode a little at a time: replies share their values with the store, while
-        // encoded they are copies.
-        let count = replies.len();
-        for (index, reply) in replies.into_iter().enumerate() {
-            reply.encode(session.resp3, &mut output);
-            if output.len() >= FLUSH_BYTES || index + 1 == count {
-                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&output)).await {
-                    Ok(written) => written?,
-                    Err(_) => {
-                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads no replies"));
-                    }
-                }
-                output.clear();
-            }
-        }
-        // A large command or reply leaves large buffers behind: give them back.
-        if output.capacity() > KEEP_BUFFER_BYTES {
-            output = BytesMut::with_capacity(16 << 10);
-        }
+        write_replies(&mut stream, replies, session.resp3, &mut output).await?;
+        // A large command leaves a large buffer behind: give it back.
         if input.is_empty() && input.capacity() > KEEP_BUFFER_BYTES {
             input = BytesMut::with_capacity(16 << 10);
         }
@@ -231,10 +239,60 @@ async fn serve_client(
     }
 }
 
+/// Encodes and writes `replies` a little at a time: the elements of arrays one by one,
+/// each dropped once encoded, long values shared rather than copied, and the bytes written
+/// whenever [`FLUSH_BYTES`] are waiting. So a connection holds its replies and little more.
+async fn write_replies(
+    stream: &mut ClientStream,
+    replies: Vec<Reply>,
+    resp3: bool,
+    output: &mut Encoded,
+) -> std::io::Result<()> {
+    let mut stack = vec![replies.into_iter()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            None => {
+                stack.pop();
+                continue;
+            }
+            Some(Reply::Array(items)) => {
+                output.array_header(items.len());
+                stack.push(items.into_iter());
+            }
+            Some(reply) => reply.encode_shared(resp3, output),
+        }
+        if output.len() >= FLUSH_BYTES {
+            write_out(stream, output).await?;
+        }
+    }
+    write_out(stream, output).await
+}
+
+/// Writes what `output` holds; a client that takes none of it for [`WRITE_TIMEOUT`] is an error.
+async fn write_out(stream: &mut ClientStream, output: &mut Encoded) -> std::io::Result<()> {
+    for chunk in output.take() {
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&chunk)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client reads no replies")),
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a round of commands in order and returns their replies in order.
 async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Reply> {
     let mut replies: Vec<Option<Reply>> = Vec::with_capacity(frames.len());
     let mut pending = Pending::None;
+    // The replies of the round share one budget (a read's reply checked before it is built).
+    let mut budget = Budget::new(redis.limits.max_reply_bytes);
     for frame in frames {
         if session.quit {
             break;
@@ -258,6 +316,7 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
         match plan {
             Plan::Reply(reply) => {
                 redis.metrics.other.increment(1);
+                budget.charge(reply.encoded_len(false));
                 replies[slot] = Some(reply)
             }
             Plan::Write { ops, answer } => {
@@ -267,7 +326,7 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
                         writes.add(slot, ops, answer, size)
                     }
                     _ => {
-                        pending.run(redis, session.stale, &mut replies).await;
+                        pending.run(redis, session.stale, &mut replies, &mut budget).await;
                         let mut writes = Writes::default();
                         writes.add(slot, ops, answer, size);
                         pending = Pending::Writes(writes);
@@ -277,13 +336,13 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
             Plan::Read(query) => match &mut pending {
                 Pending::Reads(reads) => reads.push((slot, query)),
                 _ => {
-                    pending.run(redis, session.stale, &mut replies).await;
+                    pending.run(redis, session.stale, &mut replies, &mut budget).await;
                     pending = Pending::Reads(vec![(slot, query)]);
                 }
             },
         }
     }
-    pending.run(redis, session.stale, &mut replies).await;
+    pending.run(redis, session.stale, &mut replies, &mut budget).await;
     let replies: Vec<Reply> =
         replies.into_iter().map(|reply| reply.unwrap_or_else(|| Reply::error("ERR no reply"))).collect();
     let errors = replies.iter().filter(|reply| matches!(reply, Reply::Error(_))).count();
@@ -315,7 +374,9 @@ impl Writes {
 }
 
 impl Pending {
-    async fn run(&mut self, redis: &Redis, stale: bool, replies: &mut [Option<Reply>]) {
+    /// Runs the commands waiting, and puts their replies in their slots; each takes its
+    /// share of `budget`.
+    async fn run(&mut self, redis: &Redis, stale: bool, replies: &mut [Option<Reply>], budget: &mut Budget) {
         match std::mem::replace(self, Pending::None) {
             Pending::None => {}
             Pending::Writes(Writes { ops, commands, .. }) => {
@@ -335,10 +396,12 @@ impl Pending {
                 redis.metrics.write_seconds.record(started.elapsed().as_secs_f64());
                 let mut at = 0;
                 for (slot, answer, count) in commands {
-                    replies[slot] = Some(match &outputs {
+                    let reply = match &outputs {
                         Ok(outputs) => answer.reply(outputs.get(at..at + count).unwrap_or_default()),
                         Err(reply) => reply.clone(),
-                    });
+                    };
+                    budget.charge(reply.encoded_len(false));
+                    replies[slot] = Some(reply);
                     at += count;
                 }
             }
@@ -347,6 +410,7 @@ impl Pending {
                 redis.metrics.reads.increment(queries.len() as u64);
                 let (slots, queries): (Vec<usize>, Vec<Query>) = queries.into_iter().unzip();
                 let cursors = Arc::clone(&redis.cursors);
+                let mut reading = Reading::new(*budget);
                 let answered = if queries.iter().any(Query::is_heavy) {
                     // KEYS and SCAN walk the keyspace: on a view taken on the apply thread
                     // (a reference count), read here, so that apply goes on meanwhile.
@@ -354,7 +418,8 @@ impl Pending {
                     let view = if stale { redis.node.read_stale(view).await } else { redis.node.read(view).await };
                     match view {
                         Ok(view) => tokio::task::spawn_blocking(move || {
-                            queries.into_iter().map(|query| query.run(&view, &cursors)).collect::<Vec<_>>()
+                            let answers = queries.into_iter().map(|query| query.run(&view, &cursors, &mut reading));
+                            (answers.collect::<Vec<_>>(), reading.budget)
                         })
                         .await
                         .map_err(|error| Reply::error(format!("ERR the read failed: {error}"))),
@@ -362,14 +427,16 @@ impl Pending {
                     }
                 } else {
                     let run = move |store: &KvStore| {
-                        queries.into_iter().map(|query| query.run(store, &cursors)).collect::<Vec<_>>()
+                        let answers = queries.into_iter().map(|query| query.run(store, &cursors, &mut reading));
+                        (answers.collect::<Vec<_>>(), reading.budget)
                     };
                     let answered = if stale { redis.node.read_stale(run).await } else { redis.node.read(run).await };
                     answered.map_err(|error| node_error(&error))
                 };
                 redis.metrics.read_seconds.record(started.elapsed().as_secs_f64());
                 match answered {
-                    Ok(answers) => {
+                    Ok((answers, left)) => {
+                        *budget = left;
                         for (slot, reply) in slots.into_iter().zip(answers) {
                             replies[slot] = Some(reply);
                         }
@@ -453,7 +520,7 @@ async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
         }
         "client" => client(session, &args[1..]),
         "command" => command_info(&args[1..]),
-        "config" => config(&args[1..]),
+        "config" => config(&redis.limits, &args[1..]),
         "info" => info(redis, &args[1..]).await,
         _ => {
             return match commands::plan(spec, args, &redis.limits) {
@@ -677,10 +744,18 @@ fn describe(spec: &Spec) -> Reply {
     ])
 }
 
-/// CONFIG GET parameter...: the few parameters clients and `redis-benchmark` ask about.
-fn config(args: &[Bytes]) -> Reply {
-    const PARAMETERS: &[(&str, &str)] =
-        &[("appendfsync", "always"), ("appendonly", "yes"), ("databases", "1"), ("maxmemory", "0"), ("save", "")];
+/// CONFIG GET parameter...: the few parameters clients and `redis-benchmark` ask about,
+/// and the idle `timeout` (seconds; 0: never).
+fn config(limits: &Limits, args: &[Bytes]) -> Reply {
+    let timeout = limits.redis_timeout_secs.to_string();
+    let parameters: [(&str, &str); 6] = [
+        ("appendfsync", "always"),
+        ("appendonly", "yes"),
+        ("databases", "1"),
+        ("maxmemory", "0"),
+        ("save", ""),
+        ("timeout", &timeout),
+    ];
     if !args[0].eq_ignore_ascii_case(b"get") {
         let sub = String::from_utf8_lossy(&args[0]);
         return Reply::error(format!("ERR unknown subcommand '{sub}'. Try CONFIG HELP. (Skiff supports CONFIG GET)"));
@@ -688,7 +763,7 @@ fn config(args: &[Bytes]) -> Reply {
     if args.len() < 2 {
         return wrong_arity("config|get");
     }
-    let found = PARAMETERS
+    let found = parameters
         .iter()
         .filter(|(name, _)| {
             args[1..].iter().any(|pattern| glob::matches(&pattern.to_ascii_lowercase(), name.as_bytes()))

@@ -113,6 +113,11 @@ impl Parser {
         }
     }
 
+    /// Whether part of a multibulk command has been read (the rest has not arrived).
+    pub fn is_partial(&self) -> bool {
+        self.command.is_some()
+    }
+
     /// An inline command: one line, arguments separated by spaces, as Redis reads
     /// `PING\r\n`. Double-quoted arguments may hold spaces and `\n`, `\r`, `\t`, `\"`, `\\`,
     /// `\xHH` escapes.
@@ -337,35 +342,134 @@ impl Reply {
 
     /// Appends the encoding of the reply to `out`.
     pub fn encode(&self, resp3: bool, out: &mut BytesMut) {
+        let mut encoded = Encoded { chunks: Vec::new(), buffer: std::mem::take(out), share_from: usize::MAX };
+        self.encode_into(resp3, &mut encoded);
+        *out = encoded.buffer;
+    }
+
+    /// Appends the encoding of the reply to `out`, sharing the bytes of long bulk strings
+    /// rather than copying them.
+    pub fn encode_shared(&self, resp3: bool, out: &mut Encoded) {
+        self.encode_into(resp3, out);
+    }
+
+    fn encode_into(&self, resp3: bool, out: &mut Encoded) {
         match self {
-            Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
-            Reply::Simple(text) => line(out, b'+', &one_line(text)),
-            Reply::Error(text) => line(out, b'-', &one_line(text)),
-            Reply::Integer(number) => line(out, b':', &number.to_string()),
-            Reply::Bulk(bytes) => bulk(out, b'$', bytes),
-            Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
-            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Ok => out.buffer.extend_from_slice(b"+OK\r\n"),
+            Reply::Simple(text) => line(&mut out.buffer, b'+', &one_line(text)),
+            Reply::Error(text) => line(&mut out.buffer, b'-', &one_line(text)),
+            Reply::Integer(number) => line(&mut out.buffer, b':', &number.to_string()),
+            Reply::Bulk(bytes) => out.bulk(bytes),
+            Reply::Nil if resp3 => out.buffer.extend_from_slice(b"_\r\n"),
+            Reply::Nil => out.buffer.extend_from_slice(b"$-1\r\n"),
             Reply::Array(items) => {
-                line(out, b'*', &items.len().to_string());
+                line(&mut out.buffer, b'*', &items.len().to_string());
                 for item in items {
-                    item.encode(resp3, out);
+                    item.encode_into(resp3, out);
                 }
             }
             Reply::Map(pairs) => {
                 if resp3 {
-                    line(out, b'%', &pairs.len().to_string());
+                    line(&mut out.buffer, b'%', &pairs.len().to_string());
                 } else {
-                    line(out, b'*', &(2 * pairs.len()).to_string());
+                    line(&mut out.buffer, b'*', &(2 * pairs.len()).to_string());
                 }
                 for (key, value) in pairs {
-                    key.encode(resp3, out);
-                    value.encode(resp3, out);
+                    key.encode_into(resp3, out);
+                    value.encode_into(resp3, out);
                 }
             }
-            Reply::Text(text) if resp3 => bulk(out, b'=', format!("txt:{text}").as_bytes()),
-            Reply::Text(text) => bulk(out, b'$', text.as_bytes()),
+            Reply::Text(text) if resp3 => bulk(&mut out.buffer, b'=', format!("txt:{text}").as_bytes()),
+            Reply::Text(text) => bulk(&mut out.buffer, b'$', text.as_bytes()),
         }
     }
+
+    /// The length of [`Reply::encode`]'s bytes, without encoding.
+    pub fn encoded_len(&self, resp3: bool) -> usize {
+        match self {
+            Reply::Ok => 5,
+            Reply::Simple(text) | Reply::Error(text) => text.len() + 3,
+            Reply::Integer(number) => number.to_string().len() + 3,
+            Reply::Bulk(bytes) => bulk_bytes(bytes.len()),
+            Reply::Nil if resp3 => 3,
+            Reply::Nil => NIL_BYTES,
+            Reply::Array(items) => {
+                array_header_bytes(items.len()) + items.iter().map(|item| item.encoded_len(resp3)).sum::<usize>()
+            }
+            Reply::Map(pairs) => {
+                let count = if resp3 { pairs.len() } else { 2 * pairs.len() };
+                let items = pairs.iter().map(|(key, value)| key.encoded_len(resp3) + value.encoded_len(resp3));
+                array_header_bytes(count) + items.sum::<usize>()
+            }
+            Reply::Text(text) if resp3 => bulk_bytes(text.len() + 4),
+            Reply::Text(text) => bulk_bytes(text.len()),
+        }
+    }
+}
+
+/// Encoded replies: pieces to write in order, the long bulk strings shared with the
+/// replies rather than copied.
+pub struct Encoded {
+    chunks: Vec<Bytes>,
+    buffer: BytesMut,
+    /// Bulk strings at least this long are shared.
+    share_from: usize,
+}
+
+impl Encoded {
+    /// Bulk strings of `share_from` bytes or more will be shared, not copied.
+    pub fn new(share_from: usize) -> Encoded {
+        Encoded { chunks: Vec::new(), buffer: BytesMut::new(), share_from }
+    }
+
+    /// The bytes encoded so far, not yet taken.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum::<usize>() + self.buffer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pieces to write, in order; `self` is empty after.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        if !self.buffer.is_empty() {
+            self.chunks.push(self.buffer.split().freeze());
+        }
+        std::mem::take(&mut self.chunks)
+    }
+
+    /// An array's header, `*<count>` (its elements follow).
+    pub fn array_header(&mut self, count: usize) {
+        line(&mut self.buffer, b'*', &count.to_string());
+    }
+
+    fn bulk(&mut self, bytes: &Bytes) {
+        if bytes.len() < self.share_from {
+            return bulk(&mut self.buffer, b'$', bytes);
+        }
+        line(&mut self.buffer, b'$', &bytes.len().to_string());
+        self.chunks.push(self.buffer.split().freeze());
+        self.chunks.push(bytes.clone());
+        self.buffer.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The length of RESP2's nil, `$-1\r\n`; RESP3's is shorter.
+pub const NIL_BYTES: usize = 5;
+
+/// The length of a bulk string of `len` bytes: `$<len>\r\n<bytes>\r\n`.
+pub fn bulk_bytes(len: usize) -> usize {
+    len + digits(len) + 5
+}
+
+/// The length of an array's header: `*<count>\r\n`.
+pub fn array_header_bytes(count: usize) -> usize {
+    digits(count) + 3
+}
+
+fn digits(number: usize) -> usize {
+    number.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 fn line(out: &mut BytesMut, marker: u8, text: &str) {
@@ -496,6 +600,13 @@ mod tests {
             reply.encode(resp3, &mut out);
             String::from_utf8(out.to_vec()).expect("ASCII")
         };
+        for resp3 in [false, true] {
+            assert_eq!(reply.encoded_len(resp3), encode(resp3).len(), "resp3: {resp3}");
+            let mut shared = Encoded::new(1);
+            reply.encode_shared(resp3, &mut shared);
+            let pieces: Vec<u8> = shared.take().concat();
+            assert_eq!(String::from_utf8(pieces).expect("ASCII"), encode(resp3), "shared, resp3: {resp3}");
+        }
         assert_eq!(
             encode(false),
             "*6\r\n+OK\r\n:-3\r\n$-1\r\n$1\r\nv\r\n*2\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n-ERR bad thing\r\n"
