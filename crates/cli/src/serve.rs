@@ -120,10 +120,12 @@ pub fn run(options: ServeOptions) -> Result<()> {
     if options.fault_injection {
         tracing::warn!(node = %id, "fault injection is on: anyone who reaches the HTTP port can cut this node off");
     }
+    let mut limits = options.limits;
     let open_files = raise_open_file_limit();
-    tracing::debug!(node = %id, open_files, "open file limit");
+    let reserved = reserved_descriptors(cluster.node.len());
+    limits.max_connections = fit_connections(limits.max_connections, open_files, reserved)?;
     let mut server_options = ServerOptions::new(cluster, id, &data_dir);
-    server_options.limits = options.limits;
+    server_options.limits = limits;
     server_options.fault_injection = options.fault_injection;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -169,6 +171,38 @@ pub fn raise_open_file_limit() -> u64 {
     u64::MAX
 }
 
+/// Descriptors kept for everything but client connections: the store (WAL segments, the
+/// spare segment, snapshot files, directories), the peers (a connection each way), the
+/// runtime (epoll, signals, the log), with room to spare.
+fn reserved_descriptors(nodes: usize) -> u64 {
+    128 + 4 * nodes as u64
+}
+
+/// The per-listener connection cap that fits the open-file limit: two listeners (HTTP and
+/// Redis) at `wanted` each, plus `reserved`. A cap that does not fit is lowered, with a
+/// warning that names the numbers; running out of descriptors while the store opens a WAL
+/// segment would stop the node, running out on accept only delays a client.
+fn fit_connections(wanted: usize, open_files: u64, reserved: u64) -> Result<usize> {
+    let fits = usize::try_from(open_files.saturating_sub(reserved) / 2).unwrap_or(usize::MAX);
+    if wanted <= fits {
+        return Ok(wanted);
+    }
+    if fits < 16 {
+        anyhow::bail!(
+            "the open-file limit is {open_files}: too few for {reserved} kept for storage and peers plus client \
+             connections; raise it (ulimit -n, or LimitNOFILE= in a systemd unit)"
+        );
+    }
+    tracing::warn!(
+        open_files,
+        reserved,
+        wanted,
+        max_connections = fits,
+        "the open-file limit does not fit --max-connections on both listeners: lowered; raise the limit (ulimit -n, LimitNOFILE=) to allow more"
+    );
+    Ok(fits)
+}
+
 /// Waits for SIGINT (Ctrl-C) or SIGTERM; returns which.
 pub async fn wait_for_signal() -> Result<&'static str> {
     #[cfg(unix)]
@@ -185,5 +219,20 @@ pub async fn wait_for_signal() -> Result<&'static str> {
     {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection caps of both listeners and the descriptors kept for storage and peers
+    /// fit the open-file limit: lowered when they don't, refused when almost nothing is left.
+    #[test]
+    fn connection_caps_fit_the_open_file_limit() {
+        assert_eq!(fit_connections(10_000, 1 << 20, 140).expect("fits"), 10_000);
+        assert_eq!(fit_connections(10_000, 4096, 140).expect("lowered"), (4096 - 140) / 2);
+        let refused = fit_connections(10_000, 160, 140).expect_err("too few");
+        assert!(refused.to_string().contains("ulimit -n"), "{refused}");
     }
 }

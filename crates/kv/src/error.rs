@@ -22,6 +22,9 @@ pub enum Error {
     /// The tokens file could not be loaded.
     #[error("{id}: {source}")]
     Auth { id: skiff::NodeId, source: crate::auth::AuthError },
+    /// The limits do not fit together ([`crate::Limits::check`]).
+    #[error("refusing to start: {0}")]
+    Limits(String),
     /// The node's certificates could not be loaded.
     #[error("{id}'s TLS certificates: {source}")]
     Tls { id: skiff::NodeId, source: skiff::tls::TlsError },

@@ -100,6 +100,38 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Room a log entry and its peer message take besides the key and the value.
+    const ENTRY_OVERHEAD_BYTES: usize = 64 << 10;
+
+    /// Checks that the limits fit together and with the peer transport's: the largest write
+    /// a client may send (a key and a value, or one Redis command) must fit in one peer
+    /// frame, or its log entry could never be replicated, and every follower would stall
+    /// on it. Every limit must also be at least 1.
+    pub fn check(&self) -> Result<(), String> {
+        let frame = skiff::transport::tcp::DEFAULT_MAX_FRAME_BYTES;
+        let largest = self.max_key_bytes.saturating_add(self.max_value_bytes).max(crate::redis::MAX_COMMAND_BYTES);
+        if largest.saturating_add(Self::ENTRY_OVERHEAD_BYTES) > frame {
+            return Err(format!(
+                "--max-key-bytes {} plus --max-value-bytes {} make a log entry larger than a peer message may be \
+                 ({frame} bytes, less {} of framing): such a write could never be replicated; lower them",
+                self.max_key_bytes,
+                self.max_value_bytes,
+                Self::ENTRY_OVERHEAD_BYTES
+            ));
+        }
+        let zero = [
+            ("--max-key-bytes", self.max_key_bytes),
+            ("--max-value-bytes", self.max_value_bytes),
+            ("--max-reply-bytes", self.max_reply_bytes),
+            ("--max-listing-bytes", self.max_listing_bytes),
+            ("--max-connections", self.max_connections),
+        ];
+        match zero.iter().find(|(_, value)| *value == 0) {
+            Some((flag, _)) => Err(format!("{flag} is 0: nothing could be served")),
+            None => Ok(()),
+        }
+    }
+
     /// The Redis idle timeout; `None` for never.
     pub fn redis_timeout(&self) -> Option<Duration> {
         (self.redis_timeout_secs > 0).then(|| Duration::from_secs(self.redis_timeout_secs))
@@ -154,6 +186,7 @@ impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
         let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens } = options;
+        limits.check().map_err(Error::Limits)?;
         let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
         if let Some(reason) = cluster.exposure(id) {
             return Err(Error::Insecure(reason));
@@ -516,5 +549,19 @@ mod tests {
         }
         assert_eq!(accept_error(&os(103)), AcceptError::Connection);
         assert_eq!(accept_error(&os(22)), AcceptError::Fatal);
+    }
+
+    /// A value limit whose entries could not cross to a follower is refused at start, as
+    /// is a zero limit; the defaults fit.
+    #[test]
+    fn limits_that_do_not_fit_the_peer_frame_are_refused() {
+        assert_eq!(Limits::default().check(), Ok(()));
+        let too_large = Limits { max_value_bytes: 16 << 20, ..Limits::default() };
+        let refused = too_large.check().expect_err("a 16 MiB value cannot fit a 16 MiB frame");
+        assert!(refused.contains("--max-value-bytes 16777216") && refused.contains("never be replicated"), "{refused}");
+        let largest = Limits { max_value_bytes: (16 << 20) - (64 << 10) - (8 << 10), ..Limits::default() };
+        assert_eq!(largest.check(), Ok(()));
+        let zero = Limits { max_reply_bytes: 0, ..Limits::default() };
+        assert_eq!(zero.check(), Err("--max-reply-bytes is 0: nothing could be served".to_string()));
     }
 }

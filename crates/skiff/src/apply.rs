@@ -163,8 +163,8 @@ pub(crate) struct Applier<S: StateMachine> {
     membership: Membership,
     snapshots: SnapshotPolicy,
     target: Arc<dyn SnapshotTarget>,
-    /// The thread making the last snapshot durable.
-    finishing: Option<std::thread::JoinHandle<()>>,
+    /// The thread writing the last snapshot or making it durable: its index and size.
+    finishing: Option<std::thread::JoinHandle<(Index, u64)>>,
 }
 
 /// When to snapshot: after at least `after_entries` entries, and once the log since the last
@@ -340,9 +340,14 @@ impl<S: StateMachine> Applier<S> {
     }
 
     /// When the policy says so, streams a snapshot of the state into a new snapshot file
-    /// and tells the driver, which compacts the log to it. The driver goes on meanwhile:
-    /// only applying waits (the state machine is borrowed), and the policy keeps that rare.
+    /// and tells the driver, which compacts the log to it. The driver goes on meanwhile.
+    /// A state machine that hands out a view of itself ([`StateMachine::snapshot_view`]) is
+    /// written out on a thread of its own, so applying goes on too; any other is written
+    /// here (applying waits; the policy keeps that rare).
     fn maybe_snapshot(&mut self) -> Result<(), Error> {
+        if self.finishing.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            self.wait_for_snapshot_finish();
+        }
         let applied = self.progress.applied();
         if !self.snapshots.due(applied) {
             return Ok(());
@@ -352,37 +357,52 @@ impl<S: StateMachine> Applier<S> {
         let failed = move |source: Box<dyn std::error::Error + Send + Sync>| {
             Error::from(StorageFailure::TakeSnapshot { index: applied, source })
         };
+        // One at a time, so that they land in order.
+        self.wait_for_snapshot_finish();
         let sink = self.target.create(meta.clone()).map_err(|error| failed(error.into()))?;
         let mut out = CountingWriter { inner: sink, bytes: 0 };
-        self.state_machine.snapshot(&mut out).map_err(|error| failed(error.into()))?;
-        out.inner.flush().map_err(|error| failed(error.into()))?;
-        let bytes = out.bytes;
-        self.snapshots.taken(applied, bytes);
+        let deferred = self.state_machine.snapshot_view();
+        if deferred.is_none() {
+            self.state_machine.snapshot(&mut out).map_err(|error| failed(error.into()))?;
+        }
+        // The size so far (none yet for a deferred one): corrected once it is written.
+        self.snapshots.taken(applied, out.bytes);
         // Making it durable (fsync of the file and of its directory: milliseconds to tens
-        // of milliseconds) is left to a thread of its own, so applying, and every write
-        // waiting for its answer, goes on meanwhile. One at a time, so they land in order.
-        self.wait_for_snapshot_finish();
+        // of milliseconds) is left to the same thread, so every write waiting for its
+        // answer goes on meanwhile.
         let events = self.events.clone();
-        let sink = out.inner;
         let finish = move || {
-            let event = match sink.finish() {
+            let written = match deferred {
+                Some(write) => write(&mut out),
+                None => Ok(()),
+            };
+            let bytes = out.bytes;
+            let finished = written
+                .and_then(|()| out.inner.flush())
+                .map_err(|error| failed(error.into()))
+                .and_then(|()| out.inner.finish().map_err(|error| failed(error.into())));
+            let event = match finished {
                 Ok(()) => {
                     tracing::debug!(index = %applied, bytes, "snapshot taken");
                     Event::SnapshotTaken { meta }
                 }
-                Err(error) => Event::Failed(failed(error.into())),
+                Err(error) => Event::Failed(error),
             };
             let _ = events.send(event);
+            (applied, bytes)
         };
         let thread = std::thread::Builder::new().name("skiff-snapshot".into()).spawn(finish);
         self.finishing = Some(thread.map_err(|error| failed(error.into()))?);
         Ok(())
     }
 
-    /// Waits for the snapshot being made durable, if any.
+    /// Waits for the snapshot being written or made durable, if any, and records its size.
     fn wait_for_snapshot_finish(&mut self) {
-        if let Some(thread) = self.finishing.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.finishing.take()
+            && let Ok((index, bytes)) = thread.join()
+            && index == self.snapshots.index
+        {
+            self.snapshots.bytes = bytes;
         }
     }
 }

@@ -38,7 +38,7 @@ const MAX_BATCH_COMMANDS: usize = 1024;
 /// Bytes of one proposal, at most: a longer run of writes is split.
 const MAX_PROPOSAL_BYTES: usize = 4 << 20;
 /// The arguments of one command, at most.
-const MAX_COMMAND_BYTES: usize = 8 << 20;
+pub(crate) const MAX_COMMAND_BYTES: usize = 8 << 20;
 /// Encoded replies are written out once this many bytes are waiting.
 const FLUSH_BYTES: usize = 64 << 10;
 /// Values at least this long are written from the reply itself, not copied to be encoded.

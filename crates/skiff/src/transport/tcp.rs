@@ -160,6 +160,11 @@ pub struct TcpOptions {
     pub handshake_timeout: Duration,
 }
 
+/// [`TcpOptions::max_frame_bytes`] unless set: 16 MiB. One log entry must fit in a frame
+/// with room to spare, or replication of it fails forever: a server's value limit is checked
+/// against it at start.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
 impl TcpOptions {
     /// Options with no peers yet and every limit at its default.
     pub fn new(id: NodeId, cluster: impl Into<String>, listen: SocketAddr) -> TcpOptions {
@@ -171,7 +176,7 @@ impl TcpOptions {
             tls: None,
             listen,
             peers: BTreeMap::new(),
-            max_frame_bytes: 16 * 1024 * 1024,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             queue_capacity: 4096,
             ping_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
