@@ -92,6 +92,10 @@ pub struct Recovery {
     /// The newest snapshot did not continue the WAL (a crash while installing it), so the
     /// WAL was replaced by an empty one after the snapshot.
     pub wal_replaced_by_snapshot: bool,
+    /// The WAL was read with `O_DIRECT`, from the device rather than the page cache (see
+    /// the crate documentation, "Recovery on open"); `false` where the file system refuses
+    /// `O_DIRECT` (tmpfs), which is logged as a warning.
+    pub read_directly: bool,
 }
 
 /// A node's durable [`Storage`]: a segmented WAL, the hard state, and snapshot files, in
@@ -169,7 +173,12 @@ impl DiskStorage {
             terms: scan.terms,
             cache: TailCache::new(options.tail_cache_bytes),
             poisoned: None,
-            recovery: Recovery { created, torn_tail: scan.torn, wal_replaced_by_snapshot: false },
+            recovery: Recovery {
+                created,
+                torn_tail: scan.torn,
+                wal_replaced_by_snapshot: false,
+                read_directly: scan.read_directly,
+            },
             cluster_id,
             _lock: lock,
         };

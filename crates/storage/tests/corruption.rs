@@ -210,3 +210,97 @@ fn snapshots_are_checked() {
     let message = open(dir.path()).expect_err("a damaged snapshot header").to_string();
     assert!(message.contains(&path.display().to_string()) && message.contains("will not start"), "{message}");
 }
+
+/// Zeros over the header of the record at `start` of `segment`.
+fn zero_header(segment: &Path, start: usize) -> Vec<u8> {
+    let pristine = fs::read(segment).expect("read the segment");
+    let mut bytes = pristine.clone();
+    bytes[start..start + 8].fill(0);
+    fs::write(segment, &bytes).expect("zero a header");
+    pristine
+}
+
+#[test]
+fn a_zeroed_header_with_synced_records_after_it_refuses_to_start() {
+    let dir = make_log(60);
+    // The newest vote, synced after every entry: it must not be lost behind the zeros.
+    let mut store = open(dir.path()).expect("open");
+    store.set_hard_state(HardState { term: Term(2), vote: Some(NodeId(2)), commit: Index(50) }).expect("vote");
+    store.sync().expect("sync");
+    drop(store);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let ranges = records(&fs::read(&segment).expect("read"));
+    let (start, _) = ranges[ranges.len() / 2];
+    let pristine = zero_header(&segment, start);
+    let error = open(dir.path()).err().expect("eight zero bytes must not end a log that goes on");
+    let message = error.to_string();
+    assert!(matches!(error, Error::Corrupt { .. }), "{message}");
+    assert!(message.contains(&segment.display().to_string()), "{message}");
+    assert!(message.contains(&format!("offset {start}")), "{message}");
+    assert!(message.contains("zero") && message.contains("valid record follows"), "{message}");
+    fs::write(&segment, &pristine).expect("restore");
+    let store = open(dir.path()).expect("restored");
+    assert_intact(&store, 60);
+    assert_eq!(store.hard_state().vote, Some(NodeId(2)));
+}
+
+#[test]
+fn a_zeroed_last_header_with_nothing_valid_after_it_is_a_torn_write() {
+    let dir = make_log(40);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let &(start, _) = records(&fs::read(&segment).expect("read")).last().expect("records");
+    // The page holding the header never reached the disk, the one after it did.
+    zero_header(&segment, start);
+    let store = open(dir.path()).expect("a torn write is repaired");
+    assert_intact(&store, 39);
+    let torn = store.recovery().torn_tail.clone().expect("a torn tail is reported");
+    assert_eq!((torn.path, torn.offset), (segment, start as u64));
+    assert!(torn.discarded_bytes > 0);
+}
+
+#[test]
+fn zeros_in_an_earlier_segment_refuse_to_start_naming_the_file_and_offset() {
+    let dir = make_log(1200);
+    let paths = segments(dir.path());
+    assert!(paths.len() >= 3, "the log should span segments");
+    let first = &paths[0];
+    let ranges = records(&fs::read(first).expect("read"));
+    // A zeroed header in the middle, records after it.
+    let (start, _) = ranges[ranges.len() / 2];
+    let pristine = zero_header(first, start);
+    let error = open(dir.path()).err().expect("zeros in an earlier segment");
+    let message = error.to_string();
+    assert!(matches!(error, Error::Corrupt { .. }), "not a missing segment: {message}");
+    assert!(message.contains(&first.display().to_string()), "{message}");
+    assert!(message.contains(&format!("offset {start}")), "{message}");
+    assert!(message.contains("not the last"), "{message}");
+    // Everything from that record on zeroed: the records stop early.
+    let mut bytes = pristine.clone();
+    bytes[start..].fill(0);
+    fs::write(first, &bytes).expect("zero the tail");
+    let error = open(dir.path()).err().expect("a zeroed tail in an earlier segment");
+    let message = error.to_string();
+    assert!(matches!(error, Error::Corrupt { .. }), "{message}");
+    assert!(message.contains(&first.display().to_string()) && message.contains(&format!("offset {start}")));
+    assert!(message.contains("zeroed"), "{message}");
+    fs::write(first, &pristine).expect("restore");
+    assert_intact(&open(dir.path()).expect("restored"), 1200);
+}
+
+#[test]
+fn the_segment_scan_runs_on_bytes_in_memory() {
+    let dir = make_log(40);
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let bytes = fs::read(&segment).expect("read");
+    let summary = skiff_storage::scan_segment_bytes(&bytes, true).expect("a valid segment");
+    assert_eq!((summary.first_index, summary.entries), (Index(1), 40));
+    assert_eq!(summary.hard_state.map(|(_, hard_state)| hard_state.vote), Some(Some(NodeId(1))));
+    let ranges = records(&bytes);
+    let mut damaged = bytes.clone();
+    damaged[ranges[3].0..ranges[3].0 + 8].fill(0);
+    assert!(skiff_storage::scan_segment_bytes(&damaged, true).is_err());
+    for len in [0, 10, 31, 32, 33, ranges[5].0 + 3] {
+        let _ = skiff_storage::scan_segment_bytes(&bytes[..len], true);
+        let _ = skiff_storage::scan_segment_bytes(&bytes[..len], false);
+    }
+}
