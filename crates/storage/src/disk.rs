@@ -341,7 +341,7 @@ impl DiskStorage {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         let result = operation(self);
-        if let Err(error @ (Error::Io { .. } | Error::Corrupt { .. })) = &result {
+        if let Err(error @ (Error::Io { .. } | Error::SyncFailed { .. } | Error::Corrupt { .. })) = &result {
             warn!(%error, "a write to the data directory failed: the store refuses further writes");
             self.poisoned = Some(error.to_string());
         }

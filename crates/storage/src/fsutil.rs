@@ -20,14 +20,21 @@ pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], offset: u64) -> R
 pub(crate) fn sync_data(file: &File, path: &Path) -> Result<()> {
     #[cfg(test)]
     fault::check_sync(path)?;
-    file.sync_data().context("fdatasync", path)
+    file.sync_data().map_err(|source| sync_failed("fdatasync", path, source))
 }
 
 /// `fsync`: the data and all the metadata of `file`.
 pub(crate) fn sync_all(file: &File, path: &Path) -> Result<()> {
     #[cfg(test)]
     fault::check_sync(path)?;
-    file.sync_all().context("fsync", path)
+    file.sync_all().map_err(|source| sync_failed("fsync", path, source))
+}
+
+/// A failed sync. Never retried: after one, what the failed sync covered may be gone from
+/// the disk while the page cache still shows it, and a second sync may succeed without
+/// writing it (the kernel reports a writeback error once). The store stops for good.
+fn sync_failed(action: &str, path: &Path, source: io::Error) -> Error {
+    Error::SyncFailed { action: action.to_string(), path: path.to_path_buf(), source }
 }
 
 /// Makes the entries of directory `dir` (created, renamed, removed files) durable.
@@ -181,7 +188,8 @@ pub(crate) mod fault {
 
     pub(super) fn check_sync(path: &Path) -> Result<()> {
         if FAIL_SYNCS.with(Cell::get) {
-            return Err(Error::io("fdatasync", path, io::Error::from_raw_os_error(libc::EIO)));
+            let source = io::Error::from_raw_os_error(libc::EIO);
+            return Err(Error::SyncFailed { action: "fdatasync".into(), path: path.to_path_buf(), source });
         }
         Ok(())
     }
