@@ -113,7 +113,8 @@ mod wal;
 
 pub use disk::{DiskOptions, DiskStorage, Recovery};
 pub use error::{Error, Result};
+pub use hardstate::decode_hard_state_file;
 pub use identity::{ClusterIdFile, is_cluster_id};
 pub use scan::{SegmentSummary, TornTail, scan_segment_bytes};
 pub use skiff_raft::MemStorage;
-pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
+pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter, decode_snapshot_bytes};

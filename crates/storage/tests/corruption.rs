@@ -200,9 +200,10 @@ fn snapshots_are_checked() {
     bytes[middle] ^= 1;
     fs::write(&path, &bytes).expect("damage the data");
     let store = open(dir.path()).expect("the header is intact");
-    let mut reader = store.open_snapshot().expect("open").expect("a snapshot");
-    let error = reader.read_to_end(&mut Vec::new()).expect_err("damaged data").to_string();
+    // Refused when opened, before a single byte reaches the state machine's restore.
+    let error = store.open_snapshot().err().expect("damaged data is refused before it is read").to_string();
     assert!(error.contains("corrupt") && error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains("checksum"), "{error}");
     drop(store);
     bytes[middle] ^= 1;
     bytes[20] ^= 1;
@@ -303,4 +304,94 @@ fn the_segment_scan_runs_on_bytes_in_memory() {
         let _ = skiff_storage::scan_segment_bytes(&bytes[..len], true);
         let _ = skiff_storage::scan_segment_bytes(&bytes[..len], false);
     }
+}
+
+/// The snapshot file of a store compacted at 20, its path and its bytes.
+fn snapshot_file() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = make_log(30);
+    let mut store = open(dir.path()).expect("open");
+    let meta = SnapshotMeta { last_log_id: LogId::new(Term(1), Index(20)), membership: options().initial_membership };
+    store.write_snapshot(meta.clone(), &mut vec![9u8; 5000].as_slice()).expect("write the snapshot");
+    store.compact(meta).expect("compact");
+    drop(store);
+    let path = dir.path().join("snapshots").join("00000000000000000020-00000000000000000001.snap");
+    let bytes = fs::read(&path).expect("read the snapshot");
+    (dir, path, bytes)
+}
+
+/// Where a snapshot's data starts: after magic, meta length, meta and its checksum.
+fn data_offset(bytes: &[u8]) -> usize {
+    12 + u32::from_le_bytes(bytes[8..12].try_into().expect("four bytes")) as usize + 4
+}
+
+#[test]
+fn crafted_snapshot_files_are_refused_with_the_file_named() {
+    let (dir, path, pristine) = snapshot_file();
+    let (data_at, trailer_at) = (data_offset(&pristine), pristine.len() - 24);
+    let refused = |bytes: &[u8], what: &str| {
+        fs::write(&path, bytes).expect("write the crafted file");
+        let message = match open(dir.path()) {
+            Err(error) => error.to_string(),
+            Ok(store) => match store.open_snapshot() {
+                Err(error) => error.to_string(),
+                Ok(_) => panic!("{what}: the crafted snapshot was accepted"),
+            },
+        };
+        assert!(message.contains(&path.display().to_string()) && message.contains("corrupt"), "{what}: {message}");
+    };
+    let mut bytes = pristine.clone();
+    bytes[data_at + 100] ^= 0x10;
+    refused(&bytes, "a wrong data checksum");
+    for meta_len in [u32::MAX, (1 << 20) + 1, 1 << 20, pristine.len() as u32] {
+        let mut bytes = pristine.clone();
+        bytes[8..12].copy_from_slice(&meta_len.to_le_bytes());
+        refused(&bytes, &format!("a header length of {meta_len}"));
+    }
+    for data_len in [u64::MAX, u64::MAX - data_at as u64, 1 << 40, 4999, 5001] {
+        let mut bytes = pristine.clone();
+        bytes[trailer_at..trailer_at + 8].copy_from_slice(&data_len.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[trailer_at..trailer_at + 12]);
+        bytes[trailer_at + 12..trailer_at + 16].copy_from_slice(&crc.to_le_bytes());
+        refused(&bytes, &format!("a data length of {data_len} (trailer checksum fixed up)"));
+    }
+    for len in [0, 11, 12, 30, data_at, data_at + 10, trailer_at, pristine.len() - 1] {
+        refused(&pristine[..len], &format!("cut to {len} bytes"));
+    }
+    fs::write(&path, &pristine).expect("restore");
+    let mut data = Vec::new();
+    open(dir.path())
+        .expect("open")
+        .open_snapshot()
+        .expect("open")
+        .expect("a snapshot")
+        .read_to_end(&mut data)
+        .expect("read");
+    assert_eq!(data, vec![9u8; 5000]);
+}
+
+#[test]
+fn the_snapshot_decoder_checks_everything_in_memory() {
+    let (_dir, _path, pristine) = snapshot_file();
+    let (meta, data) = skiff_storage::decode_snapshot_bytes(&pristine).expect("a valid snapshot");
+    assert_eq!((meta.last_log_id, data), (LogId::new(Term(1), Index(20)), &[9u8; 5000][..]));
+    for at in (0..pristine.len()).step_by(7) {
+        let mut bytes = pristine.clone();
+        bytes[at] ^= 0x01;
+        assert!(skiff_storage::decode_snapshot_bytes(&bytes).is_err(), "a flip at {at} went unnoticed");
+    }
+    for len in 0..pristine.len() {
+        assert!(skiff_storage::decode_snapshot_bytes(&pristine[..len]).is_err(), "cut to {len}");
+    }
+}
+
+#[test]
+fn a_huge_hard_state_file_is_refused_without_reading_it() {
+    let dir = make_log(3);
+    let path = dir.path().join("hardstate");
+    let file = fs::OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_len(1 << 40).expect("a sparse terabyte");
+    drop(file);
+    let message = open(dir.path()).err().expect("refused").to_string();
+    assert!(message.contains(&path.display().to_string()) && message.contains("not a hard state file"), "{message}");
+    assert!(skiff_storage::decode_hard_state_file(&[0u8; 45]).is_err());
 }
