@@ -1,6 +1,5 @@
 //! [`DiskStorage`]: the durable [`Storage`] of one node, in one data directory.
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -133,7 +132,7 @@ impl DiskStorage {
     pub fn open(dir: impl AsRef<Path>, options: DiskOptions) -> Result<DiskStorage> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).context("create data directory", &dir)?;
+        fsutil::create_dir_all(&dir)?;
         let lock = DirLock::acquire(&dir)?;
         let expected = Identity {
             node_id: options.node_id,
@@ -411,8 +410,8 @@ impl DiskStorage {
 fn initialize(dir: &Path, options: &DiskOptions) -> Result<()> {
     let wal_dir = dir.join(WAL_DIR_NAME);
     let snapshots_dir = dir.join(snapshot::DIR_NAME);
-    fs::create_dir_all(&wal_dir).context("create", &wal_dir)?;
-    fs::create_dir_all(&snapshots_dir).context("create", &snapshots_dir)?;
+    fsutil::create_dir_all(&wal_dir)?;
+    fsutil::create_dir_all(&snapshots_dir)?;
     let (segments, _) = fsutil::list_dir_removing_tmp(&wal_dir)?;
     let snapshots = snapshot::list(&snapshots_dir)?;
     if segments.iter().any(|name| parse_segment_name(name).is_some()) || snapshots.iter().any(|id| id.index > Index(0))

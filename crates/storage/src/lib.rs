@@ -104,6 +104,8 @@ mod fault_tests;
 mod fsutil;
 mod hardstate;
 mod identity;
+#[cfg(feature = "power-cut")]
+pub mod power_cut;
 mod record;
 mod scan;
 mod segment;

@@ -13,14 +13,14 @@
 //! over the file), then streams the data back, checking the checksum again at the end.
 //! Every length in the file is checked against the file's size before it is used.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use skiff_raft::{Index, LogId, SnapshotMeta, Term};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, FileWriter};
 use crate::record;
 use crate::segment::ReadAtContext;
 
@@ -213,7 +213,7 @@ pub struct SnapshotWriter {
     meta: SnapshotMeta,
     dir: PathBuf,
     tmp_path: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<BufWriter<FileWriter>>,
     data_bytes: u64,
     crc: u32,
 }
@@ -221,12 +221,8 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     pub(crate) fn create(dir: &Path, meta: SnapshotMeta) -> Result<SnapshotWriter> {
         let tmp_path = dir.join(format!("{}.tmp", file_name(meta.last_log_id)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .context("create snapshot", &tmp_path)?;
+        let file = fsutil::create_file(&tmp_path, false)?;
+        let file = FileWriter { file, path: tmp_path.clone(), offset: 0 };
         let mut header = MAGIC.to_vec();
         let encoded = postcard::to_allocvec(&meta)
             .map_err(|error| Error::InvalidInput(format!("cannot encode snapshot metadata: {error}")))?;
@@ -255,7 +251,7 @@ impl SnapshotWriter {
         trailer.extend_from_slice(&crc.to_le_bytes());
         trailer.extend_from_slice(END_MAGIC);
         writer.write_all(&trailer).context("write to", &self.tmp_path)?;
-        let file = writer.into_inner().map_err(|error| Error::io("write to", &self.tmp_path, error.into_error()))?;
+        let file = writer.into_inner().map_err(|error| Error::io("write to", &self.tmp_path, error.into_error()))?.file;
         fsutil::sync_all(&file, &self.tmp_path)?;
         drop(file);
         let path = self.dir.join(file_name(self.meta.last_log_id));
@@ -283,7 +279,7 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if self.writer.take().is_some() {
             // Not finished: the partial file must never be taken for a snapshot.
-            let _ = fs::remove_file(&self.tmp_path);
+            let _ = fsutil::remove_file(&self.tmp_path);
         }
     }
 }
