@@ -24,7 +24,9 @@ mod hook {
     pub(crate) fn sync(_: &Path) -> io::Result<()> {
         Ok(())
     }
-    pub(crate) fn synced_dir(_: &Path) {}
+    pub(crate) fn sync_dir(_: &Path) -> io::Result<()> {
+        Ok(())
+    }
     pub(crate) fn renamed(_: &Path, _: &Path) {}
     pub(crate) fn removed(_: &Path) {}
     pub(crate) fn made_dir(_: &Path) {}
@@ -112,9 +114,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let handle = File::open(dir).context("open directory", dir)?;
     #[cfg(test)]
     fault::check_sync(dir)?;
-    handle.sync_all().map_err(|source| sync_failed("fsync", dir, source))?;
-    hook::synced_dir(dir);
-    Ok(())
+    hook::sync_dir(dir).map_err(|source| sync_failed("fsync", dir, source))?;
+    handle.sync_all().map_err(|source| sync_failed("fsync", dir, source))
 }
 
 /// Replaces `dir/name` by `bytes` atomically: write `name.tmp`, fsync it, rename it over

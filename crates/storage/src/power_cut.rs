@@ -65,6 +65,17 @@ impl PowerCut {
         PowerCut { root: root.to_path_buf(), model }
     }
 
+    /// Starts recording changes under `root`, an existing directory (a power-cut image a
+    /// node restarts from): what it holds now counts as durable.
+    pub fn record_existing(root: &Path) -> io::Result<PowerCut> {
+        let mut model = Model::default();
+        model.load(root, Path::new(""))?;
+        let model = Arc::new(Mutex::new(model));
+        lock(&RECORDERS).push((root.to_path_buf(), Arc::clone(&model)));
+        ACTIVE.fetch_add(1, Ordering::SeqCst);
+        Ok(PowerCut { root: root.to_path_buf(), model })
+    }
+
     /// The next `fsync`/`fdatasync` of a file under the directory fails with EIO, and the
     /// file's unsynced changes never reach the disk (the files still show them).
     pub fn fail_next_sync(&self) {
@@ -82,13 +93,19 @@ impl PowerCut {
     /// also chooses whether and where the last write kept is torn).
     pub fn cut(&self, target: &Path, seed: u64) -> io::Result<CutReport> {
         let image = lock(&self.model).image(seed);
-        std::fs::create_dir_all(target)?;
-        for dir in &image.dirs {
-            std::fs::create_dir_all(target.join(dir))?;
-        }
-        for (path, content) in &image.files {
-            std::fs::write(target.join(path), content)?;
-        }
+        write_image(target, &image)?;
+        Ok(image.report)
+    }
+
+    /// Cuts the power now: writes the image as [`PowerCut::cut`] does, and from then on
+    /// every sync under the directory fails with EIO (the disk is gone), so a store still
+    /// running on it acknowledges nothing after the cut.
+    pub fn power_off(&self, target: &Path, seed: u64) -> io::Result<CutReport> {
+        let mut model = lock(&self.model);
+        model.powered_off = true;
+        let image = model.image(seed);
+        drop(model);
+        write_image(target, &image)?;
         Ok(image.report)
     }
 
@@ -103,6 +120,17 @@ impl Drop for PowerCut {
         lock(&RECORDERS).retain(|(_, model)| !Arc::ptr_eq(model, &self.model));
         ACTIVE.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+fn write_image(target: &Path, image: &Image) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    for dir in &image.dirs {
+        std::fs::create_dir_all(target.join(dir))?;
+    }
+    for (path, content) in &image.files {
+        std::fs::write(target.join(path), content)?;
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -203,6 +231,8 @@ struct Model {
     /// Entry changes not yet made durable, in order.
     pending: Vec<Entry>,
     fail_next_sync: bool,
+    /// After [`PowerCut::power_off`]: every sync fails.
+    powered_off: bool,
     unknown: usize,
 }
 
@@ -226,6 +256,26 @@ impl Random {
 }
 
 impl Model {
+    /// Takes the files under `root/relative` as durable.
+    fn load(&mut self, root: &Path, relative: &Path) -> io::Result<()> {
+        for entry in std::fs::read_dir(root.join(relative))? {
+            let entry = entry?;
+            let path = relative.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                self.live.dirs.insert(path.clone());
+                self.durable.dirs.insert(path.clone());
+                self.load(root, &path)?;
+            } else {
+                self.next_inode += 1;
+                let durable = std::fs::read(entry.path())?;
+                self.files.insert(self.next_inode, File { durable, pending: Vec::new() });
+                self.live.files.insert(path.clone(), self.next_inode);
+                self.durable.files.insert(path, self.next_inode);
+            }
+        }
+        Ok(())
+    }
+
     fn inode(&mut self, path: &Path) -> Option<u64> {
         let inode = self.live.files.get(path).copied();
         self.unknown += usize::from(inode.is_none());
@@ -256,6 +306,9 @@ impl Model {
     }
 
     fn sync(&mut self, path: &Path) -> io::Result<()> {
+        if self.powered_off {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let Some(inode) = self.inode(path) else { return Ok(()) };
         let file = self.files.entry(inode).or_default();
         if std::mem::take(&mut self.fail_next_sync) {
@@ -268,13 +321,17 @@ impl Model {
         Ok(())
     }
 
-    fn sync_dir(&mut self, dir: &Path) {
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if self.powered_off {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let (now, later): (Vec<Entry>, Vec<Entry>) =
             std::mem::take(&mut self.pending).into_iter().partition(|entry| entry.dir() == dir);
         for entry in &now {
             self.durable.apply(entry);
         }
         self.pending = later;
+        Ok(())
     }
 
     fn image(&self, seed: u64) -> Image {
@@ -356,8 +413,11 @@ pub(crate) mod hook {
         result
     }
 
-    pub(crate) fn synced_dir(dir: &Path) {
-        with(dir, |model, dir| model.sync_dir(dir));
+    /// Before a real directory sync: the directory's entry changes made durable.
+    pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+        let mut result = Ok(());
+        with(dir, |model, dir| result = model.sync_dir(dir));
+        result
     }
 
     pub(crate) fn renamed(from: &Path, to: &Path) {
