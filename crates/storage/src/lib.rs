@@ -55,7 +55,10 @@
 //! process crash or power loss (given a disk that honours `fdatasync`). After any write or
 //! sync fails (a full disk, an I/O error), the store is poisoned: every later write and
 //! sync fails, so nothing that may not be durable is ever reported durable; restart to
-//! recover what was synced. Every record read back (at open or later) is checksummed:
+//! recover what was synced. A failed `fsync`/`fdatasync` ([`Error::SyncFailed`]) is never
+//! retried: the kernel may have dropped the pages it could not write while still showing
+//! them, and a second sync may succeed without writing them. The restart reads the WAL
+//! with `O_DIRECT` so that it sees the disk, not those pages. Every record read back (at open or later) is checksummed:
 //! nothing corrupt is served.
 //!
 //! ## Recovery on open
@@ -88,6 +91,13 @@
 //! older ones are read from the segments through an in-memory index of record offsets
 //! (4 bytes per entry) and checksummed again. Terms are kept as runs (one per term
 //! change), so `term(index)` never touches the disk. Reads respect the byte limit.
+//!
+//! ## Testing power cuts
+//! With the `power-cut` feature, [`power_cut::PowerCut`] records every change the store
+//! makes under a directory and writes what a power cut could leave of it (synced data, a
+//! prefix of the rest torn at any byte, directory entries once their directory is synced).
+//! The decoders of outside bytes have entry points that take bytes in memory:
+//! [`scan_segment_bytes`], [`decode_snapshot_bytes`], [`decode_hard_state_file`].
 //!
 //! ## What this crate does not do
 //! It does not detect a disk that loses acknowledged writes (a lying write cache); a

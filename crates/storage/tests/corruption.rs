@@ -201,7 +201,7 @@ fn snapshots_are_checked() {
     fs::write(&path, &bytes).expect("damage the data");
     let store = open(dir.path()).expect("the header is intact");
     // Refused when opened, before a single byte reaches the state machine's restore.
-    let error = store.open_snapshot().err().expect("damaged data is refused before it is read").to_string();
+    let error = store.open_snapshot().expect_err("damaged data is refused before it is read").to_string();
     assert!(error.contains("corrupt") && error.contains(&path.display().to_string()), "{error}");
     assert!(error.contains("checksum"), "{error}");
     drop(store);
@@ -233,7 +233,7 @@ fn a_zeroed_header_with_synced_records_after_it_refuses_to_start() {
     let ranges = records(&fs::read(&segment).expect("read"));
     let (start, _) = ranges[ranges.len() / 2];
     let pristine = zero_header(&segment, start);
-    let error = open(dir.path()).err().expect("eight zero bytes must not end a log that goes on");
+    let error = open(dir.path()).expect_err("eight zero bytes must not end a log that goes on");
     let message = error.to_string();
     assert!(matches!(error, Error::Corrupt { .. }), "{message}");
     assert!(message.contains(&segment.display().to_string()), "{message}");
@@ -269,7 +269,7 @@ fn zeros_in_an_earlier_segment_refuse_to_start_naming_the_file_and_offset() {
     // A zeroed header in the middle, records after it.
     let (start, _) = ranges[ranges.len() / 2];
     let pristine = zero_header(first, start);
-    let error = open(dir.path()).err().expect("zeros in an earlier segment");
+    let error = open(dir.path()).expect_err("zeros in an earlier segment");
     let message = error.to_string();
     assert!(matches!(error, Error::Corrupt { .. }), "not a missing segment: {message}");
     assert!(message.contains(&first.display().to_string()), "{message}");
@@ -279,7 +279,7 @@ fn zeros_in_an_earlier_segment_refuse_to_start_naming_the_file_and_offset() {
     let mut bytes = pristine.clone();
     bytes[start..].fill(0);
     fs::write(first, &bytes).expect("zero the tail");
-    let error = open(dir.path()).err().expect("a zeroed tail in an earlier segment");
+    let error = open(dir.path()).expect_err("a zeroed tail in an earlier segment");
     let message = error.to_string();
     assert!(matches!(error, Error::Corrupt { .. }), "{message}");
     assert!(message.contains(&first.display().to_string()) && message.contains(&format!("offset {start}")));
@@ -391,7 +391,7 @@ fn a_huge_hard_state_file_is_refused_without_reading_it() {
     let file = fs::OpenOptions::new().write(true).open(&path).expect("open");
     file.set_len(1 << 40).expect("a sparse terabyte");
     drop(file);
-    let message = open(dir.path()).err().expect("refused").to_string();
+    let message = open(dir.path()).expect_err("refused").to_string();
     assert!(message.contains(&path.display().to_string()) && message.contains("not a hard state file"), "{message}");
     assert!(skiff_storage::decode_hard_state_file(&[0u8; 45]).is_err());
 }
