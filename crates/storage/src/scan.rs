@@ -113,7 +113,8 @@ impl RecoveryReads {
                 Ok(direct) => {
                     let mut source = Source::Direct { file: direct, path, len, scratch: Vec::new() };
                     // Some file systems open with O_DIRECT and only refuse the read.
-                    match source.read_exact_at(&mut [0u8; 1], 0) {
+                    let probe = &mut [0u8; 1][..len.min(1) as usize];
+                    match source.read_exact_at(probe, 0) {
                         Ok(()) => return Ok(source),
                         Err(Error::Io { source: error, .. }) if refuses_direct(&error) => self.fall_back(path, &error),
                         Err(error) => return Err(error),

@@ -395,3 +395,35 @@ fn a_huge_hard_state_file_is_refused_without_reading_it() {
     assert!(message.contains(&path.display().to_string()) && message.contains("not a hard state file"), "{message}");
     assert!(skiff_storage::decode_hard_state_file(&[0u8; 45]).is_err());
 }
+
+/// The decoders of outside bytes return an error, never panic, whatever the bytes: random
+/// damage to valid files (a short stand-in for the fuzz targets).
+#[test]
+fn the_decoders_never_panic_on_damaged_bytes() {
+    use rand::{Rng, SeedableRng};
+    let dir = make_log(40);
+    let segment = fs::read(segments(dir.path()).pop().expect("a segment")).expect("read");
+    let segment = &segment[..records(&segment).last().expect("records").1 + 64];
+    let (_dir, _path, snapshot) = snapshot_file();
+    let hard_state = fs::read(make_log(1).path().join("hardstate")).expect("read");
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    for round in 0..3000 {
+        for pristine in [segment, &snapshot[..], &hard_state[..]] {
+            let mut bytes = pristine.to_vec();
+            for _ in 0..random.random_range(1..4) {
+                let at = random.random_range(0..bytes.len().max(1)).min(bytes.len() - 1);
+                match random.random_range(0..3) {
+                    0 => bytes[at] = random.random(),
+                    1 => {
+                        let end = (at + 4).min(bytes.len());
+                        bytes[at..end].fill(0xff);
+                    }
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            let _ = skiff_storage::scan_segment_bytes(&bytes, round % 2 == 0);
+            let _ = skiff_storage::decode_snapshot_bytes(&bytes);
+            let _ = skiff_storage::decode_hard_state_file(&bytes);
+        }
+    }
+}
