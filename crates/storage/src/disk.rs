@@ -1,6 +1,5 @@
 //! [`DiskStorage`]: the durable [`Storage`] of one node, in one data directory.
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +91,10 @@ pub struct Recovery {
     /// The newest snapshot did not continue the WAL (a crash while installing it), so the
     /// WAL was replaced by an empty one after the snapshot.
     pub wal_replaced_by_snapshot: bool,
+    /// The WAL was read with `O_DIRECT`, from the device rather than the page cache (see
+    /// the crate documentation, "Recovery on open"); `false` where the file system refuses
+    /// `O_DIRECT` (tmpfs), which is logged as a warning.
+    pub read_directly: bool,
 }
 
 /// A node's durable [`Storage`]: a segmented WAL, the hard state, and snapshot files, in
@@ -129,7 +132,7 @@ impl DiskStorage {
     pub fn open(dir: impl AsRef<Path>, options: DiskOptions) -> Result<DiskStorage> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).context("create data directory", &dir)?;
+        fsutil::create_dir_all(&dir)?;
         let lock = DirLock::acquire(&dir)?;
         let expected = Identity {
             node_id: options.node_id,
@@ -169,7 +172,12 @@ impl DiskStorage {
             terms: scan.terms,
             cache: TailCache::new(options.tail_cache_bytes),
             poisoned: None,
-            recovery: Recovery { created, torn_tail: scan.torn, wal_replaced_by_snapshot: false },
+            recovery: Recovery {
+                created,
+                torn_tail: scan.torn,
+                wal_replaced_by_snapshot: false,
+                read_directly: scan.read_directly,
+            },
             cluster_id,
             _lock: lock,
         };
@@ -332,7 +340,7 @@ impl DiskStorage {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
         let result = operation(self);
-        if let Err(error @ (Error::Io { .. } | Error::Corrupt { .. })) = &result {
+        if let Err(error @ (Error::Io { .. } | Error::SyncFailed { .. } | Error::Corrupt { .. })) = &result {
             warn!(%error, "a write to the data directory failed: the store refuses further writes");
             self.poisoned = Some(error.to_string());
         }
@@ -402,8 +410,8 @@ impl DiskStorage {
 fn initialize(dir: &Path, options: &DiskOptions) -> Result<()> {
     let wal_dir = dir.join(WAL_DIR_NAME);
     let snapshots_dir = dir.join(snapshot::DIR_NAME);
-    fs::create_dir_all(&wal_dir).context("create", &wal_dir)?;
-    fs::create_dir_all(&snapshots_dir).context("create", &snapshots_dir)?;
+    fsutil::create_dir_all(&wal_dir)?;
+    fsutil::create_dir_all(&snapshots_dir)?;
     let (segments, _) = fsutil::list_dir_removing_tmp(&wal_dir)?;
     let snapshots = snapshot::list(&snapshots_dir)?;
     if segments.iter().any(|name| parse_segment_name(name).is_some()) || snapshots.iter().any(|id| id.index > Index(0))

@@ -20,6 +20,21 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// An `fsync` or `fdatasync` failed. The store stops for good: see the message.
+    #[error(
+        "{action} {path} failed: {source}. After a failed sync the kernel may have dropped the data it \
+         could not write while it still shows it to readers, and a retried sync can report success for it \
+         (the \"fsyncgate\" problem): this store refuses every later write and sync, and nothing from here \
+         on is acknowledged. The node must stop: check the disk (dmesg), then restart the node, which \
+         re-reads its log from the disk with O_DIRECT (where the file system refuses O_DIRECT, such as \
+         tmpfs, reboot the machine before restarting)"
+    )]
+    SyncFailed {
+        /// "fsync" or "fdatasync".
+        action: String,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Checksummed data does not verify, or does not follow the format: the disk or
     /// something outside Skiff changed the file.
     #[error(
@@ -89,7 +104,13 @@ impl Error {
 
     /// Whether the disk was full.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, Error::Io { source, .. } | Error::SyncFailed { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+
+    /// Whether a sync failed: the node must stop and restart (see [`Error::SyncFailed`]).
+    pub fn is_sync_failure(&self) -> bool {
+        matches!(self, Error::SyncFailed { .. })
     }
 }
 

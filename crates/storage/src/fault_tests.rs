@@ -73,8 +73,13 @@ fn a_failed_sync_is_never_reported_as_success() {
     fault::fail_syncs(true);
     let error = store.sync().expect_err("fdatasync fails");
     assert!(error.to_string().contains("fdatasync"), "{error}");
+    assert!(error.to_string().contains("The node must stop"), "{error}");
+    // The kernel reports a writeback error once: a retried sync would succeed. The store
+    // never retries, and never reports success for anything after the failure.
     fault::fail_syncs(false);
     assert_poisoned(&mut store);
+    let later = store.sync().expect_err("still refused").to_string();
+    assert!(later.contains("fdatasync") && later.contains("must stop"), "the cause is kept: {later}");
     drop(store);
     // What the failed sync covered may or may not be there; here the page cache kept it.
     assert_reopens_with(dir.path(), 110);
@@ -133,4 +138,29 @@ fn a_failed_snapshot_install_leaves_a_readable_store_and_a_directory_that_reopen
     assert_eq!(store.snapshot_meta(), meta);
     assert_eq!((store.first_index(), store.last_index()), (Index(151), Index(150)));
     assert_eq!(store.hard_state().commit, Index(90));
+}
+
+#[test]
+fn a_failed_sync_while_rolling_to_a_new_segment_poisons_the_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = store_with_log(dir.path());
+    let segments = store.segment_paths().len();
+    // Unsynced appends, then one that must roll over: the old segment is synced first.
+    fault::fail_syncs(true);
+    let mut next = 101;
+    let error = loop {
+        match store.append(&batch(next, 50, 1)) {
+            Ok(()) => next += 50,
+            Err(error) => break error,
+        }
+    };
+    fault::fail_syncs(false);
+    assert!(error.to_string().contains("fdatasync") && error.to_string().contains("must stop"), "{error}");
+    assert_eq!(store.segment_paths().len(), segments, "no segment was added after the failed sync");
+    assert_poisoned(&mut store);
+    drop(store);
+    // Nothing after entry 100 was acknowledged; what the page cache kept may come back.
+    let store = DiskStorage::open(dir.path(), options()).expect("reopen");
+    assert!(store.last_index() >= Index(100));
+    assert_eq!(store.entries(Index(1), Index(101), u64::MAX).expect("read"), batch(1, 100, 1));
 }

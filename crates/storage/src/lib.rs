@@ -27,7 +27,8 @@
 //!   The body is an entry (`1 | index: u64 | term: u64 | payload`, payload `0` empty,
 //!   `1 | bytes` a command, `2 | postcard(Membership)`) or a hard state
 //!   (`2 | seq: u64 | term: u64 | has_vote: u8 | vote: u64 | commit: u64`). Eight zero
-//!   bytes where a header would be mark the end of the written part.
+//!   bytes where a header would be mark the end of the written part, when only zeros
+//!   follow them to the end of the file.
 //! - **Hard state** goes into the WAL as a record, so it shares the fdatasync of the
 //!   entries of the same `Ready`. The `hardstate` file (`"SKFHARD1" | the same fields | CRC32C`,
 //!   replaced by write-temp, fsync, rename, fsync-directory) checkpoints it whenever the
@@ -54,17 +55,28 @@
 //! process crash or power loss (given a disk that honours `fdatasync`). After any write or
 //! sync fails (a full disk, an I/O error), the store is poisoned: every later write and
 //! sync fails, so nothing that may not be durable is ever reported durable; restart to
-//! recover what was synced. Every record read back (at open or later) is checksummed:
+//! recover what was synced. A failed `fsync`/`fdatasync` ([`Error::SyncFailed`]) is never
+//! retried: the kernel may have dropped the pages it could not write while still showing
+//! them, and a second sync may succeed without writing them. The restart reads the WAL
+//! with `O_DIRECT` so that it sees the disk, not those pages. Every record read back (at open or later) is checksummed:
 //! nothing corrupt is served.
 //!
 //! ## Recovery on open
-//! - The **last segment**'s records are scanned up to the first that is not valid. If no
-//!   valid record follows it, it is a torn write of something never synced: the segment is
-//!   cut there, durably, and a `tracing` warning names the file and offset
-//!   ([`Recovery::torn_tail`]).
-//! - A bad record with a valid record after it, a bad record in any earlier segment, a
-//!   damaged segment header, an entry with an unexpected index or a term lower than the
-//!   one before it: **refuse to start** ([`Error::Corrupt`]), naming file and offset.
+//! - The segments are read with `O_DIRECT`, from the device and not the page cache, so a
+//!   write the kernel failed to flush (a failed fsync) is not taken for a synced one
+//!   ([`Recovery::read_directly`]; where the file system refuses `O_DIRECT`, ordinary reads
+//!   and a warning: see `scan.rs`).
+//! - The end of the log is where only zeros follow, to the end of the segment.
+//! - The **last segment**'s records are scanned up to the first that is not valid (eight
+//!   zero bytes where a header should be count as not valid when something non-zero
+//!   follows). If no valid record follows it, it is a torn write of something never
+//!   synced: the segment is cut there, durably, and a `tracing` warning names the file and
+//!   offset ([`Recovery::torn_tail`]).
+//! - A bad (or zeroed) record with a valid record after it, a bad record or a non-zero
+//!   byte after the end of any earlier segment, an earlier segment whose records stop
+//!   before the next segment begins, a damaged segment header, an entry with an unexpected
+//!   index or a term lower than the one before it: **refuse to start**
+//!   ([`Error::Corrupt`]), naming file and offset.
 //! - A segment missing between two others (or between the snapshot and the log):
 //!   **refuse** ([`Error::MissingSegment`]).
 //! - A directory of another node or cluster: **refuse** ([`Error::WrongNode`],
@@ -79,6 +91,13 @@
 //! older ones are read from the segments through an in-memory index of record offsets
 //! (4 bytes per entry) and checksummed again. Terms are kept as runs (one per term
 //! change), so `term(index)` never touches the disk. Reads respect the byte limit.
+//!
+//! ## Testing power cuts
+//! With the `power-cut` feature, [`power_cut::PowerCut`] records every change the store
+//! makes under a directory and writes what a power cut could leave of it (synced data, a
+//! prefix of the rest torn at any byte, directory entries once their directory is synced).
+//! The decoders of outside bytes have entry points that take bytes in memory:
+//! [`scan_segment_bytes`], [`decode_snapshot_bytes`], [`decode_hard_state_file`].
 //!
 //! ## What this crate does not do
 //! It does not detect a disk that loses acknowledged writes (a lying write cache); a
@@ -95,6 +114,8 @@ mod fault_tests;
 mod fsutil;
 mod hardstate;
 mod identity;
+#[cfg(feature = "power-cut")]
+pub mod power_cut;
 mod record;
 mod scan;
 mod segment;
@@ -104,7 +125,8 @@ mod wal;
 
 pub use disk::{DiskOptions, DiskStorage, Recovery};
 pub use error::{Error, Result};
+pub use hardstate::decode_hard_state_file;
 pub use identity::{ClusterIdFile, is_cluster_id};
-pub use scan::TornTail;
+pub use scan::{SegmentSummary, TornTail, scan_segment_bytes};
 pub use skiff_raft::MemStorage;
-pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
+pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter, decode_snapshot_bytes};

@@ -15,12 +15,12 @@
 //! background thread filled with zeros ahead of time ([`crate::spare`]), which makes each
 //! append's `fdatasync` cheaper still.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use skiff_raft::{Entry, Index, Term};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::record::{self, Parsed, Record};
 
@@ -99,13 +99,7 @@ impl Segment {
     pub fn create(dir: &Path, first: Index, preallocate_bytes: u64) -> Result<Segment> {
         let path = new_segment_path(dir, first)?;
         let tmp = dir.join(format!("{}.tmp", segment_name(first)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .context("create WAL segment", &tmp)?;
+        let file = fsutil::create_file(&tmp, true)?;
         if preallocate_bytes > SEGMENT_HEADER_BYTES {
             fsutil::preallocate(&file, &tmp, preallocate_bytes)?;
         }
@@ -151,7 +145,7 @@ impl Segment {
         if let Err(error) = fsutil::write_at(&self.file, &self.path, records, self.end) {
             // Best effort: cut off whatever part of the write landed, so a restart does not
             // find half a batch (it would be repaired as a torn tail anyway).
-            let _ = self.file.set_len(self.end);
+            let _ = fsutil::set_len(&self.file, &self.path, self.end);
             return Err(error);
         }
         self.offsets.extend(entry_offsets.iter().map(|offset| self.end as u32 + offset));
@@ -175,7 +169,7 @@ impl Segment {
     }
 
     fn cut_at(&mut self, cut: u64, preallocate_bytes: u64) -> Result<()> {
-        self.file.set_len(cut).context("truncate", &self.path)?;
+        fsutil::set_len(&self.file, &self.path, cut)?;
         if preallocate_bytes > cut {
             fsutil::preallocate(&self.file, &self.path, preallocate_bytes)?;
         }
@@ -193,7 +187,7 @@ impl Segment {
     /// Gives back the preallocated space past the last record (the segment is full and a
     /// new one takes the writes). Not synced: zeros past the end read as the end anyway.
     pub fn seal(&mut self) -> Result<()> {
-        self.file.set_len(self.end).context("trim", &self.path)
+        fsutil::set_len(&self.file, &self.path, self.end)
     }
 
     /// Reads entries `from..to` (all held here) into `out`, within `limit`. Returns `false`

@@ -9,16 +9,18 @@
 //! A [`SnapshotWriter`] streams the state machine's data into `<name>.snap.tmp` (never
 //! holding it in memory), then [`SnapshotWriter::finish`] writes the trailer, fsyncs,
 //! renames the file into place and fsyncs `snapshots/`: a file with a final name is always
-//! whole. A [`SnapshotReader`] streams the data back and checks its checksum at the end.
+//! whole. A [`SnapshotReader`] checks the data's checksum when it is opened (a first pass
+//! over the file), then streams the data back, checking the checksum again at the end.
+//! Every length in the file is checked against the file's size before it is used.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use skiff_raft::{Index, LogId, SnapshotMeta, Term};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, FileWriter};
 use crate::record;
 use crate::segment::ReadAtContext;
 
@@ -96,13 +98,21 @@ struct Layout {
 }
 
 impl Layout {
+    /// Reads the header and trailer of the snapshot file `file`.
     fn read(file: &File, path: &Path) -> Result<Layout> {
         let len = file.metadata().context("stat", path)?.len();
+        Layout::decode(len, path, &mut |buffer, offset| file.read_exact_at_context(buffer, offset, path))
+    }
+
+    /// Decodes the header and trailer of a snapshot file of `len` bytes, read through
+    /// `read_at`. Every length read is checked against what the file holds before it is
+    /// used, and the header's checksum before its metadata is decoded.
+    fn decode(len: u64, path: &Path, read_at: &mut dyn FnMut(&mut [u8], u64) -> Result<()>) -> Result<Layout> {
         let mut prefix = [0u8; 12];
         if len < 12 + 4 + TRAILER_BYTES {
             return Err(Error::corrupt(path, 0, format!("{len} bytes is too short for a snapshot")));
         }
-        file.read_exact_at_context(&mut prefix, 0, path)?;
+        read_at(&mut prefix, 0)?;
         let meta_len = record::u32_at(&prefix, 8);
         if &prefix[..8] != MAGIC || meta_len > MAX_META_BYTES {
             return Err(Error::corrupt(path, 0, "not a Skiff snapshot (bad magic or header length)"));
@@ -112,7 +122,7 @@ impl Layout {
             return Err(Error::corrupt(path, 0, "the file ends inside the header"));
         }
         let mut header = vec![0u8; data_offset as usize];
-        file.read_exact_at_context(&mut header, 0, path)?;
+        read_at(&mut header, 0)?;
         let crc_at = data_offset as usize - 4;
         if crc32c::crc32c(&header[..crc_at]) != record::u32_at(&header, crc_at) {
             return Err(Error::corrupt(path, crc_at as u64, "snapshot header checksum mismatch"));
@@ -121,7 +131,7 @@ impl Layout {
             .map_err(|error| Error::corrupt(path, 12, format!("a malformed snapshot header: {error}")))?;
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         let trailer_at = len - TRAILER_BYTES;
-        file.read_exact_at_context(&mut trailer, trailer_at, path)?;
+        read_at(&mut trailer, trailer_at)?;
         let data_bytes = record::u64_at(&trailer, 0);
         if &trailer[16..24] != END_MAGIC
             || crc32c::crc32c(&trailer[..12]) != record::u32_at(&trailer, 12)
@@ -131,6 +141,49 @@ impl Layout {
         }
         Ok(Layout { meta, data_offset, data_bytes, data_crc: record::u32_at(&trailer, 8) })
     }
+
+    /// The error for data that does not match its checksum.
+    fn data_corrupt(&self, path: &Path) -> Error {
+        Error::corrupt(
+            path,
+            self.data_offset,
+            "the snapshot data does not match its checksum; do not restore from it: move the file aside and let \
+             the node fetch a snapshot from the leader",
+        )
+    }
+}
+
+/// Checks a whole snapshot file held in `bytes` (header, trailer, and the data's checksum)
+/// and returns its metadata and data. Never panics, whatever the bytes: a stable entry
+/// point for fuzzing the snapshot file decoder.
+pub fn decode_snapshot_bytes(bytes: &[u8]) -> Result<(SnapshotMeta, &[u8])> {
+    let path = Path::new("<snapshot bytes>");
+    let layout = Layout::decode(bytes.len() as u64, path, &mut |buffer, offset| {
+        // `decode` only reads within the length it was given.
+        buffer.copy_from_slice(&bytes[offset as usize..offset as usize + buffer.len()]);
+        Ok(())
+    })?;
+    let data = &bytes[layout.data_offset as usize..(layout.data_offset + layout.data_bytes) as usize];
+    if crc32c::crc32c(data) != layout.data_crc {
+        return Err(layout.data_corrupt(path));
+    }
+    Ok((layout.meta, data))
+}
+
+/// Reads the data of the snapshot in `file` once, to check its checksum.
+fn verify_data(file: &File, path: &Path, layout: &Layout) -> Result<()> {
+    let mut buffer = vec![0u8; (1 << 20).min(layout.data_bytes) as usize];
+    let (mut crc, mut offset, end) = (0, layout.data_offset, layout.data_offset + layout.data_bytes);
+    while offset < end {
+        let chunk = &mut buffer[..(end - offset).min(1 << 20) as usize];
+        file.read_exact_at_context(chunk, offset, path)?;
+        crc = crc32c::crc32c_append(crc, chunk);
+        offset += chunk.len() as u64;
+    }
+    if crc != layout.data_crc {
+        return Err(layout.data_corrupt(path));
+    }
+    Ok(())
 }
 
 /// The snapshot directory of a store, detached from it: a node's apply thread writes new
@@ -160,7 +213,7 @@ pub struct SnapshotWriter {
     meta: SnapshotMeta,
     dir: PathBuf,
     tmp_path: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<BufWriter<FileWriter>>,
     data_bytes: u64,
     crc: u32,
 }
@@ -168,12 +221,8 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     pub(crate) fn create(dir: &Path, meta: SnapshotMeta) -> Result<SnapshotWriter> {
         let tmp_path = dir.join(format!("{}.tmp", file_name(meta.last_log_id)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .context("create snapshot", &tmp_path)?;
+        let file = fsutil::create_file(&tmp_path, false)?;
+        let file = FileWriter { file, path: tmp_path.clone(), offset: 0 };
         let mut header = MAGIC.to_vec();
         let encoded = postcard::to_allocvec(&meta)
             .map_err(|error| Error::InvalidInput(format!("cannot encode snapshot metadata: {error}")))?;
@@ -202,7 +251,7 @@ impl SnapshotWriter {
         trailer.extend_from_slice(&crc.to_le_bytes());
         trailer.extend_from_slice(END_MAGIC);
         writer.write_all(&trailer).context("write to", &self.tmp_path)?;
-        let file = writer.into_inner().map_err(|error| Error::io("write to", &self.tmp_path, error.into_error()))?;
+        let file = writer.into_inner().map_err(|error| Error::io("write to", &self.tmp_path, error.into_error()))?.file;
         fsutil::sync_all(&file, &self.tmp_path)?;
         drop(file);
         let path = self.dir.join(file_name(self.meta.last_log_id));
@@ -230,13 +279,14 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if self.writer.take().is_some() {
             // Not finished: the partial file must never be taken for a snapshot.
-            let _ = fs::remove_file(&self.tmp_path);
+            let _ = fsutil::remove_file(&self.tmp_path);
         }
     }
 }
 
-/// Streams a snapshot's data. At the end of the data it checks the checksum: a read
-/// that reaches the end without an error has seen exactly the bytes that were written.
+/// Streams a snapshot's data. Opening it reads the data once and checks its checksum, so
+/// a damaged snapshot is refused before anything decodes a byte of it; the stream checks
+/// the checksum again at its end (in case the file changed in between).
 #[derive(Debug)]
 pub struct SnapshotReader {
     meta: SnapshotMeta,
@@ -252,6 +302,9 @@ impl SnapshotReader {
         let path = dir.join(file_name(log_id));
         let file = File::open(&path).context("open snapshot", &path)?;
         let layout = Layout::read(&file, &path)?;
+        // Checked whole before the first byte reaches the caller: a state machine's restore
+        // decodes what it reads, and must only ever see verified bytes.
+        verify_data(&file, &path, &layout)?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         io::Seek::seek(&mut reader, io::SeekFrom::Start(layout.data_offset)).context("seek in", &path)?;
         Ok(SnapshotReader {

@@ -15,13 +15,13 @@
 //! segment fills up. When the log rolls over and the spare is not ready (a burst of writes,
 //! a slow disk), the segment is created as before, with `fallocate`: never a wait.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::fsutil;
 
 /// The spare's file name: a `.tmp` file, so a spare left by a crash is removed when the WAL
@@ -70,11 +70,11 @@ impl Spare {
             Ok(Ok(file)) => Some((self.path.clone(), file)),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "could not prepare the next WAL segment; creating it with fallocate");
-                let _ = std::fs::remove_file(&self.path);
+                let _ = fsutil::remove_file(&self.path);
                 None
             }
             Err(_) => {
-                let _ = std::fs::remove_file(&self.path);
+                let _ = fsutil::remove_file(&self.path);
                 None
             }
         }
@@ -96,14 +96,13 @@ impl Drop for Spare {
         self.cancel.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
-            let _ = std::fs::remove_file(&self.path);
+            let _ = fsutil::remove_file(&self.path);
         }
     }
 }
 
 fn write_zeros(path: &Path, bytes: u64, cancel: &AtomicBool) -> Result<File> {
-    let file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).context("create", path)?;
+    let file = fsutil::create_file(path, true)?;
     let zeros = vec![0u8; CHUNK_BYTES];
     let mut written = 0;
     while written < bytes {

@@ -15,7 +15,7 @@ use skiff_raft::{Entry, HardState, Index};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::record;
-use crate::scan::{HardStateRecord, TornTail, open_segment};
+use crate::scan::{HardStateRecord, RecoveryReads, TornTail, open_segment};
 use crate::segment::{ReadLimit, Segment, TermRuns, parse_segment_name, segment_name};
 use crate::spare::Spare;
 
@@ -30,6 +30,8 @@ pub(crate) struct WalScan {
     /// The hard state record with the highest sequence number.
     pub hard_state: Option<(u64, HardState)>,
     pub torn: Option<TornTail>,
+    /// The segments were read with `O_DIRECT`, from the device, not the page cache.
+    pub read_directly: bool,
 }
 
 /// The segments and the state of the writes to them.
@@ -89,13 +91,14 @@ impl Wal {
         let firsts: Vec<Index> = names.iter().filter_map(|name| parse_segment_name(name)).collect();
         let mut scan = WalScan::default();
         let mut latest: Option<(Index, HardStateRecord)> = None;
+        let mut reads = RecoveryReads::direct();
         for (position, &segment_first) in firsts.iter().enumerate() {
             let path = dir.join(segment_name(segment_first));
             if let Some(previous) = wal.segments.last() {
                 check_contiguous(dir, previous, segment_first)?;
             }
             let is_last = position + 1 == firsts.len();
-            let (segment, segment_scan) = open_segment(&path, segment_first, is_last, &mut scan.terms)?;
+            let (segment, segment_scan) = open_segment(&path, segment_first, is_last, &mut scan.terms, &mut reads)?;
             if let Some(record) = segment_scan.hard_state
                 && latest.is_none_or(|(_, best)| record.seq > best.seq)
             {
@@ -104,6 +107,7 @@ impl Wal {
             scan.torn = segment_scan.torn;
             wal.segments.push(segment);
         }
+        scan.read_directly = reads.is_direct();
         wal.hard_state_at = latest.map(|(segment, record)| (segment, record.offset));
         scan.hard_state = latest.map(|(_, record)| (record.seq, record.hard_state));
         let preallocation = wal.preallocation();
@@ -350,6 +354,21 @@ impl Wal {
 fn check_contiguous(dir: &Path, previous: &Segment, next_first: Index) -> Result<()> {
     let expected = previous.next_index();
     if next_first > expected {
+        // Records that stop before the end of the file (zeros follow) may have been zeroed:
+        // say so, rather than only blaming a missing segment.
+        let file_len = previous.file.metadata().map_or(previous.end, |metadata| metadata.len());
+        if file_len > previous.end {
+            let reason = format!(
+                "the records stop here at entry {} (zeros follow, up to the end of the file at {file_len}), but the \
+                 next segment {} starts at entry {next_first}: the records of entries {}..={} were zeroed, or a \
+                 segment holding them is missing",
+                expected,
+                segment_name(next_first),
+                expected,
+                next_first.prev()
+            );
+            return Err(Error::corrupt(&previous.path, previous.end, reason));
+        }
         return Err(Error::MissingSegment {
             dir: dir.to_path_buf(),
             before: segment_name(previous.first_index),
