@@ -10,7 +10,7 @@ use skiff_kv::{Server, ServerOptions};
 
 use crate::client::Security;
 use crate::commands::Format;
-use crate::serve::{RaftFlags, wait_for_signal};
+use crate::serve::{RaftFlags, Signals};
 use crate::status;
 
 /// How long the demo waits for the first leader before saying so.
@@ -145,6 +145,7 @@ fn client_security(cluster: &ClusterConfig) -> Result<Security> {
 }
 
 async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool, security: Security) -> Result<()> {
+    let mut signals = Signals::listen()?;
     // All at once, so that no node waits long for peers that are not up yet.
     let starts: Vec<_> = cluster
         .node_ids()
@@ -184,13 +185,13 @@ async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool, security: S
             }
             false
         }
-        signal = wait_for_signal() => { signal?; true }
+        signal = signals.next() => { signal?; true }
     };
     if !stopped_early {
         let table = tokio::task::spawn_blocking(move || print_status(&endpoints, &security));
         let _ = table.await;
         println!("\nrunning; Ctrl-C stops the cluster");
-        wait_for_signal().await?;
+        signals.next().await?;
     }
     println!("stopping...");
     stop_all(servers).await;

@@ -129,6 +129,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
     server_options.fault_injection = options.fault_injection;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        let mut signals = Signals::listen()?;
         let server = Server::start(server_options).await.with_context(|| format!("cannot start node {id}"))?;
         tracing::info!(
             node = %id,
@@ -140,7 +141,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
         // A node that stops by itself (a storage failure, a panic) takes the process with
         // it, non-zero, so that a supervisor restarts it rather than leave it answering 500.
         let signal = tokio::select! {
-            signal = wait_for_signal() => signal?,
+            signal = signals.next() => signal?,
             stopped = server.node().stopped() => {
                 let _ = server.shutdown().await;
                 return Err(anyhow::Error::new(stopped).context(format!("node {id}")));
@@ -203,22 +204,43 @@ fn fit_connections(wanted: usize, open_files: u64, reserved: u64) -> Result<usiz
     Ok(fits)
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM; returns which.
-pub async fn wait_for_signal() -> Result<&'static str> {
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from when this is made: a signal that arrives
+/// while a node is still starting is kept, not left to kill the process.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = terminate.recv() => Ok("SIGTERM"),
-            _ = interrupt.recv() => Ok("SIGINT"),
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening. Must be called inside a tokio runtime.
+    pub fn listen() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+            let interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+            Ok(Signals { terminate, interrupt })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
+
+    /// Waits for the next SIGINT or SIGTERM; returns which.
+    pub async fn next(&mut self) -> Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => Ok("SIGTERM"),
+                _ = self.interrupt.recv() => Ok("SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+            Ok("Ctrl-C")
+        }
     }
 }
 
