@@ -48,8 +48,11 @@ pub(crate) enum Request<S: StateMachine> {
     },
 }
 
-/// The most bytes of entries one [`crate::Node::log`] page reads (at least one entry).
-const LOG_PAGE_BYTES: u64 = 4 << 20;
+/// The most bytes of entries one [`crate::Node::log`] page reads (at least one entry). The
+/// page is read on the driver, from the tail cache or the WAL: as much as one
+/// `AppendEntries` to a lagging follower reads there (`max_append_bytes`, 1 MiB), so a
+/// `show_log` costs the driver no more than replication already may.
+const LOG_PAGE_BYTES: u64 = 1 << 20;
 
 /// What woke the driver.
 enum Input<S: StateMachine> {
