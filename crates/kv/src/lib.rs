@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod error;
+mod heavy;
 pub mod http;
 mod keymap;
 mod metrics;

@@ -170,6 +170,7 @@ impl Read {
             return api.read(self.stale, move |store: &KvStore| one_key(store, key.as_bytes())).await;
         }
         let prefix = self.key.clone();
+        let turn = crate::heavy::turn().await;
         let (view, deleted) = api
             .read(self.stale, move |store: &KvStore| (store.view(), store.deletion_index(prefix.as_bytes(), true)))
             .await?;
@@ -177,6 +178,7 @@ impl Read {
             (self.key.clone(), self.names_only, self.separator.clone(), self.access.clone());
         let budget = api.limits.max_listing_bytes;
         let listed = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             crate::watch::gate::pass(prefix.as_bytes());
             list(&view, prefix.as_bytes(), names_only, separator.as_deref(), &access, budget)
         })

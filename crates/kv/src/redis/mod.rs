@@ -414,10 +414,12 @@ impl Pending {
                 let answered = if queries.iter().any(Query::is_heavy) {
                     // KEYS and SCAN walk the keyspace: on a view taken on the apply thread
                     // (a reference count), read here, so that apply goes on meanwhile.
+                    let turn = crate::heavy::turn().await;
                     let view = |store: &KvStore| store.view();
                     let view = if stale { redis.node.read_stale(view).await } else { redis.node.read(view).await };
                     match view {
                         Ok(view) => tokio::task::spawn_blocking(move || {
+                            let _turn = turn;
                             let answers = queries.into_iter().map(|query| query.run(&view, &cursors, &mut reading));
                             (answers.collect::<Vec<_>>(), reading.budget)
                         })
