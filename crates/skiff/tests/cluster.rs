@@ -3,6 +3,7 @@
 //! up by snapshot, and shutdown with leadership transfer.
 
 use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use skiff::{Index, MemLogStore, Membership, NodeId, StateMachine};
@@ -123,18 +124,38 @@ async fn learners_join_catch_up_and_are_promoted() {
     assert_eq!(cluster.lines(NodeId(4)).await, ["early"]);
 }
 
-/// A state machine whose `apply` takes longer than an election timeout.
-#[derive(Default)]
-struct Slow {
+/// A state machine that counts the commands it applied, each after `before_apply` (a
+/// sleep, a gate) returns.
+struct Counting {
+    before_apply: Box<dyn Fn() + Send>,
     applied: u64,
 }
 
-impl StateMachine for Slow {
+impl Counting {
+    /// An `apply` that takes longer than an election timeout.
+    fn slow() -> Counting {
+        Counting { before_apply: Box::new(|| std::thread::sleep(Duration::from_millis(150))), applied: 0 }
+    }
+
+    /// An `apply` that blocks while `gate` holds `false`.
+    fn gated(gate: Arc<(Mutex<bool>, Condvar)>) -> Counting {
+        let wait = move || {
+            let (open, changed) = &*gate;
+            let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+            while !*open {
+                open = changed.wait(open).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        Counting { before_apply: Box::new(wait), applied: 0 }
+    }
+}
+
+impl StateMachine for Counting {
     type Command = ();
     type Output = u64;
 
     fn apply(&mut self, _index: Index, _command: ()) -> u64 {
-        std::thread::sleep(Duration::from_millis(150));
+        (self.before_apply)();
         self.applied += 1;
         self.applied
     }
@@ -155,7 +176,11 @@ impl StateMachine for Slow {
 /// ms here) does not stop heartbeats, so the leader keeps its leadership throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_state_machine_does_not_cost_the_leader_its_leadership() {
-    let cluster = MemoryCluster::<Slow>::new(3);
+    let mut cluster = MemoryCluster::<Counting>::empty(3);
+    for id in 1..=3 {
+        let store = MemLogStore::new(cluster.membership.clone());
+        cluster.start(fast_options(NodeId(id)), Counting::slow(), store);
+    }
     let leader = cluster.node(cluster.leader().await);
     leader.propose(()).await.expect("first proposal");
     let term = leader.leader().term;
@@ -166,38 +191,6 @@ async fn a_slow_state_machine_does_not_cost_the_leader_its_leadership() {
     assert_eq!((after.term, after.leader), (term, Some(leader.id())), "leadership held through ~750 ms of applying");
 }
 
-/// A state machine whose `apply` blocks until the test opens its gate.
-struct Gated {
-    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    applied: u64,
-}
-
-impl StateMachine for Gated {
-    type Command = ();
-    type Output = u64;
-
-    fn apply(&mut self, _index: Index, _command: ()) -> u64 {
-        let (open, changed) = &*self.gate;
-        let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while !*open {
-            open = changed.wait(open).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        self.applied += 1;
-        self.applied
-    }
-
-    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        out.write_all(&self.applied.to_le_bytes())
-    }
-
-    fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()> {
-        let mut bytes = [0; 8];
-        snapshot.read_exact(&mut bytes)?;
-        self.applied = u64::from_le_bytes(bytes);
-        Ok(())
-    }
-}
-
 /// The driver never waits for the apply thread. With every state machine stuck, hundreds
 /// of writes and reads pile up: the leader keeps its term and its followers, status still
 /// answers, the log still commits, reads past the queue's limit are refused at once as
@@ -205,8 +198,8 @@ impl StateMachine for Gated {
 /// the log, and once the state machines move again every write is applied, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
-    let gate = std::sync::Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
-    let mut cluster = MemoryCluster::<Gated>::empty(3);
+    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    let mut cluster = MemoryCluster::<Counting>::empty(3);
     for id in 1..=3 {
         let mut options = fast_options(NodeId(id));
         options.max_queued_reads = 100;
@@ -214,7 +207,7 @@ async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
         // resume when the apply thread catches up.
         options.max_apply_backlog_bytes = 256;
         let store = MemLogStore::new(cluster.membership.clone());
-        cluster.start(options, Gated { gate: std::sync::Arc::clone(&gate), applied: 0 }, store);
+        cluster.start(options, Counting::gated(Arc::clone(&gate)), store);
     }
     let leader = cluster.node(cluster.leader().await).clone();
     assert_eq!(leader.propose(()).await.expect("first write"), 1);
@@ -232,7 +225,7 @@ async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
     let reads: Vec<_> = (0..150)
         .map(|_| {
             let node = leader.clone();
-            tokio::spawn(async move { node.read_stale(|machine: &Gated| machine.applied).await })
+            tokio::spawn(async move { node.read_stale(|machine: &Counting| machine.applied).await })
         })
         .collect();
     // 150 reads against a limit of 100: the first 100 wait, the others are refused now.
