@@ -102,7 +102,7 @@ impl Progress {
 
     /// The apply thread finished `bytes` of entries: whether a paused driver should hear.
     fn done(&self, bytes: u64) -> bool {
-        let left = self.entry_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        let left = self.entry_bytes.fetch_sub(bytes, Ordering::AcqRel).saturating_sub(bytes);
         left <= self.max_entry_bytes / 2 && self.paused.swap(false, Ordering::AcqRel)
     }
 
