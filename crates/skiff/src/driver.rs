@@ -54,6 +54,9 @@ pub(crate) enum Request<S: StateMachine> {
 /// `show_log` costs the driver no more than replication already may.
 const LOG_PAGE_BYTES: u64 = 1 << 20;
 
+/// Why a node stopped: `None` when it was shut down, else the failure.
+pub(crate) type StopCause = Option<Arc<Error>>;
+
 /// What woke the driver.
 enum Input<S: StateMachine> {
     Tick,
@@ -98,7 +101,7 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     incoming: snapshot_stream::Receiver,
     leader: watch::Sender<LeaderInfo>,
     /// Told once the driver stopped, and why ([`crate::Node::stopped`]).
-    stop: watch::Sender<Option<Option<Arc<Error>>>>,
+    stop: watch::Sender<Option<StopCause>>,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -116,7 +119,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         transport: Arc<dyn Transport>,
         options: DriverOptions,
         leader: watch::Sender<LeaderInfo>,
-        stop: watch::Sender<Option<Option<Arc<Error>>>>,
+        stop: watch::Sender<Option<StopCause>>,
     ) -> Result<Self> {
         let snapshot = raft.storage().open_snapshot()?;
         let (restored, snapshot_bytes) = match snapshot {

@@ -12,7 +12,7 @@ use skiff_storage::{DiskOptions, DiskStorage};
 
 use crate::apply::ReadQuery;
 use crate::config::{ClusterConfig, RaftSection};
-use crate::driver::{Driver, DriverOptions, Request};
+use crate::driver::{Driver, DriverOptions, Request, StopCause};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
@@ -130,7 +130,7 @@ pub struct Node<S: StateMachine> {
     leader: watch::Receiver<LeaderInfo>,
     /// `Some` once the driver stopped, with why (`None` inside: shut down); the sender
     /// dropped without a value means the driver thread panicked.
-    stop: watch::Receiver<Option<Option<Arc<Error>>>>,
+    stop: watch::Receiver<Option<StopCause>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     options: NodeOptions,
     faults: Option<Faults>,
