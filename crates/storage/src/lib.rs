@@ -93,6 +93,8 @@ mod error;
 #[cfg(test)]
 mod fault_tests;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hardstate;
 mod identity;
 mod record;
