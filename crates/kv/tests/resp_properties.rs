@@ -6,8 +6,8 @@
 //! The inputs are mostly "protocol soup": pieces of valid commands, `*N` and `$N` lines with
 //! edge-case numbers (negative, zero-padded to the header-line limit, over Redis's ceilings),
 //! inline lines with quotes and escapes, and raw bytes, concatenated. Limits are small so
-//! that the oversized-argument paths run often. `crates/kv/fuzz` runs the same checks under
-//! libFuzzer.
+//! that the oversized-argument paths run often. The `resp_parser` target in `fuzz/` (see
+//! `docs/fuzzing.md`) runs the same checks under libFuzzer.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

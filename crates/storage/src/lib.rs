@@ -112,6 +112,8 @@ mod error;
 #[cfg(test)]
 mod fault_tests;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hardstate;
 mod identity;
 #[cfg(feature = "power-cut")]

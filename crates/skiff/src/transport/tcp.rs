@@ -75,6 +75,9 @@ mod frame;
 mod handshake;
 mod peer;
 
+#[doc(hidden)]
+pub use frame::fuzzing;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;

@@ -27,15 +27,15 @@ use crate::wire::{ClusterId, PeerMessage};
 
 /// The version of this frame format. Both ends must speak the same one. Version 2: `Hello`
 /// carries the cluster id; snapshot chunks carry it too.
-pub(super) const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The frame limit until the handshake succeeds: a stranger must not make us allocate
 /// `max_frame_bytes` before we know who it is. A `Hello` is a few dozen bytes.
 pub(super) const HANDSHAKE_FRAME_BYTES: usize = 4096;
 
-/// One frame of the peer protocol.
+/// One frame of the peer protocol. (Public only through the hidden [`fuzzing`] module.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) enum Frame {
+pub enum Frame {
     /// The first frame each way: who is talking, to whom, in which cluster.
     Hello(Hello),
     /// Why the accepting side refuses a `Hello`, sent before it closes, so the dialer can log
@@ -53,7 +53,7 @@ pub(super) enum Frame {
 
 impl Frame {
     /// The variant's name, for logs: never the payload.
-    pub(super) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Frame::Hello(_) => "Hello",
             Frame::Refused { .. } => "Refused",
@@ -66,7 +66,7 @@ impl Frame {
 
 /// The handshake: each side introduces itself and names whom it expects to reach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Hello {
+pub struct Hello {
     /// [`PROTOCOL_VERSION`] of the sender. First, so every future layout starts alike.
     pub protocol_version: u32,
     /// The sender's cluster name: nodes of two clusters must never exchange messages.
@@ -120,10 +120,25 @@ pub(super) fn hello_version(body: &[u8]) -> Option<u32> {
     postcard::take_from_bytes::<u32>(rest).ok().map(|(version, _)| version)
 }
 
+/// Decodes the body of a frame as it arrived: as [`decode`], except that a body that does
+/// not decode but starts like a `Hello` of another protocol version says so.
+pub(super) fn decode_received(body: &[u8]) -> Result<Frame, FrameError> {
+    decode(body).map_err(|error| match hello_version(body) {
+        Some(version) if version != PROTOCOL_VERSION => FrameError::Version(version),
+        _ => error,
+    })
+}
+
 /// Says which read errors are the codec refusing an oversized frame, and with what limit.
 pub(super) fn read_error<T>(error: io::Error, reader: &FramedRead<T, LengthDelimitedCodec>) -> FrameError {
+    codec_error(error, reader.decoder().max_frame_length())
+}
+
+/// A read error of a codec whose frame limit is `limit`: the codec's refusal of an
+/// oversized frame, or an I/O error.
+fn codec_error(error: io::Error, limit: usize) -> FrameError {
     if error.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) {
-        FrameError::TooLarge { limit: reader.decoder().max_frame_length() }
+        FrameError::TooLarge { limit }
     } else {
         FrameError::Io(error)
     }
@@ -216,12 +231,90 @@ impl Connection {
             None => Ok(None),
             Some(body) => {
                 let body = body.map_err(|error| read_error(error, &self.reader))?;
-                decode(&body).map(Some).map_err(|error| match hello_version(&body) {
-                    Some(version) if version != PROTOCOL_VERSION => FrameError::Version(version),
-                    _ => error,
-                })
+                decode_received(&body).map(Some)
             }
         }
+    }
+}
+
+/// The frame reader and decoder on bytes, with no socket: the entry points of the fuzz
+/// targets (`fuzz/`) and of their property tests (`tests/fuzz_peer_frames.rs`). Not a
+/// stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::{BufMut, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    use super::super::handshake::{self, Identity};
+    use super::*;
+    pub use super::{Frame, Hello, PROTOCOL_VERSION};
+
+    /// The acceptor [`read_stream`] checks a `Hello` as: node 2 of cluster `fuzz`, whose only
+    /// peer is node 1, with a cluster id of sixteen 7s.
+    pub fn acceptor() -> (NodeId, &'static str, ClusterId) {
+        (NodeId(2), "fuzz", ClusterId([7; 16]))
+    }
+
+    /// What [`read_stream`] made of a stream.
+    #[derive(Debug, Default)]
+    pub struct StreamRead {
+        /// Each frame read, then the error that ended the connection, if one did.
+        pub frames: Vec<Result<Frame, String>>,
+        /// The acceptor's verdict on the first frame, if it was a `Hello`.
+        pub hello: Option<Result<(), String>>,
+    }
+
+    /// Reads `stream` as the bytes a peer sent on a new connection, as the acceptor does:
+    /// frames under the handshake's limit until the first one, which, if a `Hello`, goes
+    /// through the acceptor's checks, then frames up to `max_frame_bytes`, until the end
+    /// of the stream or the first error (which ends the connection). Each frame read is
+    /// re-encoded and must decode to itself.
+    pub fn read_stream(stream: &[u8], max_frame_bytes: usize) -> StreamRead {
+        let (id, cluster, cluster_id) = acceptor();
+        let ours = Identity { id, cluster: cluster.to_string(), cluster_id: Some(cluster_id) };
+        let mut codec = handshake_codec();
+        let mut buffer = BytesMut::from(stream);
+        let mut read = StreamRead::default();
+        loop {
+            let limit = codec.max_frame_length();
+            let body = match codec.decode_eof(&mut buffer) {
+                Ok(Some(body)) => body,
+                Ok(None) => break,
+                Err(error) => {
+                    read.frames.push(Err(codec_error(error, limit).to_string()));
+                    break;
+                }
+            };
+            // Only the handshake's frame is told apart as a `Hello` of another version.
+            let first = read.frames.is_empty();
+            let frame = match if first { decode_received(&body) } else { decode(&body) } {
+                Ok(frame) => frame,
+                Err(error) => {
+                    read.frames.push(Err(error.to_string()));
+                    break;
+                }
+            };
+            let again = encode(&frame).expect("a frame that decoded encodes");
+            assert_eq!(decode(&again).expect("a re-encoded frame decodes"), frame, "a frame changed when re-encoded");
+            if first {
+                if let Frame::Hello(hello) = &frame {
+                    let checked = handshake::check_dialer(hello, &ours, None, |peer| peer == NodeId(1));
+                    read.hello = Some(checked.map_err(|error| error.to_string()));
+                }
+                codec.set_max_frame_length(max_frame_bytes);
+            }
+            read.frames.push(Ok(frame));
+        }
+        read
+    }
+
+    /// `frame` as it goes on the wire: its length, then its body.
+    pub fn frame_bytes(frame: &Frame) -> Vec<u8> {
+        let body = encode(frame).expect("every frame encodes");
+        let mut bytes = BytesMut::with_capacity(4 + body.len());
+        bytes.put_u32(u32::try_from(body.len()).expect("a frame under 4 GiB"));
+        bytes.put_slice(&body);
+        bytes.to_vec()
     }
 }
 

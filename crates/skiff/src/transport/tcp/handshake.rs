@@ -132,7 +132,7 @@ pub(super) async fn accept(connection: &mut Connection, shared: &Shared) -> Resu
 
 /// The acceptor's checks of the dialer's `Hello`. `certificate` is `None` on a plain
 /// connection, and over TLS the certificate the dialer presented, if any.
-fn check_dialer(
+pub(super) fn check_dialer(
     hello: &Hello,
     ours: &Identity,
     certificate: Option<Option<&CertificateDer<'_>>>,

@@ -7,13 +7,10 @@
 //! those bytes are the piece sizes (0 is an empty read), used in turn until the rest, the
 //! data, is used up (byte by byte if there are none).
 
-#![no_main]
-
 use bytes::{Bytes, BytesMut};
-use libfuzzer_sys::fuzz_target;
 use skiff_kv::redis::resp::{Frame, Parser, ParserLimits, ProtocolError};
 
-/// The parser's own bounds (private in resp.rs); see `tests/resp_properties.rs`.
+/// The parser's own bounds (private in resp.rs); see `crates/kv/tests/resp_properties.rs`.
 const MAX_HEADER_LINE: usize = 32;
 const MAX_INLINE: usize = 64 << 10;
 
@@ -65,7 +62,8 @@ fn check_leftover(rest: &[u8], limits: ParserLimits) {
     assert!(rest.len() <= bound, "{} bytes left in the buffer, over {bound}", rest.len());
 }
 
-fuzz_target!(|input: &[u8]| {
+/// Runs one input (see the module documentation).
+pub fn check(input: &[u8]) {
     let Some((&limits, rest)) = input.split_first() else { return };
     let Some((&count, rest)) = rest.split_first() else { return };
     let (sizes, data) = rest.split_at(usize::from(count % 8).min(rest.len()));
@@ -89,4 +87,4 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     assert_eq!(drive(limits, &pieces), whole);
-});
+}

@@ -1,0 +1,5 @@
+//! See `src/wal.rs` for what this target feeds and checks, and `docs/fuzzing.md`.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skiff_fuzz::wal::check(data));
