@@ -55,7 +55,7 @@ pub fn encode_segment(first: Index, records: &[SegmentRecord]) -> Result<Vec<u8>
 /// last segment of the WAL if `is_last`), then reads back every entry it indexed.
 pub fn scan_segment(path: &Path, first: Index, is_last: bool) -> Result<ScannedSegment> {
     let mut terms = TermRuns::default();
-    let (segment, scan) = scan::open_segment(path, first, is_last, &mut terms)?;
+    let (segment, scan) = scan::open_segment(path, first, is_last, &mut terms, &mut scan::RecoveryReads::direct())?;
     let mut entries = Vec::new();
     segment.read(first, segment.next_index(), &mut ReadLimit::new(u64::MAX), &mut entries)?;
     let hard_state = scan.hard_state.map(|record| (record.seq, record.hard_state));
