@@ -116,7 +116,10 @@ def main():
     output = writers.communicate()[0].decode(errors="replace")
     for thread in threads:
         thread.join()
-    after = status(http_ports[leader_index])
+    try:
+        after = status(http_ports[leader_index])
+    except Exception as error:  # the leader stopped answering: a finding, reported below
+        after = {"term": "no answer", "leader": str(error)[:60], "applied": before["applied"]}
 
     # redis-benchmark's live line, about every 250 ms: "SET: rps=12345.6 (overall: ...)".
     rates = [float(rate) for rate in re.findall(r"rps=([0-9.]+)", output)]
@@ -127,7 +130,8 @@ def main():
         view != (before["term"], leader) for view in views)
     print(f"duration            {args.duration:.0f} s, {args.keys} keys, {args.writers} writers, "
           f"{args.keys_clients} KEYS clients, {args.mget_clients} MGET clients (8 MiB, one 1 MiB key)")
-    print(f"writes acknowledged {after['applied'] - before['applied']} entries applied on the leader; "
+    applied = after["applied"] - before["applied"]
+    print(f"writes acknowledged {applied} entries applied on the leader; "
           f"per second: lowest {min(per_second, default=0):.0f}, median {statistics.median(per_second or [0]):.0f}")
     print(f"KEYS * answered     {counts['keys']} ({counts['keys_errors']} errors)")
     print(f"MGET answered       {counts['mget']}: {sorted(counts['mget_answers'])}")
