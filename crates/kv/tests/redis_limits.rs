@@ -24,42 +24,29 @@ use std::process::Command;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use skiff_kv::{Limits, Server, ServerOptions};
+use skiff_kv::Limits;
 use skiff_testkit::cluster_file::ClusterFile;
-use skiff_testkit::kv::HttpClient;
+use skiff_testkit::kv::KvCluster;
 use skiff_testkit::resp::{Connection, Reply};
-use skiff_testkit::wait::{TIMEOUT, eventually, eventually_ok};
+use skiff_testkit::wait::{TIMEOUT, eventually_ok};
 
 /// Taken for reading by every test, for writing by the one that runs out of descriptors.
 static SERIAL: RwLock<()> = RwLock::new(());
 
 const MIB: usize = 1 << 20;
 
-/// A one-node cluster with a Redis listener, in its own tokio runtime.
+/// A one-node cluster with a Redis listener (the testkit's `KvCluster`), and the address
+/// of that listener.
 struct OneNode {
-    file: ClusterFile,
+    cluster: KvCluster,
     redis: SocketAddr,
-    server: Option<Server>,
-    runtime: Option<tokio::runtime::Runtime>,
-    _dir: tempfile::TempDir,
 }
 
 impl OneNode {
     fn start(name: &str, limits: Limits) -> OneNode {
-        let file = ClusterFile::builder(name, 1).http().redis().build();
-        let id = file.nodes[0].id;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut options = ServerOptions::new(file.config(), id, dir.path().join(id.to_string()));
-        options.limits = limits;
-        let server = runtime.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}"));
-        eventually(format!("{id} leads"), || server.node().leader().leader == Some(id));
-        let redis = server.redis_address().expect("a redis address");
-        OneNode { file, redis, server: Some(server), runtime: Some(runtime), _dir: dir }
+        let cluster = KvCluster::start_with_limits(ClusterFile::builder(name, 1).http().redis().build(), limits);
+        let redis = cluster.redis_address(cluster.leader());
+        OneNode { cluster, redis }
     }
 
     fn connect(&self) -> Connection {
@@ -68,20 +55,7 @@ impl OneNode {
 
     /// The node's `/metrics`.
     fn metrics(&self) -> String {
-        HttpClient::for_file(&self.file).get(self.file.nodes[0].id, "/metrics").ok().text()
-    }
-}
-
-impl Drop for OneNode {
-    /// Stops the server at once (dropped inside the runtime), then the runtime.
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            {
-                let _guard = runtime.enter();
-                drop(self.server.take());
-            }
-            runtime.shutdown_timeout(Duration::from_secs(2));
-        }
+        self.cluster.client.get(self.cluster.file.nodes[0].id, "/metrics").ok().text()
     }
 }
 
