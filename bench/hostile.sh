@@ -36,22 +36,11 @@ source "$ROOT/bench/lib.sh"
 [[ -x $SKIFF ]] || die "$SKIFF not found: build it with cargo build --release -p skiff-cli (or set SKIFF)"
 "$PYTHON" -c 'import redis' 2>/dev/null || die "$PYTHON has no redis-py (pip install redis, or set PYTHON)"
 
+# Every process this script started is in PIDS (by node, 1 to 3); trap_cleanup (bench/lib.sh)
+# stops them and removes WORK, however the script ends.
 declare -A PIDS=()
 WORK=""
-cleanup() {
-    local status=$? node
-    trap - EXIT INT TERM
-    for node in "${!PIDS[@]}"; do
-        stop_pid "${PIDS[$node]}"
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP == 1 || $status != 0 ]]; then log "data and logs kept in $WORK"; else rm -rf -- "$WORK"; fi
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+trap_cleanup
 
 for port in "${RAFT_PORTS[@]}" "${HTTP_PORTS[@]}" "${REDIS_PORTS[@]}"; do
     port_free "$port" || die "port $port is in use (set RAFT_PORTS, HTTP_PORTS, REDIS_PORTS)"

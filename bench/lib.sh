@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# What bench/compare.sh and bench/memory.sh share. Source it after setting LOG_NAME (the
-# tag of log lines), and use PIDS (the processes the script started) and WORK (its
-# temporary directory), which wait_until reads.
+# What bench/compare.sh, bench/memory.sh and bench/hostile.sh share. Source it after
+# setting LOG_NAME (the tag of log lines), and use PIDS (the processes the script started)
+# and WORK (its temporary directory), which wait_until and trap_cleanup read.
 
 log() { printf '[%s %s] %s\n' "$LOG_NAME" "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -23,6 +23,42 @@ stop_pid() {
     done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+}
+
+# stop_node N: stops node N's process, PIDS[N] (PIDS an associative array by node), with
+# stop_pid, and forgets it.
+stop_node() {
+    local node=$1 pid
+    pid=${PIDS[$node]:-}
+    [[ -n $pid ]] || return 0
+    stop_pid "$pid"
+    unset "PIDS[$node]"
+}
+
+# trap_cleanup: however the script ends, stops every node in PIDS (stop_node) and removes
+# WORK, unless KEEP=1 or the script failed: then it logs where the data and logs are. INT
+# and TERM end the script (130, 143) through the same cleanup.
+trap_cleanup() {
+    trap cleanup_nodes EXIT
+    trap 'log "interrupted"; exit 130' INT
+    trap 'log "terminated"; exit 143' TERM
+}
+
+# cleanup_nodes: trap_cleanup's EXIT trap; exits with the script's status.
+cleanup_nodes() {
+    local status=$? node
+    trap - EXIT INT TERM
+    for node in "${!PIDS[@]}"; do
+        stop_node "$node"
+    done
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ ${KEEP:-0} == 1 || $status != 0 ]]; then
+            log "data and logs kept in $WORK"
+        else
+            rm -rf -- "$WORK"
+        fi
+    fi
+    exit "$status"
 }
 
 # wait_until DESCRIPTION SECONDS COMMAND...: retries COMMAND every 0.2 s until it succeeds;

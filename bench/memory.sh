@@ -58,37 +58,12 @@ done
 
 # ---------------------------------------------------------------------------------------
 # Cleanup: every process this script started is in PIDS (by node, 1 to 3); the EXIT trap
-# stops them and removes the temporary directory, however the script ends.
+# (trap_cleanup, bench/lib.sh) stops them and removes the temporary directory, however the
+# script ends.
 declare -A PIDS=()
 WORK=""
 
-# stop_node N: SIGTERM, up to 10 s for a graceful stop, then SIGKILL.
-stop_node() {
-    local node=$1 pid
-    pid=${PIDS[$node]:-}
-    [[ -n $pid ]] || return 0
-    stop_pid "$pid"
-    unset "PIDS[$node]"
-}
-
-cleanup() {
-    local status=$? node
-    trap - EXIT INT TERM
-    for node in "${!PIDS[@]}"; do
-        stop_node "$node"
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP == 1 || $status != 0 ]]; then
-            log "data and logs kept in $WORK"
-        else
-            rm -rf -- "$WORK"
-        fi
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+trap_cleanup
 
 for port in "${RAFT_PORTS[@]}" "${HTTP_PORTS[@]}" "${REDIS_PORTS[@]}"; do
     port_free "$port" || die "port $port is in use (set RAFT_PORTS, HTTP_PORTS, REDIS_PORTS)"

@@ -6,40 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{KillOnDrop, skiff};
 use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::tmpfs::Tmpfs;
 use skiff_testkit::wait::eventually_ok;
-
-/// A mounted tmpfs, unmounted when dropped.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
-        let path = dir.path().to_path_buf();
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "skiff-test", &path.to_string_lossy()])
-            .output()
-            .map_err(|error| error.to_string())?;
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-        }
-        Ok(Tmpfs { _dir: dir, path })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
 
 /// `skiff put key -` with the value from the file `value`.
 fn put(endpoint: &str, key: &str, value: &Path) -> std::process::Output {
@@ -64,7 +38,7 @@ fn a_node_whose_disk_fills_up_exits_non_zero_with_the_reason() {
         .args(["serve", "--id", "n1", "--config"])
         .arg(&config)
         .arg("--data-dir")
-        .arg(tmpfs.path.join("n1"))
+        .arg(tmpfs.path().join("n1"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -18,47 +18,35 @@
 //! redis-cli and redis-py (`SKIFF_PYTHON`, default `python3`) are needed by two tests: a
 //! missing one skips them with a message, unless `SKIFF_REQUIRE_REAL_CLIENTS=1`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use skiff_kv::{Limits, Server, ServerOptions};
+use skiff_kv::Limits;
 use skiff_testkit::cluster_file::ClusterFile;
-use skiff_testkit::kv::HttpClient;
-use skiff_testkit::wait::{TIMEOUT, eventually, eventually_ok};
+use skiff_testkit::kv::KvCluster;
+use skiff_testkit::resp::{Connection, Reply};
+use skiff_testkit::wait::{TIMEOUT, eventually_ok};
 
 /// Taken for reading by every test, for writing by the one that runs out of descriptors.
 static SERIAL: RwLock<()> = RwLock::new(());
 
 const MIB: usize = 1 << 20;
 
-/// A one-node cluster with a Redis listener, in its own tokio runtime.
+/// A one-node cluster with a Redis listener (the testkit's `KvCluster`), and the address
+/// of that listener.
 struct OneNode {
-    file: ClusterFile,
+    cluster: KvCluster,
     redis: SocketAddr,
-    server: Option<Server>,
-    runtime: Option<tokio::runtime::Runtime>,
-    _dir: tempfile::TempDir,
 }
 
 impl OneNode {
     fn start(name: &str, limits: Limits) -> OneNode {
-        let file = ClusterFile::builder(name, 1).http().redis().build();
-        let id = file.nodes[0].id;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut options = ServerOptions::new(file.config(), id, dir.path().join(id.to_string()));
-        options.limits = limits;
-        let server = runtime.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}"));
-        eventually(format!("{id} leads"), || server.node().leader().leader == Some(id));
-        let redis = server.redis_address().expect("a redis address");
-        OneNode { file, redis, server: Some(server), runtime: Some(runtime), _dir: dir }
+        let cluster = KvCluster::start_with_limits(ClusterFile::builder(name, 1).http().redis().build(), limits);
+        let redis = cluster.redis_address(cluster.leader());
+        OneNode { cluster, redis }
     }
 
     fn connect(&self) -> Connection {
@@ -67,97 +55,7 @@ impl OneNode {
 
     /// The node's `/metrics`.
     fn metrics(&self) -> String {
-        HttpClient::for_file(&self.file).get(self.file.nodes[0].id, "/metrics").ok().text()
-    }
-}
-
-impl Drop for OneNode {
-    /// Stops the server at once (dropped inside the runtime), then the runtime.
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            {
-                let _guard = runtime.enter();
-                drop(self.server.take());
-            }
-            runtime.shutdown_timeout(Duration::from_secs(2));
-        }
-    }
-}
-
-/// A reply as RESP2 sends it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-/// A blocking RESP2 client.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn open(address: SocketAddr) -> Connection {
-        let stream = TcpStream::connect(address).unwrap_or_else(|error| panic!("connect {address}: {error}"));
-        stream.set_read_timeout(Some(TIMEOUT)).expect("a read timeout");
-        let writer = stream.try_clone().expect("a second handle");
-        Connection { reader: BufReader::new(stream), writer }
-    }
-
-    fn send(&mut self, commands: &[Vec<&[u8]>]) {
-        let mut bytes = Vec::new();
-        for command in commands {
-            bytes.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
-            for arg in command {
-                bytes.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-                bytes.extend_from_slice(arg);
-                bytes.extend_from_slice(b"\r\n");
-            }
-        }
-        self.writer.write_all(&bytes).expect("sending to the server");
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Reply {
-        self.send(&[args.to_vec()]);
-        self.read()
-    }
-
-    fn read(&mut self) -> Reply {
-        let mut line = String::new();
-        let read = self.reader.read_line(&mut line).expect("a reply line");
-        assert!(read > 0 && line.ends_with("\r\n"), "a reply line: {line:?}");
-        line.truncate(line.len() - 2);
-        let (kind, rest) = line.split_at(1);
-        let number = || rest.parse::<i64>().unwrap_or_else(|_| panic!("a number in {line:?}"));
-        match kind {
-            "+" => Reply::Simple(rest.into()),
-            "-" => Reply::Error(rest.into()),
-            ":" => Reply::Integer(number()),
-            "$" if number() < 0 => Reply::Bulk(None),
-            "$" => {
-                let mut bytes = vec![0; number() as usize + 2];
-                self.reader.read_exact(&mut bytes).expect("a bulk string");
-                bytes.truncate(bytes.len() - 2);
-                Reply::Bulk(Some(bytes))
-            }
-            "*" => Reply::Array((0..number()).map(|_| self.read()).collect()),
-            _ => panic!("not a RESP2 reply: {line:?}"),
-        }
-    }
-
-    /// Whether the server closed the connection within [`TIMEOUT`] (a read gives end of
-    /// file, or the connection is reset).
-    fn closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match self.reader.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
-        }
+        self.cluster.client.get(self.cluster.file.nodes[0].id, "/metrics").ok().text()
     }
 }
 
@@ -333,12 +231,12 @@ fn an_idle_or_trickling_connection_is_closed_after_the_timeout() {
     // A client that sends part of a command, then a byte now and then: never idle for a
     // second, but its command takes longer than the timeout to arrive.
     let mut trickling = node.connect();
-    trickling.writer.write_all(b"*2\r\n$3\r\nGET\r\n$40\r\n").expect("sending");
+    trickling.send_raw(b"*2\r\n$3\r\nGET\r\n$40\r\n");
     let started = Instant::now();
     let mut trickled = 0;
     while started.elapsed() < TIMEOUT && trickled < 40 {
         std::thread::sleep(Duration::from_millis(200));
-        if trickling.writer.write_all(b"k").is_err() {
+        if trickling.try_send_raw(b"k").is_err() {
             break;
         }
         trickled += 1;

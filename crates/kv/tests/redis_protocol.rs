@@ -5,24 +5,15 @@
 //!
 //! Each test starts a 3-node cluster (the testkit's `KvCluster`) in one tokio runtime.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
-use skiff_testkit::wait::{TIMEOUT, eventually, eventually_ok};
-
-/// A reply as RESP2 sends it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
+use skiff_testkit::resp::{Connection, Reply};
+use skiff_testkit::wait::{eventually, eventually_ok};
 
 fn bulk(text: &str) -> Reply {
     Reply::Bulk(Some(text.as_bytes().to_vec()))
@@ -30,79 +21,6 @@ fn bulk(text: &str) -> Reply {
 
 fn ok() -> Reply {
     Reply::Simple("OK".into())
-}
-
-/// A blocking RESP client.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn open(address: SocketAddr) -> Connection {
-        let stream = TcpStream::connect(address).unwrap_or_else(|error| panic!("connect {address}: {error}"));
-        stream.set_read_timeout(Some(TIMEOUT)).expect("a read timeout");
-        let writer = stream.try_clone().expect("a second handle");
-        Connection { reader: BufReader::new(stream), writer }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("sending to the server");
-    }
-
-    fn send(&mut self, commands: &[Vec<&[u8]>]) {
-        let mut bytes = Vec::new();
-        for command in commands {
-            bytes.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
-            for arg in command {
-                bytes.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-                bytes.extend_from_slice(arg);
-                bytes.extend_from_slice(b"\r\n");
-            }
-        }
-        self.send_raw(&bytes);
-    }
-
-    fn call(&mut self, line: &str) -> Reply {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        self.send(&[args]);
-        self.read()
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        let read = self.reader.read_line(&mut line).expect("a reply line");
-        assert!(read > 0, "the server closed the connection");
-        assert!(line.ends_with("\r\n"), "a reply line ends with CRLF: {line:?}");
-        line.truncate(line.len() - 2);
-        line
-    }
-
-    fn read(&mut self) -> Reply {
-        let line = self.line();
-        let (kind, rest) = line.split_at(1);
-        let number = || rest.parse::<i64>().unwrap_or_else(|_| panic!("a number in {line:?}"));
-        match kind {
-            "+" => Reply::Simple(rest.into()),
-            "-" => Reply::Error(rest.into()),
-            ":" => Reply::Integer(number()),
-            "$" if number() < 0 => Reply::Bulk(None),
-            "$" => {
-                let mut bytes = vec![0; number() as usize + 2];
-                self.reader.read_exact(&mut bytes).expect("a bulk string");
-                bytes.truncate(bytes.len() - 2);
-                Reply::Bulk(Some(bytes))
-            }
-            "*" => Reply::Array((0..number()).map(|_| self.read()).collect()),
-            _ => panic!("not a RESP2 reply: {line:?}"),
-        }
-    }
-
-    /// Whether the server closed the connection (read gives end of file).
-    fn closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0))
-    }
 }
 
 /// A 3-node cluster with Redis listeners.
@@ -118,7 +36,9 @@ fn follower_and_leader(cluster: &KvCluster) -> (SocketAddr, SocketAddr) {
 
 /// The commit index `INFO replication` reports.
 fn commit_index(connection: &mut Connection) -> u64 {
-    let Reply::Bulk(Some(text)) = connection.call("INFO replication") else { panic!("INFO answers a bulk string") };
+    let Reply::Bulk(Some(text)) = connection.call_words("INFO replication") else {
+        panic!("INFO answers a bulk string")
+    };
     let text = String::from_utf8(text).expect("INFO is text");
     let line = text.lines().find_map(|line| line.strip_prefix("raft_commit_index:")).expect("raft_commit_index");
     line.parse().expect("a number")
@@ -165,13 +85,15 @@ fn pipelines_are_answered_in_order_see_their_own_writes_and_share_log_entries() 
     }
 
     // READONLY: reads from the follower's own state (eventually the same), READWRITE back.
-    assert_eq!(connection.call("READONLY"), ok());
-    eventually("the follower's own state reaches counter = 1000", || connection.call("GET counter") == bulk("1000"));
-    assert_eq!(connection.call("READWRITE"), ok());
+    assert_eq!(connection.call_words("READONLY"), ok());
+    eventually("the follower's own state reaches counter = 1000", || {
+        connection.call_words("GET counter") == bulk("1000")
+    });
+    assert_eq!(connection.call_words("READWRITE"), ok());
 
     // Another connection, through every node, sees the same keyspace.
     for address in cluster.ids().into_iter().map(|id| cluster.redis_address(id)) {
-        assert_eq!(Connection::open(address).call("GET counter"), bulk("1000"), "GET counter via {address}");
+        assert_eq!(Connection::open(address).call_words("GET counter"), bulk("1000"), "GET counter via {address}");
     }
     // Stopping the servers closes idle connections.
     cluster.shutdown();
@@ -191,15 +113,15 @@ fn bad_input_gets_an_error_and_the_server_goes_on() {
 
     // Errors in Redis's words; the connection stays usable.
     let wrong = |name: &str| Reply::Error(format!("ERR wrong number of arguments for '{name}' command"));
-    assert_eq!(connection.call("GET"), wrong("get"));
-    assert_eq!(connection.call("MSET a 1 b"), wrong("mset"));
+    assert_eq!(connection.call_words("GET"), wrong("get"));
+    assert_eq!(connection.call_words("MSET a 1 b"), wrong("mset"));
     assert_eq!(
-        connection.call("FROB x"),
+        connection.call_words("FROB x"),
         Reply::Error("ERR unknown command 'FROB', with args beginning with: 'x' ".into())
     );
-    assert_eq!(connection.call("SET n abc"), ok());
-    assert_eq!(connection.call("INCR n"), Reply::Error("ERR value is not an integer or out of range".into()));
-    assert_eq!(connection.call("SELECT 3"), Reply::Error("ERR DB index is out of range".into()));
+    assert_eq!(connection.call_words("SET n abc"), ok());
+    assert_eq!(connection.call_words("INCR n"), Reply::Error("ERR value is not an integer or out of range".into()));
+    assert_eq!(connection.call_words("SELECT 3"), Reply::Error("ERR DB index is out of range".into()));
 
     // An oversized value is refused, its bytes skipped, and the next command answered.
     let big = vec![b'x'; (1 << 20) + 1];
@@ -207,14 +129,14 @@ fn bad_input_gets_an_error_and_the_server_goes_on() {
     let Reply::Error(message) = connection.read() else { panic!("SET of 1 MiB + 1 is refused") };
     assert!(message.starts_with("ERR") && message.contains("1048576"), "{message}");
     assert_eq!(connection.read(), Reply::Simple("PONG".into()));
-    assert_eq!(connection.call("EXISTS big"), Reply::Integer(0));
+    assert_eq!(connection.call_words("EXISTS big"), Reply::Integer(0));
     // One byte under the limit is fine.
     let fits = vec![b'y'; 1 << 20];
     connection.send(&[vec![b"SET", b"big", &fits]]);
     assert_eq!(connection.read(), ok());
-    assert_eq!(connection.call("STRLEN big"), Reply::Integer(1 << 20));
+    assert_eq!(connection.call_words("STRLEN big"), Reply::Integer(1 << 20));
     assert_eq!(
-        connection.call("APPEND big z"),
+        connection.call_words("APPEND big z"),
         Reply::Error("ERR string exceeds maximum allowed size (1048576 bytes)".into())
     );
 
@@ -227,8 +149,8 @@ fn bad_input_gets_an_error_and_the_server_goes_on() {
         assert!(bad.closed(), "{garbage:?}: the connection is closed after a protocol error");
     }
     // None of it disturbed the first connection.
-    assert_eq!(connection.call("GET n"), bulk("abc"));
-    assert_eq!(connection.call("QUIT"), ok());
+    assert_eq!(connection.call_words("GET n"), bulk("abc"));
+    assert_eq!(connection.call_words("QUIT"), ok());
     assert!(connection.closed(), "QUIT closes the connection");
     cluster.shutdown();
 }
@@ -267,15 +189,15 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
 
     // Meanwhile, another client is served at once.
     let started = Instant::now();
-    assert_eq!(other.call("PING"), Reply::Simple("PONG".into()));
-    assert_eq!(other.call("SET small 1"), ok());
-    assert_eq!(other.call("GET small"), bulk("1"));
+    assert_eq!(other.call_words("PING"), Reply::Simple("PONG".into()));
+    assert_eq!(other.call_words("SET small 1"), ok());
+    assert_eq!(other.call_words("GET small"), bulk("1"));
     assert!(started.elapsed() < Duration::from_secs(5), "the other client waited {:?}", started.elapsed());
 
     // When the greedy client goes away, its connection ends and is counted no more.
     drop(greedy);
     eventually_ok("the dropped client is disconnected", || {
-        let Reply::Bulk(Some(text)) = other.call("INFO clients") else { panic!("INFO answers a bulk string") };
+        let Reply::Bulk(Some(text)) = other.call_words("INFO clients") else { panic!("INFO answers a bulk string") };
         let text = String::from_utf8(text).expect("text");
         if text.contains("connected_clients:1\r\n") { Ok(()) } else { Err(text) }
     });

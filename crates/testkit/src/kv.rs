@@ -10,7 +10,7 @@ use serde_json::Value;
 use skiff::NodeId;
 use skiff::RoleName;
 use skiff::config::ClusterConfig;
-use skiff_kv::{Server, ServerOptions};
+use skiff_kv::{Limits, Server, ServerOptions};
 
 use crate::cluster_file::ClusterFile;
 use crate::wait::{TIMEOUT, eventually_ok};
@@ -238,6 +238,8 @@ pub struct KvCluster {
     pub client: HttpClient,
     servers: BTreeMap<NodeId, Server>,
     fault_injection: bool,
+    /// Every node's limits, also of a node started again.
+    limits: Limits,
     runtime: Option<tokio::runtime::Runtime>,
     dir: tempfile::TempDir,
 }
@@ -251,6 +253,15 @@ impl KvCluster {
 
     /// As [`KvCluster::start`], with `/v1/skiff/faults` on or off.
     pub fn start_with(file: ClusterFile, fault_injection: bool) -> KvCluster {
+        KvCluster::launch(file, fault_injection, Limits::default())
+    }
+
+    /// As [`KvCluster::start`], every node with `limits`.
+    pub fn start_with_limits(file: ClusterFile, limits: Limits) -> KvCluster {
+        KvCluster::launch(file, false, limits)
+    }
+
+    fn launch(file: ClusterFile, fault_injection: bool, limits: Limits) -> KvCluster {
         let started = std::time::Instant::now();
         let config = file.config();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -260,8 +271,16 @@ impl KvCluster {
             .expect("a tokio runtime");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let client = HttpClient::for_file(&file);
-        let mut cluster =
-            KvCluster { file, config, client, servers: BTreeMap::new(), fault_injection, runtime: Some(runtime), dir };
+        let mut cluster = KvCluster {
+            file,
+            config,
+            client,
+            servers: BTreeMap::new(),
+            fault_injection,
+            limits,
+            runtime: Some(runtime),
+            dir,
+        };
         let members: Vec<NodeId> = cluster.file.nodes.iter().filter(|node| !node.join).map(|node| node.id).collect();
         for &id in &members {
             cluster.start_node(id);
@@ -276,6 +295,7 @@ impl KvCluster {
     pub fn start_node(&mut self, id: NodeId) {
         let mut options = ServerOptions::new(self.config.clone(), id, self.dir.path().join(id.to_string()));
         options.fault_injection = self.fault_injection;
+        options.limits = self.limits;
         let server = self.block_on(Server::start(options)).unwrap_or_else(|error| panic!("{id}: {error}"));
         assert_eq!(server.id(), id);
         let node = self.file.node(id);

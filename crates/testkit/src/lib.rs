@@ -11,6 +11,8 @@
 //! - [`kv`] (feature `kv`): clusters of `skiff_kv::Server`s in one tokio runtime, driven
 //!   from blocking test code, and a blocking HTTP client.
 //! - [`process`]: the `skiff` binary as child processes, killed when dropped.
+//! - [`resp`]: a blocking RESP2 client over raw TCP, for the Redis listener's tests.
+//! - [`tmpfs`]: a small mounted tmpfs, for the tests of a full disk (needs root).
 //!
 //! The consensus core has its own harness (golden scripts and the simulator) in
 //! `skiff-raft` and `skiff-sim`.
@@ -21,6 +23,8 @@ pub mod kv;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod resp;
+pub mod tmpfs;
 pub mod wait;
 
 /// Sends `tracing` output to the test's captured output; the first call wins.
