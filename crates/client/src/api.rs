@@ -98,6 +98,25 @@ pub struct Status {
     /// The other members as this node sees them.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// The keyspace's size against its quota, and the quota alarm (absent from nodes
+    /// older than the quota).
+    #[serde(default)]
+    pub keyspace: Option<Keyspace>,
+}
+
+/// A node's keyspace: its size, its quota, and why writes are refused, if they are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyspace {
+    /// The bytes of keys and values held.
+    pub used_bytes: u64,
+    /// The quota (`--keyspace-quota-bytes`); `None`: no quota.
+    pub quota_bytes: Option<u64>,
+    /// Set while writes that add bytes are refused: why (etcd's `NOSPACE`).
+    pub alarm: Option<String>,
+    /// Blocking queries waiting on this node.
+    pub blocking_queries: u64,
+    /// Keys and prefixes watched by them.
+    pub watches: u64,
 }
 
 /// A log entry's position: its index and the term it was created in.
