@@ -63,7 +63,7 @@ pub(crate) fn harness() -> &'static Harness {
 }
 
 /// How long a request may run before the harness drops it (see the module documentation).
-const PATIENCE: Duration = Duration::from_millis(50);
+const PATIENCE: Duration = Duration::from_millis(5);
 
 const METHODS: [&str; 7] = ["GET", "PUT", "DELETE", "POST", "HEAD", "PATCH", "OPTIONS"];
 const ROUTES: [&str; 14] = [
