@@ -36,14 +36,14 @@ pub(crate) mod cursor;
 use cursor::Cursor;
 
 /// The node, its router, and the runtime that serves requests.
-struct Harness {
+pub(crate) struct Harness {
     runtime: tokio::runtime::Runtime,
     router: Router,
     requests: AtomicU64,
     _cluster: MemoryCluster<KvStore>,
 }
 
-fn harness() -> &'static Harness {
+pub(crate) fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
@@ -63,7 +63,7 @@ fn harness() -> &'static Harness {
 }
 
 /// How long a request may run before the harness drops it (see the module documentation).
-const PATIENCE: Duration = Duration::from_millis(50);
+const PATIENCE: Duration = Duration::from_millis(5);
 
 const METHODS: [&str; 7] = ["GET", "PUT", "DELETE", "POST", "HEAD", "PATCH", "OPTIONS"];
 const ROUTES: [&str; 14] = [
@@ -199,7 +199,7 @@ fn safe(method: &Method, target: &[u8]) -> bool {
 }
 
 /// The status and body of the response to `request`, unless it takes longer than `patience`.
-fn send(harness: &Harness, request: Request<Body>, patience: Duration) -> Option<(StatusCode, Vec<u8>)> {
+pub(crate) fn send(harness: &Harness, request: Request<Body>, patience: Duration) -> Option<(StatusCode, Vec<u8>)> {
     harness.runtime.block_on(async {
         let response = async {
             let response = harness.router.clone().oneshot(request).await.expect("the router never fails");

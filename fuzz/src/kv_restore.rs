@@ -23,12 +23,6 @@ const SNAPSHOT_VERSION: u8 = 2;
 
 /// Runs one input (see the module documentation).
 pub fn check(data: &[u8]) {
-    // Known finding: a record whose key and value lengths add up past `u64::MAX` panics the
-    // decoder (keymap.rs, `read_records`). Both lengths are varints, and one of them must be
-    // at least 2^63: ten bytes long. Stepping around it skips every input with such a varint.
-    if cursor::skip_known() && data.windows(10).any(|w| w[..9].iter().all(|&b| b >= 0x80) && w[9] != 0) {
-        return;
-    }
     let mut cursor = Cursor::new(data);
     let mode = cursor.byte();
     if mode & 1 == 0 {
@@ -37,6 +31,9 @@ pub fn check(data: &[u8]) {
             snapshot.push(SNAPSHOT_VERSION);
         }
         snapshot.extend_from_slice(cursor.rest());
+        if known_finding(&snapshot) {
+            return;
+        }
         if let Some(store) = restore(&snapshot) {
             check_snapshot_again(&store);
         }
@@ -45,6 +42,9 @@ pub fn check(data: &[u8]) {
     let store = built(&mut cursor);
     let mut snapshot = snapshot(&store);
     let changed = cursor::mutate(&mut cursor, &mut snapshot);
+    if changed && known_finding(&snapshot) {
+        return;
+    }
     match restore(&snapshot) {
         Some(restored) if !changed => {
             assert_eq!(self::snapshot(&restored), snapshot, "a store restored from its snapshot differs");
@@ -52,6 +52,14 @@ pub fn check(data: &[u8]) {
         Some(restored) => check_snapshot_again(&restored),
         None => assert!(changed, "a store's snapshot does not restore"),
     }
+}
+
+/// Known finding: a record whose key and value lengths add up past `u64::MAX` panics the
+/// decoder (keymap.rs, `read_records`). Both lengths are varints, and one of them must be at
+/// least 2^63, so ten bytes long: stepping around the finding skips every snapshot with a
+/// ten-byte varint in it.
+fn known_finding(snapshot: &[u8]) -> bool {
+    cursor::skip_known() && snapshot.windows(10).any(|w| w[..9].iter().all(|&b| b >= 0x80) && w[9] != 0)
 }
 
 /// A store with writes from `cursor` applied, at indexes 1, 2, ...

@@ -42,3 +42,23 @@ proptest! {
         http::check(&input(mode, rest));
     }
 }
+
+/// Found by the `http_request` fuzz target: a log page from past the end of the log (on a
+/// node with a `MemLogStore`) panicked the node's driver thread, and every later request
+/// failed. Now it is an empty page, and the node goes on answering.
+#[test]
+fn a_log_page_from_past_the_end_is_empty() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    let get = |target: &str| {
+        let request = Request::get(target).body(Body::empty()).unwrap();
+        http::send(http::harness(), request, std::time::Duration::from_secs(10)).expect("an answer in time")
+    };
+    for target in ["/v1/skiff/log?from=18446744073709550614", "/v1/skiff/log?from=18446744073709551615&limit=3"] {
+        let (status, body) = get(target);
+        assert_eq!(status, StatusCode::OK, "{target}: {}", String::from_utf8_lossy(&body));
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page["entries"], serde_json::json!([]), "{target}");
+    }
+    assert_eq!(get("/v1/skiff/status").0, StatusCode::OK);
+}

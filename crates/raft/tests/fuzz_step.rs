@@ -69,3 +69,20 @@ proptest! {
         harness::check(&input);
     }
 }
+
+/// Found by the `http_request` fuzz target (`GET /v1/skiff/log?from=<past the end>` on a
+/// node with a `MemLogStore`): an empty range that starts past the end of the log is empty,
+/// as `DiskStorage` has it, not a slice out of bounds on the driver thread.
+#[test]
+fn mem_storage_gives_an_empty_range_past_the_end_of_the_log() {
+    use skiff_raft::{Entry, Index, LogId, MemStorage, Membership, NodeId, Payload, Storage, Term};
+    let mut storage = MemStorage::new(Membership::with_voters([NodeId(1)]));
+    let entries: Vec<Entry> =
+        (1..=3).map(|i| Entry { log_id: LogId::new(Term(1), Index(i)), payload: Payload::Empty }).collect();
+    storage.append(&entries).unwrap();
+    for low in [Index(5), Index(1000), Index(u64::MAX - 1000), Index(u64::MAX)] {
+        assert_eq!(storage.entries(low, Index(4), u64::MAX), Ok(Vec::new()), "from {low}");
+    }
+    assert_eq!(storage.entries(Index(3), Index(2), u64::MAX), Ok(Vec::new()));
+    assert_eq!(storage.entries(Index(2), Index(4), u64::MAX).map(|found| found.len()), Ok(2));
+}
