@@ -62,3 +62,17 @@ fn a_log_page_from_past_the_end_is_empty() {
     }
     assert_eq!(get("/v1/skiff/status").0, StatusCode::OK);
 }
+
+/// The inputs libFuzzer found (`fuzz/regressions/kv_restore/`): key and value lengths that
+/// add up past `u64::MAX` panicked the snapshot decoder; they are refused.
+#[test]
+fn kv_restore_regressions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/kv_restore");
+    let files = std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
+    let mut checked = 0;
+    for file in files {
+        kv_restore::check(&std::fs::read(file.expect("a directory entry").path()).expect("an input"));
+        checked += 1;
+    }
+    assert!(checked > 0, "no inputs in {}", dir.display());
+}

@@ -338,7 +338,13 @@ fn scan_records(window: &mut Window, first: Index, scanned: &mut Scanned, terms:
             }
             Parsed::Bad(reason) => return Ok(Stop::Bad(offset, reason)),
             Parsed::Record { record: Record::Entry { log_id, .. }, size } => {
-                let expected = Index(first.0 + scanned.offsets.len() as u64);
+                // No real log reaches past MAX_WIRE_VALUE (the core refuses such indexes), so
+                // neither does a sound segment; and below it `next_index` cannot overflow.
+                if log_id.index.0 > skiff_raft::MAX_WIRE_VALUE {
+                    let reason = format!("entry {} is past any index a log can reach", log_id.index);
+                    return Err(Error::corrupt(&path, offset, reason));
+                }
+                let expected = Index(first.0.saturating_add(scanned.offsets.len() as u64));
                 if log_id.index != expected {
                     return Err(Error::corrupt(
                         &path,

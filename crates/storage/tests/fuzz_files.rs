@@ -49,3 +49,22 @@ proptest! {
         hard_state::check(&input(mode, rest));
     }
 }
+
+/// The inputs libFuzzer found (`fuzz/regressions/wal_segment/`): a segment named for an
+/// index near `u64::MAX` that holds entries overflowed `Segment::next_index`; it is refused.
+#[test]
+fn wal_segment_regressions() {
+    for input in regressions("wal_segment") {
+        wal::check(&input);
+    }
+}
+
+/// Every file of `fuzz/regressions/<target>/`.
+fn regressions(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
+    let files = std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
+    let inputs: Vec<Vec<u8>> =
+        files.map(|file| std::fs::read(file.expect("a directory entry").path()).expect("an input")).collect();
+    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
+    inputs
+}
