@@ -3,6 +3,9 @@
 //! `#[path]`), so the property tests in the crates' `tests/fuzz_*.rs` include the same file
 //! and `cargo test` runs the same checks on stable. See `docs/fuzzing.md`.
 
+// So each module brings its own copy of the shared helpers (`cursor.rs` and the like).
+#![allow(clippy::duplicate_mod)]
+
 pub mod frames;
 pub mod hard_state;
 pub mod http;
