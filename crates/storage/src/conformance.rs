@@ -331,3 +331,18 @@ pub fn long_log_survives_restart<H: Harness>(harness: &mut H) {
     let middle = store.entries(Index(2000), Index(2100), u64::MAX).expect("a read from the middle");
     assert_eq!(middle, expected[1999..2099]);
 }
+
+/// splitmix64: reproducible choices from a seed, without dependencies (the crash tests'
+/// batch sizes, the power-cut shim's cuts).
+pub struct Random(pub u64);
+
+impl Random {
+    /// A number below `bound` (0 when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % bound.max(1)
+    }
+}

@@ -242,19 +242,6 @@ struct Image {
     report: CutReport,
 }
 
-/// splitmix64: the cut's choices, reproducible from its seed.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % bound.max(1)
-    }
-}
-
 impl Model {
     /// Takes the files under `root/relative` as durable.
     fn load(&mut self, root: &Path, relative: &Path) -> io::Result<()> {
@@ -335,7 +322,7 @@ impl Model {
     }
 
     fn image(&self, seed: u64) -> Image {
-        let mut random = Random(seed);
+        let mut random = crate::conformance::Random(seed);
         let mut report = CutReport { entry_changes_pending: self.pending.len(), ..CutReport::default() };
         let mut names = self.durable.clone();
         report.entry_changes_kept = random.below(self.pending.len() as u64 + 1) as usize;

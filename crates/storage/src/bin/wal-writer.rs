@@ -13,21 +13,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use skiff_raft::{Entry, HardState, Index, LogId, Membership, NodeId, Payload, SnapshotMeta, Storage, Term};
-use skiff_storage::conformance::checkable_payload;
+use skiff_storage::conformance::{Random, checkable_payload};
 use skiff_storage::{DiskOptions, DiskStorage};
-
-/// splitmix64: enough randomness for batch sizes, without dependencies.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % bound
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
