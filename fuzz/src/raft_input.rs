@@ -50,7 +50,7 @@ pub fn index(cursor: &mut Cursor, receiver: &Receiver) -> Index {
 pub fn membership(cursor: &mut Cursor) -> Membership {
     let (voters, learners) = (cursor.byte(), cursor.byte());
     let pick = |mask: u8| IDS.iter().enumerate().filter(move |(i, _)| mask & (1 << i) != 0).map(|(_, &id)| NodeId(id));
-    Membership { voters: pick(voters).collect(), learners: pick(learners).collect() }
+    Membership { voters: pick(voters).collect(), learners: pick(learners).collect(), ..Membership::default() }
 }
 
 pub fn payload(cursor: &mut Cursor) -> Payload {

@@ -36,10 +36,12 @@ pub fn check(data: &[u8]) {
         }
         return;
     }
-    let membership = Membership {
-        voters: (0..cursor.below(4)).map(|_| NodeId(cursor.number())).collect(),
-        learners: (0..cursor.below(3)).map(|_| NodeId(cursor.number())).collect(),
-    };
+    let voters: std::collections::BTreeSet<NodeId> = (0..cursor.below(4)).map(|_| NodeId(cursor.number())).collect();
+    // A valid membership (learners apart from voters; addresses of members only): what a
+    // node writes. Reading refuses any other.
+    let learners = (0..cursor.below(3)).map(|_| NodeId(cursor.number())).filter(|id| !voters.contains(id)).collect();
+    let addresses = voters.iter().take(cursor.below(3)).map(|id| (*id, format!("raft=h{}:1", id.0))).collect();
+    let membership = Membership { voters, learners, addresses };
     let meta = SnapshotMeta { last_log_id: log_id, membership };
     let data = cursor.bytes().to_vec();
     fuzzing::write_snapshot(&dir, meta.clone(), &data).expect("a snapshot is written");

@@ -107,9 +107,13 @@ fn records(cursor: &mut Cursor, first: Index) -> (Vec<SegmentRecord>, bool) {
         let payload = match cursor.below(4) {
             0 => Payload::Empty,
             1 => {
-                let voters = (0..cursor.below(4)).map(|_| NodeId(cursor.number())).collect();
-                let learners = (0..cursor.below(3)).map(|_| NodeId(cursor.number())).collect();
-                Payload::Membership(skiff_raft::Membership { voters, learners })
+                let voters: std::collections::BTreeSet<NodeId> =
+                    (0..cursor.below(4)).map(|_| NodeId(cursor.number())).collect();
+                // Valid, as a node writes it: reading refuses any other membership.
+                let learners =
+                    (0..cursor.below(3)).map(|_| NodeId(cursor.number())).filter(|id| !voters.contains(id)).collect();
+                let addresses = voters.iter().take(1).map(|id| (*id, format!("raft=h{}:1", id.0))).collect();
+                Payload::Membership(skiff_raft::Membership { voters, learners, addresses })
             }
             _ => Payload::Command(Bytes::copy_from_slice(cursor.bytes())),
         };

@@ -220,8 +220,9 @@ impl Envelope {
     ///   message's: no correct sender has one (a candidate's log holds no entry of a term
     ///   above its campaign term), and a forged one would win votes or a match;
     /// - a snapshot at index 0 (the empty log, which no leader sends), and a membership (in
-    ///   a snapshot or an entry) that names a node both voter and learner, which breaks the
-    ///   documented invariant of [`crate::Membership`].
+    ///   a snapshot or an entry) that names a node both voter and learner, or gives a
+    ///   non-member or an overlong address, which breaks the documented invariant of
+    ///   [`crate::Membership`].
     ///
     /// `receiver_term` is the receiver's current term. Above the bound, a term at most one
     /// above it is still accepted (see [`crate::MAX_WIRE_VALUE`] for why).
@@ -260,7 +261,7 @@ impl Envelope {
                         return Err(ENTRIES_DONT_FOLLOW);
                     }
                     if let Payload::Membership(membership) = &entry.payload
-                        && !membership.voters.is_disjoint(&membership.learners)
+                        && !membership.is_valid()
                     {
                         return Err(IMPOSSIBLE_MEMBERSHIP);
                     }
@@ -299,7 +300,7 @@ impl Envelope {
                 if snapshot.term > term
                     || snapshot.index == Index(0)
                     || snapshot.term == Term(0)
-                    || !membership.voters.is_disjoint(&membership.learners)
+                    || !membership.is_valid()
                 {
                     return Err(IMPOSSIBLE_SNAPSHOT);
                 }

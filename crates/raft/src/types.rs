@@ -1,6 +1,6 @@
 //! The words of the protocol: terms, indexes, node ids, log entries, membership and hard state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -133,7 +133,7 @@ impl Payload {
         let payload = match self {
             Payload::Empty => 0,
             Payload::Command(data) => data.len() as u64,
-            Payload::Membership(membership) => 8 * membership.len() as u64,
+            Payload::Membership(membership) => membership.size_bytes(),
         };
         OVERHEAD_BYTES + payload
     }
@@ -168,7 +168,13 @@ impl Entry {
 }
 
 /// The members of a cluster. Voters elect leaders and form quorums; learners receive the
-/// log but neither vote nor count toward quorums. Invariant: the two sets are disjoint.
+/// log but neither vote nor count toward quorums. Invariant ([`Membership::is_valid`]): the
+/// two sets are disjoint, and only members have an address.
+///
+/// Each member may carry an address: where the application reaches it (Skiff writes
+/// `raft=host:port http=host:port`). The core stores and replicates addresses with the
+/// membership, in log entries and snapshots, so a cluster's membership says both who its
+/// members are and where they live; it never reads them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     /// The members that vote and count toward quorums (a majority of them commits an entry
@@ -177,12 +183,37 @@ pub struct Membership {
     /// The members that receive the log but do not vote (thesis §4.2.1: a new server
     /// catches up as a learner before it counts). Disjoint from `voters`.
     pub learners: BTreeSet<NodeId>,
+    /// Where members can be reached, as the application wrote it (at most
+    /// [`Membership::MAX_ADDRESS_BYTES`] each). Only members have one; a member may have
+    /// none (the application then knows its address another way).
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
-    /// A membership of the given voters and no learners.
+    /// The longest address a member may have, in bytes.
+    pub const MAX_ADDRESS_BYTES: usize = 1024;
+
+    /// A membership of the given voters, no learners and no addresses.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
-        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+        Membership { voters: voters.into_iter().collect(), ..Membership::default() }
+    }
+
+    /// Whether the invariant holds: no node is both voter and learner, and only members
+    /// have addresses, none longer than [`Membership::MAX_ADDRESS_BYTES`]. Remote input
+    /// (a peer's entries and snapshots) is checked with it before it is used.
+    pub fn is_valid(&self) -> bool {
+        self.voters.is_disjoint(&self.learners)
+            && self.addresses.iter().all(|(id, address)| self.contains(*id) && address.len() <= Self::MAX_ADDRESS_BYTES)
+    }
+
+    /// Member `id`'s address, if it has one.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.addresses.get(&id).map(String::as_str)
+    }
+
+    /// The size of this membership for flow control: 8 bytes a member plus its address.
+    pub fn size_bytes(&self) -> u64 {
+        8 * self.len() as u64 + self.addresses.values().map(|address| address.len() as u64).sum::<u64>()
     }
 
     /// Whether `id` is a member, voter or learner.
@@ -213,19 +244,31 @@ impl Membership {
     /// The membership after `change`, or why the change is not allowed.
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, String> {
         let mut next = self.clone();
+        let set_address = |next: &mut Membership, id: NodeId, address: Option<String>| match address {
+            Some(address) if address.len() > Self::MAX_ADDRESS_BYTES => {
+                Err(format!("{id}'s address is longer than {} bytes", Self::MAX_ADDRESS_BYTES))
+            }
+            Some(address) => {
+                next.addresses.insert(id, address);
+                Ok(())
+            }
+            None => Ok(()),
+        };
         match change {
-            MembershipChange::AddLearner(id) => {
+            MembershipChange::AddLearner { id, address } => {
                 if self.contains(id) {
                     return Err(format!("{id} is already a member"));
                 }
                 next.learners.insert(id);
+                set_address(&mut next, id, address)?;
             }
-            MembershipChange::AddVoter(id) => {
+            MembershipChange::AddVoter { id, address } => {
                 if self.is_voter(id) {
                     return Err(format!("{id} is already a voter"));
                 }
                 next.learners.remove(&id);
                 next.voters.insert(id);
+                set_address(&mut next, id, address)?;
             }
             MembershipChange::Promote(id) => {
                 if !self.learners.contains(&id) {
@@ -240,6 +283,7 @@ impl Membership {
                 }
                 next.voters.remove(&id);
                 next.learners.remove(&id);
+                next.addresses.remove(&id);
                 if next.voters.is_empty() {
                     return Err(format!("removing {id} would leave no voters"));
                 }
@@ -261,13 +305,24 @@ impl fmt::Display for Membership {
     }
 }
 
-/// A single-server membership change (thesis §4.1): one node at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A single-server membership change (thesis §4.1): one node at a time. A node added
+/// with an address keeps it in the membership until it is removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChange {
     /// Add a node that receives the log but does not vote.
-    AddLearner(NodeId),
-    /// Add a voter directly (or promote a learner).
-    AddVoter(NodeId),
+    AddLearner {
+        /// The node to add.
+        id: NodeId,
+        /// Where it can be reached, kept in the membership.
+        address: Option<String>,
+    },
+    /// Add a voter directly (or promote a learner; an address replaces the learner's).
+    AddVoter {
+        /// The node to add or promote.
+        id: NodeId,
+        /// Where it can be reached, kept in the membership.
+        address: Option<String>,
+    },
     /// Make a learner a voter.
     Promote(NodeId),
     /// Remove a voter or learner.
@@ -305,3 +360,34 @@ pub struct SnapshotMeta {
 /// A caller-chosen identifier of a read request, echoed back in its [`crate::ReadState`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReadId(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_keeps_its_address_until_it_is_removed() {
+        let start = Membership::with_voters([NodeId(1)]);
+        let address = Some("raft=10.0.0.4:7001".to_string());
+        let added = start.apply(MembershipChange::AddLearner { id: NodeId(4), address: address.clone() }).unwrap();
+        assert_eq!(added.address(NodeId(4)), address.as_deref());
+        assert!(added.is_valid());
+        let promoted = added.apply(MembershipChange::Promote(NodeId(4))).unwrap();
+        assert_eq!(promoted.address(NodeId(4)), address.as_deref(), "promotion keeps the address");
+        let removed = promoted.apply(MembershipChange::Remove(NodeId(4))).unwrap();
+        assert_eq!(removed.address(NodeId(4)), None);
+        assert!(removed.is_valid());
+        assert_eq!(removed, start);
+    }
+
+    #[test]
+    fn an_overlong_address_or_one_of_a_non_member_is_refused() {
+        let start = Membership::with_voters([NodeId(1)]);
+        let long = Some("x".repeat(Membership::MAX_ADDRESS_BYTES + 1));
+        let error = start.apply(MembershipChange::AddVoter { id: NodeId(2), address: long }).unwrap_err();
+        assert!(error.contains("longer than"), "{error}");
+        let mut stray = start.clone();
+        stray.addresses.insert(NodeId(9), "raft=elsewhere:1".into());
+        assert!(!stray.is_valid(), "an address of a non-member breaks the invariant");
+    }
+}

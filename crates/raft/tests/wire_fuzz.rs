@@ -208,7 +208,7 @@ fn index_of(choice: &IndexGen, raft: &Raft<MemStorage>) -> Index {
 
 fn membership_of(voters: u8, learners: u8) -> Membership {
     let pick = |mask: u8| IDS.iter().enumerate().filter(move |(i, _)| mask & (1 << i) != 0).map(|(_, &id)| NodeId(id));
-    Membership { voters: pick(voters).collect(), learners: pick(learners).collect() }
+    Membership { voters: pick(voters).collect(), learners: pick(learners).collect(), ..Membership::default() }
 }
 
 fn payload_of(choice: &PayloadGen) -> Payload {
@@ -307,7 +307,7 @@ fn dropped_for_overflow(raft: &Raft<MemStorage>) -> u64 {
 }
 
 fn run(start_term: u64, actions: Vec<Action>) -> Result<(), TestCaseError> {
-    let membership = Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into() };
+    let membership = Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into(), ..Membership::default() };
     let mut storage = MemStorage::new(membership);
     storage.set_hard_state(HardState { term: Term(start_term), vote: None, commit: Index(0) }).unwrap();
     storage.sync().unwrap();

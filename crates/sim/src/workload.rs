@@ -136,8 +136,11 @@ impl Sim {
         let mut changes = Vec::new();
         for &spare in self.spares.iter().filter(|id| !membership.contains(**id) && !self.retired.contains(id)) {
             // Mostly the way the design says (learner first), sometimes straight to voter.
-            changes.extend([MembershipChange::AddLearner(spare), MembershipChange::AddLearner(spare)]);
-            changes.push(MembershipChange::AddVoter(spare));
+            // With an address, as Skiff adds nodes, so memberships carry some.
+            let address = Some(format!("raft=sim:{}", spare.0));
+            let learner = MembershipChange::AddLearner { id: spare, address: address.clone() };
+            changes.extend([learner.clone(), learner]);
+            changes.push(MembershipChange::AddVoter { id: spare, address });
         }
         for &learner in &membership.learners {
             changes.extend([MembershipChange::Promote(learner), MembershipChange::Remove(learner)]);
@@ -148,11 +151,12 @@ impl Sim {
         if changes.is_empty() {
             return Ok(());
         }
-        let change = changes[self.rng.random_range(0..changes.len())];
+        let change = changes.swap_remove(self.rng.random_range(0..changes.len()));
         let raft = &mut self.running_mut(target).raft;
-        let (result, answer) = accepted(target, "propose_membership", raft.propose_membership(change))?;
+        let (result, answer) = accepted(target, "propose_membership", raft.propose_membership(change.clone()))?;
         raft.assert_invariants();
-        if let (Some(_), MembershipChange::Remove(removed)) = (result, change) {
+        if let (Some(_), MembershipChange::Remove(removed)) = (result, &change) {
+            let removed = *removed;
             self.retired.insert(removed);
         }
         let now = self.now;

@@ -283,7 +283,7 @@ async fn slow_receiver_loses_the_oldest_messages_not_the_newest() {
 // --- hostile connections ---------------------------------------------------------------
 
 /// A `Hello` frame written by hand, so this test also pins the handshake's wire format:
-/// 4-byte big-endian length, then postcard: variant 0, version 2, cluster, from, to, and no
+/// 4-byte big-endian length, then postcard: variant 0, version 3, cluster, from, to, and no
 /// cluster id.
 fn hello_frame(cluster: &str, from: u64, to: u64) -> Vec<u8> {
     hello_frame_with_id(cluster, from, to, None)
@@ -291,7 +291,7 @@ fn hello_frame(cluster: &str, from: u64, to: u64) -> Vec<u8> {
 
 /// A `Hello` frame presenting `cluster_id`.
 fn hello_frame_with_id(cluster: &str, from: u64, to: u64, cluster_id: Option<ClusterId>) -> Vec<u8> {
-    let mut body = vec![0, 2];
+    let mut body = vec![0, 3];
     varint(&mut body, cluster.len() as u64);
     body.extend_from_slice(cluster.as_bytes());
     varint(&mut body, from);

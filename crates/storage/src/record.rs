@@ -8,7 +8,9 @@
 //!          | 2 | hard state (HARD_STATE_BYTES - 1 bytes)        (term, vote, commit)
 //! payload  = 0                                                  (Payload::Empty)
 //!          | 1 | command bytes (the rest of the body)            (Payload::Command)
-//!          | 2 | postcard(Membership)                           (Payload::Membership)
+//!          | 3 | postcard(Membership)                           (Payload::Membership)
+//!          | 2 | postcard(voters, learners)                      (one without addresses,
+//!                                                                 written before 0.2; read only)
 //! hard state = seq: u64 | term: u64 | has_vote: u8 | vote: u64 | commit: u64   (LE)
 //! ```
 //!
@@ -31,7 +33,9 @@ const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const PAYLOAD_EMPTY: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
-const PAYLOAD_MEMBERSHIP: u8 = 2;
+/// A membership without addresses, as directories made before addresses existed hold.
+const PAYLOAD_MEMBERSHIP_V1: u8 = 2;
+const PAYLOAD_MEMBERSHIP: u8 = 3;
 /// Body bytes of an entry before its payload's tag: kind, index, term.
 const ENTRY_PREFIX_BYTES: usize = 1 + 8 + 8;
 
@@ -176,11 +180,33 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Payload, String> {
     match payload.split_first() {
         Some((&PAYLOAD_EMPTY, [])) => Ok(Payload::Empty),
         Some((&PAYLOAD_COMMAND, data)) => Ok(Payload::Command(Bytes::copy_from_slice(data))),
-        Some((&PAYLOAD_MEMBERSHIP, data)) => postcard::from_bytes::<Membership>(data)
-            .map(Payload::Membership)
-            .map_err(|error| format!("a malformed membership: {error}")),
+        Some((&PAYLOAD_MEMBERSHIP, data)) => decode_membership(data, false).map(Payload::Membership),
+        Some((&PAYLOAD_MEMBERSHIP_V1, data)) => decode_membership(data, true).map(Payload::Membership),
         _ => Err("an unknown payload".to_string()),
     }
+}
+
+/// The membership of a directory made before members had addresses.
+#[derive(serde::Deserialize)]
+struct MembershipV1 {
+    voters: std::collections::BTreeSet<NodeId>,
+    learners: std::collections::BTreeSet<NodeId>,
+}
+
+/// Decodes a membership from a file (`v1`: the format without addresses), and checks its
+/// invariant: the bytes are untrusted.
+pub(crate) fn decode_membership(data: &[u8], v1: bool) -> Result<Membership, String> {
+    let decoded = if v1 {
+        postcard::from_bytes::<MembershipV1>(data)
+            .map(|old| Membership { voters: old.voters, learners: old.learners, ..Membership::default() })
+    } else {
+        postcard::from_bytes::<Membership>(data)
+    };
+    let membership = decoded.map_err(|error| format!("a malformed membership: {error}"))?;
+    if !membership.is_valid() {
+        return Err(format!("an impossible membership ({membership}: a node both voter and learner, or a stray address)"));
+    }
+    Ok(membership)
 }
 
 pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -216,8 +242,30 @@ mod tests {
         roundtrip(Entry { log_id, payload: Payload::Empty });
         roundtrip(Entry { log_id, payload: Payload::Command(Bytes::from_static(b"")) });
         roundtrip(Entry { log_id, payload: Payload::Command(Bytes::from_static(b"hello")) });
-        let membership = Membership::with_voters([NodeId(1), NodeId(2)]);
+        let mut membership = Membership::with_voters([NodeId(1), NodeId(2)]);
+        roundtrip(Entry { log_id, payload: Payload::Membership(membership.clone()) });
+        membership.addresses.insert(NodeId(2), "raft=10.0.0.2:7001 http=10.0.0.2:8001".into());
         roundtrip(Entry { log_id, payload: Payload::Membership(membership) });
+    }
+
+    #[test]
+    fn a_membership_written_before_addresses_existed_still_reads() {
+        let voters: std::collections::BTreeSet<NodeId> = [NodeId(1), NodeId(2)].into();
+        let learners: std::collections::BTreeSet<NodeId> = [NodeId(3)].into();
+        let mut payload = vec![PAYLOAD_MEMBERSHIP_V1];
+        payload.extend(postcard::to_allocvec(&(&voters, &learners)).unwrap());
+        let expected = Membership { voters, learners, ..Membership::default() };
+        assert_eq!(decode_payload(&payload).unwrap(), Payload::Membership(expected));
+    }
+
+    #[test]
+    fn an_impossible_membership_on_disk_is_damage() {
+        let mut membership = Membership::with_voters([NodeId(1)]);
+        membership.addresses.insert(NodeId(7), "raft=stray:1".into());
+        let mut payload = vec![PAYLOAD_MEMBERSHIP];
+        payload.extend(postcard::to_allocvec(&membership).unwrap());
+        let error = decode_payload(&payload).unwrap_err();
+        assert!(error.contains("impossible membership"), "{error}");
     }
 
     #[test]

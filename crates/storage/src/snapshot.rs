@@ -1,7 +1,7 @@
 //! Snapshot files: `snapshots/<index, 20 digits>-<term, 20 digits>.snap`.
 //!
 //! ```text
-//! snapshot = "SKFSNAP1" | meta length: u32 | postcard(SnapshotMeta) | CRC32C of the bytes before: u32
+//! snapshot = "SKFSNAP2" | meta length: u32 | postcard(SnapshotMeta) | CRC32C of the bytes before: u32
 //!            | data (any length, streamed)
 //!            | data length: u64 | CRC32C of data: u32 | CRC32C of the 12 bytes before: u32 | "SKFSNEND"
 //! ```
@@ -12,6 +12,9 @@
 //! whole. A [`SnapshotReader`] checks the data's checksum when it is opened (a first pass
 //! over the file), then streams the data back, checking the checksum again at the end.
 //! Every length in the file is checked against the file's size before it is used.
+//!
+//! Files that start with `"SKFSNAP1"` (written before members had addresses) are read too:
+//! their metadata is a log id and a membership of ids only.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -25,7 +28,8 @@ use crate::record;
 use crate::segment::ReadAtContext;
 
 pub(crate) const DIR_NAME: &str = "snapshots";
-const MAGIC: &[u8; 8] = b"SKFSNAP1";
+const MAGIC: &[u8; 8] = b"SKFSNAP2";
+const MAGIC_V1: &[u8; 8] = b"SKFSNAP1";
 const END_MAGIC: &[u8; 8] = b"SKFSNEND";
 const TRAILER_BYTES: u64 = 8 + 4 + 4 + 8;
 /// A sanity bound on the encoded metadata (a membership of a few thousand nodes fits).
@@ -114,7 +118,8 @@ impl Layout {
         }
         read_at(&mut prefix, 0)?;
         let meta_len = record::u32_at(&prefix, 8);
-        if &prefix[..8] != MAGIC || meta_len > MAX_META_BYTES {
+        let v1 = &prefix[..8] == MAGIC_V1;
+        if (&prefix[..8] != MAGIC && !v1) || meta_len > MAX_META_BYTES {
             return Err(Error::corrupt(path, 0, "not a Skiff snapshot (bad magic or header length)"));
         }
         let data_offset = 12 + u64::from(meta_len) + 4;
@@ -127,7 +132,7 @@ impl Layout {
         if crc32c::crc32c(&header[..crc_at]) != record::u32_at(&header, crc_at) {
             return Err(Error::corrupt(path, crc_at as u64, "snapshot header checksum mismatch"));
         }
-        let meta: SnapshotMeta = postcard::from_bytes(&header[12..crc_at])
+        let meta = decode_meta(&header[12..crc_at], v1)
             .map_err(|error| Error::corrupt(path, 12, format!("a malformed snapshot header: {error}")))?;
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         let trailer_at = len - TRAILER_BYTES;
@@ -216,6 +221,14 @@ pub struct SnapshotWriter {
     writer: Option<BufWriter<FileWriter>>,
     data_bytes: u64,
     crc: u32,
+}
+
+/// Decodes a snapshot's metadata (`v1`: a file without member addresses). The membership's
+/// invariant is checked: the bytes are untrusted.
+fn decode_meta(bytes: &[u8], v1: bool) -> std::result::Result<SnapshotMeta, String> {
+    let (last_log_id, rest): (LogId, &[u8]) = postcard::take_from_bytes(bytes).map_err(|error| error.to_string())?;
+    let membership = record::decode_membership(rest, v1)?;
+    Ok(SnapshotMeta { last_log_id, membership })
 }
 
 impl SnapshotWriter {
@@ -348,5 +361,40 @@ impl Read for SnapshotReader {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use skiff_raft::{Membership, NodeId};
+
+    use super::*;
+
+    /// A whole snapshot file in the format before member addresses (`SKFSNAP1`).
+    fn v1_file(log_id: LogId, voters: &BTreeSet<NodeId>, data: &[u8]) -> Vec<u8> {
+        let meta = postcard::to_allocvec(&(log_id, voters, BTreeSet::<NodeId>::new())).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&meta);
+        bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+        bytes.extend_from_slice(data);
+        let mut trailer = (data.len() as u64).to_le_bytes().to_vec();
+        trailer.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        trailer.extend_from_slice(&crc32c::crc32c(&trailer).to_le_bytes());
+        bytes.extend_from_slice(&trailer);
+        bytes.extend_from_slice(END_MAGIC);
+        bytes
+    }
+
+    #[test]
+    fn a_snapshot_written_before_addresses_existed_still_reads() {
+        let voters: BTreeSet<NodeId> = [NodeId(1), NodeId(2), NodeId(3)].into();
+        let log_id = LogId::new(Term(2), Index(40));
+        let bytes = v1_file(log_id, &voters, b"state");
+        let (meta, data) = decode_snapshot_bytes(&bytes).unwrap();
+        assert_eq!(meta, SnapshotMeta { last_log_id: log_id, membership: Membership::with_voters(voters) });
+        assert_eq!(data, b"state");
     }
 }

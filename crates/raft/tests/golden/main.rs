@@ -345,8 +345,8 @@ impl Cluster {
                 let kind = args.string("change")?;
                 let target = args.id()?;
                 let change = match kind {
-                    "add-learner" => MembershipChange::AddLearner(target),
-                    "add-voter" => MembershipChange::AddVoter(target),
+                    "add-learner" => MembershipChange::AddLearner { id: target, address: None },
+                    "add-voter" => MembershipChange::AddVoter { id: target, address: None },
                     "promote" => MembershipChange::Promote(target),
                     "remove" => MembershipChange::Remove(target),
                     _ => return Err(format!("unknown membership change {kind}").into()),

@@ -26,8 +26,9 @@ use tokio_util::either::Either;
 use crate::wire::{ClusterId, PeerMessage};
 
 /// The version of this frame format. Both ends must speak the same one. Version 2: `Hello`
-/// carries the cluster id; snapshot chunks carry it too.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// carries the cluster id; snapshot chunks carry it too. Version 3: memberships (in entries
+/// and snapshots) carry each member's address, and membership changes the new member's.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The frame limit until the handshake succeeds: a stranger must not make us allocate
 /// `max_frame_bytes` before we know who it is. A `Hello` is a few dozen bytes.
