@@ -49,7 +49,8 @@ impl ReadyHandler<MemStorage> for Discard {
 
 /// Node 1 of voters 1-3 and learner 4, at `term`.
 fn node(term: Term) -> Raft<MemStorage> {
-    let membership = Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into(), ..Membership::default() };
+    let membership =
+        Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into(), ..Membership::default() };
     let mut storage = MemStorage::new(membership);
     storage
         .set_hard_state(HardState { term, vote: None, commit: Index(0) })

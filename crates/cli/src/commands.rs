@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Result, bail};
 use comfy_table::Table;
 use serde::Serialize;
-use skiff_client::{Client, Consistency, DeleteOptions, Error, LogPage, WriteOptions};
+use skiff_client::{Client, Consistency, DeleteOptions, Error, LogPage, NewMember, WriteOptions};
 
 /// How to print answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,13 +172,47 @@ pub fn members_list(client: &Client, format: Format) -> Result<()> {
     print_line(&table.to_string())
 }
 
-/// `members add ID [--learner]`.
-pub fn members_add(client: &Client, id: &str, learner: bool, format: Format) -> Result<()> {
-    let member = client.add_member(id, learner)?;
+/// `members add ID [--raft HOST:PORT --http HOST:PORT --redis HOST:PORT] [--learner]`.
+pub fn members_add(client: &Client, member: &NewMember, format: Format) -> Result<()> {
+    let added = client.add_member(member)?;
     match format {
-        Format::Json => print_json(&member),
-        Format::Human => print_line(&format!("added {id} as a {}", if learner { "learner" } else { "voter" })),
+        Format::Json => print_json(&added),
+        Format::Human => print_line(&format!(
+            "added {} ({}) as a {}",
+            added.id,
+            added.raft,
+            if added.voter { "voter" } else { "learner" }
+        )),
     }
+}
+
+/// `members replace OLD --with NEW --raft HOST:PORT ...`: add the new node as a learner,
+/// let it catch up, promote it, and only then remove the old one. The cluster never has
+/// fewer voters than it started with, so a replacement of a live node keeps the fault
+/// tolerance it had; replacing a dead one, the quorum includes the new node once it is
+/// promoted (until the old one is removed, every other voter must be up).
+pub fn members_replace(client: &Client, old: &str, new: &NewMember, format: Format) -> Result<()> {
+    let members = client.members()?;
+    let Some(replaced) = members.members.iter().find(|member| member.id == old) else {
+        bail!("{old} is not a member; `skiff members list` shows the members");
+    };
+    if members.members.iter().any(|member| member.id == new.id) {
+        bail!("{} is already a member: replace with a new id", new.id);
+    }
+    let human = format == Format::Human;
+    let say = |line: String| if human { print_line(&line) } else { Ok(()) };
+    let learner = NewMember { learner: true, ..new.clone() };
+    say(format!("1/4 adding {} as a learner", new.id))?;
+    client.add_member(&learner)?;
+    say(format!("2/4 waiting for {} to catch up, then promoting it", new.id))?;
+    let added = client.add_member(&NewMember { learner: !replaced.voter, ..new.clone() })?;
+    say(format!("3/4 {} is a {}; removing {old}", added.id, if added.voter { "voter" } else { "learner" }))?;
+    client.remove_member(old)?;
+    say(format!("4/4 replaced {old} by {} ({})", added.id, added.raft))?;
+    if format == Format::Json {
+        print_json(&serde_json::json!({ "removed": old, "added": added }))?;
+    }
+    Ok(())
 }
 
 /// `members remove ID`.

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod demo;
 mod interrupts;
+mod join;
 mod serve;
 mod shell;
 mod status;
@@ -176,17 +177,52 @@ struct CertsArgs {
 enum MembersCommand {
     /// The members, their roles and addresses.
     List,
-    /// Add a node listed in the cluster file: as a learner, then (once caught up) a voter.
+    /// Add a running node: as a learner, then (once caught up) a voter. Give its addresses,
+    /// or list it in the cluster file with `join = true`.
     Add {
         id: String,
+        #[command(flatten)]
+        address: AddressArgs,
         /// Leave it a learner.
         #[arg(long)]
         learner: bool,
+    },
+    /// Replace a member by a new, running node: add the new one as a learner, let it catch
+    /// up, promote it, then remove the old one (the cluster never has fewer voters).
+    Replace {
+        /// The member to replace.
+        old: String,
+        /// The new node's id.
+        #[arg(long = "with", value_name = "ID")]
+        new: String,
+        #[command(flatten)]
+        address: AddressArgs,
     },
     /// Remove a node from the cluster.
     Remove { id: String },
     /// Make a learner a voter.
     Promote { id: String },
+}
+
+/// A node's addresses, as `members add` and `replace` take them.
+#[derive(Args, Clone, Debug, Default)]
+struct AddressArgs {
+    /// Where its peers reach it.
+    #[arg(long, value_name = "HOST:PORT")]
+    raft: Option<String>,
+    /// Its HTTP API.
+    #[arg(long, value_name = "HOST:PORT", requires = "raft")]
+    http: Option<String>,
+    /// Its Redis-protocol API.
+    #[arg(long, value_name = "HOST:PORT", requires = "raft")]
+    redis: Option<String>,
+}
+
+impl AddressArgs {
+    fn new_member(&self, id: &str, learner: bool) -> skiff_client::NewMember {
+        let AddressArgs { raft, http, redis } = self.clone();
+        skiff_client::NewMember { id: id.to_string(), raft, http, redis, learner }
+    }
 }
 
 #[derive(Args)]
@@ -202,12 +238,30 @@ struct LogArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// The cluster file (TOML, or JSON).
+    /// The cluster file (TOML, or JSON). Optional with --join, and for a node that joined
+    /// before (it saved the cluster's settings in its data directory).
     #[arg(long, env = "SKIFF_CONFIG", value_name = "FILE")]
-    config: PathBuf,
-    /// This node's id in the cluster file (n1 or 1).
+    config: Option<PathBuf>,
+    /// This node's id (n1 or 1).
     #[arg(long, env = "SKIFF_ID")]
     id: String,
+    /// Join the running cluster that this member's HTTP API belongs to: learn its settings
+    /// and members there (unless --config is given), start with no vote, and be added as a
+    /// learner, then a voter once caught up. Also how a node whose data was lost rejoins.
+    #[arg(long, env = "SKIFF_JOIN", value_name = "URL")]
+    join: Option<String>,
+    /// The peer address others reach this node at (over the cluster file's).
+    #[arg(long = "raft", env = "SKIFF_RAFT", value_name = "HOST:PORT")]
+    raft_address: Option<String>,
+    /// The address to bind for peers, if not --raft (a container's 0.0.0.0:7001).
+    #[arg(long = "raft-listen", env = "SKIFF_RAFT_LISTEN", value_name = "HOST:PORT")]
+    raft_listen: Option<String>,
+    /// This node's HTTP API address (over the cluster file's).
+    #[arg(long = "http", env = "SKIFF_HTTP", value_name = "HOST:PORT")]
+    http_address: Option<String>,
+    /// This node's Redis-protocol address (over the cluster file's).
+    #[arg(long = "redis", env = "SKIFF_REDIS", value_name = "HOST:PORT")]
+    redis_address: Option<String>,
     /// Where the node keeps its log and snapshots [default: data/<id>].
     #[arg(long, env = "SKIFF_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -485,6 +539,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             serve::init_logging(args.log.log.as_deref(), args.log.log_format, "info")?;
+            let join = match &args.join {
+                Some(url) => {
+                    let security = cli.client.security.load()?;
+                    let endpoints = client::parse_endpoints(url, &security)?;
+                    let builder = Client::builder().endpoints(endpoints).timeout(cli.client.timeout);
+                    Some(security.apply(builder).build()?)
+                }
+                None => None,
+            };
             let options = serve::ServeOptions {
                 config: args.config,
                 id: args.id,
@@ -492,6 +555,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 raft: args.raft,
                 limits: args.limits,
                 fault_injection: args.fault_injection,
+                own: join::OwnAddress {
+                    raft: args.raft_address,
+                    raft_listen: args.raft_listen,
+                    http: args.http_address,
+                    redis: args.redis_address,
+                },
+                join,
             };
             serve::run(options)?;
         }
@@ -524,7 +594,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let client = client()?;
             match members {
                 MembersCommand::List => commands::members_list(&client, format)?,
-                MembersCommand::Add { id, learner } => commands::members_add(&client, &id, learner, format)?,
+                MembersCommand::Add { id, address, learner } => {
+                    commands::members_add(&client, &address.new_member(&id, learner), format)?
+                }
+                MembersCommand::Replace { old, new, address } => {
+                    commands::members_replace(&client, &old, &address.new_member(&new, false), format)?
+                }
                 MembersCommand::Remove { id } => commands::members_remove(&client, &id, format)?,
                 MembersCommand::Promote { id } => commands::members_promote(&client, &id, format)?,
             }

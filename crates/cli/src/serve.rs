@@ -9,6 +9,8 @@ use clap::{Arg, ArgMatches, ValueEnum};
 use skiff::NodeId;
 use skiff::config::{ClusterConfig, RaftSection, parse_node_id};
 use skiff_kv::{Limits, Server, ServerOptions};
+
+use crate::join::{self, OwnAddress};
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
@@ -98,25 +100,55 @@ impl clap::FromArgMatches for RaftFlags {
 
 /// What `serve` needs, from flags and `SKIFF_*` variables.
 pub struct ServeOptions {
-    pub config: PathBuf,
+    /// The cluster file; without it, the cluster's own (`--join`) or the one saved in the
+    /// data directory by an earlier join.
+    pub config: Option<PathBuf>,
     pub id: String,
     pub data_dir: Option<PathBuf>,
     pub raft: RaftFlags,
     pub limits: Limits,
     pub fault_injection: bool,
+    /// This node's addresses, over the cluster file's entry.
+    pub own: OwnAddress,
+    /// `--join`: a client of a running member, to learn the cluster and be added.
+    pub join: Option<skiff_client::Client>,
 }
 
-/// Reads the cluster file, applies the `[raft]` overrides, and checks that it lists `id`.
-pub fn load_node(config: &Path, raft: &RaftFlags, id: &str) -> Result<(ClusterConfig, NodeId)> {
-    let cluster = ClusterConfig::load_with_overrides(config, &raft.overrides)?;
-    let id = parse_node_id(id)?;
-    cluster.node(id)?;
-    Ok((cluster, id))
+/// The cluster file `serve` runs with, and this node's id: `--config`, else (`--join`) the
+/// running cluster's settings, else the file an earlier join saved in the data directory.
+/// The node's own entry gets the address flags, and with `--join` is marked `join`.
+fn cluster_for(options: &ServeOptions, data_dir: &Path) -> Result<(ClusterConfig, NodeId, bool)> {
+    let id = parse_node_id(&options.id)?;
+    let saved = join::saved_cluster_file(data_dir);
+    let (cluster, fetched) = match (&options.config, &options.join) {
+        (Some(config), _) => (ClusterConfig::load_with_overrides(config, &options.raft.overrides)?, false),
+        (None, Some(client)) => {
+            let info = client.cluster().context("cannot learn the cluster's settings from --join")?;
+            let mut cluster = join::cluster_from(&info)?;
+            for (key, value) in &options.raft.overrides {
+                cluster.raft.set(key, value)?;
+            }
+            (cluster, true)
+        }
+        (None, None) if saved.exists() => (ClusterConfig::load_with_overrides(&saved, &options.raft.overrides)?, false),
+        (None, None) => anyhow::bail!(
+            "give --config FILE (the cluster file), or --join URL to join a running cluster (no {} from an \
+             earlier join either)",
+            saved.display()
+        ),
+    };
+    let cluster = join::with_own_entry(cluster, id, &options.own, options.join.is_some())?;
+    Ok((cluster, id, fetched))
 }
 
 pub fn run(options: ServeOptions) -> Result<()> {
-    let (cluster, id) = load_node(&options.config, &options.raft, &options.id)?;
-    let data_dir = options.data_dir.unwrap_or_else(|| Path::new("data").join(id.to_string()));
+    let default_dir = || {
+        let id = parse_node_id(&options.id).map(|id| id.to_string()).unwrap_or_else(|_| options.id.clone());
+        Path::new("data").join(id)
+    };
+    let data_dir = options.data_dir.clone().unwrap_or_else(default_dir);
+    let (cluster, id, fetched) = cluster_for(&options, &data_dir)?;
+    let join = options.join;
     if options.fault_injection {
         tracing::warn!(node = %id, "fault injection is on: anyone who reaches the HTTP port can cut this node off");
     }
@@ -124,7 +156,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let open_files = raise_open_file_limit();
     let reserved = reserved_descriptors(cluster.node.len());
     limits.max_connections = fit_connections(limits.max_connections, open_files, reserved)?;
-    let mut server_options = ServerOptions::new(cluster, id, &data_dir);
+    let mut server_options = ServerOptions::new(cluster.clone(), id, &data_dir);
     server_options.limits = limits;
     server_options.fault_injection = options.fault_injection;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -138,6 +170,25 @@ pub fn run(options: ServeOptions) -> Result<()> {
             data_dir = %data_dir.display(),
             "node started"
         );
+        if fetched {
+            // A later `skiff serve --id ID --data-dir DIR` restarts with the same settings.
+            let text = cluster.to_toml_string()?;
+            std::fs::write(join::saved_cluster_file(&data_dir), text).context("cannot save the cluster's settings")?;
+        }
+        if let Some(client) = join {
+            let joined = tokio::task::spawn_blocking(move || join::ensure_member(&client, &cluster, id));
+            let outcome = tokio::select! {
+                joined = joined => joined?,
+                stopped = server.node().stopped() => Err(anyhow::Error::new(stopped)),
+            };
+            match outcome {
+                Ok(message) => tracing::info!(node = %id, "{message}"),
+                Err(error) => {
+                    let _ = server.shutdown().await;
+                    return Err(error.context(format!("node {id} could not join the cluster")));
+                }
+            }
+        }
         // A node that stops by itself (a storage failure, a panic) takes the process with
         // it, non-zero, so that a supervisor restarts it rather than leave it answering 500.
         let signal = tokio::select! {

@@ -171,6 +171,48 @@ pub struct Member {
     pub raft: String,
     /// Its HTTP address, when it has one: an endpoint for a [`Client`](crate::Client).
     pub http: Option<String>,
+    /// Its Redis-protocol address, when it has one.
+    #[serde(default)]
+    pub redis: Option<String>,
+}
+
+/// What a node joining by address learns of the cluster (`GET /v1/skiff/cluster`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster's name.
+    pub name: String,
+    /// Whether its nodes may serve beyond loopback without TLS and tokens.
+    pub insecure: bool,
+    /// Whether its cluster file has `[tls]` (a joining node then needs its own file).
+    pub tls: bool,
+    /// Whether its cluster file has `[auth]`.
+    pub auth: bool,
+    /// Its `[raft]` settings, as the cluster file writes them.
+    pub raft: serde_json::Map<String, serde_json::Value>,
+    /// The leader's id, when the answering node knows one.
+    pub leader: Option<String>,
+    /// The members with their addresses.
+    pub members: Vec<Member>,
+}
+
+/// A node to add to the cluster ([`Client::add_member`](crate::Client::add_member)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMember {
+    /// Its id (`n4`).
+    pub id: String,
+    /// Where its peers reach it (`host:port`). Without it, the cluster file of the node
+    /// asked must list the node (`join = true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft: Option<String>,
+    /// Its HTTP address, if it serves one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Its Redis-protocol address, if it serves one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Leave it a learner instead of promoting it once it caught up.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub learner: bool,
 }
 
 /// A page of one node's log (`GET /v1/skiff/log`).

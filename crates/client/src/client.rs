@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ureq::http::Method;
 
-use crate::api::{Entry, LogPage, Member, Members, Status};
+use crate::api::{ClusterInfo, Entry, LogPage, Member, Members, NewMember, Status};
 use crate::error::{Error, Result};
 use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
 
@@ -374,15 +374,19 @@ impl Client {
         self.read("/v1/skiff/members")?.success()?.json()
     }
 
-    /// Adds the node `id` (listed in the cluster file with `join = true`, and running):
-    /// first as a learner, then, once it has caught up and unless `learner`, as a voter
-    /// (thesis §4.2.1). Waits up to 40 s for the catch-up.
-    pub fn add_member(&self, id: &str, learner: bool) -> Result<Member> {
-        let mut request = serde_json::json!({ "id": id });
-        if learner {
-            request["learner"] = serde_json::Value::Bool(true);
-        }
-        let body = request.to_string().into_bytes();
+    /// What a node needs to join the cluster by address: its name, settings and members.
+    pub fn cluster(&self) -> Result<ClusterInfo> {
+        self.read("/v1/skiff/cluster")?.success()?.json()
+    }
+
+    /// Adds a running node at the addresses `member` gives (every member learns them from
+    /// the replicated membership): first as a learner, then, once it has caught up and
+    /// unless `member.learner`, as a voter (thesis §4.2.1). Waits up to 40 s for the
+    /// catch-up. Adding a learner again with the same addresses goes on with its catch-up
+    /// and promotion, so a join can be retried.
+    pub fn add_member(&self, member: &NewMember) -> Result<Member> {
+        // Strings and a bool: serializing cannot fail.
+        let body = serde_json::to_vec(member).expect("a NewMember serializes");
         let mut reply = self.operation(Method::POST, "/v1/skiff/members", Some(&body), ADD_MEMBER_TIMEOUT)?;
         // A follower points at the leader, which alone can tell when the new node caught up.
         if reply.status == 307

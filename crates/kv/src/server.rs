@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
 use skiff::tls::TlsMaterial;
-use skiff::{Node, NodeId};
+use skiff::{MemberAddress, Membership, Node, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -180,6 +180,13 @@ pub struct Server {
     listeners: Vec<tokio::task::JoinHandle<()>>,
     /// Reloads the tokens file on SIGHUP, while the server lives.
     _reload: Option<AbortOnDropHandle<()>>,
+}
+
+/// Member `id`'s addresses: the replicated membership's (where a node added by address is
+/// found), else its entry in the cluster file (nodes of a directory made before members had
+/// addresses).
+pub(crate) fn member_address(cluster: &ClusterConfig, membership: &Membership, id: NodeId) -> Option<MemberAddress> {
+    MemberAddress::of(membership, id).or_else(|| cluster.node(id).ok().map(|node| node.address()))
 }
 
 impl Server {

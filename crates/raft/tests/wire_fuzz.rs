@@ -307,7 +307,8 @@ fn dropped_for_overflow(raft: &Raft<MemStorage>) -> u64 {
 }
 
 fn run(start_term: u64, actions: Vec<Action>) -> Result<(), TestCaseError> {
-    let membership = Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into(), ..Membership::default() };
+    let membership =
+        Membership { voters: [1, 2, 3].map(NodeId).into(), learners: [NodeId(4)].into(), ..Membership::default() };
     let mut storage = MemStorage::new(membership);
     storage.set_hard_state(HardState { term: Term(start_term), vote: None, commit: Index(0) }).unwrap();
     storage.sync().unwrap();

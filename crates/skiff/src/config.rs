@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use skiff_raft::{Membership, NodeId};
+
+use crate::address::MemberAddress;
 use thiserror::Error;
 
 /// The whole cluster file. See the [module docs](self) for the format.
@@ -318,6 +320,11 @@ impl NodeConfig {
     pub fn raft_listen_address(&self) -> &str {
         self.raft_listen.as_deref().unwrap_or(&self.raft)
     }
+
+    /// The addresses this node advertises, as the membership records them.
+    pub fn address(&self) -> MemberAddress {
+        MemberAddress { raft: self.raft.clone(), http: self.http.clone(), redis: self.redis.clone() }
+    }
 }
 
 impl ClusterConfig {
@@ -564,9 +571,14 @@ impl ClusterConfig {
         self.node.iter().filter_map(|node| node.node_id().ok())
     }
 
-    /// The initial membership: every listed node that does not `join` later is a voter.
+    /// The initial membership: every listed node that does not `join` later is a voter,
+    /// with the addresses its entry gives.
     pub fn voters(&self) -> Membership {
-        Membership::with_voters(self.node.iter().filter(|node| !node.join).filter_map(|node| node.node_id().ok()))
+        let initial: Vec<(NodeId, &NodeConfig)> =
+            self.node.iter().filter(|node| !node.join).filter_map(|node| Some((node.node_id().ok()?, node))).collect();
+        let mut membership = Membership::with_voters(initial.iter().map(|(id, _)| *id));
+        membership.addresses = initial.iter().map(|(id, node)| (*id, node.address().to_string())).collect();
+        membership
     }
 
     /// The advertised raft addresses of every node other than `id`, by id.

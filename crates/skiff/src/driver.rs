@@ -14,6 +14,7 @@ use bytes::Bytes;
 use skiff_raft::{Index, Message, NodeId, Raft, Ready, RoleName};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::address::MemberAddress;
 use crate::apply::{Applier, CountingReader, Event, Progress, ReadQuery, Responder, SnapshotPolicy, Task};
 use crate::error::{Error, Result, StorageFailure};
 use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
@@ -102,6 +103,8 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     leader: watch::Sender<LeaderInfo>,
     /// Told once the driver stopped, and why ([`crate::Node::stopped`]).
     stop: watch::Sender<Option<StopCause>>,
+    /// The membership the transport was last told of ([`Driver::sync_members`]).
+    members_told: Option<skiff_raft::Membership>,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -162,6 +165,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             incoming,
             leader,
             stop,
+            members_told: None,
         })
     }
 
@@ -172,6 +176,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         mut inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
     ) {
         let mut events = self.events.take().expect("run once");
+        // A restarted node finds its peers in its own state, not only in its file.
+        self.sync_members();
         let mut next_tick = Instant::now() + self.options.tick;
         let result: Result<()> = async {
             loop {
@@ -330,7 +336,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     fn write(&mut self, body: ForwardedRequest, responder: Responder) -> Result<()> {
         let outcome = match &body {
             ForwardedRequest::Propose(command) => self.raft.propose(command.clone()).map(|p| Some(p.log_id)),
-            ForwardedRequest::Membership(change) => self.raft.propose_membership(change.clone()).map(|p| Some(p.log_id)),
+            ForwardedRequest::Membership(change) => {
+                self.raft.propose_membership(change.clone()).map(|p| Some(p.log_id))
+            }
             ForwardedRequest::TransferLeader(target) => {
                 // Without a target, the leader's core picks its successor. Elsewhere there is
                 // none: the core answers NotLeader and the request goes to the leader as is.
@@ -405,8 +413,28 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         Ok(())
     }
 
+    /// Tells the transport who the other members are and where they live, when the
+    /// membership changed. A membership takes effect when its entry is appended (thesis
+    /// §4.1), so a leader that just appended one sends the new member its first entries in
+    /// the same `Ready`: this runs before the `Ready`'s messages go out. A node that knows
+    /// no membership yet (one waiting to be added) keeps the peers it started with.
+    fn sync_members(&mut self) {
+        let membership = self.raft.membership();
+        if membership.is_empty() || self.members_told.as_ref() == Some(membership) {
+            return;
+        }
+        let members = membership
+            .members()
+            .filter(|id| *id != self.raft.id())
+            .map(|id| (id, MemberAddress::of(membership, id).map(|address| address.raft)))
+            .collect();
+        self.transport.set_members(&members);
+        self.members_told = Some(membership.clone());
+    }
+
     /// Executes one `Ready` in the order its contract states.
     fn handle_ready(&mut self) -> Result<()> {
+        self.sync_members();
         let mut ready = self.raft.ready()?;
         // Step 0: a leader's messages go out first, so followers write while we fsync.
         for envelope in std::mem::take(&mut ready.leader_messages) {

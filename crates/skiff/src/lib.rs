@@ -104,6 +104,7 @@
 //! Not yet: TLS.
 #![forbid(unsafe_code)]
 
+pub mod address;
 mod apply;
 pub mod config;
 mod driver;
@@ -117,6 +118,7 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
+pub use address::MemberAddress;
 pub use error::{Error, ErrorKind, Result, StorageFailure};
 pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
 pub use skiff_raft::Error as RaftError;

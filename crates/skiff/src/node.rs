@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use skiff_storage::{DiskOptions, DiskStorage};
 
+use crate::address::MemberAddress;
 use crate::apply::ReadQuery;
 use crate::config::{ClusterConfig, RaftSection};
 use crate::driver::{Driver, DriverOptions, Request, StopCause};
@@ -183,7 +184,10 @@ impl<S: StateMachine> Node<S> {
             })?),
         };
         let voters = cluster.voters();
-        let mut disk_options = DiskOptions::new(id, name.clone(), voters.clone());
+        // A node that joins later starts with no membership: it has no vote, and learns the
+        // cluster's membership (and its own place in it) from the leader.
+        let initial = if node.join { Membership::default() } else { voters.clone() };
+        let mut disk_options = DiskOptions::new(id, name.clone(), initial);
         // The initial voter with the lowest id makes the cluster's id when it creates its
         // directory; every other node adopts it from a peer (see `transport::tcp`).
         if voters.voters.first() == Some(&id) {
@@ -340,9 +344,12 @@ impl<S: StateMachine> Node<S> {
         self.write(ForwardedRequest::TransferLeader(target)).await.map(|_| ())
     }
 
-    /// Adds `id` as a learner: it receives the log but does not vote.
-    pub async fn add_learner(&self, id: NodeId) -> Result<()> {
-        self.write(ForwardedRequest::Membership(MembershipChange::AddLearner(id))).await.map(|_| ())
+    /// Adds `id` as a learner: it receives the log but does not vote. With an address,
+    /// every member learns from the membership where to reach it; without one, each node
+    /// must know it another way (its cluster file).
+    pub async fn add_learner(&self, id: NodeId, address: Option<&MemberAddress>) -> Result<()> {
+        let address = address.map(MemberAddress::to_string);
+        self.write(ForwardedRequest::Membership(MembershipChange::AddLearner { id, address })).await.map(|_| ())
     }
 
     /// Makes learner `id` a voter.

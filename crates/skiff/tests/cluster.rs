@@ -117,7 +117,7 @@ async fn learners_join_catch_up_and_are_promoted() {
     let leader = cluster.leader().await;
     cluster.node(leader).propose(Command::Push("early".into())).await.expect("propose");
     cluster.start(fast_options(NodeId(4)), Journal::default(), MemLogStore::new(Membership::default()));
-    cluster.node(NodeId(1)).add_learner(NodeId(4)).await.expect("add learner");
+    cluster.node(NodeId(1)).add_learner(NodeId(4), None).await.expect("add learner");
     cluster.node(NodeId(2)).promote(NodeId(4)).await.expect("promote");
     let status = cluster.node(leader).status().await.expect("status");
     assert!(status.membership.is_voter(NodeId(4)));

@@ -3,14 +3,16 @@
 
 use super::*;
 
-pub(super) async fn status_leader(State(api): Shared) -> Response {
-    let leader = api.node.leader().leader.map(|id| api.raft_address(id)).unwrap_or_default();
-    axum::Json(leader).into_response()
+pub(super) async fn status_leader(State(api): Shared) -> ApiResult {
+    let status = api.status().await?;
+    let leader = status.leader.map(|id| api.raft_address(&status.membership, id)).unwrap_or_default();
+    Ok(axum::Json(leader).into_response())
 }
 
 pub(super) async fn status_peers(State(api): Shared) -> ApiResult {
     let status = api.status().await?;
-    let peers: Vec<String> = status.membership.voters.iter().map(|&id| api.raft_address(id)).collect();
+    let peers: Vec<String> =
+        status.membership.voters.iter().map(|&id| api.raft_address(&status.membership, id)).collect();
     Ok(axum::Json(peers).into_response())
 }
 
@@ -23,7 +25,7 @@ pub(super) async fn raft_configuration(State(api): Shared) -> ApiResult {
             json!({
                 "ID": id.to_string(),
                 "Node": id.to_string(),
-                "Address": api.raft_address(id),
+                "Address": api.raft_address(&status.membership, id),
                 "Leader": status.leader == Some(id),
                 "Voter": status.membership.is_voter(id),
                 "ProtocolVersion": "3",

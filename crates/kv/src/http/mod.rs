@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use skiff::config::{ClusterConfig, parse_node_id};
-use skiff::{Index, Node, NodeId, NodeStatus, Payload, RoleName};
+use skiff::{Index, MemberAddress, Membership, Node, NodeId, NodeStatus, Payload, RoleName};
 
 mod consul;
 mod faults;
@@ -88,6 +88,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/skiff/status", get(skiff_status))
         .route("/v1/skiff/log", get(skiff_log))
         .route("/v1/skiff/members", get(members_list).post(members_add))
+        .route("/v1/skiff/cluster", get(cluster_settings))
         .route("/v1/skiff/members/{id}", axum::routing::delete(members_remove))
         .route("/v1/skiff/members/{id}/promote", post(members_promote))
         .route("/v1/skiff/faults", get(faults_list).post(faults_add).delete(faults_clear))
@@ -117,6 +118,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
     let path = request.uri().path();
     let management = path.starts_with("/v1/operator/")
         || path.starts_with("/v1/skiff/members")
+        || path.starts_with("/v1/skiff/cluster")
         || path.starts_with("/v1/skiff/faults")
         || path.starts_with("/v1/skiff/log")
         || path == "/metrics";
@@ -238,12 +240,18 @@ impl Api {
         read.map_err(|error| self.fail(error))
     }
 
-    fn raft_address(&self, id: NodeId) -> String {
-        self.cluster.node(id).map(|node| node.raft.clone()).unwrap_or_else(|_| id.to_string())
+    /// Member `id`'s addresses: the replicated membership's, else its cluster file entry's.
+    fn address(&self, membership: &Membership, id: NodeId) -> Option<MemberAddress> {
+        crate::server::member_address(&self.cluster, membership, id)
     }
 
-    fn http_address(&self, id: NodeId) -> Option<String> {
-        self.cluster.node(id).ok().and_then(|node| node.http.clone())
+    /// Member `id`'s raft address, or its id when none is known.
+    fn raft_address(&self, membership: &Membership, id: NodeId) -> String {
+        self.address(membership, id).map(|address| address.raft).unwrap_or_else(|| id.to_string())
+    }
+
+    fn http_address(&self, membership: &Membership, id: NodeId) -> Option<String> {
+        self.address(membership, id).and_then(|address| address.http)
     }
 }
 

@@ -32,8 +32,8 @@ pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
         "snapshot_index": status.snapshot_index.0,
         "voters": id_list(&status.membership.voters),
         "learners": id_list(&status.membership.learners),
-        "raft_address": api.raft_address(status.id),
-        "http_address": api.http_address(status.id),
+        "raft_address": api.raft_address(&status.membership, status.id),
+        "http_address": api.http_address(&status.membership, status.id),
         "peers": peers,
         "keyspace": api.keyspace_json(),
     }))

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use skiff::config::ClusterConfig;
 use skiff::{Node, NodeStatus, RoleName};
+
+use crate::server::member_address;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -824,7 +826,7 @@ fn replication(redis: &Redis, status: &NodeStatus) -> String {
     } else {
         text += "role:slave\r\n";
         if let Some(address) =
-            status.leader.and_then(|id| redis.cluster.node(id).ok()).and_then(|node| node.redis.clone())
+            status.leader.and_then(|id| member_address(&redis.cluster, &status.membership, id)).and_then(|a| a.redis)
         {
             let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
             text += &format!("master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n");

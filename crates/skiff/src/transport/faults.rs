@@ -187,6 +187,10 @@ impl Transport for FaultyTransport {
     fn peer_health(&self) -> BTreeMap<NodeId, PeerHealth> {
         self.inner.peer_health()
     }
+
+    fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
+        self.inner.set_members(members)
+    }
 }
 
 #[cfg(test)]

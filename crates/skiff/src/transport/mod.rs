@@ -26,6 +26,15 @@ pub trait Transport: Send + Sync + 'static {
 
     /// What the transport knows of each peer's health: the failure-detector view.
     fn peer_health(&self) -> BTreeMap<NodeId, PeerHealth>;
+
+    /// The membership changed: `members` are the other members, each with the address to
+    /// reach it at if one is known. A member with an address becomes a peer (or moves to
+    /// it); one without keeps whatever address the transport had; a peer that is not in
+    /// `members` is dropped and refused from now on. The default does nothing, for
+    /// transports whose peers are fixed.
+    fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
+        let _ = members;
+    }
 }
 
 /// One peer as the transport sees it.

@@ -340,6 +340,9 @@ impl Shared {
 /// transport is dropped.
 #[derive(Debug)]
 pub struct TcpTransport {
+    /// The addresses the transport started with (the cluster file's), for members whose
+    /// membership entry carries none.
+    initial_addresses: BTreeMap<NodeId, String>,
     shared: Arc<Shared>,
     local_addr: SocketAddr,
 }
@@ -386,7 +389,7 @@ impl TcpTransport {
             runtime: Handle::current(),
             epoch: Instant::now(),
         });
-        let transport = TcpTransport { shared, local_addr };
+        let transport = TcpTransport { shared, local_addr, initial_addresses: options.peers.clone() };
         for (id, address) in options.peers {
             transport.add_peer(id, address);
         }
@@ -490,6 +493,23 @@ impl Transport for TcpTransport {
 
     fn peer_health(&self) -> BTreeMap<NodeId, PeerHealth> {
         self.shared.peers().iter().map(|(id, peer)| (*id, peer.health())).collect()
+    }
+
+    /// Members without an address in the membership are reached at the address the
+    /// transport started with (the cluster file's), if any.
+    fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
+        let gone: Vec<NodeId> = self.shared.peers().keys().filter(|id| !members.contains_key(id)).copied().collect();
+        for id in gone {
+            self.remove_peer(id);
+        }
+        for (id, address) in members {
+            match address.as_ref().or_else(|| self.initial_addresses.get(id)) {
+                Some(address) => self.add_peer(*id, address.clone()),
+                None => {
+                    warn!(peer = %id, "a member has no address: neither its membership entry nor the cluster file gives one")
+                }
+            }
+        }
     }
 }
 
