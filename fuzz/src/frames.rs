@@ -104,8 +104,8 @@ fn message(cursor: &mut Cursor) -> PeerMessage {
             body: match cursor.below(3) {
                 0 => ForwardedRequest::Propose(Bytes::copy_from_slice(cursor.bytes())),
                 1 => ForwardedRequest::Membership(match cursor.below(4) {
-                    0 => MembershipChange::AddLearner(raft_input::node(cursor)),
-                    1 => MembershipChange::AddVoter(raft_input::node(cursor)),
+                    0 => MembershipChange::AddLearner { id: raft_input::node(cursor), address: address(cursor) },
+                    1 => MembershipChange::AddVoter { id: raft_input::node(cursor), address: address(cursor) },
                     2 => MembershipChange::Promote(raft_input::node(cursor)),
                     _ => MembershipChange::Remove(raft_input::node(cursor)),
                 }),
@@ -156,4 +156,9 @@ fn wire(bytes: &[u8]) {
         assert_eq!(id.to_string(), text.to_ascii_lowercase(), "a cluster id prints as other text than it parsed from");
         assert_eq!(ClusterId::parse(&id.to_string()), Some(id));
     }
+}
+
+/// A member's address as a peer might send one: absent, or any text (possibly overlong).
+fn address(cursor: &mut Cursor) -> Option<String> {
+    cursor.bool().then(|| String::from_utf8_lossy(cursor.bytes()).into_owned())
 }

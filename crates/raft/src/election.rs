@@ -73,7 +73,9 @@ impl<S: Storage> Raft<S> {
         let free_to_vote = shared.vote == Some(candidate)
             || (shared.vote.is_none() && self.leader().is_none())
             || (pre_vote && term > shared.term);
-        let granted = log_ok && free_to_vote;
+        // A node that withholds its vote (it may have lost the record of an earlier one)
+        // grants nothing, pre-votes included.
+        let granted = log_ok && free_to_vote && !shared.withholding_votes;
         if granted && !pre_vote {
             self.shared.vote = Some(candidate);
             if let Role::Follower(follower) = &mut self.role {

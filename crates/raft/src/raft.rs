@@ -66,6 +66,8 @@ pub(crate) struct Shared<S: Storage> {
     /// Set by the driver while its state machine is behind: `ready()` hands out no
     /// committed entries (see [`Raft::pause_applying`]).
     applying_paused: bool,
+    /// Set by the driver while this node may not vote (see [`Raft::withhold_votes`]).
+    pub withholding_votes: bool,
 }
 
 pub(crate) enum Role {
@@ -116,9 +118,15 @@ impl<S: Storage> Shared<S> {
         self.memberships.active()
     }
 
-    /// Whether this node may campaign: only voters do (learners and removed nodes wait).
+    /// Whether this node is a voter of the membership in effect.
     pub fn is_voter(&self) -> bool {
         self.membership().is_voter(self.id)
+    }
+
+    /// Whether this node may campaign: only voters do (learners and removed nodes wait),
+    /// and not while it withholds its vote ([`Raft::withhold_votes`]).
+    pub fn may_campaign(&self) -> bool {
+        self.is_voter() && !self.withholding_votes
     }
 
     /// The other voters, in id order.
@@ -189,6 +197,7 @@ impl<S: Storage> Raft<S> {
             ticks: 0,
             pending_advance: None,
             applying_paused: false,
+            withholding_votes: false,
         };
         shared.reset_election_timeout();
         // With lease reads, a node that just (re)started may have acknowledged a leader's
@@ -280,7 +289,7 @@ impl<S: Storage> Raft<S> {
                 candidate.election_elapsed_ticks
             }
         };
-        if elapsed >= self.shared.election_timeout_ticks && self.shared.is_voter() {
+        if elapsed >= self.shared.election_timeout_ticks && self.shared.may_campaign() {
             self.campaign(self.timeout_campaign())?;
         }
         Ok(())
@@ -293,7 +302,7 @@ impl<S: Storage> Raft<S> {
         if let Role::Leader(_) = self.role {
             return Ok(());
         }
-        if !self.shared.is_voter() {
+        if !self.shared.may_campaign() {
             return Err(Error::NotAVoter(self.shared.id));
         }
         self.campaign(self.timeout_campaign())
@@ -485,7 +494,7 @@ impl<S: Storage> Raft<S> {
                 Role::Follower(Follower { leader: Some(leader), .. }) if *leader != from => {
                     self.shared.drop_message(drop_reason::TIMEOUT_NOW_NOT_FROM_LEADER);
                 }
-                Role::Follower(_) if self.shared.is_voter() => self.campaign(Campaign::Transfer)?,
+                Role::Follower(_) if self.shared.may_campaign() => self.campaign(Campaign::Transfer)?,
                 _ => {}
             },
             Message::ReadIndex { id } => match &mut self.role {
@@ -673,6 +682,17 @@ impl<S: Storage> Raft<S> {
     /// and heartbeats, which do not depend on applying, keep the leader in place.
     pub fn pause_applying(&mut self, paused: bool) {
         self.shared.applying_paused = paused;
+    }
+
+    /// While `withhold` is set, this node neither campaigns nor grants a vote or pre-vote;
+    /// it still follows a leader, stores its entries and acknowledges them. Raft's safety
+    /// rests on each server voting at most once per term (Raft §5.2), which a server whose
+    /// durable state was lost cannot know it did: a driver that opens a new data directory
+    /// withholds votes until it knows this node never voted before (see Skiff's bootstrap
+    /// check). A voter's votes are still counted by others when it grants them: withheld,
+    /// it simply grants none.
+    pub fn withhold_votes(&mut self, withhold: bool) {
+        self.shared.withholding_votes = withhold;
     }
 
     /// The driver did everything the last `Ready` asked.

@@ -196,3 +196,24 @@ fn a_paused_node_commits_but_hands_out_nothing_to_apply() {
     cluster.settle();
     assert_eq!(cluster.applied[&follower], cluster.applied[&leader], "resumed: the same entries, in order");
 }
+
+#[test]
+fn nodes_that_withhold_their_votes_elect_no_one_until_they_stop() {
+    let mut cluster = Cluster::new(3);
+    for id in [NodeId(2), NodeId(3)] {
+        cluster.nodes.get_mut(&id).unwrap().withhold_votes(true);
+    }
+    // n1 campaigns (it may), but neither n2 nor n3 grants a vote or starts an election.
+    for _ in 0..200 {
+        for node in cluster.nodes.values_mut() {
+            node.tick().unwrap();
+        }
+        cluster.settle();
+    }
+    assert!(cluster.nodes.values().all(|node| node.role() != RoleName::Leader), "nobody may win");
+    assert!(cluster.nodes[&NodeId(2)].term() <= cluster.nodes[&NodeId(1)].term(), "n2 never campaigned past n1");
+    assert_eq!(cluster.nodes[&NodeId(2)].status().vote, None, "n2 voted for no one");
+    cluster.nodes.get_mut(&NodeId(2)).unwrap().withhold_votes(false);
+    let leader = cluster.tick_until_leader();
+    assert_ne!(leader, NodeId(3), "n3 still withholds: it cannot campaign");
+}
