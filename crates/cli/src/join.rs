@@ -102,13 +102,22 @@ pub fn with_own_entry(
 }
 
 /// Asks the cluster to add this node (learner, catch-up, voter), unless it is a voter
-/// already (a restart). Returns what to log.
-pub fn ensure_member(client: &Client, cluster: &ClusterConfig, id: NodeId) -> Result<String> {
+/// already (a restart). A node whose data directory is new (`fresh`) but whose id is still
+/// a member lost its data: it is removed first, then added back, so that it counts again
+/// only once it holds the log (its old self's votes are forgotten). Returns what to log.
+pub fn ensure_member(client: &Client, cluster: &ClusterConfig, id: NodeId, fresh: bool) -> Result<String> {
     let entry = cluster.node(id)?;
     let members = client.members().context("cannot list the cluster's members")?;
     let name = id.to_string();
-    if members.members.iter().any(|member| member.id == name && member.voter) {
-        return Ok(format!("{id} is a voter of the cluster already"));
+    let known = members.members.iter().find(|member| member.id == name);
+    match known {
+        Some(member) if fresh => {
+            tracing::warn!(node = %id, "{id} is a {} of the cluster but its data directory is new: removing it and \
+                adding it back as a learner", if member.voter { "voter" } else { "learner" });
+            client.remove_member(&name).with_context(|| format!("cannot remove the old {id}"))?;
+        }
+        Some(member) if member.voter => return Ok(format!("{id} is a voter of the cluster already")),
+        _ => {}
     }
     let member = NewMember {
         id: name,

@@ -262,6 +262,11 @@ struct ServeArgs {
     /// This node's Redis-protocol address (over the cluster file's).
     #[arg(long = "redis", env = "SKIFF_REDIS", value_name = "HOST:PORT")]
     redis_address: Option<String>,
+    /// This is the first start of a new cluster: vote at once with a new data directory,
+    /// without waiting for the other initial members to show that the cluster is new too
+    /// (as etcd's --initial-cluster-state new). Never for a node whose data was lost.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
     /// Where the node keeps its log and snapshots [default: data/<id>].
     #[arg(long, env = "SKIFF_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -562,6 +567,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     redis: args.redis_address,
                 },
                 join,
+                bootstrap: args.bootstrap,
             };
             serve::run(options)?;
         }

@@ -112,6 +112,8 @@ pub struct ServeOptions {
     pub own: OwnAddress,
     /// `--join`: a client of a running member, to learn the cluster and be added.
     pub join: Option<skiff_client::Client>,
+    /// `--bootstrap`: a new data directory votes at once.
+    pub bootstrap: bool,
 }
 
 /// The cluster file `serve` runs with, and this node's id: `--config`, else (`--join`) the
@@ -159,6 +161,12 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let mut server_options = ServerOptions::new(cluster.clone(), id, &data_dir);
     server_options.limits = limits;
     server_options.fault_injection = options.fault_injection;
+    if options.bootstrap {
+        server_options.bootstrap = skiff::BootstrapMode::Force;
+    }
+    // A directory that never voted (new, or never confirmed) rejoins by being removed and
+    // added back as a learner: its old self, if any, may have voted.
+    let rejoin = skiff::bootstrap::is_unconfirmed(&data_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut signals = Signals::listen()?;
@@ -176,7 +184,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
             std::fs::write(join::saved_cluster_file(&data_dir), text).context("cannot save the cluster's settings")?;
         }
         if let Some(client) = join {
-            let joined = tokio::task::spawn_blocking(move || join::ensure_member(&client, &cluster, id));
+            let joined = tokio::task::spawn_blocking(move || join::ensure_member(&client, &cluster, id, rejoin));
             let outcome = tokio::select! {
                 joined = joined => joined?,
                 stopped = server.node().stopped() => Err(anyhow::Error::new(stopped)),

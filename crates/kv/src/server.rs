@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use skiff::config::ClusterConfig;
 use skiff::tls::TlsMaterial;
-use skiff::{MemberAddress, Membership, Node, NodeId};
+use skiff::{BootstrapMode, MemberAddress, Membership, Node, NodeId, StartOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -154,6 +154,9 @@ pub struct ServerOptions {
     pub fault_injection: bool,
     /// The tokens file clients must present a token of; from the cluster file's `[auth]`.
     pub tokens: Option<PathBuf>,
+    /// Whether a new data directory waits for the bootstrap check before it votes
+    /// (`skiff serve --bootstrap` skips it).
+    pub bootstrap: BootstrapMode,
 }
 
 impl ServerOptions {
@@ -166,6 +169,7 @@ impl ServerOptions {
             limits: Limits::default(),
             fault_injection: false,
             tokens,
+            bootstrap: BootstrapMode::Check,
         }
     }
 }
@@ -192,7 +196,7 @@ pub(crate) fn member_address(cluster: &ClusterConfig, membership: &Membership, i
 impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
-        let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens } = options;
+        let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens, bootstrap } = options;
         limits.check().map_err(Error::Limits)?;
         let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
         if let Some(reason) = cluster.exposure(id) {
@@ -223,12 +227,11 @@ impl Server {
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
-        let node = if fault_injection {
+        if fault_injection {
             tracing::info!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
-            Node::start_with_fault_injection(&cluster, id, store, &data_dir).await?
-        } else {
-            Node::start(&cluster, id, store, &data_dir).await?
-        };
+        }
+        let start = StartOptions { fault_injection, bootstrap };
+        let node = Node::start_with_options(&cluster, id, store, &data_dir, start).await?;
         let node = Arc::new(node);
         crate::metrics::handle();
         tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));

@@ -249,6 +249,18 @@ impl<S: Storage> Raft<S> {
         self.shared.membership()
     }
 
+    /// Where the membership in effect comes from: its entry's log id, or the snapshot's
+    /// last (index 0 for a new cluster's initial membership).
+    pub fn membership_log_id(&self) -> Result<LogId, Error> {
+        let index = self.shared.memberships.active_index();
+        Ok(LogId::new(self.shared.log.term(index)?, index))
+    }
+
+    /// The last entry of the log (or the snapshot's last, if the log is empty after it).
+    pub fn last_log_id(&self) -> Result<LogId, Error> {
+        Ok(self.shared.log.last_log_id()?)
+    }
+
     /// The store, for the driver to write as `Ready` says (and for tests to inspect).
     pub fn storage(&self) -> &S {
         &self.shared.log.storage

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::address::MemberAddress;
 use crate::apply::{Applier, CountingReader, Event, Progress, ReadQuery, Responder, SnapshotPolicy, Task};
+use crate::bootstrap::{self, Bootstrap};
 use crate::error::{Error, Result, StorageFailure};
 use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
 use crate::pending::Pending;
@@ -23,7 +24,7 @@ use crate::snapshot_stream::{self, Ack};
 use crate::state_machine::StateMachine;
 use crate::store::LogStore;
 use crate::transport::Transport;
-use crate::wire::{ForwardError, ForwardedRequest, PeerMessage};
+use crate::wire::{ClusterId, ForwardError, ForwardedRequest, PeerMessage};
 
 /// What the [`crate::Node`] handle asks of its driver.
 pub(crate) enum Request<S: StateMachine> {
@@ -81,6 +82,8 @@ pub(crate) struct DriverOptions {
     pub max_apply_backlog_bytes: u64,
     /// The largest snapshot accepted from a leader.
     pub max_snapshot_bytes: u64,
+    /// Whether this node may vote yet, for a new data directory ([`crate::bootstrap`]).
+    pub bootstrap: Bootstrap,
 }
 
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
@@ -124,6 +127,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         leader: watch::Sender<LeaderInfo>,
         stop: watch::Sender<Option<StopCause>>,
     ) -> Result<Self> {
+        let mut raft = raft;
+        raft.withhold_votes(options.bootstrap.is_pending());
         let snapshot = raft.storage().open_snapshot()?;
         let (restored, snapshot_bytes) = match snapshot {
             Some((meta, data)) => {
@@ -192,7 +197,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // never judges a lease or a timeout on a clock that stopped.
                 self.catch_up_ticks(&mut next_tick)?;
                 match input {
-                    Input::Tick => {}
+                    Input::Tick => self.bootstrap_tick(),
                     Input::Request(None) => return Ok(()),
                     Input::Request(Some(request)) => self.handle_request(request)?,
                     Input::Peer(from, message) => self.handle_peer(from, message)?,
@@ -409,6 +414,42 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     Ack::Failed => self.raft.report_snapshot(from, false),
                 }
             }
+            PeerMessage::BootstrapProbe => {
+                let last = self.raft.last_log_id()?;
+                let answer = self.options.bootstrap.answer(from, last.index > Index(0));
+                self.transport.send(from, answer);
+            }
+            PeerMessage::BootstrapAnswer { pending, has_data, witnessed } => {
+                let answer = bootstrap::Answer { pending, has_data, witnessed };
+                if self.options.bootstrap.on_answer(from, answer)? {
+                    self.raft.withhold_votes(false);
+                    if self.options.bootstrap.makes_cluster_id {
+                        self.transport.set_cluster_id(ClusterId::random()?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// While this node's new data directory is unconfirmed: probe the initial members.
+    fn bootstrap_tick(&mut self) {
+        for (peer, probe) in self.options.bootstrap.tick() {
+            self.transport.send(peer, probe);
+        }
+    }
+
+    /// A node rejoining with a new data directory may vote once it is a member again and
+    /// holds the current leader's entries ([`crate::bootstrap`]).
+    fn bootstrap_check_log(&mut self) -> Result<()> {
+        if !self.options.bootstrap.is_pending() {
+            return Ok(());
+        }
+        let (membership_id, last) = (self.raft.membership_log_id()?, self.raft.last_log_id()?);
+        let membership = self.raft.membership();
+        let (index, term) = (membership_id.index, membership_id.term);
+        if self.options.bootstrap.on_log(membership, index, term, last.term, self.raft.term())? {
+            self.raft.withhold_votes(false);
         }
         Ok(())
     }
@@ -435,6 +476,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     /// Executes one `Ready` in the order its contract states.
     fn handle_ready(&mut self) -> Result<()> {
         self.sync_members();
+        self.bootstrap_check_log()?;
         let mut ready = self.raft.ready()?;
         // Step 0: a leader's messages go out first, so followers write while we fsync.
         for envelope in std::mem::take(&mut ready.leader_messages) {

@@ -70,6 +70,19 @@ pub enum Error {
     Storage(#[from] StorageFailure),
     #[error("transport: {0}")]
     Transport(#[from] std::io::Error),
+    /// The bootstrap check's state file could not be read or written.
+    #[error("bootstrap check: {0}")]
+    Bootstrap(String),
+    /// This node's data directory is new, but a peer holds the cluster's data and has no
+    /// record of this node starting empty: its data was lost. It stops rather than vote.
+    #[error(
+        "{id}'s data directory is new, but {peer} holds the cluster's log and did not see {id} start empty: \
+         {id}'s data was lost (a wiped or unmounted disk, a wrong --data-dir), and it must not vote in terms it \
+         may have voted in before. Check the data directory; to rejoin with an empty one, start it with \
+         `skiff serve --join http://<a member's HTTP address> ...` (it is added back as a learner, then promoted \
+         once caught up), or replace it by a new node (`skiff members replace {id} --with ...`)"
+    )]
+    LostData { id: NodeId, peer: NodeId },
 }
 
 fn stop_cause(cause: &Option<Arc<Error>>) -> String {
@@ -121,7 +134,9 @@ impl Error {
             | Error::Config(_)
             | Error::Unresolved { .. }
             | Error::Storage(_)
-            | Error::Transport(_) => ErrorKind::Internal,
+            | Error::Transport(_)
+            | Error::Bootstrap(_)
+            | Error::LostData { .. } => ErrorKind::Internal,
         }
     }
 

@@ -106,6 +106,7 @@
 
 pub mod address;
 mod apply;
+pub mod bootstrap;
 pub mod config;
 mod driver;
 mod error;
@@ -119,8 +120,9 @@ pub mod transport;
 pub mod wire;
 
 pub use address::MemberAddress;
+pub use bootstrap::BootstrapMode;
 pub use error::{Error, ErrorKind, Result, StorageFailure};
-pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
+pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView, StartOptions};
 pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
 pub use state_machine::StateMachine;

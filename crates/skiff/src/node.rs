@@ -12,6 +12,7 @@ use skiff_storage::{DiskOptions, DiskStorage};
 
 use crate::address::MemberAddress;
 use crate::apply::ReadQuery;
+use crate::bootstrap::{Bootstrap, BootstrapMode};
 use crate::config::{ClusterConfig, RaftSection};
 use crate::driver::{Driver, DriverOptions, Request, StopCause};
 use crate::error::{Error, Result};
@@ -73,6 +74,15 @@ impl NodeOptions {
     pub fn max_election_timeout(&self) -> Duration {
         self.tick * self.raft.max_election_timeout_ticks()
     }
+}
+
+/// Choices for [`Node::start_with_options`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Fault injection on (see [`Node::start_with_fault_injection`]).
+    pub fault_injection: bool,
+    /// Whether a new data directory waits for the bootstrap check before it votes.
+    pub bootstrap: BootstrapMode,
 }
 
 /// The term and the leader a node knows of.
@@ -141,13 +151,17 @@ impl<S: StateMachine> Node<S> {
     /// Starts node `id` of the cluster described by `cluster` (the cluster file), with its
     /// durable state in `data_dir` (created if new; a directory of another node or cluster
     /// is refused), listening for peers over TCP. Must be called inside a tokio runtime.
+    ///
+    /// A new data directory does not vote until the bootstrap check confirms that this node
+    /// never voted before ([`crate::bootstrap`]): at a cluster's first start, once the other
+    /// initial members answer.
     pub async fn start(
         cluster: &ClusterConfig,
         id: NodeId,
         state_machine: S,
         data_dir: impl AsRef<Path>,
     ) -> Result<Node<S>> {
-        Node::start_from_file(cluster, id, state_machine, data_dir.as_ref(), None).await
+        Node::start_with_options(cluster, id, state_machine, data_dir.as_ref(), StartOptions::default()).await
     }
 
     /// As [`Node::start`], with fault injection on: [`Node::faults`] drops or delays
@@ -159,15 +173,17 @@ impl<S: StateMachine> Node<S> {
         state_machine: S,
         data_dir: impl AsRef<Path>,
     ) -> Result<Node<S>> {
-        Node::start_from_file(cluster, id, state_machine, data_dir.as_ref(), Some(Faults::default())).await
+        let options = StartOptions { fault_injection: true, ..StartOptions::default() };
+        Node::start_with_options(cluster, id, state_machine, data_dir.as_ref(), options).await
     }
 
-    async fn start_from_file(
+    /// As [`Node::start`], with the choices of [`StartOptions`].
+    pub async fn start_with_options(
         cluster: &ClusterConfig,
         id: NodeId,
         state_machine: S,
         data_dir: &Path,
-        faults: Option<Faults>,
+        start: StartOptions,
     ) -> Result<Node<S>> {
         let node = cluster.node(id)?;
         let listen_address = node.raft_listen_address();
@@ -188,12 +204,20 @@ impl<S: StateMachine> Node<S> {
         // cluster's membership (and its own place in it) from the leader.
         let initial = if node.join { Membership::default() } else { voters.clone() };
         let mut disk_options = DiskOptions::new(id, name.clone(), initial);
-        // The initial voter with the lowest id makes the cluster's id when it creates its
-        // directory; every other node adopts it from a peer (see `transport::tcp`).
-        if voters.voters.first() == Some(&id) {
+        // The initial voter with the lowest id makes the cluster's id: when it creates its
+        // directory if it needs no bootstrap check (`--bootstrap`, or a cluster of one),
+        // else once the check confirms a new cluster (a node whose data was lost must not
+        // make a new id: it would be refused by its peers, unable to learn it was lost).
+        // Every other node adopts the id from a peer (see `transport::tcp`).
+        let lowest = voters.voters.first() == Some(&id) && !node.join;
+        let unchecked = start.bootstrap == BootstrapMode::Force || voters.voters.len() == 1;
+        if lowest && unchecked {
             disk_options.cluster_id = Some(ClusterId::random()?.to_string());
         }
         let store = DiskStorage::open(data_dir, disk_options)?;
+        let mut bootstrap =
+            Bootstrap::open(data_dir, id, &voters, store.recovery().created, node.join, start.bootstrap)?;
+        bootstrap.makes_cluster_id = lowest && store.cluster_id().is_none();
         let (inbox, receiver) = mpsc::channel(4096);
         let mut tcp = TcpOptions::new(id, name, listen);
         tcp.peers = cluster.peers_of(id);
@@ -204,14 +228,15 @@ impl<S: StateMachine> Node<S> {
             cluster_id_file.record(&cluster_id.to_string()).map_err(std::io::Error::other)
         }));
         let options = NodeOptions::from_section(&cluster.raft, id);
-        let Some(faults) = faults else {
+        if !start.fault_injection {
             let transport = TcpTransport::start(tcp, inbox).await?;
-            return Node::start_with(options, state_machine, store, transport, receiver);
-        };
+            return Node::start_inner(options, state_machine, store, transport, receiver, bootstrap);
+        }
         // Faults sit between the transport and the core, both ways.
+        let faults = Faults::default();
         let transport = TcpTransport::start(tcp, faults.filter_inbox(inbox)).await?;
         let transport = faults.wrap(transport, tokio::runtime::Handle::current());
-        let mut node = Node::start_with(options, state_machine, store, transport, receiver)?;
+        let mut node = Node::start_inner(options, state_machine, store, transport, receiver, bootstrap)?;
         node.faults = Some(faults);
         Ok(node)
     }
@@ -225,6 +250,17 @@ impl<S: StateMachine> Node<S> {
         transport: Arc<dyn Transport>,
         inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
     ) -> Result<Node<S>> {
+        Node::start_inner(options, state_machine, store, transport, inbox, Bootstrap::confirmed())
+    }
+
+    fn start_inner<L: LogStore>(
+        options: NodeOptions,
+        state_machine: S,
+        store: L,
+        transport: Arc<dyn Transport>,
+        inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
+        bootstrap: Bootstrap,
+    ) -> Result<Node<S>> {
         let id = options.raft.id;
         let raft = Raft::new(options.raft.clone(), store)?;
         let (leader_sender, leader) = watch::channel(LeaderInfo::default());
@@ -236,6 +272,7 @@ impl<S: StateMachine> Node<S> {
             max_queued_reads: options.max_queued_reads,
             max_apply_backlog_bytes: options.max_apply_backlog_bytes,
             max_snapshot_bytes: options.max_snapshot_bytes,
+            bootstrap,
         };
         let (stop_sender, stop) = watch::channel(None);
         let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender, stop_sender)?;

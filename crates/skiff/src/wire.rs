@@ -25,6 +25,12 @@ pub enum PeerMessage {
     SnapshotChunk { meta: SnapshotMeta, offset: u64, data: Bytes, done: bool, cluster_id: Option<ClusterId> },
     /// The follower received `snapshot_index`'s data up to `offset` (or failed, `ok = false`).
     SnapshotAck { snapshot_index: Index, offset: u64, ok: bool },
+    /// A node with a new data directory asks an initial member about the cluster (see
+    /// [`crate::bootstrap`]).
+    BootstrapProbe,
+    /// The answer: the answerer's nonce while it is new itself, whether it holds data, and
+    /// the nonce it recorded for the asker when it bootstrapped the cluster.
+    BootstrapAnswer { pending: Option<u64>, has_data: bool, witnessed: Option<u64> },
 }
 
 /// Why a forwarded request failed, so the follower can tell its caller whether a retry

@@ -191,6 +191,10 @@ impl Transport for FaultyTransport {
     fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
         self.inner.set_members(members)
     }
+
+    fn set_cluster_id(&self, id: crate::wire::ClusterId) -> std::io::Result<()> {
+        self.inner.set_cluster_id(id)
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,14 @@ pub trait Transport: Send + Sync + 'static {
     fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
         let _ = members;
     }
+
+    /// This node made the cluster's id (it bootstrapped a new cluster, see
+    /// [`crate::bootstrap`]): record it, present it from now on, and have the peers
+    /// connected without one take it. Does nothing if the transport has an id already.
+    fn set_cluster_id(&self, id: crate::wire::ClusterId) -> std::io::Result<()> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// One peer as the transport sees it.

@@ -495,6 +495,27 @@ impl Transport for TcpTransport {
         self.shared.peers().iter().map(|(id, peer)| (*id, peer.health())).collect()
     }
 
+    fn set_cluster_id(&self, id: ClusterId) -> io::Result<()> {
+        // An adoption under way wins: the cluster has an id already.
+        let Ok(_adopting) = self.shared.adopting.try_lock() else { return Ok(()) };
+        if self.shared.cluster_id().is_some() {
+            return Ok(());
+        }
+        if let Some(ClusterIdRecorder(record)) = &self.shared.record_cluster_id {
+            record(id)?;
+        }
+        let _ = self.shared.cluster_id.set(id);
+        info!(cluster_id = %id, "made the cluster id");
+        // Reconnect to every peer: each handshakes again, sees the id and takes it.
+        let peers: Vec<(NodeId, String)> =
+            self.shared.peers().iter().map(|(peer, state)| (*peer, state.address())).collect();
+        for (peer, address) in peers {
+            self.remove_peer(peer);
+            self.add_peer(peer, address);
+        }
+        Ok(())
+    }
+
     /// Members without an address in the membership are reached at the address the
     /// transport started with (the cluster file's), if any.
     fn set_members(&self, members: &BTreeMap<NodeId, Option<String>>) {
