@@ -35,10 +35,13 @@ fn bad_configs_exit_1_with_the_problem() {
             assert!(stderr(&output).contains(text), "{config:?} {id}: wanted {text:?} in {}", stderr(&output));
         }
     }
-    // Required settings missing: a usage error.
-    let output = skiff().args(["serve", "--id", "n1"]).output().unwrap();
+    // No cluster file, no cluster to join, none saved by an earlier join: said so.
+    let output = skiff().args(["serve", "--id", "n1"]).arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr(&output).contains("give --config FILE") && stderr(&output).contains("--join"), "{output:?}");
+    // The id is required: a usage error.
+    let output = skiff().args(["serve", "--config", "c.toml"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(stderr(&output).contains("--config"), "{output:?}");
 }
 
 #[test]

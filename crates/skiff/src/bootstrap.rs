@@ -10,12 +10,14 @@
 //! vote ([`skiff_raft::Raft::withhold_votes`]) until one of these confirms it:
 //!
 //! - **A new cluster.** The node asks the other initial members (the cluster file's voters)
-//!   about their state. If a quorum of the initial voters *other than itself* are pending
-//!   too, no vote was ever cast and no entry ever committed: each needs a quorum, which
-//!   would include one of them, and a pending node votes for no one. The node confirms and
-//!   records those peers' nonces as the witnesses of the new cluster. (A single-node cluster
-//!   has no one to ask and confirms at once.) Until enough peers answer, it waits: the first
-//!   start of a 3-node cluster needs all three, as Consul's `bootstrap_expect` does.
+//!   about their state. If enough *other* initial voters are pending too that every
+//!   majority of the initial voters includes one of them, no vote was ever cast and no entry
+//!   ever committed: each needs a majority, and a pending node votes for no one. (Counting
+//!   only others matters: this node's own empty directory proves nothing.) The node confirms
+//!   and records those peers' nonces as the witnesses of the new cluster. A single-node
+//!   cluster has no one to ask and confirms at once. Until enough peers answer, it waits:
+//!   the first start of a 3-node cluster needs all three (5 nodes: four), as Consul's
+//!   `bootstrap_expect` waits for its servers.
 //! - **A slow first start.** A confirmed peer that recorded this node's current nonce as a
 //!   witness knows this incarnation took part in the new cluster's bootstrap and never voted
 //!   since (it was pending): the node confirms.
@@ -45,7 +47,7 @@ use crate::wire::PeerMessage;
 /// The file, in the data directory, that records the check's state.
 pub const FILE_NAME: &str = "bootstrap";
 /// How often a pending node asks its peers, in ticks.
-const PROBE_EVERY_TICKS: u64 = 10;
+const PROBE_EVERY_TICKS: u64 = 5;
 /// How often a pending node says in the log whom it waits for, in ticks.
 const REPORT_EVERY_TICKS: u64 = 500;
 
@@ -167,6 +169,13 @@ impl Bootstrap {
         PeerMessage::BootstrapAnswer { pending, has_data, witnessed }
     }
 
+    /// What a node that just confirmed tells the other initial members, unasked: those
+    /// still pending that it witnessed confirm at once, rather than at their next probe.
+    pub fn announcements(&self, has_data: bool) -> Vec<(NodeId, PeerMessage)> {
+        let others = self.initial.iter().copied().filter(|peer| *peer != self.id);
+        others.map(|peer| (peer, self.answer(peer, has_data))).collect()
+    }
+
     /// Every [`PROBE_EVERY_TICKS`], while pending and not rejoining: the probes to send.
     pub fn tick(&mut self) -> Vec<(NodeId, PeerMessage)> {
         if !self.is_pending() {
@@ -201,8 +210,10 @@ impl Bootstrap {
         match answer {
             Answer { pending: Some(theirs), .. } => {
                 self.fresh.insert(from, theirs);
-                // A quorum of the initial voters, not counting this node.
-                if self.fresh.len() > self.initial.len() / 2 {
+                // Enough pending peers that every majority of the initial voters includes
+                // one of them: |fresh| + majority > voters.
+                let voters = self.initial.len();
+                if self.fresh.len() > voters - (voters / 2 + 1) {
                     let witnesses = std::mem::take(&mut self.fresh);
                     self.state = State::Confirmed { witnesses };
                     self.save()?;
@@ -237,7 +248,7 @@ impl Bootstrap {
         }
         let current = membership_index > Index(0) && membership_term == term && last_log_term == term;
         if current && membership.contains(self.id) {
-            tracing::info!(node = %self.id, "added back to the cluster and caught up with its leader: it may vote");
+            tracing::info!(node = %self.id, "a member of the cluster, caught up with its leader: it may vote");
             self.confirm()?;
             return Ok(true);
         }
@@ -326,7 +337,7 @@ mod tests {
         let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
         assert!(n1.is_pending() && is_unconfirmed(dir.path()));
         assert_eq!(n1.tick().len(), 2, "it asks both other initial members");
-        assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap(), "one of two others is not a quorum of three");
+        assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap(), "n1 and n3 would be a majority without n2");
         assert!(n1.on_answer(NodeId(3), fresh(33)).unwrap());
         assert!(!n1.is_pending());
         // Durable: reopened, it is confirmed, and answers n3 with the nonce it witnessed.
@@ -335,6 +346,23 @@ mod tests {
         assert!(!reopened.is_pending() && !is_unconfirmed(dir.path()));
         let answer = reopened.answer(NodeId(3), true);
         assert_eq!(answer, PeerMessage::BootstrapAnswer { pending: None, has_data: true, witnessed: Some(33) });
+    }
+
+    #[test]
+    fn how_many_new_peers_a_new_cluster_needs() {
+        // Enough others that every majority includes one: 2 nodes 1, 3: 2, 4: 2, 5: 3, 7: 4.
+        for (voters, needed) in [(2_u64, 1_usize), (3, 2), (4, 2), (5, 3), (7, 4)] {
+            let dir = tempfile::tempdir().unwrap();
+            let all: Vec<u64> = (1..=voters).collect();
+            let mut node = pending(dir.path(), 1, &all);
+            for (answered, peer) in (2..=voters).enumerate() {
+                let confirmed = node.on_answer(NodeId(peer), fresh(peer)).unwrap();
+                assert_eq!(confirmed, answered + 1 == needed, "{voters} voters, {} new peers", answered + 1);
+                if confirmed {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

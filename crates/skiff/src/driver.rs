@@ -423,8 +423,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let answer = bootstrap::Answer { pending, has_data, witnessed };
                 if self.options.bootstrap.on_answer(from, answer)? {
                     self.raft.withhold_votes(false);
+                    // First the id (it reconnects to every peer, dropping what is queued).
                     if self.options.bootstrap.makes_cluster_id {
                         self.transport.set_cluster_id(ClusterId::random()?)?;
+                    }
+                    let has_data = self.raft.last_log_id()?.index > Index(0);
+                    for (peer, announcement) in self.options.bootstrap.announcements(has_data) {
+                        self.transport.send(peer, announcement);
                     }
                 }
             }

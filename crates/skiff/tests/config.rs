@@ -445,7 +445,10 @@ fn node_lookup_and_peers() {
     let message = demo.node(NodeId(9)).unwrap_err().to_string();
     assert_mentions(&message, &["node n9 is not in cluster \"demo\"", "n1, n2, n3", "--id"]);
 
-    assert_eq!(demo.voters(), Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]));
+    let voters = demo.voters();
+    assert_eq!(voters.voters, Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]).voters);
+    let address = "raft=127.0.0.1:7002 http=127.0.0.1:8002 redis=127.0.0.1:6002";
+    assert_eq!(voters.address(NodeId(2)), Some(address), "the initial membership records each address");
     let peers: BTreeMap<NodeId, String> =
         [(NodeId(1), "127.0.0.1:7001".to_string()), (NodeId(3), "127.0.0.1:7003".to_string())].into();
     assert_eq!(demo.peers_of(NodeId(2)), peers);
@@ -508,7 +511,8 @@ fn nodes_that_join_later_are_not_initial_voters() {
         join = true
     "#;
     let config = ClusterConfig::from_toml_str(text).unwrap();
-    assert_eq!(config.voters(), Membership::with_voters([NodeId(1)]));
+    assert_eq!(config.voters().voters, Membership::with_voters([NodeId(1)]).voters);
+    assert_eq!(config.voters().address(NodeId(2)), None, "a joiner is not an initial member");
     assert_eq!(config.peers_of(NodeId(1)).len(), 1, "a joiner's address is known from the start");
     let error = ClusterConfig::from_toml_str(&text.replace("id = \"n1\"", "id = \"n1\"\njoin = true")).unwrap_err();
     assert!(error.to_string().contains("every node has join = true"), "{error}");

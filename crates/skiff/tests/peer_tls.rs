@@ -25,7 +25,7 @@ const CLUSTER_NAME: &str = "peer-tls";
 /// A `Hello` of protocol 2 from `from` to `to` of this cluster, without a cluster id
 /// (framed: 4-byte length, then postcard).
 fn hello_frame(from: u64, to: u64) -> Vec<u8> {
-    let mut body = vec![0, 2, CLUSTER_NAME.len() as u8];
+    let mut body = vec![0, 3, CLUSTER_NAME.len() as u8];
     body.extend_from_slice(CLUSTER_NAME.as_bytes());
     body.extend_from_slice(&[from as u8, to as u8, 0]);
     framed(&body)

@@ -43,8 +43,10 @@
 //! only the holder of that node's key).
 //!
 //! **Cluster id.** Two clusters may share a name; a random 128-bit cluster id tells them
-//! apart. The initial voter with the lowest id makes it when it first initialises its data
-//! directory, which keeps it in its `node-id` file ([`TcpOptions::cluster_id`]). Every other
+//! apart. The initial voter with the lowest id makes it when the bootstrap check confirms a
+//! new cluster ([`crate::bootstrap`]; at once with `--bootstrap` or alone), and keeps it in
+//! its `node-id` file ([`TcpOptions::cluster_id`], [`Transport::set_cluster_id`], which
+//! reconnects to every peer so that each takes it). Every other
 //! node starts without one and adopts the id of the first peer that presents one in a
 //! handshake that otherwise passed (authenticated, with TLS): it records the id durably
 //! ([`TcpOptions::record_cluster_id`], an atomic rewrite of `node-id`) before it uses that
@@ -54,8 +56,9 @@
 //! carry the sender's id too (stamped by the writer): a node with an id drops, counts
 //! ([`TcpTransport::refused_snapshot_chunks`]) and logs a chunk that carries another id or
 //! none. Directories made before cluster ids existed keep working without one; a voter
-//! whose data directory is lost must rejoin under a new id (as Raft requires anyway), since
-//! a fresh lowest voter would make a new cluster id.
+//! whose data directory is lost adopts the cluster's id again when it connects (it makes
+//! none while its bootstrap check is pending), and then learns from its peers that it lost
+//! its data.
 //!
 //! **Reconnect.** A dialer that fails, or whose connection ends, waits 20 ms and retries,
 //! doubling the wait up to 1 s; a successful handshake resets it. A connection that carries
