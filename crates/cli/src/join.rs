@@ -73,7 +73,11 @@ pub fn with_own_entry(
         Some(position) => &mut cluster.node[position],
         None => {
             let Some(raft) = own.raft.clone() else {
-                bail!("{id} is not in the cluster file: give its addresses (--raft HOST:PORT, and --http, --redis)");
+                // The usual message (which nodes the file lists), and how to add one.
+                let error = cluster.node(id).err().map(|error| error.to_string()).unwrap_or_default();
+                bail!(
+                    "{error}; to start a node the file does not list, give its addresses (--raft HOST:PORT, --http ...)"
+                );
             };
             cluster.node.push(NodeConfig {
                 id: id.to_string(),

@@ -179,7 +179,8 @@ fn membership_changes() {
         stdout(&output)
     };
 
-    assert_eq!(to_leader(&["members", "add", "n4", "--learner"]), "added n4 as a learner\n");
+    let n4_raft = cluster.file.node(skiff::NodeId(4)).raft.clone();
+    assert_eq!(to_leader(&["members", "add", "n4", "--learner"]), format!("added n4 ({n4_raft}) as a learner\n"));
     let members = cluster.ok(&["members", "list"]);
     assert!(members.lines().any(|line| line.trim_start().starts_with("n4") && line.contains("learner")), "{members}");
     let again = cluster.run(&["members", "promote", "n1"]);

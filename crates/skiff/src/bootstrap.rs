@@ -78,14 +78,15 @@ enum State {
 }
 
 /// What a probe's answer says about the node that answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     /// The answerer's nonce if it is pending, `None` once confirmed.
     pub pending: Option<u64>,
     /// Whether it holds a log or snapshot past index 0.
     pub has_data: bool,
-    /// The nonce it recorded for the asker when it confirmed, if it did.
-    pub witnessed: Option<u64>,
+    /// Once confirmed: the initial members known to have started empty at the cluster's
+    /// bootstrap, with the nonces of those directories.
+    pub witnesses: Vec<(NodeId, u64)>,
 }
 
 /// The check's state on one node (see the [module docs](self)).
@@ -160,20 +161,20 @@ impl Bootstrap {
         matches!(self.state, State::Pending { .. })
     }
 
-    /// The answer to `asker`'s probe.
-    pub fn answer(&self, asker: NodeId, has_data: bool) -> PeerMessage {
-        let (pending, witnessed) = match &self.state {
-            State::Pending { nonce } => (Some(*nonce), None),
-            State::Confirmed { witnesses } => (None, witnesses.get(&asker).copied()),
+    /// The answer to a probe.
+    pub fn answer(&self, has_data: bool) -> PeerMessage {
+        let (pending, witnesses) = match &self.state {
+            State::Pending { nonce } => (Some(*nonce), Vec::new()),
+            State::Confirmed { witnesses } => (None, witnesses.iter().map(|(id, nonce)| (*id, *nonce)).collect()),
         };
-        PeerMessage::BootstrapAnswer { pending, has_data, witnessed }
+        PeerMessage::BootstrapAnswer { pending, has_data, witnesses }
     }
 
     /// What a node that just confirmed tells the other initial members, unasked: those
     /// still pending that it witnessed confirm at once, rather than at their next probe.
     pub fn announcements(&self, has_data: bool) -> Vec<(NodeId, PeerMessage)> {
         let others = self.initial.iter().copied().filter(|peer| *peer != self.id);
-        others.map(|peer| (peer, self.answer(peer, has_data))).collect()
+        others.map(|peer| (peer, self.answer(has_data))).collect()
     }
 
     /// Every [`PROBE_EVERY_TICKS`], while pending and not rejoining: the probes to send.
@@ -203,33 +204,53 @@ impl Bootstrap {
 
     /// Takes `from`'s answer. `Ok(true)` when this node may now vote.
     pub fn on_answer(&mut self, from: NodeId, answer: Answer) -> Result<bool> {
-        let State::Pending { nonce } = self.state else { return Ok(false) };
         if self.join || !self.initial.contains(&from) || from == self.id {
             return Ok(false);
         }
-        match answer {
-            Answer { pending: Some(theirs), .. } => {
-                self.fresh.insert(from, theirs);
-                // Enough pending peers that every majority of the initial voters includes
-                // one of them: |fresh| + majority > voters.
-                let voters = self.initial.len();
-                if self.fresh.len() > voters - (voters / 2 + 1) {
-                    let witnesses = std::mem::take(&mut self.fresh);
-                    self.state = State::Confirmed { witnesses };
-                    self.save()?;
-                    tracing::info!(node = %self.id, "the other initial members are new too: bootstrapping a new cluster");
-                    return Ok(true);
+        // Remote input: only initial members can be witnesses.
+        let witnesses: BTreeMap<NodeId, u64> =
+            answer.witnesses.iter().filter(|(id, _)| self.initial.contains(id)).copied().collect();
+        let nonce = match &mut self.state {
+            State::Pending { nonce } => *nonce,
+            State::Confirmed { witnesses: ours } => {
+                // Facts learned from a peer: these directories started empty at the bootstrap.
+                let before = ours.len();
+                for (id, nonce) in witnesses {
+                    ours.entry(id).or_insert(nonce);
                 }
-                Ok(false)
+                if ours.len() != before {
+                    self.save()?;
+                }
+                return Ok(false);
             }
-            Answer { pending: None, witnessed: Some(witnessed), .. } if witnessed == nonce => {
-                tracing::info!(node = %self.id, peer = %from, "the cluster started with this node: it may vote");
-                self.confirm()?;
-                Ok(true)
+        };
+        if let Some(theirs) = answer.pending {
+            self.fresh.insert(from, theirs);
+            // Enough pending peers that every majority of the initial voters includes one of
+            // them: |fresh| + majority > voters.
+            let voters = self.initial.len();
+            if self.fresh.len() > voters - (voters / 2 + 1) {
+                tracing::info!(node = %self.id, "the other initial members are new too: bootstrapping a new cluster");
+                let mut witnesses = std::mem::take(&mut self.fresh);
+                witnesses.insert(self.id, nonce);
+                self.state = State::Confirmed { witnesses };
+                self.save()?;
+                return Ok(true);
             }
-            Answer { pending: None, has_data: true, .. } => Err(Error::LostData { id: self.id, peer: from }),
-            Answer { pending: None, .. } => Ok(false),
+            return Ok(false);
         }
+        if witnesses.get(&self.id) == Some(&nonce) {
+            tracing::info!(node = %self.id, peer = %from, "the cluster started with this node: it may vote");
+            let mut known = std::mem::take(&mut self.fresh);
+            known.extend(witnesses);
+            self.state = State::Confirmed { witnesses: known };
+            self.save()?;
+            return Ok(true);
+        }
+        if answer.has_data {
+            return Err(Error::LostData { id: self.id, peer: from });
+        }
+        Ok(false)
     }
 
     /// For a node that rejoins: `Ok(true)` when the membership in effect (appended at
@@ -328,7 +349,12 @@ mod tests {
     }
 
     fn fresh(nonce: u64) -> Answer {
-        Answer { pending: Some(nonce), has_data: false, witnessed: None }
+        Answer { pending: Some(nonce), has_data: false, witnesses: Vec::new() }
+    }
+
+    fn confirmed(has_data: bool, witnesses: &[(u64, u64)]) -> Answer {
+        let witnesses = witnesses.iter().map(|(id, nonce)| (NodeId(*id), *nonce)).collect();
+        Answer { pending: None, has_data, witnesses }
     }
 
     #[test]
@@ -340,12 +366,16 @@ mod tests {
         assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap(), "n1 and n3 would be a majority without n2");
         assert!(n1.on_answer(NodeId(3), fresh(33)).unwrap());
         assert!(!n1.is_pending());
-        // Durable: reopened, it is confirmed, and answers n3 with the nonce it witnessed.
+        // Durable: reopened, it is confirmed, and answers with every directory it saw start
+        // empty, its own included.
         let reopened = Bootstrap::open(dir.path(), NodeId(1), &voters(&[1, 2, 3]), false, false, BootstrapMode::Check);
         let reopened = reopened.unwrap();
         assert!(!reopened.is_pending() && !is_unconfirmed(dir.path()));
-        let answer = reopened.answer(NodeId(3), true);
-        assert_eq!(answer, PeerMessage::BootstrapAnswer { pending: None, has_data: true, witnessed: Some(33) });
+        let PeerMessage::BootstrapAnswer { pending: None, has_data: true, witnesses } = reopened.answer(true) else {
+            panic!("a confirmed node's answer")
+        };
+        let nonces: Vec<u64> = witnesses.iter().map(|(_, nonce)| *nonce).collect();
+        assert_eq!((witnesses.len(), &nonces[1..]), (3, &[22, 33][..]), "{witnesses:?}");
     }
 
     #[test]
@@ -371,15 +401,16 @@ mod tests {
         let mut n3 = pending(dir.path(), 3, &[1, 2, 3]);
         let State::Pending { nonce } = n3.state else { panic!("new directories start pending") };
         // A confirmed peer with no data and no record of us: wait.
-        let quiet = Answer { pending: None, has_data: false, witnessed: None };
-        assert!(!n3.on_answer(NodeId(1), quiet).unwrap() && n3.is_pending());
-        // A confirmed peer that witnessed this incarnation: it was only slow.
-        let witnessed = Answer { pending: None, has_data: true, witnessed: Some(nonce) };
-        assert!(n3.on_answer(NodeId(1), witnessed).unwrap());
+        assert!(!n3.on_answer(NodeId(1), confirmed(false, &[(1, 11), (2, 22)])).unwrap() && n3.is_pending());
+        // A confirmed peer that witnessed this incarnation: it was only slow. It learns
+        // every witness the peer knows, and tells them in turn.
+        assert!(n3.on_answer(NodeId(1), confirmed(true, &[(1, 11), (2, 22), (3, nonce), (9, 99)])).unwrap());
+        let PeerMessage::BootstrapAnswer { witnesses, .. } = n3.answer(true) else { panic!("an answer") };
+        assert_eq!(witnesses, [(NodeId(1), 11), (NodeId(2), 22), (NodeId(3), nonce)], "n9 is no initial member");
 
         let dir = tempfile::tempdir().unwrap();
         let mut wiped = pending(dir.path(), 3, &[1, 2, 3]);
-        let other_incarnation = Answer { pending: None, has_data: true, witnessed: Some(nonce ^ 1) };
+        let other_incarnation = confirmed(true, &[(1, 11), (2, 22), (3, nonce ^ 1)]);
         let error = wiped.on_answer(NodeId(2), other_incarnation).unwrap_err();
         assert!(matches!(error, Error::LostData { peer: NodeId(2), .. }), "{error}");
         assert!(error.to_string().contains("--join"), "{error}");

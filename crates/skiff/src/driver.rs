@@ -416,11 +416,11 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
             PeerMessage::BootstrapProbe => {
                 let last = self.raft.last_log_id()?;
-                let answer = self.options.bootstrap.answer(from, last.index > Index(0));
+                let answer = self.options.bootstrap.answer(last.index > Index(0));
                 self.transport.send(from, answer);
             }
-            PeerMessage::BootstrapAnswer { pending, has_data, witnessed } => {
-                let answer = bootstrap::Answer { pending, has_data, witnessed };
+            PeerMessage::BootstrapAnswer { pending, has_data, witnesses } => {
+                let answer = bootstrap::Answer { pending, has_data, witnesses };
                 if self.options.bootstrap.on_answer(from, answer)? {
                     self.raft.withhold_votes(false);
                     // First the id (it reconnects to every peer, dropping what is queued).

@@ -28,9 +28,10 @@ pub enum PeerMessage {
     /// A node with a new data directory asks an initial member about the cluster (see
     /// [`crate::bootstrap`]).
     BootstrapProbe,
-    /// The answer: the answerer's nonce while it is new itself, whether it holds data, and
-    /// the nonce it recorded for the asker when it bootstrapped the cluster.
-    BootstrapAnswer { pending: Option<u64>, has_data: bool, witnessed: Option<u64> },
+    /// The answer (or, from a node that just confirmed, an announcement): the answerer's
+    /// nonce while it is new itself, whether it holds data, and once confirmed the initial
+    /// members it knows started empty at the bootstrap, with their directories' nonces.
+    BootstrapAnswer { pending: Option<u64>, has_data: bool, witnesses: Vec<(NodeId, u64)> },
 }
 
 /// Why a forwarded request failed, so the follower can tell its caller whether a retry

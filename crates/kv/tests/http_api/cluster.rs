@@ -187,7 +187,7 @@ fn skiff_members_lists_every_member_and_refuses_adding_or_promoting_one_again() 
             .iter()
             .map(|&member| {
                 let node = cluster.config.node(member).expect("a node");
-                json!({"id": member.to_string(), "voter": true, "raft": node.raft, "http": node.http})
+                json!({"id": member.to_string(), "voter": true, "raft": node.raft, "http": node.http, "redis": node.redis})
             })
             .collect();
         assert_eq!(members["members"], json!(expected), "{id}: {members}");
