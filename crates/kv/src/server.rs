@@ -216,6 +216,8 @@ impl Server {
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
+        // The recorder first: the node and its store make their metric handles as they start.
+        crate::metrics::handle();
         let node = if fault_injection {
             tracing::info!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
             Node::start_with_fault_injection(&cluster, id, store, &data_dir).await?
@@ -223,7 +225,6 @@ impl Server {
             Node::start(&cluster, id, store, &data_dir).await?
         };
         let node = Arc::new(node);
-        crate::metrics::handle();
         tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));
         let mut stop = Vec::new();
         let mut listeners = Vec::new();
