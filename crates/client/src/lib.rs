@@ -33,7 +33,7 @@ mod client;
 mod error;
 mod transport;
 
-pub use api::{Entry, Keyspace, LogEntry, LogId, LogPage, Member, Members, Peer, Status};
+pub use api::{Entry, Keyspace, LogEntry, LogId, LogPage, Member, Members, Peer, Probe, Status};
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};
 pub use transport::{encode_key, normalize_endpoint, normalize_endpoint_as};
