@@ -181,6 +181,14 @@ struct SnapshotMetrics {
     restore_bytes: metrics::Histogram,
 }
 
+impl Default for SnapshotMetrics {
+    /// Handles that record nothing.
+    fn default() -> SnapshotMetrics {
+        let none = metrics::Histogram::noop;
+        SnapshotMetrics { take_seconds: none(), take_bytes: none(), restore_seconds: none(), restore_bytes: none() }
+    }
+}
+
 impl SnapshotMetrics {
     fn new(node: NodeId) -> SnapshotMetrics {
         let seconds = |kind: &'static str| metrics::histogram!("skiff_snapshot_seconds", "node" => node.to_string(), "kind" => kind);
@@ -228,7 +236,6 @@ impl<S: StateMachine> Applier<S> {
     /// An applier whose state machine holds the snapshot `restored` (index 0 and the
     /// initial membership: none), which the policy knows of.
     pub fn new(
-        node: NodeId,
         state_machine: S,
         restored: SnapshotMeta,
         snapshots: SnapshotPolicy,
@@ -249,8 +256,15 @@ impl<S: StateMachine> Applier<S> {
             snapshots,
             target,
             finishing: None,
-            metrics: SnapshotMetrics::new(node),
+            metrics: SnapshotMetrics::default(),
         }
+    }
+
+    /// Records its snapshots' time and size in metrics labeled with `node` (without this,
+    /// it records nothing).
+    pub fn recording_as(mut self, node: NodeId) -> Applier<S> {
+        self.metrics = SnapshotMetrics::new(node);
+        self
     }
 
     /// Runs until the driver hangs up; reads still waiting then fail.

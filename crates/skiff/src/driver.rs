@@ -135,7 +135,6 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let (events_sender, events) = mpsc::unbounded_channel();
         let policy = SnapshotPolicy::new(options.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
         let applier = Applier::new(
-            raft.id(),
             state_machine,
             restored,
             policy,
@@ -143,7 +142,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Arc::clone(&transport),
             raft.storage().snapshot_target(),
             events_sender,
-        );
+        )
+        .recording_as(raft.id());
         let (tasks, task_receiver) = std::sync::mpsc::channel();
         let apply_thread = std::thread::Builder::new()
             .name(format!("skiff-{}-apply", raft.id()))
