@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use comfy_table::{Cell, Color, Table};
 
-use skiff_client::{Client, Status};
+use skiff_client::{Client, Probe, Status};
 
 use crate::commands::Format;
 
@@ -22,6 +22,14 @@ struct Row {
     id: String,
     http: Option<String>,
     answer: Result<Status>,
+    /// What its probes (`/v1/health`, `/v1/ready`) answered, when its status did.
+    probes: Option<Probes>,
+}
+
+/// A node's answers to its liveness and readiness probes, as an orchestrator sees them.
+struct Probes {
+    health: Result<Probe>,
+    ready: Result<Probe>,
 }
 
 /// Asks for the member list, then every member for its status, in parallel.
@@ -37,7 +45,14 @@ fn collect(client: &Client) -> Result<Vec<Row>> {
                         Some(http) => client.node_status(http, NODE_TIMEOUT).map_err(Into::into),
                         None => Err(anyhow::anyhow!("no http address")),
                     };
-                    Row { id: member.id, http: member.http, answer }
+                    let probes = match (&member.http, &answer) {
+                        (Some(http), Ok(_)) => Some(Probes {
+                            health: client.health(http, NODE_TIMEOUT).map_err(Into::into),
+                            ready: client.ready(http, NODE_TIMEOUT).map_err(Into::into),
+                        }),
+                        _ => None,
+                    };
+                    Row { id: member.id, http: member.http, answer, probes }
                 })
             })
             .collect();
@@ -62,6 +77,7 @@ fn table(rows: &[Row]) -> Table {
         "COMMIT",
         "APPLIED",
         "LAST LOG",
+        "READY",
         "HEALTH",
     ]);
     for row in rows {
@@ -70,6 +86,7 @@ fn table(rows: &[Row]) -> Table {
             Ok(status) => {
                 let (health, color) = health(status, leader_commit);
                 let role_color = if status.role == "leader" { Color::Green } else { Color::Reset };
+                let (ready, ready_color) = readiness(row.probes.as_ref());
                 table.add_row(vec![
                     Cell::new(&status.id),
                     Cell::new(address),
@@ -80,18 +97,33 @@ fn table(rows: &[Row]) -> Table {
                     Cell::new(status.commit),
                     Cell::new(status.applied),
                     Cell::new(format!("{} (term {})", status.last_log.index, status.last_log.term)),
+                    Cell::new(ready).fg(ready_color),
                     Cell::new(health).fg(color),
                 ]);
             }
             Err(error) => {
                 let mut cells = vec![Cell::new(&row.id), Cell::new(address), Cell::new("unreachable").fg(Color::Red)];
-                cells.extend((0..6).map(|_| Cell::new("-")));
+                cells.extend((0..7).map(|_| Cell::new("-")));
                 cells.push(Cell::new(format!("{error:#}")).fg(Color::Red));
                 table.add_row(cells);
             }
         }
     }
     table
+}
+
+/// What a node's probes say, as an orchestrator would act on it: `ready`, `not ready` or
+/// `stopped` with the reasons, or `-` when it did not answer them (a node older than the
+/// probes answers 404).
+fn readiness(probes: Option<&Probes>) -> (String, Color) {
+    let Some(probes) = probes else { return ("-".to_string(), Color::Reset) };
+    let failed = |probe: &Probe| format!("{}: {}", probe.status, probe.reasons.join("; "));
+    match (&probes.health, &probes.ready) {
+        (Ok(health), _) if !health.passed() => (failed(health), Color::Red),
+        (_, Ok(ready)) if ready.passed() => (ready.status.clone(), Color::Green),
+        (_, Ok(ready)) => (failed(ready), Color::Yellow),
+        (_, Err(_)) => ("-".to_string(), Color::Reset),
+    }
 }
 
 /// A node's health in a few words, and the color to show it in.
@@ -130,7 +162,15 @@ pub fn show(client: &Client, format: Format) -> Result<()> {
 /// A row as JSON: the node's status as the API answered it, or what is known of it.
 fn row_json(row: &Row) -> Result<serde_json::Value> {
     Ok(match &row.answer {
-        Ok(status) => serde_json::to_value(status)?,
+        Ok(status) => {
+            let mut json = serde_json::to_value(status)?;
+            // The probes' answers, beside the status: `null` when not answered.
+            if let Some(probes) = &row.probes {
+                json["health"] = serde_json::to_value(probes.health.as_ref().ok())?;
+                json["ready"] = serde_json::to_value(probes.ready.as_ref().ok())?;
+            }
+            json
+        }
         Err(error) => serde_json::json!({
             "id": row.id, "http_address": row.http, "role": "unreachable", "error": format!("{error:#}"),
         }),

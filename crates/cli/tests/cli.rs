@@ -104,9 +104,14 @@ fn cluster_commands() {
     for id in ["n1", "n2", "n3"] {
         assert!(rows.iter().any(|row| row.starts_with(&format!("│ {id} "))), "{table}");
     }
+    // The probes' answers: every node alive and ready.
+    assert!(rows.iter().all(|row| row.contains("┆ ready ")), "{table}");
     let nodes = cluster.status();
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|node| node["term"].as_u64().is_some()), "{nodes:?}");
+    for node in &nodes {
+        assert_eq!((&node["health"]["status"], &node["ready"]["status"]), (&"alive".into(), &"ready".into()), "{node}");
+    }
 
     // log: committed entries carry a `*`, and the put is there.
     let log = cluster.ok(&["log"]);

@@ -151,6 +151,30 @@ pub struct Peer {
     pub dropped_messages: u64,
 }
 
+/// One node's answer to a probe: `GET /v1/health` (is it alive?) or `GET /v1/ready` (can
+/// it serve?). The HTTP status is 200 when the probe passes, 503 when it fails; both come
+/// with this body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// `alive` or `stopped` (health); `ready` or `not ready` (readiness).
+    pub status: String,
+    /// The node's id.
+    pub id: String,
+    /// The lag bound the readiness probe checked: committed entries not yet applied
+    /// (absent from the health probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<u64>,
+    /// Every failing check, in words; empty when the probe passes.
+    pub reasons: Vec<String>,
+}
+
+impl Probe {
+    /// Whether the probe passed (the node answered 200).
+    pub fn passed(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
 /// The cluster's members (`GET /v1/skiff/members`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Members {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ureq::http::Method;
 
-use crate::api::{ClusterInfo, Entry, LogPage, Member, Members, NewMember, Status};
+use crate::api::{ClusterInfo, Entry, LogPage, Member, Members, NewMember, Probe, Status};
 use crate::error::{Error, Result};
 use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
 
@@ -344,19 +344,45 @@ impl Client {
     /// `https://` if the client's endpoints are),
     /// asked once, waiting at most `timeout` (and no longer than the client's timeout).
     pub fn node_status(&self, endpoint: &str, timeout: Duration) -> Result<Status> {
+        self.get_once(endpoint, "/v1/skiff/status", timeout)?.success()?.json()
+    }
+
+    /// Whether the node at `endpoint` is alive (`GET /v1/health`): its process answers and
+    /// its node has not stopped. Asked once, as [`Client::node_status`]. A node that
+    /// answers "stopped" is an `Ok` [`Probe`] that did not pass.
+    pub fn health(&self, endpoint: &str, timeout: Duration) -> Result<Probe> {
+        self.probe(endpoint, "/v1/health", timeout)
+    }
+
+    /// Whether the node at `endpoint` is ready to serve (`GET /v1/ready`): it knows a
+    /// leader, has applied its committed entries to within the server's default bound
+    /// (1000), and no alarm is raised. Asked once, as [`Client::node_status`]. A node that
+    /// is not ready is an `Ok` [`Probe`] that did not pass, with the reasons.
+    pub fn ready(&self, endpoint: &str, timeout: Duration) -> Result<Probe> {
+        self.probe(endpoint, "/v1/ready", timeout)
+    }
+
+    /// A probe's answer: 200 or a 503 with a probe's body; anything else is an error.
+    fn probe(&self, endpoint: &str, path: &str, timeout: Duration) -> Result<Probe> {
+        let reply = self.get_once(endpoint, path, timeout)?;
+        if reply.status == 503
+            && let Ok(probe) = reply.json::<Probe>()
+        {
+            return Ok(probe);
+        }
+        reply.success()?.json()
+    }
+
+    /// `GET path` of the node at `endpoint` (`host:port`, need not be one of the client's;
+    /// `https://` if the client's endpoints are), once, waiting at most `timeout` (and no
+    /// longer than the client's timeout).
+    fn get_once(&self, endpoint: &str, path: &str, timeout: Duration) -> Result<crate::transport::Reply> {
         let scheme =
             if self.endpoints().iter().all(|endpoint| endpoint.starts_with("https://")) { "https" } else { "http" };
         let base = normalize_endpoint_as(endpoint, scheme)?;
         let timeout = timeout.min(self.timeout);
-        let call = Call {
-            method: Method::GET,
-            path: "/v1/skiff/status",
-            body: None,
-            idempotency_key: None,
-            retry: Retry::Safe,
-            timeout,
-        };
-        self.transport.call_once(&base, &call)?.success()?.json()
+        let call = Call { method: Method::GET, path, body: None, idempotency_key: None, retry: Retry::Safe, timeout };
+        self.transport.call_once(&base, &call)
     }
 
     /// A page of the answering node's log: from index `from` (default: the last `limit`
@@ -494,6 +520,27 @@ mod tests {
         let keys = server.join().unwrap();
         assert_eq!(keys.len(), 2);
         assert_ne!(keys[0], keys[1]);
+    }
+
+    #[test]
+    fn a_failing_probe_is_an_answer_and_a_missing_route_an_error() {
+        let body = r#"{"status":"not ready","id":"n2","max_lag":1000,"reasons":["no leader is known"]}"#;
+        let not_ready = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let not_found = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let (address, server) = fake_server(vec![Some(not_ready.leak()), Some(not_found)]);
+        let client = Client::new([address.clone()]).unwrap();
+        let endpoint = address.trim_start_matches("http://");
+        let probe = client.ready(endpoint, Duration::from_secs(5)).unwrap();
+        assert!(!probe.passed());
+        assert_eq!(probe.status, "not ready");
+        assert_eq!(probe.max_lag, Some(1000));
+        assert_eq!(probe.reasons, ["no leader is known"]);
+        let missing = client.health(endpoint, Duration::from_secs(5));
+        assert!(matches!(missing, Err(Error::Http { status: 404, .. })), "{missing:?}");
+        server.join().unwrap();
     }
 
     /// A CA certificate, as `skiff certs` writes it.

@@ -33,7 +33,9 @@ mod client;
 mod error;
 mod transport;
 
-pub use api::{ClusterInfo, Entry, Keyspace, LogEntry, LogId, LogPage, Member, Members, NewMember, Peer, Status};
+pub use api::{
+    ClusterInfo, Entry, Keyspace, LogEntry, LogId, LogPage, Member, Members, NewMember, Peer, Probe, Status,
+};
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};
 pub use transport::{encode_key, normalize_endpoint, normalize_endpoint_as};

@@ -227,13 +227,14 @@ impl Server {
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
+        // The recorder first: the node and its store make their metric handles as they start.
+        crate::metrics::handle();
         if fault_injection {
             tracing::info!(node = %id, "fault injection is on: /v1/skiff/faults can cut this node off");
         }
         let start = StartOptions { fault_injection, bootstrap };
         let node = Node::start_with_options(&cluster, id, store, &data_dir, start).await?;
         let node = Arc::new(node);
-        crate::metrics::handle();
         tokio::spawn(crate::metrics::count_leader_changes(id, node.watch_leader()));
         let mut stop = Vec::new();
         let mut listeners = Vec::new();

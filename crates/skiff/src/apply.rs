@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use skiff_raft::{Entry, Index, LogId, Membership, NodeId, Payload, SnapshotMeta, Term};
@@ -165,6 +166,40 @@ pub(crate) struct Applier<S: StateMachine> {
     target: Arc<dyn SnapshotTarget>,
     /// The thread writing the last snapshot or making it durable: its index and size.
     finishing: Option<std::thread::JoinHandle<(Index, u64)>>,
+    metrics: SnapshotMetrics,
+}
+
+/// How long snapshots take and how large they are: `skiff_snapshot_seconds` and
+/// `skiff_snapshot_size_bytes`, by node and `kind`: `take` (this node's state written into
+/// a snapshot file, until it is durable) and `restore` (the state replaced by a leader's
+/// snapshot, read from its file).
+#[derive(Clone)]
+struct SnapshotMetrics {
+    take_seconds: metrics::Histogram,
+    take_bytes: metrics::Histogram,
+    restore_seconds: metrics::Histogram,
+    restore_bytes: metrics::Histogram,
+}
+
+impl Default for SnapshotMetrics {
+    /// Handles that record nothing.
+    fn default() -> SnapshotMetrics {
+        let none = metrics::Histogram::noop;
+        SnapshotMetrics { take_seconds: none(), take_bytes: none(), restore_seconds: none(), restore_bytes: none() }
+    }
+}
+
+impl SnapshotMetrics {
+    fn new(node: NodeId) -> SnapshotMetrics {
+        let seconds = |kind: &'static str| metrics::histogram!("skiff_snapshot_seconds", "node" => node.to_string(), "kind" => kind);
+        let bytes = |kind: &'static str| metrics::histogram!("skiff_snapshot_size_bytes", "node" => node.to_string(), "kind" => kind);
+        SnapshotMetrics {
+            take_seconds: seconds("take"),
+            take_bytes: bytes("take"),
+            restore_seconds: seconds("restore"),
+            restore_bytes: bytes("restore"),
+        }
+    }
 }
 
 /// When to snapshot: after at least `after_entries` entries, and once the log since the last
@@ -221,7 +256,15 @@ impl<S: StateMachine> Applier<S> {
             snapshots,
             target,
             finishing: None,
+            metrics: SnapshotMetrics::default(),
         }
+    }
+
+    /// Records its snapshots' time and size in metrics labeled with `node` (without this,
+    /// it records nothing).
+    pub fn recording_as(mut self, node: NodeId) -> Applier<S> {
+        self.metrics = SnapshotMetrics::new(node);
+        self
     }
 
     /// Runs until the driver hangs up; reads still waiting then fail.
@@ -280,9 +323,12 @@ impl<S: StateMachine> Applier<S> {
                 self.maybe_snapshot()
             }
             Task::Restore { meta, data } => {
+                let started = Instant::now();
                 let mut data = CountingReader::new(data);
                 let index = meta.last_log_id.index;
                 self.state_machine.restore(&mut data).map_err(|source| StorageFailure::Restore { index, source })?;
+                self.metrics.restore_seconds.record(started.elapsed());
+                self.metrics.restore_bytes.record(data.bytes as f64);
                 self.snapshots.taken(index, data.bytes);
                 self.last_applied = meta.last_log_id;
                 self.membership = meta.membership;
@@ -359,6 +405,7 @@ impl<S: StateMachine> Applier<S> {
         };
         // One at a time, so that they land in order.
         self.wait_for_snapshot_finish();
+        let started = Instant::now();
         let sink = self.target.create(meta.clone()).map_err(|error| failed(error.into()))?;
         let mut out = CountingWriter { inner: sink, bytes: 0 };
         let deferred = self.state_machine.snapshot_view();
@@ -371,6 +418,7 @@ impl<S: StateMachine> Applier<S> {
         // of milliseconds) is left to the same thread, so every write waiting for its
         // answer goes on meanwhile.
         let events = self.events.clone();
+        let metrics = self.metrics.clone();
         let finish = move || {
             let written = match deferred {
                 Some(write) => write(&mut out),
@@ -384,6 +432,8 @@ impl<S: StateMachine> Applier<S> {
             let event = match finished {
                 Ok(()) => {
                     tracing::debug!(index = %applied, bytes, "snapshot taken");
+                    metrics.take_seconds.record(started.elapsed());
+                    metrics.take_bytes.record(bytes as f64);
                     Event::SnapshotTaken { meta }
                 }
                 Err(error) => Event::Failed(error),

@@ -150,7 +150,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Arc::clone(&transport),
             raft.storage().snapshot_target(),
             events_sender,
-        );
+        )
+        .recording_as(raft.id());
         let (tasks, task_receiver) = std::sync::mpsc::channel();
         let apply_thread = std::thread::Builder::new()
             .name(format!("skiff-{}-apply", raft.id()))
@@ -380,6 +381,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             PeerMessage::Raft(envelope) => {
                 if envelope.from != from {
                     tracing::warn!(%from, claimed = %envelope.from, "dropping a message whose sender does not match its connection");
+                    self.count_dropped(from, "wrong_sender");
                     return Ok(());
                 }
                 if let Message::InstallSnapshot { meta } = &envelope.message
@@ -402,6 +404,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 if self.raft.leader() != Some(from) || meta.last_log_id.index == Index(0) =>
             {
                 tracing::warn!(%from, snapshot = %meta.last_log_id, "dropping a snapshot chunk not from the current leader");
+                self.count_dropped(from, "not_from_leader");
             }
             PeerMessage::SnapshotChunk { meta, offset, data, done, .. } => {
                 let ack = self.incoming.chunk(self.raft.storage_mut(), meta, offset, data, done)?;
@@ -476,6 +479,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             .collect();
         self.transport.set_members(&members);
         self.members_told = Some(membership.clone());
+    }
+
+    /// Counts a message from `peer` dropped on arrival, in `skiff_dropped_messages_total`
+    /// (rare: the handle is made when it happens).
+    fn count_dropped(&self, peer: NodeId, reason: &'static str) {
+        let labels = [("node", self.raft.id().to_string()), ("peer", peer.to_string()), ("reason", reason.to_string())];
+        metrics::counter!("skiff_dropped_messages_total", &labels).increment(1);
     }
 
     /// Executes one `Ready` in the order its contract states.

@@ -132,6 +132,37 @@ pub struct PeerView {
     pub health: PeerHealth,
 }
 
+/// How a [`Node::propose`] ended, as `skiff_proposals_total` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProposalOutcome {
+    /// Committed and applied.
+    Committed,
+    /// Perhaps committed, perhaps not ([`crate::ErrorKind::Indeterminate`]: a timeout, a
+    /// leader change while it was under way).
+    Unknown,
+    /// Any other error: no leader, refused by the cluster's state, the node failed.
+    Failed,
+}
+
+impl ProposalOutcome {
+    fn of<T>(result: &Result<T>) -> ProposalOutcome {
+        match result {
+            Ok(_) => ProposalOutcome::Committed,
+            Err(error) if error.kind() == crate::ErrorKind::Indeterminate => ProposalOutcome::Unknown,
+            Err(_) => ProposalOutcome::Failed,
+        }
+    }
+
+    /// The `outcome` label: `committed`, `unknown` or `failed`.
+    fn label(self) -> &'static str {
+        match self {
+            ProposalOutcome::Committed => "committed",
+            ProposalOutcome::Unknown => "unknown",
+            ProposalOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// A member of a Skiff cluster. Cheap to share (`Arc<Node<S>>`); every method may be
 /// called from any task. Any node accepts proposals (followers forward them to the leader)
 /// and linearizable reads.
@@ -302,10 +333,15 @@ impl<S: StateMachine> Node<S> {
     /// Proposes `command` and returns its output once it is committed and applied. From a
     /// follower, the command is forwarded to the leader and the leader's output returned.
     /// Retries while no leader is known, until the request timeout.
+    /// Each call is counted in `skiff_proposals_total{outcome}`: `committed`, `unknown`
+    /// (an indeterminate error) or `failed` (any other).
     pub async fn propose(&self, command: S::Command) -> Result<S::Output> {
         let command = postcard::to_stdvec(&command)?;
-        let output = self.write(ForwardedRequest::Propose(Bytes::from(command))).await?;
-        Ok(postcard::from_bytes(&output)?)
+        let output = self.write(ForwardedRequest::Propose(Bytes::from(command))).await;
+        let outcome = ProposalOutcome::of(&output);
+        metrics::counter!("skiff_proposals_total", "node" => self.id.to_string(), "outcome" => outcome.label())
+            .increment(1);
+        Ok(postcard::from_bytes(&output?)?)
     }
 
     /// Runs `query` on the state machine once it reflects every write committed before the
@@ -456,6 +492,14 @@ impl<S: StateMachine> Node<S> {
         let mut stop = self.stop.clone();
         let _ = stop.wait_for(Option::is_some).await;
         self.stopped_error()
+    }
+
+    /// Why the node has stopped, if it has, without waiting: what [`Node::stopped`] would
+    /// return; `None` while its driver runs. Cheap (a look at a watch channel): for
+    /// liveness probes.
+    pub fn stop_reason(&self) -> Option<Error> {
+        let stopped = self.stop.borrow().is_some() || self.stop.has_changed().is_err();
+        stopped.then(|| self.stopped_error())
     }
 
     fn stopped_error(&self) -> Error {

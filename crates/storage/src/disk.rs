@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use skiff_raft::{Entry, HardState, Index, LogId, Membership, NodeId, SnapshotMeta, Storage, StorageError, Term};
 use tracing::{info, warn};
@@ -122,7 +123,48 @@ pub struct DiskStorage {
     recovery: Recovery,
     /// The cluster id the `node-id` file recorded when the directory was opened.
     cluster_id: Option<String>,
+    metrics: StoreMetrics,
     _lock: DirLock,
+}
+
+/// What the store records with the `metrics` facade, labeled with the node's id. The
+/// handles are made when the store is opened: a program that wants these metrics installs
+/// its recorder before it opens the store (or starts the node).
+#[derive(Debug)]
+struct StoreMetrics {
+    node: NodeId,
+    /// `skiff_wal_append_seconds`: one [`Storage::append`] (a batch of entries: encoding and
+    /// `pwrite`, plus the sync of a full segment when the batch starts a new one).
+    append: metrics::Histogram,
+    /// `skiff_wal_fsync_seconds`: one [`Storage::sync`] that had writes to make durable
+    /// (the `fdatasync`, plus the fsync of `wal/` after a segment came or went).
+    fsync: metrics::Histogram,
+    /// `skiff_raft_elections_total`: see [`StoreMetrics::hard_state_changed`].
+    elections: metrics::Counter,
+}
+
+impl StoreMetrics {
+    fn new(node: NodeId) -> StoreMetrics {
+        let label = node.to_string();
+        StoreMetrics {
+            node,
+            append: metrics::histogram!("skiff_wal_append_seconds", "node" => label.clone()),
+            fsync: metrics::histogram!("skiff_wal_fsync_seconds", "node" => label.clone()),
+            elections: metrics::counter!("skiff_raft_elections_total", "node" => label),
+        }
+    }
+
+    /// Counts an election this node started. A node votes for itself only when it campaigns
+    /// (Raft §5.2: a candidate moves to a new term and votes for itself, and that vote is
+    /// made durable before its vote requests go out), so a hard state that newly records a
+    /// vote for this node marks exactly one election. Pre-votes change no hard state and
+    /// are not counted.
+    fn hard_state_changed(&self, before: &HardState, after: &HardState) {
+        let votes_for_itself = after.vote == Some(self.node);
+        if votes_for_itself && (before.term, before.vote) != (after.term, after.vote) {
+            self.elections.increment(1);
+        }
+    }
 }
 
 impl DiskStorage {
@@ -179,6 +221,7 @@ impl DiskStorage {
                 read_directly: scan.read_directly,
             },
             cluster_id,
+            metrics: StoreMetrics::new(options.node_id),
             _lock: lock,
         };
         store.reconcile_with_snapshot()?;
@@ -505,7 +548,10 @@ impl Storage for DiskStorage {
             assert!(entry.term() >= previous.term, "log terms must not decrease: {} after {previous}", entry.log_id);
             previous = entry.log_id;
         }
-        Ok(self.write(|store| store.append_entries(entries))?)
+        let started = Instant::now();
+        self.write(|store| store.append_entries(entries))?;
+        self.metrics.append.record(started.elapsed());
+        Ok(())
     }
 
     fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
@@ -515,6 +561,7 @@ impl Storage for DiskStorage {
             }
             store.wal.write_hard_state(store.hard_state_seq + 1, &hard_state)?;
             store.hard_state_seq += 1;
+            store.metrics.hard_state_changed(&store.hard_state, &hard_state);
             store.hard_state = hard_state;
             Ok(())
         })?)
@@ -541,6 +588,12 @@ impl Storage for DiskStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
-        Ok(self.write(|store| store.wal.sync())?)
+        let (started, syncs) = (Instant::now(), self.wal.syncs);
+        self.write(|store| store.wal.sync())?;
+        // A sync with nothing to make durable is not an fsync, and not timed.
+        if self.wal.syncs != syncs {
+            self.metrics.fsync.record(started.elapsed());
+        }
+        Ok(())
     }
 }

@@ -48,6 +48,9 @@ pub(super) async fn faults_clear(State(api): Shared) -> ApiResult {
     Ok(faults_json(faults))
 }
 
+/// How long a scrape waits for the key count.
+const KEYS_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(super) async fn metrics(State(api): Shared) -> ApiResult {
     let Some(handle) = crate::metrics::handle() else {
         let message = "the embedding program installed its own metrics recorder";
@@ -70,5 +73,13 @@ pub(super) async fn metrics(State(api): Shared) -> ApiResult {
     metrics::gauge!("skiff_kv_quota_alarm", &node).set(alarm);
     metrics::gauge!("skiff_kv_blocking_queries", &node).set(api.blocking.count() as f64);
     metrics::gauge!("skiff_kv_watches", &node).set(published.watches() as f64);
+    crate::metrics::record_peers(&api.label, &status);
+    // The keys applied on this node: a stale read, bounded in time so a state machine held
+    // up by a long apply leaves the gauge out rather than holding up the scrape; not counted
+    // in `skiff_kv_node_reads_total` (that counts the reads clients cause).
+    let keys = tokio::time::timeout(KEYS_READ_TIMEOUT, api.node.read_stale(|store| store.len())).await;
+    if let Ok(Ok(keys)) = keys {
+        metrics::gauge!("skiff_kv_keys", &node).set(keys as f64);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }

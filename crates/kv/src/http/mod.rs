@@ -27,12 +27,14 @@ mod consul;
 mod faults;
 mod kv;
 mod members;
+mod probes;
 mod status;
 
 use self::consul::*;
 use self::faults::*;
 use self::kv::*;
 use self::members::*;
+use self::probes::*;
 use self::status::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
@@ -93,6 +95,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/skiff/members/{id}/promote", post(members_promote))
         .route("/v1/skiff/faults", get(faults_list).post(faults_add).delete(faults_clear))
         .route("/metrics", get(metrics))
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/http-api.md") })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on this route"))
@@ -108,6 +112,10 @@ pub fn router(api: Api) -> Router {
 async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Response {
     // Without [auth] nothing is checked, and the handlers see no `Access` (which is `Open`).
     let Some(auth) = &api.auth else { return next.run(request).await };
+    // The probes answer without a token (an orchestrator has none): see `probes.rs`.
+    if is_probe(request.uri().path()) {
+        return next.run(request).await;
+    }
     let access = match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
         Some(token) => Access::Token(token),
         None => {
@@ -172,6 +180,7 @@ async fn record(State(api): Shared, request: Request, next: Next) -> Response {
         Some(path) if path.starts_with("/v1/skiff/") => "skiff",
         Some(path) if path.starts_with("/v1/operator/") || path.starts_with("/v1/status/") => "cluster",
         Some("/metrics") => "metrics",
+        Some("/v1/health" | "/v1/ready") => "probe",
         _ => "other",
     };
     let started = Instant::now();
