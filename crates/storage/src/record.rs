@@ -197,14 +197,19 @@ struct MembershipV1 {
 /// invariant: the bytes are untrusted.
 pub(crate) fn decode_membership(data: &[u8], v1: bool) -> Result<Membership, String> {
     let decoded = if v1 {
-        postcard::from_bytes::<MembershipV1>(data)
-            .map(|old| Membership { voters: old.voters, learners: old.learners, ..Membership::default() })
+        postcard::from_bytes::<MembershipV1>(data).map(|old| Membership {
+            voters: old.voters,
+            learners: old.learners,
+            ..Membership::default()
+        })
     } else {
         postcard::from_bytes::<Membership>(data)
     };
     let membership = decoded.map_err(|error| format!("a malformed membership: {error}"))?;
     if !membership.is_valid() {
-        return Err(format!("an impossible membership ({membership}: a node both voter and learner, or a stray address)"));
+        return Err(format!(
+            "an impossible membership ({membership}: a node both voter and learner, or a stray address)"
+        ));
     }
     Ok(membership)
 }
