@@ -330,7 +330,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     fn write(&mut self, body: ForwardedRequest, responder: Responder) -> Result<()> {
         let outcome = match &body {
             ForwardedRequest::Propose(command) => self.raft.propose(command.clone()).map(|p| Some(p.log_id)),
-            ForwardedRequest::Membership(change) => self.raft.propose_membership(change.clone()).map(|p| Some(p.log_id)),
+            ForwardedRequest::Membership(change) => {
+                self.raft.propose_membership(change.clone()).map(|p| Some(p.log_id))
+            }
             ForwardedRequest::TransferLeader(target) => {
                 // Without a target, the leader's core picks its successor. Elsewhere there is
                 // none: the core answers NotLeader and the request goes to the leader as is.

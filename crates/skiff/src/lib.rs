@@ -118,9 +118,11 @@ pub mod transport;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result, StorageFailure};
-pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView};
+pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView, SnapshotData};
 pub use skiff_raft::Error as RaftError;
-pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
+pub use skiff_raft::{
+    Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, SnapshotMeta, Term,
+};
 pub use state_machine::StateMachine;
 pub use store::{LogStore, MemLogStore, SnapshotSink, SnapshotTarget};
 

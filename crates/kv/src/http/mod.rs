@@ -27,12 +27,14 @@ mod consul;
 mod faults;
 mod kv;
 mod members;
+mod snapshot;
 mod status;
 
 use self::consul::*;
 use self::faults::*;
 use self::kv::*;
 use self::members::*;
+use self::snapshot::*;
 use self::status::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
@@ -85,6 +87,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/operator/raft/configuration", get(raft_configuration))
         .route("/v1/operator/raft/transfer-leader", post(transfer_leader))
         .route("/v1/operator/raft/peer", axum::routing::delete(remove_peer))
+        .route("/v1/snapshot", get(snapshot))
         .route("/v1/skiff/status", get(skiff_status))
         .route("/v1/skiff/log", get(skiff_log))
         .route("/v1/skiff/members", get(members_list).post(members_add))
@@ -119,6 +122,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         || path.starts_with("/v1/skiff/members")
         || path.starts_with("/v1/skiff/faults")
         || path.starts_with("/v1/skiff/log")
+        || path == "/v1/snapshot"
         || path == "/metrics";
     if management && !access.is_management() {
         return closing_if_body_unread(request.headers(), permission_denied("this route needs a management token"));
