@@ -1,6 +1,7 @@
 //! `skiff`: run a node (`serve`), a local cluster (`demo`), or talk to a cluster over its
 //! HTTP API (`get`, `put`, `status`, `shell`, ...). See `skiff help`.
 
+mod backup;
 mod bench;
 mod check;
 mod client;
@@ -152,6 +153,64 @@ enum Command {
     Bench(BenchArgs),
     /// Make a cluster CA and certificates for its nodes and clients (docs/security.md).
     Certs(CertsArgs),
+    /// Save a backup of a running cluster, inspect one, or restore one into a new cluster
+    /// (docs/operations.md, "Backup and restore").
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Make a stopped node the only member of a new cluster, with all its data: the last
+    /// resort after losing a quorum for good (docs/operations.md, "Losing a quorum").
+    Recover(RecoverArgs),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save a consistent backup of the cluster's state to FILE (written atomically, verified).
+    Save {
+        file: PathBuf,
+        /// The node to ask (http://host:port or host:port) [default: the --endpoints, in order].
+        #[arg(long, value_name = "URL")]
+        addr: Option<String>,
+    },
+    /// Check a backup file whole and print what it holds.
+    Inspect { file: PathBuf },
+    /// Seed a new data directory of a new cluster from a backup; run it once per initial
+    /// member, then start each with `skiff serve`.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeDirectoryArgs,
+    },
+}
+
+/// A node's identity and its data directory, for the commands that write one offline.
+#[derive(Args)]
+struct NodeDirectoryArgs {
+    /// The cluster file (TOML, or JSON) of the cluster the directory is for.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The node's id in the cluster file (n1 or 1).
+    #[arg(long)]
+    id: String,
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+impl NodeDirectoryArgs {
+    fn into_directory(self) -> backup::NodeDirectory {
+        backup::NodeDirectory { config: self.config, id: self.id, data_dir: self.data_dir }
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "The node must be stopped. Every entry in its log is kept, committed or not. Read \
+docs/operations.md (\"Losing a quorum\") first.")]
+struct RecoverArgs {
+    #[command(flatten)]
+    node: NodeDirectoryArgs,
+    /// The members of the new cluster: this node alone (the others are added back later).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    members: Vec<String>,
 }
 
 #[derive(Args)]
@@ -615,6 +674,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => return check::run(args.into_options(&cli.client)?),
         Command::Bench(args) => return bench::run(args.into_options(&cli.client)?),
         Command::Certs(args) => certs(args)?,
+        Command::Snapshot(SnapshotCommand::Save { file, addr }) => {
+            let endpoints = match addr {
+                Some(addr) => vec![addr],
+                None => cli.client.endpoints.split(',').map(str::to_string).filter(|e| !e.trim().is_empty()).collect(),
+            };
+            let security = cli.client.security.load()?;
+            let options = backup::SaveOptions { file, endpoints, timeout: cli.client.timeout, security };
+            backup::save(options, format)?;
+        }
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => backup::inspect(&file, format)?,
+        Command::Snapshot(SnapshotCommand::Restore { file, node }) => {
+            backup::restore(&file, &node.into_directory(), format)?;
+        }
+        Command::Recover(args) => backup::recover(&args.node.into_directory(), &args.members, format)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@
 //! thread catches up and says so ([`Event::Drained`]); reads above `max_queued_reads`
 //! are refused when they arrive.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -27,6 +28,25 @@ use crate::wire::{ForwardError, PeerMessage};
 
 /// A query run on the state machine once it is fresh enough, or told why it can't be.
 pub(crate) type ReadQuery<S> = Box<dyn FnOnce(Result<&S>) + Send>;
+
+thread_local! {
+    /// Where the apply thread is while it runs a query: the last applied entry and the
+    /// membership in effect there, which is what a snapshot of the state the query sees
+    /// would say. Set around each query ([`Applier::run_query`]); read by [`position`].
+    static POSITION: RefCell<Option<(LogId, Arc<Membership>)>> = const { RefCell::new(None) };
+}
+
+/// Inside a query run by the apply thread ([`Task::ReadAt`], [`Task::ReadNow`]): the
+/// snapshot metadata of the state the query is given. `None` anywhere else.
+pub(crate) fn position() -> Option<SnapshotMeta> {
+    POSITION.with(|position| {
+        let position = position.borrow();
+        position.as_ref().map(|(last_log_id, membership)| SnapshotMeta {
+            last_log_id: *last_log_id,
+            membership: Membership::clone(membership),
+        })
+    })
+}
 
 /// Who waits for a write's outcome.
 pub(crate) enum Responder {
@@ -161,7 +181,8 @@ pub(crate) struct Applier<S: StateMachine> {
     /// What a snapshot taken now would say: the last applied entry's id and the latest
     /// configuration at or before it (a snapshot carries the membership it ends with).
     last_applied: LogId,
-    membership: Membership,
+    /// Shared with the queries that ask for it ([`position`]), hence the `Arc`.
+    membership: Arc<Membership>,
     snapshots: SnapshotPolicy,
     target: Arc<dyn SnapshotTarget>,
     /// The thread writing the last snapshot or making it durable: its index and size.
@@ -252,7 +273,7 @@ impl<S: StateMachine> Applier<S> {
             events,
             waiting_reads: Vec::new(),
             last_applied: restored.last_log_id,
-            membership: restored.membership,
+            membership: Arc::new(restored.membership),
             snapshots,
             target,
             finishing: None,
@@ -331,7 +352,7 @@ impl<S: StateMachine> Applier<S> {
                 self.metrics.restore_bytes.record(data.bytes as f64);
                 self.snapshots.taken(index, data.bytes);
                 self.last_applied = meta.last_log_id;
-                self.membership = meta.membership;
+                self.membership = Arc::new(meta.membership);
                 self.progress.set_applied(index);
                 self.serve_reads();
                 Ok(())
@@ -342,7 +363,7 @@ impl<S: StateMachine> Applier<S> {
                 Ok(())
             }
             Task::ReadNow { query } => {
-                query(Ok(&self.state_machine));
+                self.run_query(query);
                 Ok(())
             }
         }
@@ -366,7 +387,7 @@ impl<S: StateMachine> Applier<S> {
                 }
             },
             Payload::Membership(membership) => {
-                self.membership = membership;
+                self.membership = Arc::new(membership);
                 Ok(Bytes::new())
             }
             Payload::Empty => Ok(Bytes::new()),
@@ -381,8 +402,16 @@ impl<S: StateMachine> Applier<S> {
             std::mem::take(&mut self.waiting_reads).into_iter().partition(|(index, _)| *index <= applied);
         self.waiting_reads = waiting;
         for (_, query) in ready {
-            query(Ok(&self.state_machine));
+            self.run_query(query);
         }
+    }
+
+    /// Runs `query` on the state as it is now, telling it where that is ([`position`]).
+    fn run_query(&self, query: ReadQuery<S>) {
+        let position = (self.last_applied, Arc::clone(&self.membership));
+        POSITION.with(|slot| *slot.borrow_mut() = Some(position));
+        query(Ok(&self.state_machine));
+        POSITION.with(|slot| *slot.borrow_mut() = None);
     }
 
     /// When the policy says so, streams a snapshot of the state into a new snapshot file
@@ -399,7 +428,7 @@ impl<S: StateMachine> Applier<S> {
             return Ok(());
         }
         assert_eq!(self.last_applied.index, applied, "the snapshot's id is the last applied entry's");
-        let meta = SnapshotMeta { last_log_id: self.last_applied, membership: self.membership.clone() };
+        let meta = SnapshotMeta { last_log_id: self.last_applied, membership: Membership::clone(&self.membership) };
         let failed = move |source: Box<dyn std::error::Error + Send + Sync>| {
             Error::from(StorageFailure::TakeSnapshot { index: applied, source })
         };

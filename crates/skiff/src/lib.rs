@@ -122,9 +122,11 @@ pub mod wire;
 pub use address::MemberAddress;
 pub use bootstrap::BootstrapMode;
 pub use error::{Error, ErrorKind, Result, StorageFailure};
-pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView, StartOptions};
+pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView, SnapshotData, StartOptions};
 pub use skiff_raft::Error as RaftError;
-pub use skiff_raft::{Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, Term};
+pub use skiff_raft::{
+    Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, SnapshotMeta, Term,
+};
 pub use state_machine::StateMachine;
 pub use store::{LogStore, MemLogStore, SnapshotSink, SnapshotTarget};
 

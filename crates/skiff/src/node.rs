@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use skiff_raft::{Config, Entry, Index, LogId, Membership, MembershipChange, NodeId, Raft, RoleName, Term};
+use skiff_raft::{
+    Config, Entry, Index, LogId, Membership, MembershipChange, NodeId, Raft, RoleName, SnapshotMeta, Term,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use skiff_storage::{DiskOptions, DiskStorage};
@@ -23,6 +25,9 @@ use crate::transport::faults::Faults;
 use crate::transport::tcp::{ClusterIdRecorder, TcpOptions, TcpTransport};
 use crate::transport::{PeerHealth, Transport};
 use crate::wire::{ClusterId, ForwardedRequest, PeerMessage};
+
+/// Writes a state machine's snapshot ([`Node::snapshot_now`]), on any thread.
+pub type SnapshotData = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
 
 /// How a node runs, apart from what the cluster file says.
 #[derive(Clone, Debug)]
@@ -362,6 +367,31 @@ impl<S: StateMachine> Node<S> {
         })
         .await?
         .ok_or_else(Error::shut_down)
+    }
+
+    /// A copy of the state machine's whole state at a linearizable point: it reflects every
+    /// write committed before the call (a read barrier, as [`Node::read`]), and comes with
+    /// its metadata: the last entry it covers and the membership in effect there. The data
+    /// is written later, on any thread, by the returned writer, while the node goes on
+    /// applying writes: a state machine with a [`StateMachine::snapshot_view`] hands out a
+    /// view (the KV store's costs a reference count); any other writes its snapshot into
+    /// memory on the apply thread first. This is what a backup is made from.
+    pub async fn snapshot_now(&self) -> Result<(SnapshotMeta, SnapshotData)> {
+        let taken = self
+            .read(|state: &S| {
+                let meta = crate::apply::position().expect("queries run on the apply thread, which sets its position");
+                let data: SnapshotData = match state.snapshot_view() {
+                    Some(view) => view,
+                    None => {
+                        let mut bytes = Vec::new();
+                        let written = state.snapshot(&mut bytes);
+                        Box::new(move |out: &mut dyn std::io::Write| written.and_then(|()| out.write_all(&bytes)))
+                    }
+                };
+                (meta, data)
+            })
+            .await?;
+        Ok(taken)
     }
 
     /// Runs `query` on this node's state machine now, however far behind it may be.

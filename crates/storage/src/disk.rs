@@ -60,7 +60,7 @@ impl DiskOptions {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.cluster.is_empty() || self.cluster.chars().any(char::is_whitespace) {
             return Err(Error::InvalidInput(format!(
                 "cluster name {:?} must be non-empty, without spaces",

@@ -105,6 +105,7 @@
 //! damage and is refused rather than repaired; segments are kept open (one descriptor each).
 #![deny(unsafe_code)]
 
+mod backup;
 mod cache;
 pub mod conformance;
 mod disk;
@@ -120,15 +121,18 @@ mod identity;
 pub mod power_cut;
 mod record;
 mod scan;
+mod seed;
 mod segment;
 mod snapshot;
 mod spare;
 mod wal;
 
+pub use backup::{BACKUP_VERSION, BackupHeader, BackupReader, BackupWriter};
 pub use disk::{DiskOptions, DiskStorage, Recovery};
 pub use error::{Error, Result};
 pub use hardstate::decode_hard_state_file;
 pub use identity::{ClusterIdFile, is_cluster_id};
 pub use scan::{SegmentSummary, TornTail, scan_segment_bytes};
+pub use seed::ForcedCluster;
 pub use skiff_raft::MemStorage;
 pub use snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter, decode_snapshot_bytes};

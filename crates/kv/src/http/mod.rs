@@ -28,6 +28,7 @@ mod faults;
 mod kv;
 mod members;
 mod probes;
+mod snapshot;
 mod status;
 
 use self::consul::*;
@@ -35,6 +36,7 @@ use self::faults::*;
 use self::kv::*;
 use self::members::*;
 use self::probes::*;
+use self::snapshot::*;
 use self::status::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
@@ -87,6 +89,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/operator/raft/configuration", get(raft_configuration))
         .route("/v1/operator/raft/transfer-leader", post(transfer_leader))
         .route("/v1/operator/raft/peer", axum::routing::delete(remove_peer))
+        .route("/v1/snapshot", get(snapshot))
         .route("/v1/skiff/status", get(skiff_status))
         .route("/v1/skiff/log", get(skiff_log))
         .route("/v1/skiff/members", get(members_list).post(members_add))
@@ -129,6 +132,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         || path.starts_with("/v1/skiff/cluster")
         || path.starts_with("/v1/skiff/faults")
         || path.starts_with("/v1/skiff/log")
+        || path == "/v1/snapshot"
         || path == "/metrics";
     if management && !access.is_management() {
         return closing_if_body_unread(request.headers(), permission_denied("this route needs a management token"));
