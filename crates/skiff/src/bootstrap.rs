@@ -15,7 +15,9 @@
 //!   ever committed: each needs a majority, and a pending node votes for no one. (Counting
 //!   only others matters: this node's own empty directory proves nothing.) The node confirms
 //!   and records those peers' nonces as the witnesses of the new cluster. A single-node
-//!   cluster has no one to ask and confirms at once. Until enough peers answer, it waits:
+//!   cluster has no one to ask and confirms at once. Once enough answered, it still listens
+//!   for the rest for a short grace (unless all answered), so that a member a moment late
+//!   at the first start is a witness too. Until enough peers answer, it waits:
 //!   the first start of a 3-node cluster needs all three (5 nodes: four), as Consul's
 //!   `bootstrap_expect` waits for its servers.
 //! - **A slow first start.** A confirmed peer that recorded this node's current nonce as a
@@ -29,8 +31,10 @@
 //!   its term.
 //!
 //! A confirmed peer that holds data (a log or snapshot past index 0) and did not witness this
-//! incarnation proves the cluster started without it: the directory is a lost one, and the
-//! node stops with [`Error::LostData`], which says how to rejoin. A directory made before this
+//! incarnation proves the cluster started without it: unless another peer that did witness
+//! it answers within the grace, the directory is a lost one, and the node stops with
+//! [`Error::LostData`], which says how to rejoin. Confirmed nodes pass on the witnesses they
+//! know, so each learns the whole set. A directory made before this
 //! check existed has no `bootstrap` file and counts as confirmed; `--bootstrap`
 //! ([`BootstrapMode::Force`]) confirms a new directory at once, as etcd's
 //! `--initial-cluster-state new` does.
@@ -48,6 +52,10 @@ use crate::wire::PeerMessage;
 pub const FILE_NAME: &str = "bootstrap";
 /// How often a pending node asks its peers, in ticks.
 const PROBE_EVERY_TICKS: u64 = 5;
+/// How long a pending node waits, once it has heard enough, for the answers of the rest:
+/// stragglers of a first start are then witnessed too, and a refusal may yet be answered by
+/// a peer that witnessed this directory.
+const GRACE_TICKS: u64 = 30;
 /// How often a pending node says in the log whom it waits for, in ticks.
 const REPORT_EVERY_TICKS: u64 = 500;
 
@@ -101,6 +109,10 @@ pub(crate) struct Bootstrap {
     /// The pending peers that answered, with their nonces.
     fresh: BTreeMap<NodeId, u64>,
     ticks: u64,
+    /// When enough pending peers had answered (a tick count).
+    quorum_at: Option<u64>,
+    /// A confirmed peer with data that did not witness this directory, and when it said so.
+    refused: Option<(NodeId, u64)>,
     /// This node makes the cluster's id when it confirms: the lowest initial voter does.
     pub makes_cluster_id: bool,
 }
@@ -132,6 +144,8 @@ impl Bootstrap {
             join,
             fresh: BTreeMap::new(),
             ticks: 0,
+            quorum_at: None,
+            refused: None,
             makes_cluster_id: false,
         };
         let alone = bootstrap.initial.iter().all(|voter| *voter == id) && !join;
@@ -153,6 +167,8 @@ impl Bootstrap {
             join: false,
             fresh: BTreeMap::new(),
             ticks: 0,
+            quorum_at: None,
+            refused: None,
             makes_cluster_id: false,
         }
     }
@@ -177,12 +193,23 @@ impl Bootstrap {
         others.map(|peer| (peer, self.answer(has_data))).collect()
     }
 
-    /// Every [`PROBE_EVERY_TICKS`], while pending and not rejoining: the probes to send.
-    pub fn tick(&mut self) -> Vec<(NodeId, PeerMessage)> {
+    /// One tick while pending: the probes to send (every [`PROBE_EVERY_TICKS`], unless
+    /// rejoining), and `true` if this node may now vote (the grace after enough answers
+    /// ran out). A refusal not answered within the grace stops the node.
+    pub fn tick(&mut self) -> Result<(Vec<(NodeId, PeerMessage)>, bool)> {
         if !self.is_pending() {
-            return Vec::new();
+            return Ok((Vec::new(), false));
         }
         self.ticks += 1;
+        if self.quorum_at.is_some_and(|at| self.ticks - at >= GRACE_TICKS) {
+            self.confirm_new_cluster()?;
+            return Ok((Vec::new(), true));
+        }
+        if let Some((peer, at)) = self.refused
+            && self.ticks - at >= GRACE_TICKS
+        {
+            return Err(Error::LostData { id: self.id, peer });
+        }
         if self.ticks % REPORT_EVERY_TICKS == 0 {
             let waiting: Vec<String> = self.unanswered().map(|id| id.to_string()).collect();
             tracing::info!(
@@ -193,9 +220,19 @@ impl Bootstrap {
             );
         }
         if self.join || self.ticks % PROBE_EVERY_TICKS != 1 {
-            return Vec::new();
+            return Ok((Vec::new(), false));
         }
-        self.unanswered().map(|peer| (peer, PeerMessage::BootstrapProbe)).collect()
+        Ok((self.unanswered().map(|peer| (peer, PeerMessage::BootstrapProbe)).collect(), false))
+    }
+
+    /// Confirms a new cluster, with the pending peers heard as its witnesses.
+    fn confirm_new_cluster(&mut self) -> Result<()> {
+        let State::Pending { nonce } = self.state else { return Ok(()) };
+        tracing::info!(node = %self.id, "the other initial members are new too: bootstrapping a new cluster");
+        let mut witnesses = std::mem::take(&mut self.fresh);
+        witnesses.insert(self.id, nonce);
+        self.state = State::Confirmed { witnesses };
+        self.save()
     }
 
     fn unanswered(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -227,15 +264,15 @@ impl Bootstrap {
         if let Some(theirs) = answer.pending {
             self.fresh.insert(from, theirs);
             // Enough pending peers that every majority of the initial voters includes one of
-            // them: |fresh| + majority > voters.
+            // them: |fresh| + majority > voters. With all of them heard, confirm now; else
+            // after a grace, so that a straggler of the first start is witnessed too.
             let voters = self.initial.len();
-            if self.fresh.len() > voters - (voters / 2 + 1) {
-                tracing::info!(node = %self.id, "the other initial members are new too: bootstrapping a new cluster");
-                let mut witnesses = std::mem::take(&mut self.fresh);
-                witnesses.insert(self.id, nonce);
-                self.state = State::Confirmed { witnesses };
-                self.save()?;
+            if self.fresh.len() + 1 == voters {
+                self.confirm_new_cluster()?;
                 return Ok(true);
+            }
+            if self.fresh.len() > voters - (voters / 2 + 1) && self.quorum_at.is_none() {
+                self.quorum_at = Some(self.ticks);
             }
             return Ok(false);
         }
@@ -247,8 +284,9 @@ impl Bootstrap {
             self.save()?;
             return Ok(true);
         }
-        if answer.has_data {
-            return Err(Error::LostData { id: self.id, peer: from });
+        if answer.has_data && self.refused.is_none() {
+            // Stopped at the end of the grace, unless a peer that witnessed us answers.
+            self.refused = Some((from, self.ticks));
         }
         Ok(false)
     }
@@ -362,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
         assert!(n1.is_pending() && is_unconfirmed(dir.path()));
-        assert_eq!(n1.tick().len(), 2, "it asks both other initial members");
+        assert_eq!(n1.tick().unwrap().0.len(), 2, "it asks both other initial members");
         assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap(), "n1 and n3 would be a majority without n2");
         assert!(n1.on_answer(NodeId(3), fresh(33)).unwrap());
         assert!(!n1.is_pending());
@@ -385,13 +423,23 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let all: Vec<u64> = (1..=voters).collect();
             let mut node = pending(dir.path(), 1, &all);
-            for (answered, peer) in (2..=voters).enumerate() {
-                let confirmed = node.on_answer(NodeId(peer), fresh(peer)).unwrap();
-                assert_eq!(confirmed, answered + 1 == needed, "{voters} voters, {} new peers", answered + 1);
-                if confirmed {
-                    break;
-                }
+            for peer in 2..needed as u64 + 2 {
+                assert!(!node.on_answer(NodeId(peer), fresh(peer)).unwrap() || needed as u64 + 1 == voters);
             }
+            // Enough: confirmed after the grace (the rest may still answer), or at once
+            // when every other member answered.
+            let ticks = (0..=GRACE_TICKS).take_while(|_| !node.tick().unwrap().1).count();
+            assert!(!node.is_pending(), "{voters} voters, {needed} new peers");
+            assert!(needed as u64 + 1 == voters || ticks as u64 == GRACE_TICKS - 1, "{voters}: {ticks}");
+            let dir = tempfile::tempdir().unwrap();
+            let mut short = pending(dir.path(), 1, &all);
+            for peer in 2..needed as u64 + 1 {
+                short.on_answer(NodeId(peer), fresh(peer)).unwrap();
+            }
+            for _ in 0..3 * GRACE_TICKS {
+                short.tick().unwrap();
+            }
+            assert!(short.is_pending(), "{voters} voters, {} new peers are not enough", needed - 1);
         }
     }
 
@@ -411,7 +459,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wiped = pending(dir.path(), 3, &[1, 2, 3]);
         let other_incarnation = confirmed(true, &[(1, 11), (2, 22), (3, nonce ^ 1)]);
-        let error = wiped.on_answer(NodeId(2), other_incarnation).unwrap_err();
+        assert!(!wiped.on_answer(NodeId(2), other_incarnation).unwrap(), "a refusal waits for the grace");
+        let error = (0..=GRACE_TICKS).find_map(|_| wiped.tick().err()).expect("stopped after the grace");
         assert!(matches!(error, Error::LostData { peer: NodeId(2), .. }), "{error}");
         assert!(error.to_string().contains("--join"), "{error}");
     }
@@ -433,7 +482,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut node = Bootstrap::open(dir.path(), NodeId(2), &voters(&[1, 2, 3]), true, true, BootstrapMode::Check);
         let node = node.as_mut().unwrap();
-        assert!(node.tick().is_empty(), "a rejoining node does not probe");
+        assert!(node.tick().unwrap().0.is_empty(), "a rejoining node does not probe");
         let mut added = voters(&[1, 3]);
         added.learners.insert(NodeId(2));
         let (t4, t5) = (Term(4), Term(5));

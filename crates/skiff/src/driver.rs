@@ -198,7 +198,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // never judges a lease or a timeout on a clock that stopped.
                 self.catch_up_ticks(&mut next_tick)?;
                 match input {
-                    Input::Tick => self.bootstrap_tick(),
+                    Input::Tick => self.bootstrap_tick()?,
                     Input::Request(None) => return Ok(()),
                     Input::Request(Some(request)) => self.handle_request(request)?,
                     Input::Peer(from, message) => self.handle_peer(from, message)?,
@@ -425,15 +425,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             PeerMessage::BootstrapAnswer { pending, has_data, witnesses } => {
                 let answer = bootstrap::Answer { pending, has_data, witnesses };
                 if self.options.bootstrap.on_answer(from, answer)? {
-                    self.raft.withhold_votes(false);
-                    // First the id (it reconnects to every peer, dropping what is queued).
-                    if self.options.bootstrap.makes_cluster_id {
-                        self.transport.set_cluster_id(ClusterId::random()?)?;
-                    }
-                    let has_data = self.raft.last_log_id()?.index > Index(0);
-                    for (peer, announcement) in self.options.bootstrap.announcements(has_data) {
-                        self.transport.send(peer, announcement);
-                    }
+                    self.bootstrap_confirmed()?;
                 }
             }
         }
@@ -441,10 +433,30 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     /// While this node's new data directory is unconfirmed: probe the initial members.
-    fn bootstrap_tick(&mut self) {
-        for (peer, probe) in self.options.bootstrap.tick() {
+    fn bootstrap_tick(&mut self) -> Result<()> {
+        let (probes, confirmed) = self.options.bootstrap.tick()?;
+        for (peer, probe) in probes {
             self.transport.send(peer, probe);
         }
+        if confirmed {
+            self.bootstrap_confirmed()?;
+        }
+        Ok(())
+    }
+
+    /// The bootstrap check confirmed this node: it votes from now on, makes the cluster's
+    /// id if it is to, and tells the other initial members at once.
+    fn bootstrap_confirmed(&mut self) -> Result<()> {
+        self.raft.withhold_votes(false);
+        // First the id (it reconnects to every peer, dropping what is queued).
+        if self.options.bootstrap.makes_cluster_id {
+            self.transport.set_cluster_id(ClusterId::random()?)?;
+        }
+        let has_data = self.raft.last_log_id()?.index > Index(0);
+        for (peer, announcement) in self.options.bootstrap.announcements(has_data) {
+            self.transport.send(peer, announcement);
+        }
+        Ok(())
     }
 
     /// A node rejoining with a new data directory may vote once it is a member again and
