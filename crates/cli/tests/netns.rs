@@ -132,7 +132,9 @@ fn a_cluster_on_separate_hosts_grows_and_replaces_a_node_by_address() {
     let config = write_file(dir.path(), "cluster.toml", &cluster_file(&net));
     let data = |node: u32| dir.path().join(format!("n{node}")).display().to_string();
     let config = config.display().to_string();
-    let http = |node: u32| format!("{}:8001", net.address(node));
+    let subnet = net.subnet.clone();
+    let address = move |node: u32| format!("{subnet}.{node}");
+    let http = |node: u32| format!("{}:8001", address(node));
     let mut processes = Vec::new();
     for node in 1..=3 {
         processes.push(net.serve(node, &["--config", &config, "--id", &format!("n{node}"), "--data-dir", &data(node)]));
@@ -151,7 +153,7 @@ fn a_cluster_on_separate_hosts_grows_and_replaces_a_node_by_address() {
 
     // n4 joins by address: no file lists 10.x.y.4.
     let join = format!("http://{n1}");
-    let (raft4, http4) = (format!("{}:7001", net.address(4)), http(4));
+    let (raft4, http4) = (format!("{}:7001", address(4)), http(4));
     let joiner = ["--join", &join, "--id", "n4", "--raft", &raft4, "--http", &http4, "--data-dir", &data(4)];
     net.serve(4, &joiner);
     let voter = |endpoint: &str, id: &str| {
@@ -164,7 +166,7 @@ fn a_cluster_on_separate_hosts_grows_and_replaces_a_node_by_address() {
 
     // n2 is lost; n5, waiting at a new address, replaces it.
     net.kill(processes[1]);
-    let (raft5, http5) = (format!("{}:7001", net.address(5)), http(5));
+    let (raft5, http5) = (format!("{}:7001", address(5)), http(5));
     net.serve(5, &["--config", &config, "--id", "n5", "--raft", &raft5, "--http", &http5, "--data-dir", &data(5)]);
     let replaced = eventually_ok("members replace n2", || {
         let output = cli(&n1, &["members", "replace", "n2", "--with", "n5", "--raft", &raft5, "--http", &http5]);
@@ -187,6 +189,6 @@ fn a_cluster_on_separate_hosts_grows_and_replaces_a_node_by_address() {
         .map(|m| (m["id"].as_str().unwrap_or_default().to_string(), m["raft"].as_str().unwrap_or_default().to_string()))
         .collect();
     let expected: Vec<(String, String)> =
-        [1, 3, 4, 5].iter().map(|node| (format!("n{node}"), format!("{}:7001", net.address(*node)))).collect();
+        [1, 3, 4, 5].iter().map(|node| (format!("n{node}"), format!("{}:7001", address(*node)))).collect();
     assert_eq!(listed, expected);
 }
