@@ -210,7 +210,7 @@ impl Bootstrap {
         {
             return Err(Error::LostData { id: self.id, peer });
         }
-        if self.ticks % REPORT_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(REPORT_EVERY_TICKS) {
             let waiting: Vec<String> = self.unanswered().map(|id| id.to_string()).collect();
             tracing::info!(
                 node = %self.id,
