@@ -222,7 +222,10 @@ impl Bootstrap {
         if self.join || self.ticks % PROBE_EVERY_TICKS != 1 {
             return Ok((Vec::new(), false));
         }
-        Ok((self.unanswered().map(|peer| (peer, PeerMessage::BootstrapProbe)).collect(), false))
+        // Every other initial member, those that answered too: one that was pending may
+        // have confirmed since, witnessing this node.
+        let others = self.initial.iter().copied().filter(|peer| *peer != self.id);
+        Ok((others.map(|peer| (peer, PeerMessage::BootstrapProbe)).collect(), false))
     }
 
     /// Confirms a new cluster, with the pending peers heard as its witnesses.
