@@ -26,9 +26,12 @@
 //!   the current leader's entries; such a node is that leader's follower, not a candidate of
 //!   its term.
 //!
-//! A confirmed peer that holds data (a log or snapshot past index 0) and did not witness this
-//! incarnation proves the cluster started without it: the directory is a lost one, and the
-//! node stops with [`Error::LostData`], which says how to rejoin. A directory made before this
+//! Once every other initial member has answered that it is confirmed, holds data (a log or
+//! snapshot past index 0) and did not witness this incarnation, the cluster started without
+//! it: the directory is a lost one, and the node stops with [`Error::LostData`], which says
+//! how to rejoin. One such answer is not enough: a peer that confirmed because another
+//! witnessed *it* (a slow first start) recorded no witnesses of its own, while the peer
+//! that bootstrapped may have witnessed this node too. A directory made before this
 //! check existed has no `bootstrap` file and counts as confirmed; `--bootstrap`
 //! ([`BootstrapMode::Force`]) confirms a new directory at once, as etcd's
 //! `--initial-cluster-state new` does.
@@ -97,6 +100,8 @@ pub(crate) struct Bootstrap {
     join: bool,
     /// The pending peers that answered, with their nonces.
     fresh: BTreeMap<NodeId, u64>,
+    /// The confirmed peers that hold data and did not witness this incarnation.
+    unwitnessed: BTreeSet<NodeId>,
     ticks: u64,
     /// This node makes the cluster's id when it confirms: the lowest initial voter does.
     pub makes_cluster_id: bool,
@@ -128,6 +133,7 @@ impl Bootstrap {
             initial: initial.voters.clone(),
             join,
             fresh: BTreeMap::new(),
+            unwitnessed: BTreeSet::new(),
             ticks: 0,
             makes_cluster_id: false,
         };
@@ -149,6 +155,7 @@ impl Bootstrap {
             initial: BTreeSet::new(),
             join: false,
             fresh: BTreeMap::new(),
+            unwitnessed: BTreeSet::new(),
             ticks: 0,
             makes_cluster_id: false,
         }
@@ -216,7 +223,13 @@ impl Bootstrap {
                 self.confirm()?;
                 Ok(true)
             }
-            Answer { pending: None, has_data: true, .. } => Err(Error::LostData { id: self.id, peer: from }),
+            Answer { pending: None, has_data: true, .. } => {
+                self.unwitnessed.insert(from);
+                if self.initial.iter().filter(|peer| **peer != self.id).all(|peer| self.unwitnessed.contains(peer)) {
+                    return Err(Error::LostData { id: self.id, peer: from });
+                }
+                Ok(false)
+            }
             Answer { pending: None, .. } => Ok(false),
         }
     }
@@ -352,9 +365,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wiped = pending(dir.path(), 3, &[1, 2, 3]);
         let other_incarnation = Answer { pending: None, has_data: true, witnessed: Some(nonce ^ 1) };
+        assert!(!wiped.on_answer(NodeId(1), other_incarnation).unwrap(), "one peer's answer is not enough");
         let error = wiped.on_answer(NodeId(2), other_incarnation).unwrap_err();
         assert!(matches!(error, Error::LostData { peer: NodeId(2), .. }), "{error}");
         assert!(error.to_string().contains("--join"), "{error}");
+    }
+
+    /// n2 saw n1 and n3 new and bootstrapped; n3 confirmed because n2 witnessed it, before
+    /// n1 answered it, so n3 recorded no witness; n3 then holds the log. n1, slow to start,
+    /// hears from n3 first: n3's silence about n1 proves nothing, since n2 witnessed n1.
+    #[test]
+    fn a_slow_member_is_admitted_though_a_peer_that_joined_late_did_not_witness_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
+        let State::Pending { nonce } = n1.state else { panic!("new directories start pending") };
+        let unwitnessed = Answer { pending: None, has_data: true, witnessed: None };
+        assert!(!n1.on_answer(NodeId(3), unwitnessed).unwrap(), "n1 waits for the other initial member");
+        assert!(n1.is_pending());
+        let witnessed = Answer { pending: None, has_data: true, witnessed: Some(nonce) };
+        assert!(n1.on_answer(NodeId(2), witnessed).unwrap());
+        assert!(!n1.is_pending());
     }
 
     #[test]
