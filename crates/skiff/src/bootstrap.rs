@@ -180,7 +180,7 @@ impl Bootstrap {
             return Vec::new();
         }
         self.ticks += 1;
-        if self.ticks % REPORT_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(REPORT_EVERY_TICKS) {
             let waiting: Vec<String> = self.unanswered().map(|id| id.to_string()).collect();
             tracing::info!(
                 node = %self.id,
