@@ -93,6 +93,9 @@ fn a_secure_cluster_killed_paused_and_partitioned_stays_linearizable() {
     let endpoints = report["settings"]["endpoints"].as_array().unwrap();
     assert!(endpoints.iter().all(|url| url.as_str().unwrap().starts_with("https://127.0.0.1:")), "{report:#}");
     assert_eq!(report["unexpected_exits"], serde_json::json!([]));
+    // Every fault was injected: a partition after an add names the new node, which every
+    // node's fault API must know as a member though the cluster file does not list it.
+    assert_eq!(report["faults"]["errors"], serde_json::json!([]), "{report:#}");
 }
 
 #[test]
