@@ -192,7 +192,10 @@ impl Bootstrap {
         if self.join || self.ticks % PROBE_EVERY_TICKS != 1 {
             return Vec::new();
         }
-        self.unanswered().map(|peer| (peer, PeerMessage::BootstrapProbe)).collect()
+        // Every other initial member, those that answered pending too: one may have
+        // confirmed since, witnessing this node.
+        let others = self.initial.iter().copied().filter(|peer| *peer != self.id);
+        others.map(|peer| (peer, PeerMessage::BootstrapProbe)).collect()
     }
 
     fn unanswered(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -385,6 +388,19 @@ mod tests {
         let witnessed = Answer { pending: None, has_data: true, witnessed: Some(nonce) };
         assert!(n1.on_answer(NodeId(2), witnessed).unwrap());
         assert!(!n1.is_pending());
+    }
+
+    /// n1 heard n2 new, then n3 confirmed (witnessed by n2, recording no witnesses): n1 must
+    /// ask n2 again, which has since bootstrapped and witnessed n1.
+    #[test]
+    fn a_pending_node_asks_again_a_peer_that_answered_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
+        assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap());
+        let unwitnessed = Answer { pending: None, has_data: true, witnessed: None };
+        assert!(!n1.on_answer(NodeId(3), unwitnessed).unwrap());
+        let asked: Vec<NodeId> = (0..PROBE_EVERY_TICKS).flat_map(|_| n1.tick()).map(|(peer, _)| peer).collect();
+        assert!(asked.contains(&NodeId(2)), "n1 asks n2 again: {asked:?}");
     }
 
     #[test]
