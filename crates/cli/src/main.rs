@@ -372,8 +372,9 @@ struct CheckArgs {
     /// How long the workload runs (30s, 2m).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     time: Duration,
-    /// The faults, comma-separated: kill, pause, partition, leader, restart-all, or none
-    /// [default: all; with --endpoints: partition,leader].
+    /// The faults, comma-separated: kill, pause, partition, leader, restart-all, membership
+    /// (add, remove and replace nodes), or none [default: all; with --endpoints:
+    /// partition,leader].
     #[arg(long, value_name = "LIST", value_parser = check::parse_faults)]
     faults: Option<check::FaultList>,
     /// Concurrent clients, each one operation at a time.

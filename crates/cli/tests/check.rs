@@ -81,17 +81,21 @@ fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
 }
 
 /// `--secure`: the cluster has TLS and tokens, and every client, status and fault call goes
-/// over HTTPS with the management token check made.
+/// over HTTPS with the management token check made; new nodes get certificates from the
+/// run's CA.
 #[test]
 fn a_secure_cluster_killed_paused_and_partitioned_stays_linearizable() {
     let dir = tempfile::tempdir().unwrap();
-    let base = base_port(3);
-    let args = ["--secure", "--time", "12s", "--faults", "kill,pause,partition", "--base-port", &base];
+    let base = membership_base_port(3);
+    let args = ["--secure", "--time", "12s", "--faults", "kill,pause,partition,membership", "--base-port", &base];
     let (output, report, history) = check(&args, dir.path());
-    assert_passed(&output, &report, &history, &["kill", "pause", "partition"]);
+    assert_passed(&output, &report, &history, &["kill", "pause", "partition", "membership"]);
     let endpoints = report["settings"]["endpoints"].as_array().unwrap();
     assert!(endpoints.iter().all(|url| url.as_str().unwrap().starts_with("https://127.0.0.1:")), "{report:#}");
     assert_eq!(report["unexpected_exits"], serde_json::json!([]));
+    // Every fault was injected: a partition after an add names the new node, which every
+    // node's fault API must know as a member though the cluster file does not list it.
+    assert_eq!(report["faults"]["errors"], serde_json::json!([]), "{report:#}");
 }
 
 #[test]
@@ -103,6 +107,81 @@ fn five_nodes_lose_their_leader_and_restart_together() {
     assert_passed(&output, &report, &history, &["leader", "partition", "restart-all"]);
     assert_eq!(report["convergence"]["nodes"], 5);
     assert!(report["leaders"]["changes"].as_u64().unwrap() >= 1, "the leader was killed: {report:#}");
+}
+
+/// `--base-port` for a run of `nodes` nodes with the `membership` fault: new nodes take the
+/// `nodes + 4` slots after the initial ones.
+fn membership_base_port(nodes: u16) -> String {
+    ports::block(101 + 2 * nodes + 4).to_string()
+}
+
+/// The membership changes a report lists, in order (`add n4 (--join)`, `remove n2`,
+/// `replace n3 by n5`).
+fn membership_changes(report: &Value) -> Vec<String> {
+    let events = report["faults"]["events"].as_array().expect("fault events");
+    events
+        .iter()
+        .filter(|event| event["kind"] == "membership")
+        .map(|event| event["description"].as_str().expect("a description").to_string())
+        .collect()
+}
+
+/// Checks that a run added, removed and replaced nodes, and that the convergence check
+/// compared the final members: the initial ones not removed or replaced, and the ones added
+/// and not removed since. Returns the final members.
+fn assert_membership_changed(report: &Value, nodes: usize) -> Vec<String> {
+    let changes = membership_changes(report);
+    for change in ["add ", "remove ", "replace "] {
+        assert!(changes.iter().any(|done| done.starts_with(change)), "no {change}in {changes:?}: {report:#}");
+    }
+    let mut members: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    for change in &changes {
+        let words: Vec<&str> = change.split_whitespace().collect();
+        match words[..] {
+            ["add", new, ..] => members.push(new.to_string()),
+            ["remove", old] => members.retain(|member| member != old),
+            ["replace", old, "by", new] => {
+                members.retain(|member| member != old);
+                members.push(new.to_string());
+            }
+            _ => panic!("an unexpected membership change {change:?}"),
+        }
+    }
+    assert!(members.len() >= nodes.min(3), "{members:?} after {changes:?}");
+    let mut compared: Vec<String> = report["convergence"]["members"]
+        .as_array()
+        .expect("the compared members")
+        .iter()
+        .map(|id| id.as_str().expect("an id").to_string())
+        .collect();
+    compared.sort();
+    members.sort();
+    assert_eq!(compared, members, "the final members after {changes:?}");
+    assert_eq!(report["faults"]["errors"], serde_json::json!([]), "{report:#}");
+    members
+}
+
+#[test]
+fn three_nodes_added_removed_and_replaced_stay_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = membership_base_port(3);
+    let args = ["--nodes", "3", "--time", "20s", "--faults", "membership", "--base-port", &base];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["membership"]);
+    assert_membership_changed(&report, 3);
+    assert_eq!(report["unexpected_exits"], serde_json::json!([]));
+}
+
+#[test]
+fn five_nodes_added_removed_and_replaced_stay_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = membership_base_port(5);
+    let args = ["--nodes", "5", "--time", "20s", "--faults", "membership", "--base-port", &base];
+    let (output, report, history) = check(&args, dir.path());
+    assert_passed(&output, &report, &history, &["membership"]);
+    let members = assert_membership_changed(&report, 5);
+    assert_eq!(report["convergence"]["nodes"], members.len());
+    assert_eq!(report["unexpected_exits"], serde_json::json!([]));
 }
 
 #[test]
@@ -129,6 +208,9 @@ fn a_running_cluster_is_checked_through_its_fault_api() {
 #[test]
 fn usage_errors_exit_2_with_a_clear_message() {
     let run = |args: &[&str]| skiff().arg("check").args(args).output().expect("run skiff check");
+    let membership = run(&["--endpoints", "127.0.0.1:1", "--faults", "membership"]);
+    assert_eq!(membership.status.code(), Some(2), "{membership:?}");
+    assert!(stderr(&membership).contains("--faults membership cannot be used with --endpoints"), "{membership:?}");
     let kill = run(&["--endpoints", "127.0.0.1:1", "--faults", "partition,kill"]);
     assert_eq!(kill.status.code(), Some(2), "{kill:?}");
     assert!(stderr(&kill).contains("--faults kill cannot be used with --endpoints"), "{}", stderr(&kill));

@@ -177,6 +177,11 @@ impl Bootstrap {
         matches!(self.state, State::Pending { .. })
     }
 
+    /// Pending, and rejoining: confirmed by its log ([`Bootstrap::on_log`]).
+    pub fn is_rejoining(&self) -> bool {
+        self.join && self.is_pending()
+    }
+
     /// The answer to a probe.
     pub fn answer(&self, has_data: bool) -> PeerMessage {
         let (pending, witnesses) = match &self.state {
@@ -466,6 +471,35 @@ mod tests {
         let error = (0..=GRACE_TICKS).find_map(|_| wiped.tick().err()).expect("stopped after the grace");
         assert!(matches!(error, Error::LostData { peer: NodeId(2), .. }), "{error}");
         assert!(error.to_string().contains("--join"), "{error}");
+    }
+
+    /// n3 confirmed late without witnessing n1, while n2 did: n3's refusal waits for the
+    /// grace, and n2's answer admits n1.
+    #[test]
+    fn a_slow_member_is_admitted_though_a_peer_that_confirmed_late_did_not_witness_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
+        let State::Pending { nonce } = n1.state else { panic!("new directories start pending") };
+        assert!(!n1.on_answer(NodeId(3), confirmed(true, &[(3, 33)])).unwrap(), "n1 waits for n2");
+        n1.tick().unwrap();
+        assert!(n1.is_pending());
+        assert!(n1.on_answer(NodeId(2), confirmed(true, &[(1, nonce), (2, 22)])).unwrap());
+        for _ in 0..2 * GRACE_TICKS {
+            n1.tick().expect("the refusal is forgotten once confirmed");
+        }
+    }
+
+    /// n1 heard n2 new, then n3 confirmed without it: n1 must ask n2 again, which has since
+    /// bootstrapped and witnessed n1.
+    #[test]
+    fn a_pending_node_asks_again_a_peer_that_answered_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n1 = pending(dir.path(), 1, &[1, 2, 3]);
+        assert!(!n1.on_answer(NodeId(2), fresh(22)).unwrap());
+        assert!(!n1.on_answer(NodeId(3), confirmed(true, &[(3, 33)])).unwrap());
+        let asked: Vec<NodeId> =
+            (0..PROBE_EVERY_TICKS).flat_map(|_| n1.tick().unwrap().0).map(|(peer, _)| peer).collect();
+        assert!(asked.contains(&NodeId(2)), "n1 asks n2 again: {asked:?}");
     }
 
     #[test]

@@ -462,10 +462,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     /// A node rejoining with a new data directory may vote once it is a member again and
     /// holds the current leader's entries ([`crate::bootstrap`]).
     fn bootstrap_check_log(&mut self) -> Result<()> {
-        if !self.options.bootstrap.is_pending() {
+        if !self.options.bootstrap.is_rejoining() {
             return Ok(());
         }
-        let (membership_id, last) = (self.raft.membership_log_id()?, self.raft.last_log_id()?);
+        // A snapshot being installed may hide the membership's entry for a moment: not yet.
+        let (Ok(membership_id), Ok(last)) = (self.raft.membership_log_id(), self.raft.last_log_id()) else {
+            return Ok(());
+        };
         let membership = self.raft.membership();
         let (index, term) = (membership_id.index, membership_id.term);
         if self.options.bootstrap.on_log(membership, index, term, last.term, self.raft.term())? {

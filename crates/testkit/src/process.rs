@@ -188,3 +188,63 @@ impl Drop for DemoCluster {
         let _ = self.child.wait();
     }
 }
+
+/// A child process (a `skiff serve`) with its standard output and error in a log file,
+/// SIGKILLed and reaped when dropped unless stopped first.
+pub struct LoggedChild {
+    child: Child,
+    pub log: PathBuf,
+    reaped: bool,
+}
+
+impl LoggedChild {
+    /// Starts `command` with its output appended to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> LoggedChild {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|error| panic!("opening {}: {error}", log.display()));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("a log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
+        LoggedChild { child, log, reaped: false }
+    }
+
+    /// What it wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait on a child")
+    }
+
+    /// SIGKILLs it and reaps it: a crash, or a machine lost for good.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    /// Sends SIGTERM and waits for it to exit; returns how it exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        let status = self.child.wait().expect("wait for the child");
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for LoggedChild {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

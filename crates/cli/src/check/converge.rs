@@ -1,6 +1,7 @@
 //! After the workload: read every key back through the leader, then check that the
 //! replicas converged: once every node has applied the same index, every node's own copy
-//! (`?stale`) must hold the same keys, values and indexes.
+//! (`?stale`) must hold the same keys, values and indexes. The nodes are the final
+//! members: after a `membership` fault, not those removed.
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ pub struct Convergence {
     /// The index every node had applied when their copies were compared.
     pub applied_index: Option<u64>,
     pub nodes: usize,
+    /// The ids of the nodes compared: the final members.
+    pub members: Vec<String>,
     /// Keys in the compared copies (of the first node).
     pub keys: usize,
     /// For each node that differs from the first: the first differing key.
@@ -92,7 +95,7 @@ pub fn convergence(http: &Http, members: &[Member], prefix: &str, timeout: Durat
     if !last_seen.is_empty() {
         problem.push_str(&format!(" (last error: {last_seen})"));
     }
-    Convergence { nodes: members.len(), problem: Some(problem), ..Convergence::default() }
+    Convergence { nodes: members.len(), members: ids(members), problem: Some(problem), ..Convergence::default() }
 }
 
 /// Every node's copy, if all nodes report the same applied index before and after reading
@@ -133,10 +136,15 @@ fn compare(members: &[Member], applied: u64, copies: &[Vec<KvEntry>]) -> Converg
         converged: differences.is_empty(),
         applied_index: Some(applied),
         nodes: members.len(),
+        members: ids(members),
         keys: reference.len(),
         differences,
         problem: None,
     }
+}
+
+fn ids(members: &[Member]) -> Vec<String> {
+    members.iter().map(|member| member.id.clone()).collect()
 }
 
 /// The first key where two copies differ, described.

@@ -1,5 +1,6 @@
 //! The fault thread: on a seeded schedule, healthy for 1-3 s, then one fault for 2-5 s,
-//! then heal, and again until the run ends.
+//! then heal, and again until the run ends. A `membership` change ([`super::membership`])
+//! takes as long as it takes to make, and stays: there is nothing to heal.
 //!
 //! Kinds are drawn in rounds: each round is a shuffled list of every kind asked for, so a
 //! run long enough for one round injects each kind at least once. Runs shorter than 8 s
@@ -20,6 +21,7 @@ use ureq::http::Method;
 
 use super::cluster::LocalCluster;
 use super::http::{Access, Answer, Http};
+use super::membership::{ChangeCounts, Changer, Roster};
 use super::watch::find_leader;
 use super::{FaultKind, Member};
 
@@ -28,9 +30,14 @@ const FAULT_API_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the fault thread needs.
 pub struct FaultPlan<'a> {
-    pub members: &'a [Member],
-    /// Every voter's id, to name the peers a partitioned node stops hearing.
+    /// The members the faults pick from (the `membership` fault changes them).
+    pub roster: &'a Roster,
+    /// On the user's cluster: every voter's id, to name the peers a partitioned node stops
+    /// hearing (on a cluster started here, the roster's).
     pub voters: &'a [String],
+    /// `--nodes`, and whether the cluster started here is `--secure` (for `membership`).
+    pub nodes: usize,
+    pub secure: bool,
     /// The processes, when the cluster was started here (kill, pause, restart need it).
     pub local: Option<&'a LocalCluster>,
     pub kinds: &'a [FaultKind],
@@ -67,10 +74,12 @@ pub struct FaultLog {
 /// What to undo when a fault heals.
 enum Active {
     /// Nodes killed: restart them.
-    Killed(Vec<usize>),
-    Paused(usize),
+    Killed(Vec<String>),
+    Paused(String),
     /// Faults posted to nodes' fault API: clear them on every node.
     Partitioned,
+    /// A membership change: done for good, nothing to undo.
+    Changed,
 }
 
 impl FaultPlan<'_> {
@@ -83,6 +92,7 @@ impl FaultPlan<'_> {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let http = Http::new(FAULT_API_TIMEOUT, self.access);
         let mut round: Vec<FaultKind> = Vec::new();
+        let mut changes = ChangeCounts::default();
         loop {
             let healthy = self.period(&mut rng, 1.0, 3.0);
             if !self.sleep(healthy) {
@@ -94,7 +104,7 @@ impl FaultPlan<'_> {
             }
             let kind = round.pop().expect("refilled above");
             let start_ns = self.now_ns();
-            let (active, description) = match self.inject(kind, &http, &mut rng) {
+            let (active, description) = match self.inject(kind, &http, &mut rng, &mut changes) {
                 Ok(injected) => injected,
                 Err(error) => {
                     // A fault still looking for a leader when the run ends is no news.
@@ -105,8 +115,11 @@ impl FaultPlan<'_> {
                 }
             };
             self.set_current(&description);
-            let lasting = self.period(&mut rng, 2.0, 5.0);
-            self.sleep(lasting);
+            // A membership change lasts as long as it takes to make; the others 2-5 s.
+            if kind != FaultKind::Membership {
+                let lasting = self.period(&mut rng, 2.0, 5.0);
+                self.sleep(lasting);
+            }
             if let Err(error) = self.heal(active, &http) {
                 log.errors.push(format!("healing {description}: {error:#}"));
             }
@@ -144,18 +157,25 @@ impl FaultPlan<'_> {
         self.local.ok_or_else(|| anyhow!("only a cluster started by skiff check can be killed or paused"))
     }
 
-    fn inject(&self, kind: FaultKind, http: &Http, rng: &mut StdRng) -> Result<(Active, String)> {
-        let count = self.members.len();
+    fn inject(
+        &self,
+        kind: FaultKind,
+        http: &Http,
+        rng: &mut StdRng,
+        changes: &mut ChangeCounts,
+    ) -> Result<(Active, String)> {
+        let members = self.roster.current();
+        let count = members.len();
         match kind {
             FaultKind::Kill => {
-                let index = rng.random_range(0..count);
-                self.local()?.kill(index)?;
-                Ok((Active::Killed(vec![index]), format!("kill {}", self.members[index].id)))
+                let id = &members[rng.random_range(0..count)].id;
+                self.local()?.kill(id)?;
+                Ok((Active::Killed(vec![id.clone()]), format!("kill {id}")))
             }
             FaultKind::Pause => {
-                let index = rng.random_range(0..count);
-                self.local()?.pause(index)?;
-                Ok((Active::Paused(index), format!("pause {}", self.members[index].id)))
+                let id = &members[rng.random_range(0..count)].id;
+                self.local()?.pause(id)?;
+                Ok((Active::Paused(id.clone()), format!("pause {id}")))
             }
             FaultKind::Partition => {
                 // A minority: one node, or with five or more nodes sometimes more.
@@ -163,24 +183,35 @@ impl FaultPlan<'_> {
                 let mut indexes: Vec<usize> = (0..count).collect();
                 indexes.shuffle(rng);
                 let isolated: BTreeSet<usize> = indexes.into_iter().take(size).collect();
-                self.isolate(&isolated, http)
+                self.isolate(&members, &isolated, http)
             }
-            FaultKind::Leader => self.fault_leader(http),
+            FaultKind::Leader => self.fault_leader(&members, http),
             FaultKind::RestartAll => {
                 let local = self.local()?;
-                for index in 0..count {
-                    local.kill(index)?;
+                let ids: Vec<String> = members.into_iter().map(|member| member.id).collect();
+                for id in &ids {
+                    local.kill(id)?;
                 }
-                Ok((Active::Killed((0..count).collect()), "restart-all".to_string()))
+                Ok((Active::Killed(ids), "restart-all".to_string()))
+            }
+            FaultKind::Membership => {
+                let changer = Changer {
+                    local: self.local()?,
+                    roster: self.roster,
+                    access: self.access,
+                    initial: self.nodes,
+                    secure: self.secure,
+                };
+                Ok((Active::Changed, changer.change(changes, rng)?))
             }
         }
     }
 
     /// Kills the leader (a local cluster) or cuts it off from every other node.
-    fn fault_leader(&self, http: &Http) -> Result<(Active, String)> {
+    fn fault_leader(&self, members: &[Member], http: &Http) -> Result<(Active, String)> {
         let deadline = Instant::now() + Duration::from_secs(3);
         let leader = loop {
-            if let Some(leader) = find_leader(http, self.members) {
+            if let Some(leader) = find_leader(http, members) {
                 break leader;
             }
             if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) {
@@ -188,14 +219,14 @@ impl FaultPlan<'_> {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let id = &self.members[leader].id;
+        let id = &members[leader].id;
         match self.local {
             Some(local) => {
-                local.kill(leader)?;
-                Ok((Active::Killed(vec![leader]), format!("kill leader {id}")))
+                local.kill(id)?;
+                Ok((Active::Killed(vec![id.clone()]), format!("kill leader {id}")))
             }
             None => {
-                let (active, _) = self.isolate(&BTreeSet::from([leader]), http)?;
+                let (active, _) = self.isolate(members, &BTreeSet::from([leader]), http)?;
                 Ok((active, format!("isolate leader {id}")))
             }
         }
@@ -203,11 +234,14 @@ impl FaultPlan<'_> {
 
     /// Cuts the members at `isolated` off from the others: each side drops the other's
     /// traffic, both ways.
-    fn isolate(&self, isolated: &BTreeSet<usize>, http: &Http) -> Result<(Active, String)> {
-        let inside: BTreeSet<&str> = isolated.iter().map(|&index| self.members[index].id.as_str()).collect();
-        let outside: Vec<&str> =
-            self.voters.iter().map(String::as_str).filter(|voter| !inside.contains(voter)).collect();
-        for (index, member) in self.members.iter().enumerate() {
+    fn isolate(&self, members: &[Member], isolated: &BTreeSet<usize>, http: &Http) -> Result<(Active, String)> {
+        let inside: BTreeSet<&str> = isolated.iter().map(|&index| members[index].id.as_str()).collect();
+        let voters: Vec<&str> = match self.local {
+            Some(_) => members.iter().map(|member| member.id.as_str()).collect(),
+            None => self.voters.iter().map(String::as_str).collect(),
+        };
+        let outside: Vec<&str> = voters.into_iter().filter(|voter| !inside.contains(voter)).collect();
+        for (index, member) in members.iter().enumerate() {
             let peers: Vec<&str> =
                 if isolated.contains(&index) { outside.clone() } else { inside.iter().copied().collect() };
             let body = json!({ "action": "drop", "peers": peers, "direction": "both" }).to_string();
@@ -228,19 +262,20 @@ impl FaultPlan<'_> {
 
     fn heal(&self, active: Active, http: &Http) -> Result<()> {
         match active {
-            Active::Killed(indexes) => {
+            Active::Killed(ids) => {
                 let local = self.local()?;
-                indexes.into_iter().try_for_each(|index| local.heal(index))
+                ids.iter().try_for_each(|id| local.heal(id))
             }
-            Active::Paused(index) => self.local()?.heal(index),
+            Active::Paused(id) => self.local()?.heal(&id),
             Active::Partitioned => self.clear_faults(http),
+            Active::Changed => Ok(()),
         }
     }
 
     /// `DELETE /v1/skiff/faults` on every member. A local node that refuses the connection
     /// is not running, and a node starts with no fault: nothing to clear there.
     fn clear_faults(&self, http: &Http) -> Result<()> {
-        clear_faults(http, self.members, self.local.is_some())
+        clear_faults(http, &self.roster.current(), self.local.is_some())
     }
 }
 

@@ -7,9 +7,11 @@
 //! 2. [`workload`]: client threads issue gets, puts, deletes and cas on a few keys through
 //!    random nodes, one operation at a time each, and record a history ([`skiff_check`]'s
 //!    types) on one clock; [`faults`] kills, pauses, partitions and restarts nodes on a
-//!    seeded schedule; [`watch`] counts leader changes and looks for two leaders in a term.
+//!    seeded schedule, and adds, removes and replaces them ([`membership`], which keeps
+//!    the [`Roster`] of members everyone uses); [`watch`] counts leader changes and looks
+//!    for two leaders in a term.
 //! 3. Heal everything, read every key back through the leader ([`converge`]), wait until
-//!    every node has applied the same index and compare their copies.
+//!    every final member has applied the same index and compare their copies.
 //! 4. Check the history with [`skiff_check::check`] and print the [`report`].
 //!
 //! The outcome of each operation is recorded as the answer proves it (see [`workload`]):
@@ -19,6 +21,7 @@ mod cluster;
 mod converge;
 mod faults;
 mod http;
+mod membership;
 mod options;
 mod report;
 mod watch;
@@ -38,6 +41,7 @@ use self::cluster::LocalCluster;
 use self::converge::Convergence;
 use self::faults::{FaultLog, FaultPlan, clear_faults, faults_url};
 use self::http::{Access, Answer, Http};
+use self::membership::Roster;
 pub use self::options::{CheckOptions, FaultKind, FaultList, parse_faults};
 use self::report::{CheckSummary, Faults, Operations, Progress, Report, Settings};
 use self::watch::{Leaders, wait_for_leader};
@@ -134,7 +138,10 @@ pub fn endpoints_given() -> bool {
 struct Target {
     /// The processes, when started here.
     local: Option<LocalCluster>,
-    members: Vec<Member>,
+    /// The members the run started with.
+    initial: Vec<Member>,
+    /// The members now (the `membership` fault changes them).
+    roster: Roster,
     voters: Vec<String>,
     /// The keys the workload uses: fresh ones, since every key must start absent.
     keys: Vec<String>,
@@ -166,7 +173,8 @@ impl Target {
         wait_for_leader(&http, &members, Some(&local), signals, LEADER_TIMEOUT)?;
         let voters = members.iter().map(|member| member.id.clone()).collect();
         let keys = (1..=options.keys).map(|i| format!("k{i}")).collect();
-        Ok(Target { local: Some(local), members, voters, keys, prefix: String::new(), access })
+        let roster = Roster::new(members.clone());
+        Ok(Target { local: Some(local), initial: members, roster, voters, keys, prefix: String::new(), access })
     }
 
     fn remote(options: &CheckOptions, endpoints: &[String], run_id: &str, signals: &Signals) -> Result<Target> {
@@ -191,7 +199,8 @@ impl Target {
         wait_for_leader(&http, &members, None, signals, LEADER_TIMEOUT)?;
         let prefix = format!("skiff-check/{run_id}/");
         let keys = (1..=options.keys).map(|i| format!("{prefix}k{i}")).collect();
-        Ok(Target { local: None, members, voters, keys, prefix, access })
+        let roster = Roster::new(members.clone());
+        Ok(Target { local: None, initial: members, roster, voters, keys, prefix, access })
     }
 
     /// Brings every node back and clears every fault.
@@ -199,7 +208,7 @@ impl Target {
         if let Some(local) = &self.local {
             local.heal_all()?;
         }
-        clear_faults(http, &self.members, self.local.is_some())
+        clear_faults(http, &self.roster.current(), self.local.is_some())
     }
 }
 
@@ -207,7 +216,7 @@ impl Drop for Target {
     fn drop(&mut self) {
         // The user's cluster must never be left partitioned, whatever happened.
         if self.local.is_none() {
-            let _ = clear_faults(&Http::new(Duration::from_secs(1), &self.access), &self.members, false);
+            let _ = clear_faults(&Http::new(Duration::from_secs(1), &self.access), &self.initial, false);
         }
     }
 }
@@ -253,7 +262,7 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
     let current = Mutex::new(String::new());
     let start = Instant::now();
     let workload = Workload {
-        members: &target.members,
+        members: &target.roster,
         keys: &target.keys,
         start,
         stop: &stop,
@@ -263,8 +272,10 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         seed,
     };
     let plan = FaultPlan {
-        members: &target.members,
+        roster: &target.roster,
         voters: &target.voters,
+        nodes: options.nodes,
+        secure: options.secure,
         local: target.local.as_ref(),
         kinds,
         seed,
@@ -276,7 +287,7 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
     };
     note(&format!("running {} clients for {:?} (seed {seed})", options.clients, options.time));
     std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| watch::watch(&target.members, &target.access, &stop_watching));
+        let watcher = scope.spawn(|| watch::watch(&target.roster, &target.access, &stop_watching));
         let workload = &workload;
         let clients: Vec<_> =
             (0..options.clients as u64).map(|id| scope.spawn(move || workload.run_client(id))).collect();
@@ -292,7 +303,10 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         let http = Http::new(options.request_timeout, &target.access);
         let recovered = target
             .heal(&http)
-            .and_then(|()| wait_for_leader(&http, &target.members, target.local.as_ref(), signals, LEADER_TIMEOUT))
+            .and_then(|()| {
+                let members = target.roster.current();
+                wait_for_leader(&http, &members, target.local.as_ref(), signals, LEADER_TIMEOUT)
+            })
             .map(|_| ())
             .context("the cluster did not recover after the faults were healed");
         stop_watching.store(true, Ordering::Relaxed);
@@ -365,8 +379,10 @@ fn conclude(
 ) -> Result<Report> {
     note("reading every key back and comparing the replicas");
     let reader = options.clients as u64;
+    // The final members: the convergence check compares theirs, not those removed.
+    let members = target.roster.current();
     let reads = converge::final_reads(
-        &target.members,
+        &members,
         &target.keys,
         reader,
         recorded.start,
@@ -378,7 +394,7 @@ fn conclude(
     recorded.history.extend(reads);
     recorded.history.sort_by_key(|operation| operation.invoke_ns);
     let http = Http::new(options.request_timeout, &target.access);
-    let convergence: Convergence = converge::convergence(&http, &target.members, &target.prefix, CONVERGENCE_TIMEOUT);
+    let convergence: Convergence = converge::convergence(&http, &members, &target.prefix, CONVERGENCE_TIMEOUT);
 
     note(&format!("checking {} operations", recorded.history.len()));
     let checking = Instant::now();
@@ -402,7 +418,7 @@ fn conclude(
     });
     if target.local.is_none() && passed {
         // Leave the user's cluster as it was: the run's keys go.
-        let url = format!("{}/v1/kv/{}?recurse", target.members[0].url, skiff_client::encode_key(&target.prefix));
+        let url = format!("{}/v1/kv/{}?recurse", members[0].url, skiff_client::encode_key(&target.prefix));
         let _ = http.send(ureq::http::Method::DELETE, &url, None);
     }
     Ok(Report {
@@ -424,8 +440,8 @@ fn conclude(
 
 fn settings(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Target) -> Settings {
     Settings {
-        nodes: target.local.as_ref().map(|_| target.members.len()),
-        endpoints: target.members.iter().map(|member| member.url.clone()).collect(),
+        nodes: target.local.as_ref().map(|_| target.initial.len()),
+        endpoints: target.initial.iter().map(|member| member.url.clone()).collect(),
         time_seconds: options.time.as_secs_f64(),
         faults: kinds.to_vec(),
         clients: options.clients,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cluster::extra_slots;
 use crate::client::Security;
 
 /// A kind of fault the fault thread injects.
@@ -23,11 +24,19 @@ pub enum FaultKind {
     Leader,
     /// SIGKILL every node; restart them all when healing.
     RestartAll,
+    /// Change the membership: add a new node, remove one, or replace one by a new node.
+    Membership,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 5] =
-        [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::Leader, FaultKind::RestartAll];
+    const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Leader,
+        FaultKind::RestartAll,
+        FaultKind::Membership,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -36,12 +45,14 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Leader => "leader",
             FaultKind::RestartAll => "restart-all",
+            FaultKind::Membership => "membership",
         }
     }
 
-    /// Whether it needs the nodes' processes, which only a cluster started here has.
+    /// Whether it needs the nodes' processes, which only a cluster started here has (the
+    /// `membership` fault starts new ones).
     fn needs_processes(self) -> bool {
-        matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::RestartAll)
+        matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::RestartAll | FaultKind::Membership)
     }
 }
 
@@ -63,7 +74,10 @@ pub fn parse_faults(text: &str) -> Result<FaultList, String> {
     let mut kinds = Vec::new();
     for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
         let kind = FaultKind::ALL.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
-            format!("unknown fault {name:?}; the faults are kill, pause, partition, leader and restart-all (or none)")
+            format!(
+                "unknown fault {name:?}; the faults are kill, pause, partition, leader, restart-all and membership \
+                 (or none)"
+            )
         })?;
         if !kinds.contains(&kind) {
             kinds.push(kind);
@@ -132,7 +146,9 @@ impl CheckOptions {
             if self.nodes < 2 && kinds.contains(&FaultKind::Partition) {
                 return Err("--faults partition needs at least 2 nodes".to_string());
             }
-            if usize::from(self.base_port) + 100 + self.nodes > usize::from(u16::MAX) {
+            // The membership fault's new nodes take the slots after the initial ones.
+            let slots = self.nodes + if kinds.contains(&FaultKind::Membership) { extra_slots(self.nodes) } else { 0 };
+            if usize::from(self.base_port) + 100 + slots > usize::from(u16::MAX) {
                 return Err(format!("--base-port {} leaves no room for the http ports (base + 101..)", self.base_port));
             }
         }
@@ -187,5 +203,28 @@ mod tests {
         assert!(!single.fault_kinds().unwrap().contains(&FaultKind::Partition));
         let single_partition = CheckOptions { faults: Some(vec![FaultKind::Partition]), ..single };
         assert!(single_partition.fault_kinds().is_err());
+    }
+
+    #[test]
+    fn membership_needs_a_cluster_started_here_and_room_for_its_ports() {
+        assert_eq!(kinds_of("membership"), vec![FaultKind::Membership]);
+        let remote = CheckOptions {
+            endpoints: Some(vec!["http://127.0.0.1:8001".into()]),
+            faults: Some(vec![FaultKind::Membership]),
+            ..options()
+        };
+        assert!(remote.fault_kinds().unwrap_err().contains("--faults membership cannot be used with --endpoints"));
+        // 3 nodes: http ports up to base + 100 + 3, and with membership 3 + 7 more slots.
+        let top = u16::MAX - 103;
+        let kill = CheckOptions { base_port: top, faults: Some(vec![FaultKind::Kill]), ..options() };
+        assert!(kill.fault_kinds().is_ok());
+        let membership = CheckOptions { base_port: top, faults: Some(vec![FaultKind::Membership]), ..options() };
+        assert!(membership.fault_kinds().unwrap_err().contains("--base-port"));
+        let room = CheckOptions { base_port: top - 7, ..membership };
+        assert!(room.fault_kinds().is_ok());
+    }
+
+    fn kinds_of(text: &str) -> Vec<FaultKind> {
+        parse_faults(text).expect("parses").0
     }
 }

@@ -224,6 +224,16 @@ impl Report {
     fn write_cluster(&self, text: &mut String) {
         let counts: Vec<String> = self.faults.counts.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
         let _ = writeln!(text, "\nfaults: {} injected ({})", self.faults.total, counts.join(", "));
+        let changes: Vec<&str> = self
+            .faults
+            .events
+            .iter()
+            .filter(|event| event.kind == FaultKind::Membership)
+            .map(|event| event.description.as_str())
+            .collect();
+        if !changes.is_empty() {
+            let _ = writeln!(text, "  membership changes: {}", changes.join(", "));
+        }
         for error in &self.faults.errors {
             let _ = writeln!(text, "  not injected or healed: {error}");
         }
@@ -246,8 +256,9 @@ impl Report {
             (None, true) => {
                 let _ = writeln!(
                     text,
-                    "convergence: all {} nodes applied index {} and hold the same {} keys",
+                    "convergence: all {} nodes ({}) applied index {} and hold the same {} keys",
                     convergence.nodes,
+                    convergence.members.join(" "),
                     convergence.applied_index.unwrap_or_default(),
                     convergence.keys
                 );

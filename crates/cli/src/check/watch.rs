@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::cluster::LocalCluster;
 use super::http::{Access, Http, Status};
+use super::membership::Roster;
 use super::{Member, Signals};
 
 /// How often the watcher polls every node.
@@ -100,13 +101,13 @@ pub struct Leaders {
     pub split_terms: Vec<String>,
 }
 
-/// Polls every member until `stop`, collecting the leaders it sees.
-pub fn watch(members: &[Member], access: &Access, stop: &AtomicBool) -> Leaders {
+/// Polls every member (of the moment) until `stop`, collecting the leaders it sees.
+pub fn watch(members: &Roster, access: &Access, stop: &AtomicBool) -> Leaders {
     let http = Http::new(WATCH_TIMEOUT, access);
     let mut leaders: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let mut terms: Option<(u64, u64)> = None;
     while !stop.load(Ordering::Relaxed) {
-        for status in statuses(&http, members).into_iter().flatten() {
+        for status in statuses(&http, &members.current()).into_iter().flatten() {
             terms = Some(
                 terms.map_or((status.term, status.term), |(low, high)| (low.min(status.term), high.max(status.term))),
             );

@@ -17,8 +17,8 @@ use rand::{Rng, SeedableRng};
 use skiff_check::{Call, Operation, Outcome, Reply};
 use ureq::http::Method;
 
-use super::Member;
 use super::http::{Access, Answer, Http, KvEntry};
+use super::membership::Roster;
 
 /// How long a client waits after a node refused its connection (it is down): a refusal
 /// takes no time, and a client would otherwise spin on that node.
@@ -26,7 +26,8 @@ const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the clients share.
 pub struct Workload<'a> {
-    pub members: &'a [Member],
+    /// The members now: a client picks one for each operation.
+    pub members: &'a Roster,
     pub keys: &'a [String],
     /// The common clock: every time recorded is nanoseconds since this instant.
     pub start: Instant,
@@ -53,7 +54,8 @@ impl Workload<'_> {
         let mut rng = StdRng::seed_from_u64(self.seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut client = Client::new(id, self.start, Http::new(self.request_timeout, self.access), self.operations);
         while !self.stop.load(Ordering::Relaxed) {
-            let base = &self.members[rng.random_range(0..self.members.len())].url;
+            let members = self.members.current();
+            let base = &members[rng.random_range(0..members.len())].url;
             let key = &self.keys[rng.random_range(0..self.keys.len())];
             match rng.random_range(0..100) {
                 0..50 => {

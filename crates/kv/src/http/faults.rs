@@ -29,9 +29,11 @@ pub(super) async fn faults_add(State(api): Shared, headers: HeaderMap, body: Bod
              \"direction\": \"in\", \"out\" or \"both\"}}: {error}"
         ))
     })?;
-    let members: Vec<NodeId> = api.cluster.node_ids().collect();
-    if let Some(unknown) = fault.peers.iter().find(|id| !members.contains(id)) {
-        return Err(ApiError::bad_request(format!("{unknown} is not a node of the cluster file")));
+    // A peer is a node of the cluster file or a member added since (by address).
+    let in_file: Vec<NodeId> = api.cluster.node_ids().collect();
+    let membership = api.status().await?.membership;
+    if let Some(unknown) = fault.peers.iter().find(|id| !in_file.contains(id) && !membership.contains(**id)) {
+        return Err(ApiError::bad_request(format!("{unknown} is not a node of the cluster file (nor a member)")));
     }
     if fault.peers.contains(&api.node.id()) {
         return Err(ApiError::bad_request(format!("{} cannot cut itself off; name its peers", api.node.id())));
