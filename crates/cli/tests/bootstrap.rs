@@ -29,18 +29,27 @@ fn serve(config: &Path, id: &str, data: &Path, extra: &[&str]) -> Served {
         .arg(data.join(id))
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log_file(data, id))
         .spawn()
         .expect("start skiff serve");
     let guard = KillOnDrop::new(&child);
     Served { child, _guard: guard }
 }
 
+/// Where a node's log goes: `<data>/<id>.log`, appended to by each run.
+fn log_file(data: &Path, id: &str) -> std::fs::File {
+    std::fs::create_dir_all(data).expect("the data directory");
+    let path = data.join(format!("{id}.log"));
+    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("a log file")
+}
+
 impl Served {
-    /// Waits for the process to exit by itself; its output.
-    fn wait(self) -> Output {
+    /// Waits for the process to exit by itself; its status, and its log in `stderr`.
+    fn wait(self, log: &Path) -> Output {
         let Served { child, _guard } = self;
-        child.wait_with_output().expect("wait for skiff serve")
+        let mut output = child.wait_with_output().expect("wait for skiff serve");
+        output.stderr = std::fs::read(log).unwrap_or_default();
+        output
     }
 
     fn stop(mut self) {
@@ -116,7 +125,7 @@ fn a_new_cluster_waits_for_its_members_and_a_wiped_one_rejoins_only_with_join() 
     // n3's directory is wiped: started as before, it stops at once, saying how to rejoin.
     n3.stop();
     std::fs::remove_dir_all(s.data.join("n3")).unwrap();
-    let output = serve(&s.config, "n3", &s.data, &[]).wait();
+    let output = serve(&s.config, "n3", &s.data, &[]).wait(&s.data.join("n3.log"));
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let error = stderr(&output);
     assert!(error.contains("n3's data was lost") && error.contains("--join"), "{error}");
@@ -139,7 +148,7 @@ fn a_new_cluster_waits_for_its_members_and_a_wiped_one_rejoins_only_with_join() 
     let n1 = serve(&s.config, "n1", &s.data, &[]);
     let n2 = serve(&s.config, "n2", &s.data, &[]);
     let n3 = serve(&s.config, "n3", &s.data, &[]);
-    let output = n2.wait();
+    let output = n2.wait(&s.data.join("n2.log"));
     assert_eq!(output.status.code(), Some(1), "n2 must not vote with a lost directory: {output:?}");
     assert!(stderr(&output).contains("n2's data was lost"), "{}", stderr(&output));
     eventually("n1 and n3 elect a leader without n2", || s.leader_known(1));
@@ -159,4 +168,42 @@ fn bootstrap_flag_starts_a_new_cluster_without_waiting() {
     s.put(2, "k", "v");
     n1.stop();
     n2.stop();
+}
+
+/// A node whose log predates a member added by address learns where that member lives
+/// from its peers: here the new member n4 leads, and n1 (which only lower ids dial from)
+/// comes back knowing only the cluster file's n2 and n3.
+#[test]
+fn a_node_behind_finds_a_leader_added_by_address_while_it_was_down() {
+    let s = setup();
+    let n1 = serve(&s.config, "n1", &s.data, &[]);
+    let n2 = serve(&s.config, "n2", &s.data, &[]);
+    let n3 = serve(&s.config, "n3", &s.data, &[]);
+    eventually("a leader", || s.leader_known(3));
+    s.put(3, "before", "1");
+    n1.stop();
+
+    // n2 is replaced by n4, at an address no file lists, and n4 becomes the leader.
+    let port = skiff_testkit::ports::free_port;
+    let (raft4, http4) = (format!("127.0.0.1:{}", port()), format!("127.0.0.1:{}", port()));
+    let n4 = serve(&s.config, "n4", &s.data, &["--raft", &raft4, "--http", &http4]);
+    let replace = ["members", "replace", "n2", "--with", "n4", "--raft", &raft4, "--http", &http4];
+    let output = s.cli(3, &replace);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    n2.stop();
+    eventually_ok("n4 leads", || {
+        let output = s.cli(3, &["transfer-leader", "n4"]);
+        if output.status.success() { Ok(()) } else { Err(stderr(&output)) }
+    });
+    s.put(3, "after", "2");
+
+    // n1 comes back: it learns n4's address from n3, dials it, and catches up.
+    let n1 = serve(&s.config, "n1", &s.data, &[]);
+    eventually("n1 holds the write made while it was down", || {
+        let output = s.cli(1, &["get", "--stale", "--raw", "after"]);
+        output.status.success() && stdout(&output) == "2"
+    });
+    for node in [n1, n3, n4] {
+        node.stop();
+    }
 }

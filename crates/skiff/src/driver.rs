@@ -86,6 +86,11 @@ pub(crate) struct DriverOptions {
     pub bootstrap: Bootstrap,
 }
 
+/// How often a node tells its peers where the members live ([`PeerMessage::Addresses`]).
+const GOSSIP_EVERY_TICKS: u64 = 100;
+/// The most members one [`PeerMessage::Addresses`] is read for.
+const MAX_GOSSIPED_MEMBERS: usize = 1024;
+
 pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     raft: Raft<L>,
     transport: Arc<dyn Transport>,
@@ -108,6 +113,8 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     stop: watch::Sender<Option<StopCause>>,
     /// The membership the transport was last told of ([`Driver::sync_members`]).
     members_told: Option<skiff_raft::Membership>,
+    /// Ticks since the driver started.
+    ticks: u64,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -172,6 +179,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             leader,
             stop,
             members_told: None,
+            ticks: 0,
         })
     }
 
@@ -259,6 +267,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         while *next_tick <= now {
             *next_tick += self.options.tick;
             self.raft.tick()?;
+            self.ticks += 1;
+            if self.ticks.is_multiple_of(GOSSIP_EVERY_TICKS) {
+                self.gossip_addresses();
+            }
             if let Some(shutdown) = &mut self.shutdown {
                 shutdown.ticks_left = shutdown.ticks_left.saturating_sub(1);
             }
@@ -417,6 +429,22 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     Ack::Failed => self.raft.report_snapshot(from, false),
                 }
             }
+            PeerMessage::Addresses { index, members } => {
+                // Remote input: from a newer membership than ours, only ids this node does
+                // not know, with sane addresses.
+                let ours = self.raft.membership_log_id().map(|id| id.index).unwrap_or(Index(0));
+                let membership = self.raft.membership();
+                let members = if index > ours { members } else { Vec::new() };
+                for (id, address) in members.into_iter().take(MAX_GOSSIPED_MEMBERS) {
+                    let known = membership.contains(id) || id == self.raft.id();
+                    if !known
+                        && address.len() <= skiff_raft::Membership::MAX_ADDRESS_BYTES
+                        && crate::address::check_host_port(&address).is_ok()
+                    {
+                        self.transport.learn_address(id, address);
+                    }
+                }
+            }
             PeerMessage::BootstrapProbe => {
                 let last = self.raft.last_log_id()?;
                 let answer = self.options.bootstrap.answer(last.index > Index(0));
@@ -494,6 +522,23 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             .collect();
         self.transport.set_members(&members);
         self.members_told = Some(membership.clone());
+    }
+
+    /// Tells every other member where the membership says each member lives
+    /// ([`PeerMessage::Addresses`]): a node whose log lacks a newer member learns where to
+    /// dial it, and so can reach a leader it has not heard of yet.
+    fn gossip_addresses(&self) {
+        let membership = self.raft.membership();
+        let addresses: Vec<(NodeId, String)> =
+            membership.members().filter_map(|id| Some((id, MemberAddress::of(membership, id)?.raft))).collect();
+        let Ok(appended) = self.raft.membership_log_id() else { return };
+        if addresses.is_empty() {
+            return;
+        }
+        for peer in membership.members().filter(|id| *id != self.raft.id()) {
+            let message = PeerMessage::Addresses { index: appended.index, members: addresses.clone() };
+            self.transport.send(peer, message);
+        }
     }
 
     /// Counts a message from `peer` dropped on arrival, in `skiff_dropped_messages_total`

@@ -32,6 +32,12 @@ pub enum PeerMessage {
     /// nonce while it is new itself, whether it holds data, and once confirmed the initial
     /// members it knows started empty at the bootstrap, with their directories' nonces.
     BootstrapAnswer { pending: Option<u64>, has_data: bool, witnesses: Vec<(NodeId, u64)> },
+    /// Where the sender's membership says each member's peers reach it (`host:port`). A
+    /// node whose log is behind may not know a newer member, such as a leader added by
+    /// address; since only the lower id of two dials, it could never reach that leader to
+    /// catch up. Nodes send this to their peers now and then; see `Driver::gossip_addresses`.
+    /// `index` is where the sender's membership was appended: only a newer one teaches.
+    Addresses { index: Index, members: Vec<(NodeId, String)> },
 }
 
 /// Why a forwarded request failed, so the follower can tell its caller whether a retry

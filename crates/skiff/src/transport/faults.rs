@@ -195,6 +195,10 @@ impl Transport for FaultyTransport {
     fn set_cluster_id(&self, id: crate::wire::ClusterId) -> std::io::Result<()> {
         self.inner.set_cluster_id(id)
     }
+
+    fn learn_address(&self, id: NodeId, address: String) {
+        self.inner.learn_address(id, address)
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,12 @@ pub trait Transport: Send + Sync + 'static {
         let _ = members;
     }
 
+    /// A peer says member `id` is reached at `address`: dial it there if it is not a peer
+    /// yet (it stays one until the next membership change). The default does nothing.
+    fn learn_address(&self, id: NodeId, address: String) {
+        let _ = (id, address);
+    }
+
     /// This node made the cluster's id (it bootstrapped a new cluster, see
     /// [`crate::bootstrap`]): record it, present it from now on, and have the peers
     /// connected without one take it. Does nothing if the transport has an id already.

@@ -498,6 +498,13 @@ impl Transport for TcpTransport {
         self.shared.peers().iter().map(|(id, peer)| (*id, peer.health())).collect()
     }
 
+    fn learn_address(&self, id: NodeId, address: String) {
+        if self.shared.peer(id).is_none() {
+            info!(peer = %id, %address, "a peer named a member this node did not know of: dialing it");
+            self.add_peer(id, address);
+        }
+    }
+
     fn set_cluster_id(&self, id: ClusterId) -> io::Result<()> {
         // An adoption under way wins: the cluster has an id already.
         let Ok(_adopting) = self.shared.adopting.try_lock() else { return Ok(()) };
