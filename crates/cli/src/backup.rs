@@ -16,7 +16,6 @@ use skiff::config::{ClusterConfig, parse_node_id};
 use skiff::wire::ClusterId;
 use skiff::{Membership, NodeId};
 use skiff_storage::{BackupHeader, BackupReader, DiskOptions, DiskStorage};
-use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 use crate::client::Security;
 use crate::commands::Format;
@@ -143,32 +142,8 @@ fn base_url(endpoint: &str, security: &Security) -> String {
 /// An HTTP agent with the client's TLS settings, no redirects, and `timeout` for the
 /// connection and the answer's headers (not for the body: a large backup takes long).
 fn agent(security: &Security, timeout: Duration) -> Result<ureq::Agent> {
-    let certificates = |pem: &[u8]| -> Vec<Certificate<'static>> {
-        ureq::tls::parse_pem(pem)
-            .filter_map(|item| match item {
-                Ok(PemItem::Certificate(certificate)) => Some(certificate),
-                _ => None,
-            })
-            .collect()
-    };
-    let mut tls = TlsConfig::builder();
-    if let Some(ca) = &security.ca_pem {
-        let roots = certificates(ca);
-        if roots.is_empty() {
-            bail!("--cacert holds no PEM certificate");
-        }
-        tls = tls.root_certs(RootCerts::new_with_certs(&roots));
-    }
-    if let Some((certificate, key)) = &security.identity_pem {
-        let chain = certificates(certificate);
-        if chain.is_empty() {
-            bail!("--cert holds no PEM certificate");
-        }
-        let key = PrivateKey::from_pem(key).map_err(|_| anyhow!("--key holds no PEM private key"))?;
-        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-    }
     let config = ureq::Agent::config_builder()
-        .tls_config(tls.build())
+        .tls_config(security.tls_config()?)
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(timeout))

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use skiff_client::ClientBuilder;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 /// How a client reaches a cluster that has `[tls]` or `[auth]` (docs/security.md).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -59,6 +60,28 @@ impl SecurityArgs {
 }
 
 impl Security {
+    /// The TLS settings of a plain `ureq` agent (`skiff check`'s probes, `snapshot save`):
+    /// trust `--cacert`, present `--cert`/`--key`.
+    pub fn tls_config(&self) -> Result<TlsConfig> {
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &self.ca_pem {
+            let roots = certificates(ca);
+            if roots.is_empty() {
+                bail!("--cacert holds no PEM certificate");
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+        }
+        if let Some((certificate, key)) = &self.identity_pem {
+            let chain = certificates(certificate);
+            if chain.is_empty() {
+                bail!("--cert holds no PEM certificate");
+            }
+            let key = PrivateKey::from_pem(key).map_err(|_| anyhow::anyhow!("--key holds no PEM private key"))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(tls.build())
+    }
+
     /// `builder` with this CA, client certificate and token.
     pub fn apply(&self, mut builder: ClientBuilder) -> ClientBuilder {
         if let Some(ca) = &self.ca_pem {
@@ -91,6 +114,16 @@ pub fn parse_endpoints(list: &str, security: &Security) -> Result<Vec<String>> {
         bail!("no endpoints given; pass --endpoints host:port[,host:port...]");
     }
     Ok(endpoints)
+}
+
+/// The certificates of a PEM file.
+fn certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(certificate)) => Some(certificate),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

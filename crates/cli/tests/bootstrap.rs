@@ -139,6 +139,9 @@ fn a_new_cluster_waits_for_its_members_and_a_wiped_one_rejoins_only_with_join() 
         members["members"].as_array().is_some_and(|all| all.iter().any(|m| m["id"] == "n3" && m["voter"] == true))
     });
     assert_eq!(s.get(3, "before"), "wipe", "the rejoined node holds what was written before");
+    eventually("n3 may vote again, once caught up", || {
+        std::fs::read_to_string(s.data.join("n3").join("bootstrap")).is_ok_and(|state| state.starts_with("confirmed"))
+    });
 
     // Everyone stops; n2's directory is lost; everyone starts: n2 refuses, the others go on.
     for node in [n1, n2, n3] {

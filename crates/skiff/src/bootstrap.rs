@@ -73,7 +73,7 @@ pub enum BootstrapMode {
 /// has never voted (so rejoining it by removing and adding it back loses nothing).
 pub fn is_unconfirmed(dir: &Path) -> bool {
     match std::fs::read_to_string(dir.join(FILE_NAME)) {
-        Ok(text) => matches!(parse(&text), Some(State::Pending { .. })),
+        Ok(text) => matches!(parse(&text), Some((State::Pending { .. }, _))),
         // No file: a new directory, unless a node made it before the check existed.
         Err(_) => !dir.join("node-id").exists(),
     }
@@ -128,8 +128,15 @@ impl Bootstrap {
         mode: BootstrapMode,
     ) -> Result<Bootstrap> {
         let path = dir.join(FILE_NAME);
+        // A directory made to rejoin stays so until confirmed, started with --join or not.
+        let mut rejoin = false;
         let state = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).ok_or_else(|| Error::Bootstrap(format!("{} is damaged", path.display())))?,
+            Ok(text) => {
+                let (state, join) =
+                    parse(&text).ok_or_else(|| Error::Bootstrap(format!("{} is damaged", path.display())))?;
+                rejoin = join;
+                state
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !created => {
                 State::Confirmed { witnesses: BTreeMap::new() }
             }
@@ -141,7 +148,7 @@ impl Bootstrap {
             id,
             state,
             initial: initial.voters.clone(),
-            join,
+            join: join || rejoin,
             fresh: BTreeMap::new(),
             ticks: 0,
             quorum_at: None,
@@ -333,7 +340,8 @@ impl Bootstrap {
         let io = |what: &str, error: std::io::Error| Error::Bootstrap(format!("cannot {what}: {error}"));
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp).map_err(|error| io("create the bootstrap file", error))?;
-        file.write_all(render(&self.state).as_bytes()).map_err(|error| io("write the bootstrap file", error))?;
+        file.write_all(render(&self.state, self.join).as_bytes())
+            .map_err(|error| io("write the bootstrap file", error))?;
         file.sync_all().map_err(|error| io("sync the bootstrap file", error))?;
         std::fs::rename(&tmp, &self.path).map_err(|error| io("rename the bootstrap file", error))?;
         if let Some(dir) = self.path.parent() {
@@ -350,9 +358,11 @@ fn nonce() -> Result<u64> {
     Ok(u64::from_str_radix(&id.to_string()[..16], 16).unwrap_or_default())
 }
 
-/// `pending NONCE`, or `confirmed` and one `witness ID NONCE` line per witness.
-fn render(state: &State) -> String {
+/// `pending NONCE` (and `rejoin` for a directory made by `--join`), or `confirmed` and one
+/// `witness ID NONCE` line per witness.
+fn render(state: &State, join: bool) -> String {
     match state {
+        State::Pending { nonce } if join => format!("pending {nonce:016x}\nrejoin\n"),
         State::Pending { nonce } => format!("pending {nonce:016x}\n"),
         State::Confirmed { witnesses } => {
             let mut text = String::from("confirmed\n");
@@ -364,19 +374,20 @@ fn render(state: &State) -> String {
     }
 }
 
-fn parse(text: &str) -> Option<State> {
+/// The state, and whether a pending directory was made to rejoin.
+fn parse(text: &str) -> Option<(State, bool)> {
     let mut lines = text.lines();
     let first: Vec<&str> = lines.next()?.split_whitespace().collect();
     let hex = |text: &str| u64::from_str_radix(text, 16).ok();
     match first.as_slice() {
-        ["pending", nonce] => Some(State::Pending { nonce: hex(nonce)? }),
+        ["pending", nonce] => Some((State::Pending { nonce: hex(nonce)? }, lines.next() == Some("rejoin"))),
         ["confirmed"] => {
             let mut witnesses = BTreeMap::new();
             for line in lines {
                 let ["witness", id, nonce] = line.split_whitespace().collect::<Vec<_>>()[..] else { return None };
                 witnesses.insert(NodeId(id.parse().ok()?), hex(nonce)?);
             }
-            Some(State::Confirmed { witnesses })
+            Some((State::Confirmed { witnesses }, false))
         }
         _ => None,
     }
@@ -527,6 +538,9 @@ mod tests {
         assert!(!node.on_log(&added, Index(9), t4, t5, t5).unwrap(), "a membership of an earlier term");
         assert!(!node.on_log(&added, Index(9), t5, t4, t5).unwrap(), "not caught up with the current leader");
         assert!(!node.on_log(&voters(&[1, 3]), Index(9), t5, t5, t5).unwrap(), "not a member yet");
+        // Restarted before it confirmed, even without --join, it still rejoins.
+        let again = Bootstrap::open(dir.path(), NodeId(2), &voters(&[1, 2, 3]), false, false, BootstrapMode::Check);
+        assert!(again.unwrap().is_rejoining(), "the directory remembers it was made to rejoin");
         assert!(node.on_log(&added, Index(9), t5, t5, t5).unwrap());
     }
 

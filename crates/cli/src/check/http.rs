@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use ureq::http::{Method, Request};
-use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use ureq::tls::TlsConfig;
 
 use crate::client::Security;
 
@@ -66,34 +66,8 @@ pub struct Access {
 impl Access {
     /// The access `security` (the global `--cacert`, `--cert`/`--key`, `--token`) gives.
     pub fn new(security: &Security) -> Result<Access> {
-        let mut tls = TlsConfig::builder();
-        if let Some(ca) = &security.ca_pem {
-            let certificates = certificates(ca);
-            if certificates.is_empty() {
-                bail!("--cacert holds no PEM certificate");
-            }
-            tls = tls.root_certs(RootCerts::new_with_certs(&certificates));
-        }
-        if let Some((certificate, key)) = &security.identity_pem {
-            let chain = certificates(certificate);
-            if chain.is_empty() {
-                bail!("--cert holds no PEM certificate");
-            }
-            let key = PrivateKey::from_pem(key).map_err(|_| anyhow!("--key holds no PEM private key"))?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        Ok(Access { tls: tls.build(), token: security.token.clone() })
+        Ok(Access { tls: security.tls_config()?, token: security.token.clone() })
     }
-}
-
-/// The certificates of a PEM file.
-fn certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(certificate)) => Some(certificate),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A plain HTTP client: no retries, no redirects, no connection reuse, one deadline per
