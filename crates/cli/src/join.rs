@@ -24,12 +24,6 @@ pub struct OwnAddress {
     pub redis: Option<String>,
 }
 
-impl OwnAddress {
-    fn is_empty(&self) -> bool {
-        *self == OwnAddress::default()
-    }
-}
-
 /// Where a node that joined keeps the settings it joined with.
 pub fn saved_cluster_file(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster.toml")
@@ -92,14 +86,12 @@ pub fn with_own_entry(
             cluster.node.last_mut().expect("just pushed")
         }
     };
-    if !own.is_empty() {
-        if let Some(raft) = &own.raft {
-            entry.raft = raft.clone();
-        }
-        entry.raft_listen = own.raft_listen.clone().or(entry.raft_listen.take());
-        entry.http = own.http.clone().or(entry.http.take());
-        entry.redis = own.redis.clone().or(entry.redis.take());
+    if let Some(raft) = &own.raft {
+        entry.raft = raft.clone();
     }
+    entry.raft_listen = own.raft_listen.clone().or(entry.raft_listen.take());
+    entry.http = own.http.clone().or(entry.http.take());
+    entry.redis = own.redis.clone().or(entry.redis.take());
     entry.join |= joining;
     cluster.validate()?;
     Ok(cluster)
