@@ -149,11 +149,7 @@ impl Bootstrap {
             state,
             initial: initial.voters.clone(),
             join: join || rejoin,
-            fresh: BTreeMap::new(),
-            ticks: 0,
-            quorum_at: None,
-            refused: None,
-            makes_cluster_id: false,
+            ..Bootstrap::confirmed()
         };
         let alone = bootstrap.initial.iter().all(|voter| *voter == id) && !join;
         if bootstrap.is_pending() && (mode == BootstrapMode::Force || alone) {
@@ -164,7 +160,8 @@ impl Bootstrap {
         Ok(bootstrap)
     }
 
-    /// A node that needs no check (a store the caller made itself).
+    /// A node that needs no check (a store the caller made itself); also the starting
+    /// point of [`Bootstrap::open`]'s counters.
     pub fn confirmed() -> Bootstrap {
         Bootstrap {
             path: PathBuf::new(),
