@@ -411,6 +411,14 @@ impl Api {
 
 async fn kv_put(api: &Api, key: String, query: &Query, headers: &HeaderMap, body: Body) -> ApiResult {
     api.check_key(&key)?;
+    for lock in ["acquire", "release"] {
+        if query.get(lock).is_some() {
+            // Answering `true` to a lock that nobody holds would be a lie a lock client acts on.
+            return Err(ApiError::bad_request(format!(
+                "?{lock} (Consul sessions and locks) is not supported by this version of Skiff; nothing was written"
+            )));
+        }
+    }
     let cas = query.number("cas")?;
     let flags = query.number("flags")?.unwrap_or(0);
     let value = read_body(body, headers, api.limits.max_value_bytes).await?;
