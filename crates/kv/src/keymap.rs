@@ -37,7 +37,7 @@ use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 
-pub use record::{Entry, Meta, invalid, put_varint};
+pub use record::{Entry, Layout, Meta, invalid, put_varint};
 use record::{Header, decode, encode, encoded_len, read_varint};
 
 /// The size a block is split at. Larger blocks cost less memory (fewer blocks) and more
@@ -454,15 +454,23 @@ impl Builder {
 
 /// Reads `count` records from `reader` into a map: the inverse of writing
 /// [`KeyMap::encoded`]. Validates everything: the bytes come from a disk or a peer.
-pub fn read_records(reader: &mut impl io::BufRead, count: u64, block_bytes: usize) -> io::Result<KeyMap> {
+pub fn read_records(
+    reader: &mut impl io::BufRead,
+    count: u64,
+    block_bytes: usize,
+    layout: Layout,
+) -> io::Result<KeyMap> {
     let mut builder = Builder::new(block_bytes);
     let mut buffer = Vec::new();
     for _ in 0..count {
-        let header = Header::read(&mut || {
-            let mut byte = [0u8];
-            reader.read_exact(&mut byte)?;
-            Ok(byte[0])
-        })?;
+        let header = Header::read(
+            &mut || {
+                let mut byte = [0u8];
+                reader.read_exact(&mut byte)?;
+                Ok(byte[0])
+            },
+            layout,
+        )?;
         // Read through `take` rather than allocating the claimed length up front: a corrupt
         // length fails at the end of the input instead of asking for exabytes.
         // The two lengths are checked: their sum must not wrap (two lengths near 2^64 would

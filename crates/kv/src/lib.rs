@@ -12,6 +12,7 @@
 //! - [`Server`]: one node: the Raft node and its HTTP listener, started from the cluster file.
 
 pub mod auth;
+pub mod clock;
 mod error;
 mod heavy;
 pub mod http;

@@ -184,6 +184,8 @@ pub struct Server {
     listeners: Vec<tokio::task::JoinHandle<()>>,
     /// Reloads the tokens file on SIGHUP, while the server lives.
     _reload: Option<AbortOnDropHandle<()>>,
+    /// The leader's clock entries ([`crate::clock`]).
+    _clock: AbortOnDropHandle<()>,
 }
 
 /// Member `id`'s addresses: the replicated membership's (where a node added by address is
@@ -242,20 +244,28 @@ impl Server {
         if let Some((listener, address)) = redis_listener {
             let local = local_address(id, &address, &listener)?;
             redis_address = Some(local);
-            let redis = Redis::new(Arc::clone(&node), cluster.clone(), limits, local.port(), auth.clone());
+            let redis = Redis::new(
+                Arc::clone(&node),
+                cluster.clone(),
+                limits,
+                local.port(),
+                auth.clone(),
+                Arc::clone(&applied),
+            );
             let (stop_redis, stopped) = oneshot::channel::<()>();
             stop.push(stop_redis);
             let acceptor = Acceptor::new(listener, "Redis", redis_tls, limits.max_connections, id);
             listeners.push(tokio::spawn(crate::redis::serve(acceptor, Arc::new(redis), stopped)));
         }
         let reload = auth.clone().map(|auth| AbortOnDropHandle::new(tokio::spawn(reload_on_hangup(id, auth))));
-        let api = Api::new(Arc::clone(&node), applied, cluster, limits, auth);
+        let api = Api::new(Arc::clone(&node), Arc::clone(&applied), cluster, limits, auth);
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
         let acceptor = Acceptor::new(listener, "HTTP", http_tls, limits.max_connections, id);
         listeners.push(tokio::spawn(serve_http(acceptor, crate::http::router(api), stopped)));
         tracing::info!(node = %id, http = %http_address, redis = ?redis_address, tls = tls.is_some(), "serving");
-        Ok(Server { id, node, http_address, redis_address, stop, listeners, _reload: reload })
+        let clock = AbortOnDropHandle::new(tokio::spawn(crate::clock::tick_as_leader(Arc::clone(&node), applied)));
+        Ok(Server { id, node, http_address, redis_address, stop, listeners, _reload: reload, _clock: clock })
     }
 
     pub fn id(&self) -> NodeId {

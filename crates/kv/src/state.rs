@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 use skiff::{Index, StateMachine};
 
 pub use crate::keymap::Entry;
-use crate::keymap::{self, KeyMap, Meta};
+use crate::keymap::{self, KeyMap, Layout, Meta};
 pub use crate::watch::{Published, Watch};
+
+mod coord;
+use coord::Coord;
+pub use coord::{
+    Behavior, ExpireIf, Expiry, Holder, KeyLock, Lease, LeaseSpec, Locks, MAX_LEASES, NO_SUCH_LEASE, STALE_FENCE,
+};
 
 /// A copy of one stored value and its revisions (the Raft log indexes of the writes), to
 /// keep after a read of the state machine: an [`Entry`] borrows from the map.
@@ -29,6 +35,8 @@ pub struct Value {
     pub modify_index: u64,
     /// An opaque number stored with the value (Consul's `flags`).
     pub flags: u64,
+    /// The key's deadline on the cluster clock in milliseconds; 0 for none.
+    pub expires: u64,
 }
 
 impl From<Entry<'_>> for Value {
@@ -38,6 +46,7 @@ impl From<Entry<'_>> for Value {
             create_index: entry.create_index,
             modify_index: entry.modify_index,
             flags: entry.flags,
+            expires: entry.expires,
         }
     }
 }
@@ -87,6 +96,32 @@ pub enum Op {
     /// proposer sets from its limits ([`Op::within_quota`]) so that every replica checks the
     /// same number. See [`KvStore::apply`]'s quota rule.
     WithinQuota { quota_bytes: u64, op: Box<Op> },
+    // The variants below were added for time, leases, locks and fencing (`state/coord.rs`).
+    /// `op`, stamped by its proposer with its reading of the cluster clock: the clock moves to
+    /// `now_ms` (never back) and everything due by then expires, then `op` applies.
+    At { now_ms: u64, op: Box<Op> },
+    /// The leader's clock entry: the clock moves to `now_ms` and what is due expires.
+    Tick { now_ms: u64 },
+    /// Redis `SET` with an expiry (`EX`, `PX`, `EXAT`, `PXAT`, `KEEPTTL`; without one, a
+    /// `SET` clears the deadline).
+    SetWith { key: Bytes, value: Bytes, when: When, get: bool, expiry: Expiry },
+    /// Redis `EXPIRE` and its family, `PERSIST` (`expiry` [`Expiry::Clear`]), and `GETEX`
+    /// (with `get`): changes the key's deadline only.
+    Expire { key: Bytes, expiry: Expiry, when: ExpireIf, get: bool },
+    /// Creates a lease (a Consul session).
+    LeaseGrant(LeaseSpec),
+    /// Renews a lease: its deadline becomes its TTL from now.
+    LeaseRenew { id: String },
+    /// Ends a lease (Consul's session destroy, an etcd lease revoke).
+    LeaseRevoke { id: String },
+    /// Consul `PUT ?acquire=<session>`: write and take the key's lock.
+    Acquire { key: Bytes, value: Bytes, flags: u64, session: String },
+    /// Consul `PUT ?release=<session>`: write and let the key's lock go.
+    Release { key: Bytes, value: Bytes, flags: u64, session: String },
+    /// A put tied to a lease, deleted when the lease ends (`PUT ?lease=<id>`).
+    PutLeased { key: Bytes, value: Bytes, flags: u64, lease: String },
+    /// `op`, only while the lock acquisition whose fencing token is `token` holds its lock.
+    Fenced { token: u64, op: Box<Op> },
 }
 
 /// When a [`Op::Set`] writes.
@@ -105,6 +140,12 @@ impl Op {
         if quota_bytes == 0 { self } else { Op::WithinQuota { quota_bytes, op: Box::new(self) } }
     }
 
+    /// This operation stamped with the proposer's reading of the cluster clock
+    /// ([`Published::now_ms`]); what every write proposed by the servers is.
+    pub fn at(self, now_ms: u64) -> Op {
+        Op::At { now_ms, op: Box::new(self) }
+    }
+
     /// The most bytes of keys and values applying this could add, whatever the state: what
     /// the quota compares. An upper bound (a write is counted as a new key, an increment as
     /// 20 digits), so that a write that passes the check never takes the keyspace past the
@@ -119,7 +160,14 @@ impl Op {
             Op::IncrBy { key, .. } => key.len() as u64 + INTEGER_DIGITS,
             Op::Delete { .. } | Op::DeletePrefix { .. } => 0,
             Op::Batch(ops) => ops.iter().map(Op::most_added_bytes).fold(0, u64::saturating_add),
-            Op::WithinQuota { op, .. } => op.most_added_bytes(),
+            Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } => op.most_added_bytes(),
+            Op::SetWith { key, value, .. }
+            | Op::Acquire { key, value, .. }
+            | Op::Release { key, value, .. }
+            | Op::PutLeased { key, value, .. } => (key.len() + value.len()) as u64,
+            Op::Tick { .. } | Op::Expire { .. } | Op::LeaseRenew { .. } | Op::LeaseRevoke { .. } => 0,
+            // A session's memory is bounded by `MAX_LEASES`, not by the keyspace quota.
+            Op::LeaseGrant(_) => 0,
         }
     }
 
@@ -151,6 +199,7 @@ impl Op {
                 format!("batch of {}: {}", ops.len(), text.join("; "))
             }
             Op::WithinQuota { op, .. } => op.describe(),
+            op => coord::describe(op).unwrap_or_default(),
         }
     }
 }
@@ -185,6 +234,10 @@ pub enum Output {
     Refused(String),
     /// One output per operation of an [`Op::Batch`].
     Batch(Vec<Output>),
+    /// A lease (session) as created or renewed.
+    Lease(Box<Lease>),
+    /// An [`Op::Acquire`]: whether the lock is held now, and its fencing token.
+    Acquired { ok: bool, fence: u64 },
 }
 
 /// Redis's wording, so that clients recognise the errors.
@@ -257,6 +310,16 @@ pub struct KvStore {
 pub struct View {
     map: KeyMap,
     index: u64,
+    /// The cluster clock as read when the view was taken: keys whose deadline is at or
+    /// before it are not shown.
+    now: u64,
+    locks: Locks,
+}
+
+/// Whether `entry` is still alive at `now` on the cluster clock: a key past its deadline is
+/// invisible to reads at once, before the entry that deletes it commits.
+fn alive(entry: &Entry<'_>, now: u64) -> bool {
+    entry.expires == 0 || entry.expires > now
 }
 
 /// What reads of the keyspace need: the store itself (on the apply thread) or a [`View`].
@@ -271,13 +334,13 @@ pub trait Keyspace {
     }
 }
 
-/// The keys of `map` after `after`.
-fn map_after<'a>(map: &'a KeyMap, after: Option<&[u8]>) -> Box<dyn Iterator<Item = Entry<'a>> + 'a> {
+/// The keys of `map` after `after` alive at `now`.
+fn map_after<'a>(map: &'a KeyMap, after: Option<&[u8]>, now: u64) -> Box<dyn Iterator<Item = Entry<'a>> + 'a> {
     let start = match after {
         Some(key) => std::ops::Bound::Excluded(key),
         None => std::ops::Bound::Unbounded,
     };
-    Box::new(map.range_from(start))
+    Box::new(map.range_from(start).filter(move |entry| alive(entry, now)))
 }
 
 /// The keys of `map` that start with `prefix`.
@@ -293,7 +356,18 @@ impl View {
 
     /// The keys that start with `prefix`, in order.
     pub fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Entry<'a>> + 'a {
-        map_range(&self.map, prefix)
+        let now = self.now;
+        map_range(&self.map, prefix).filter(move |entry| alive(entry, now))
+    }
+
+    /// The cluster clock as read when the view was taken, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    /// The lock state of `key` (Consul's `Session` and `LockIndex`), if it has one.
+    pub fn lock(&self, key: &[u8]) -> Option<&KeyLock> {
+        self.locks.get(key)
     }
 
     /// The highest modify index of `key`, or of the keys under it with `prefix` (0: none).
@@ -309,11 +383,11 @@ impl View {
 
 impl Keyspace for View {
     fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
-        self.map.get(key)
+        self.map.get(key).filter(|entry| alive(entry, self.now))
     }
 
     fn after<'a>(&'a self, after: Option<&[u8]>) -> Box<dyn Iterator<Item = Entry<'a>> + 'a> {
-        map_after(&self.map, after)
+        map_after(&self.map, after, self.now)
     }
 
     fn len(&self) -> usize {
@@ -323,11 +397,11 @@ impl Keyspace for View {
 
 impl Keyspace for KvStore {
     fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
-        self.data.map.get(key)
+        KvStore::get(self, key)
     }
 
     fn after<'a>(&'a self, after: Option<&[u8]>) -> Box<dyn Iterator<Item = Entry<'a>> + 'a> {
-        map_after(&self.data.map, after)
+        map_after(&self.data.map, after, self.read_now())
     }
 
     fn len(&self) -> usize {
@@ -358,6 +432,9 @@ struct Data {
     /// first, for expiry.
     requests: BTreeMap<String, Remembered>,
     requests_by_index: BTreeMap<u64, String>,
+    /// The clock, leases and locks: written after this in snapshots of version 3.
+    #[serde(skip)]
+    coord: Coord,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,11 +446,13 @@ struct Remembered {
 
 /// Bumped when the snapshot layout changes; `restore` refuses other versions.
 ///
-/// Version 2: the version byte; the length (a varint) and postcard encoding of everything
-/// but the map; the number of keys (a varint); each key's record in key order (`keymap`'s
-/// `record.rs`). Version 1 was the postcard encoding of all of it with the map as a
-/// `BTreeMap<Bytes, Value>`.
-const SNAPSHOT_VERSION: u8 = 2;
+/// Version 3: the version byte; the length (a varint) and postcard encoding of everything
+/// but the map and the coordination state; the same for the coordination state (the clock,
+/// leases and locks); the number of keys (a varint); each key's record in key order
+/// (`keymap`'s `record.rs`, [`Layout::V3`]). Version 2 had no coordination state and records
+/// without a deadline ([`Layout::V2`]); it is still read. Version 1 was the postcard encoding
+/// of all of it with the map as a `BTreeMap<Bytes, Value>`.
+const SNAPSHOT_VERSION: u8 = 3;
 
 impl KvStore {
     pub fn new(retention: Retention) -> KvStore {
@@ -391,7 +470,12 @@ impl KvStore {
 
     /// A read-only copy of the keyspace as it is now, cheap to take (see [`View`]).
     pub fn view(&self) -> View {
-        View { map: self.data.map.clone(), index: self.data.index }
+        View {
+            map: self.data.map.clone(),
+            index: self.data.index,
+            now: self.read_now(),
+            locks: self.data.coord.locks.clone(),
+        }
     }
 
     /// The bytes of every key and value: what the keyspace quota counts.
@@ -409,25 +493,21 @@ impl KvStore {
         self.data.index
     }
 
+    /// The key, unless it is absent or past its deadline on this node's reading of the
+    /// cluster clock.
     pub fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
-        self.data.map.get(key)
+        self.data.map.get(key).filter(|entry| alive(entry, self.read_now()))
     }
 
-    /// The keys that start with `prefix`, in order.
+    /// The keys that start with `prefix`, in order (those past their deadline left out).
     pub fn range<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Entry<'a>> + 'a {
-        self.data
-            .map
-            .range_from(std::ops::Bound::Included(prefix))
-            .take_while(move |entry| entry.key.starts_with(prefix))
+        let now = self.read_now();
+        map_range(&self.data.map, prefix).filter(move |entry| alive(entry, now))
     }
 
     /// The keys after `after` (all of them without it), in order.
     pub fn after<'a>(&'a self, after: Option<&[u8]>) -> impl Iterator<Item = Entry<'a>> + 'a {
-        let start = match after {
-            Some(key) => std::ops::Bound::Excluded(key),
-            None => std::ops::Bound::Unbounded,
-        };
-        self.data.map.range_from(start)
+        map_after(&self.data.map, after, self.read_now())
     }
 
     pub fn len(&self) -> usize {
@@ -477,15 +557,14 @@ impl KvStore {
                 {
                     return Output::Done { ok: false, deleted: 0 };
                 }
-                self.store(index, key, &value, flags);
+                self.store_meta(index, key, &value, flags, 0);
                 Output::Done { ok: true, deleted: 0 }
             }
             Op::Delete { key, cas } => self.delete(index, key, cas),
             Op::DeletePrefix { prefix } => {
-                let keys: Vec<Bytes> = self.range(&prefix).map(|entry| Bytes::copy_from_slice(entry.key)).collect();
+                let keys = self.keys_under(&prefix);
                 for key in &keys {
-                    self.data.map.remove(key);
-                    self.mark_deleted(key.clone(), index);
+                    self.remove_key(index, key);
                 }
                 Output::Done { ok: true, deleted: keys.len() as u64 }
             }
@@ -498,7 +577,7 @@ impl KvStore {
                     When::Present => current.is_some(),
                 };
                 if written {
-                    self.store(index, key, &value, 0);
+                    self.store_meta(index, key, &value, 0, 0);
                 }
                 Output::Set { written, old }
             }
@@ -506,6 +585,27 @@ impl KvStore {
             Op::Append { key, value, max_len } => self.append(index, key, &value, max_len),
             Op::Batch(ops) => Output::Batch(ops.into_iter().map(|op| self.apply_op(index, op)).collect()),
             Op::WithinQuota { quota_bytes, op } => self.apply_within_quota(index, quota_bytes, *op),
+            Op::At { now_ms, op } => {
+                self.advance(index, now_ms);
+                self.apply_op(index, *op)
+            }
+            Op::Tick { now_ms } => {
+                let (keys, leases) = self.advance(index, now_ms);
+                Output::Integer(keys.saturating_add(leases) as i64)
+            }
+            Op::SetWith { key, value, when, get, expiry } => self.set_with(index, key, &value, when, get, expiry),
+            Op::Expire { key, expiry, when, get } => self.expire(index, key, expiry, when, get),
+            Op::LeaseGrant(spec) => self.grant(index, spec),
+            Op::LeaseRenew { id } => self.renew(index, &id),
+            Op::LeaseRevoke { id } => match self.end_lease(index, &id) {
+                true => Output::Done { ok: true, deleted: 0 },
+                false => Output::Done { ok: false, deleted: 0 },
+            },
+            Op::Acquire { key, value, flags, session } => self.acquire(index, key, &value, flags, session),
+            Op::Release { key, value, flags, session } => self.release(index, key, &value, flags, &session),
+            Op::PutLeased { key, value, flags, lease } => self.put_leased(index, key, &value, flags, lease),
+            Op::Fenced { token, op } if self.fence_holds(token) => self.apply_op(index, *op),
+            Op::Fenced { token, .. } => self.stale_fence(token),
         }
     }
 
@@ -539,6 +639,12 @@ impl KvStore {
                 Output::Batch(ops.into_iter().map(|op| self.apply_deletes_only(index, op, message)).collect())
             }
             Op::WithinQuota { op, .. } => self.apply_deletes_only(index, *op, message),
+            Op::At { now_ms, op } => {
+                self.advance(index, now_ms);
+                self.apply_deletes_only(index, *op, message)
+            }
+            Op::Fenced { token, .. } if !self.fence_holds(token) => self.stale_fence(token),
+            Op::Fenced { op, .. } => self.apply_deletes_only(index, *op, message),
             op if op.most_added_bytes() == 0 => self.apply_op(index, op),
             _ => Output::Refused(message.to_string()),
         }
@@ -552,8 +658,11 @@ impl KvStore {
         }
         if let Some(published) = &self.published {
             published.set_keyspace(used, self.alarm.map(|(_, quota)| quota));
+            published.set_clock(self.data.coord.clock, self.data.coord.next_deadline());
             published.set_applied(self.data.index);
         }
+        #[cfg(debug_assertions)]
+        self.data.coord.check(&self.data.map);
     }
 
     /// `Op::Delete`: removes `key` unless `cas` names another modify index.
@@ -568,8 +677,7 @@ impl KvStore {
         }
         let deleted = match current {
             Some(_) => {
-                data.map.remove(&key);
-                self.mark_deleted(key, index);
+                self.remove_key(index, &key);
                 1
             }
             None => 0,
@@ -588,36 +696,38 @@ impl KvStore {
             None => 0,
         };
         let Some(sum) = current.checked_add(delta) else { return Output::Refused(OVERFLOW.into()) };
-        let flags = data.map.get(&key).map_or(0, |entry| entry.flags);
-        self.store(index, key, sum.to_string().as_bytes(), flags);
+        let (flags, expires) = data.map.get(&key).map_or((0, 0), |entry| (entry.flags, entry.expires));
+        self.store_meta(index, key, sum.to_string().as_bytes(), flags, expires);
         Output::Integer(sum)
     }
 
     /// `Op::Append`: appends `value` to `key`'s value, refusing to grow past `max_len`.
     fn append(&mut self, index: u64, key: Bytes, value: &[u8], max_len: u64) -> Output {
         let data = &mut self.data;
-        let (mut joined, flags) = match data.map.get(&key) {
-            Some(found) => (found.value.to_vec(), found.flags),
-            None => (Vec::new(), 0),
+        let (mut joined, flags, expires) = match data.map.get(&key) {
+            Some(found) => (found.value.to_vec(), found.flags, found.expires),
+            None => (Vec::new(), 0, 0),
         };
         let length = joined.len() + value.len();
         if length as u64 > max_len {
             return Output::Refused(format!("ERR string exceeds maximum allowed size ({max_len} bytes)"));
         }
         joined.extend_from_slice(value);
-        self.store(index, key, &joined, flags);
+        self.store_meta(index, key, &joined, flags, expires);
         Output::Integer(length as i64)
     }
 
-    /// Writes `key` at `index`, keeping its create index if it exists and clearing a
-    /// deletion mark.
-    fn store(&mut self, index: u64, key: Bytes, value: &[u8], flags: u64) {
+    /// Writes `key` at `index` with the deadline `expires` (0: none), keeping its create
+    /// index if it exists and clearing a deletion mark.
+    fn store_meta(&mut self, index: u64, key: Bytes, value: &[u8], flags: u64, expires: u64) {
+        let (create_index, old_expires) =
+            self.data.map.get(&key).map_or((index, 0), |entry| (entry.create_index, entry.expires));
+        self.index_deadline(&key, old_expires, expires);
         let data = &mut self.data;
-        let create_index = data.map.get(&key).map_or(index, |entry| entry.create_index);
         if let Some(deleted) = data.tombstones.remove(&key) {
             data.tombstone_order.remove(&(deleted, key.clone()));
         }
-        data.map.insert(&key, value, Meta { create_index, modify_index: index, flags });
+        data.map.insert(&key, value, Meta { create_index, modify_index: index, flags, expires });
         if let Some(published) = &self.published {
             published.changed(&key);
         }
@@ -717,9 +827,12 @@ impl KvStore {
     /// of everything but the map.
     fn snapshot_head(&self) -> std::io::Result<Vec<u8>> {
         let rest = postcard::to_stdvec(&self.data).map_err(std::io::Error::other)?;
+        let coord = postcard::to_stdvec(&self.data.coord).map_err(std::io::Error::other)?;
         let mut head = vec![SNAPSHOT_VERSION];
-        keymap::put_varint(&mut head, rest.len() as u64);
-        head.extend_from_slice(&rest);
+        for part in [rest, coord] {
+            keymap::put_varint(&mut head, part.len() as u64);
+            head.extend_from_slice(&part);
+        }
         Ok(head)
     }
 }
@@ -741,15 +854,15 @@ fn read_snapshot(reader: &mut impl BufRead) -> std::io::Result<Data> {
     if reader.read(&mut version)? == 0 {
         return Err(keymap::invalid("the key-value snapshot is empty"));
     }
-    if version[0] != SNAPSHOT_VERSION {
+    if version[0] != SNAPSHOT_VERSION && version[0] != 2 {
         // A refusal, not a guess: another layout read as this one would be a wrong state.
         return Err(keymap::invalid(format!(
-            "unknown key-value snapshot version {} (this build reads version {SNAPSHOT_VERSION} only); \
+            "unknown key-value snapshot version {} (this build reads versions 2 and {SNAPSHOT_VERSION}); \
              restore this node from a peer that runs the same build",
             version[0]
         )));
     }
-    read_snapshot_body(reader).map_err(|error| match error.kind() {
+    read_snapshot_body(reader, version[0]).map_err(|error| match error.kind() {
         std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
             keymap::invalid(format!("the key-value snapshot does not decode: {error}"))
         }
@@ -758,22 +871,62 @@ fn read_snapshot(reader: &mut impl BufRead) -> std::io::Result<Data> {
 }
 
 /// Decodes what follows a snapshot's version byte.
-fn read_snapshot_body(reader: &mut impl BufRead) -> std::io::Result<Data> {
-    let rest_len = keymap::read_varint_from(reader)?;
-    let mut rest = Vec::new();
-    // Through `take`, not a buffer of the claimed length: a corrupt length fails at the end
-    // of the input rather than asking for a huge allocation.
-    reader.take(rest_len).read_to_end(&mut rest)?;
-    if rest.len() as u64 != rest_len {
-        return Err(keymap::invalid("it is cut short"));
+fn read_snapshot_body(reader: &mut impl BufRead, version: u8) -> std::io::Result<Data> {
+    let mut data: Data = read_part(reader)?;
+    let layout = if version == 2 { Layout::V2 } else { Layout::V3 };
+    if layout == Layout::V3 {
+        data.coord = read_part(reader)?;
     }
-    let mut data: Data = postcard::from_bytes(&rest).map_err(|error| keymap::invalid(error.to_string()))?;
     let count = keymap::read_varint_from(reader)?;
-    data.map = keymap::read_records(reader, count, keymap::BLOCK_BYTES)?;
+    data.map = keymap::read_records(reader, count, keymap::BLOCK_BYTES, layout)?;
     if !reader.fill_buf()?.is_empty() {
         return Err(keymap::invalid("bytes follow the last key"));
     }
+    data.coord.rebuild(&data.map);
+    validate_coord(&data)?;
     Ok(data)
+}
+
+/// A length-prefixed postcard part of a snapshot.
+fn read_part<T: serde::de::DeserializeOwned>(reader: &mut impl BufRead) -> std::io::Result<T> {
+    let length = keymap::read_varint_from(reader)?;
+    let mut bytes = Vec::new();
+    // Through `take`, not a buffer of the claimed length: a corrupt length fails at the end
+    // of the input rather than asking for a huge allocation.
+    reader.take(length).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != length {
+        return Err(keymap::invalid("it is cut short"));
+    }
+    postcard::from_bytes(&bytes).map_err(|error| keymap::invalid(error.to_string()))
+}
+
+/// The coordination state of a decoded snapshot must agree with its keys: every lock on a
+/// key that exists, every holder's lease existing and listing the key (the bytes come from a
+/// disk or a peer: checked, not trusted).
+fn validate_coord(data: &Data) -> std::io::Result<()> {
+    let coord = &data.coord;
+    for (key, lock) in coord.locks.iter() {
+        if data.map.get(key).is_none() {
+            return Err(keymap::invalid(format!("a lock on the missing key {}", show(key))));
+        }
+        if let Some(holder) = &lock.holder
+            && !coord.leases.get(&holder.lease).is_some_and(|lease| lease.keys.contains(key))
+        {
+            return Err(keymap::invalid(format!("the holder of {} is not a session that holds it", show(key))));
+        }
+    }
+    for (id, lease) in &coord.leases {
+        if lease.spec.id != *id {
+            return Err(keymap::invalid(format!("session {id:?} is filed under another id")));
+        }
+        for key in &lease.keys {
+            let holder = coord.locks.get(key).and_then(|lock| lock.holder.as_ref());
+            if holder.is_none_or(|holder| holder.lease != *id) {
+                return Err(keymap::invalid(format!("session {id:?} lists {} without holding it", show(key))));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -921,7 +1074,7 @@ mod tests {
         let error = store.restore(&mut &[9u8, 1, 2][..]).expect_err("version 9 is unknown");
         assert!(error.to_string().contains("version 9"), "{error}");
         let error = store.restore(&mut &[1u8, 0][..]).expect_err("version 1 is the old layout");
-        assert!(error.to_string().contains("version 1 (this build reads version 2"), "{error}");
+        assert!(error.to_string().contains("version 1 (this build reads versions 2 and 3"), "{error}");
         let error = store.restore(&mut &[SNAPSHOT_VERSION, 0xff, 0xff][..]).expect_err("garbage");
         assert!(error.to_string().contains("does not decode"), "{error}");
         assert!(store.restore(&mut &[][..]).is_err());
@@ -1023,7 +1176,7 @@ mod tests {
         bytes.push(1);
         keymap::put_varint(&mut bytes, u64::MAX);
         keymap::put_varint(&mut bytes, 1);
-        bytes.extend_from_slice(&[0, 0, 0]);
+        bytes.extend_from_slice(&[0, 0, 0, 0]);
         let mut store = sample_store();
         let before = store.data.index;
         let error = store.restore(&mut &bytes[..]).expect_err("crafted lengths");

@@ -27,6 +27,23 @@ pub struct Published {
     alarm_quota: AtomicU64,
     /// The index of the last applied command.
     applied: AtomicU64,
+    /// The cluster clock as of the last apply that moved it, in milliseconds.
+    clock_ms: AtomicU64,
+    /// When this node applied that clock, in milliseconds since [`process_start`].
+    clock_applied_at: AtomicU64,
+    /// The earliest deadline of a key or lease on the cluster clock; `u64::MAX` for none.
+    next_deadline: AtomicU64,
+}
+
+/// This process's first reading of the monotonic clock: what [`Published`] measures from.
+fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// Milliseconds on this node's monotonic clock since [`process_start`].
+fn local_ms() -> u64 {
+    process_start().elapsed().as_millis() as u64
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +175,39 @@ impl Published {
 
     pub(crate) fn set_applied(&self, index: u64) {
         self.applied.store(index, Ordering::Relaxed);
+    }
+
+    /// This node's reading of the cluster clock, in milliseconds: the clock of the last
+    /// applied entry that moved it, plus the time this node's monotonic clock measured since
+    /// it applied that entry. It never runs ahead of the clock of the leader that wrote the
+    /// entry (the entry reached this node after it was stamped), so a deadline read against it
+    /// is never early; it lags by the delay of the apply, a few milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        let clock = self.clock_ms.load(Ordering::Acquire);
+        let applied_at = self.clock_applied_at.load(Ordering::Acquire);
+        clock.saturating_add(local_ms().saturating_sub(applied_at))
+    }
+
+    /// The cluster clock of the last applied entry that moved it, in milliseconds.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Acquire)
+    }
+
+    /// The earliest deadline of a key or a lease on the cluster clock, if any has one.
+    pub fn next_deadline(&self) -> Option<u64> {
+        Some(self.next_deadline.load(Ordering::Relaxed)).filter(|&deadline| deadline != u64::MAX)
+    }
+
+    /// After an apply: the cluster clock (remembered with the local time when it moved) and
+    /// the earliest deadline.
+    pub(crate) fn set_clock(&self, clock_ms: u64, next_deadline: Option<u64>) {
+        if clock_ms != self.clock_ms.load(Ordering::Relaxed) || self.clock_applied_at.load(Ordering::Relaxed) == 0 {
+            // The local time first: a reader between the two stores sees the new time with
+            // the old clock, a reading a little early, never one ahead.
+            self.clock_applied_at.store(local_ms().max(1), Ordering::Release);
+            self.clock_ms.store(clock_ms, Ordering::Release);
+        }
+        self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn set_keyspace(&self, used_bytes: u64, alarm: Option<u64>) {

@@ -390,7 +390,7 @@ impl Api {
     /// Consul's `true` / `false`.
     async fn write(&self, op: Op, headers: &HeaderMap) -> ApiResult {
         let request = request_id(headers, &op)?;
-        let op = op.within_quota(self.limits.keyspace_quota_bytes);
+        let op = op.within_quota(self.limits.keyspace_quota_bytes).at(self.published.now_ms());
         let output = self.node.propose(Command { request, op }).await.map_err(|error| self.fail(error))?;
         match output {
             Output::Done { ok, .. } => Ok(axum::Json(ok).into_response()),

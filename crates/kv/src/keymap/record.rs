@@ -1,11 +1,15 @@
 //! The byte layout of one key with its value and revisions: the unit [`super::KeyMap`]
 //! packs into its blocks and the key-value snapshot streams.
 //!
-//! A record is five unsigned LEB128 varints, then the key and the value:
+//! A record is six unsigned LEB128 varints, then the key and the value:
 //!
 //! ```text
-//! key length | value length | create index | modify index - create index | flags | key | value
+//! key length | value length | create index | modify index - create index | flags | expires | key | value
 //! ```
+//!
+//! `expires` is the key's deadline on the cluster clock in milliseconds, 0 for none (one byte
+//! for a key without a TTL). Snapshots of version 2 wrote records without it
+//! ([`Layout::V2`]); they are still read.
 //!
 //! Varints because the numbers are mostly small (a 10-byte key, a 100-byte value, flags 0)
 //! and a fixed `u64` each would cost 40 bytes a key where the varints take about 8. The
@@ -25,15 +29,28 @@ pub struct Entry<'a> {
     pub modify_index: u64,
     /// An opaque number stored with the value (Consul's `flags`).
     pub flags: u64,
+    /// The key's deadline on the cluster clock, in milliseconds; 0 for none.
+    pub expires: u64,
 }
 
-/// The revisions and flags of a record: an [`Entry`] without its bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The revisions, flags and deadline of a record: an [`Entry`] without its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     pub create_index: u64,
     /// At least `create_index`.
     pub modify_index: u64,
     pub flags: u64,
+    /// The deadline on the cluster clock in milliseconds; 0 for none.
+    pub expires: u64,
+}
+
+/// Which record layout a reader expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Five varints, no `expires` (snapshots of version 2).
+    V2,
+    /// Six varints: the layout written now, in memory and in snapshots.
+    V3,
 }
 
 /// The most bytes a `u64` takes as a varint (7 bits a byte).
@@ -91,8 +108,8 @@ pub struct Header {
 }
 
 impl Header {
-    /// Reads the five varints of a header from `next`, validating them.
-    pub fn read(next: &mut impl FnMut() -> io::Result<u8>) -> io::Result<Header> {
+    /// Reads the varints of a header in `layout` from `next`, validating them.
+    pub fn read(next: &mut impl FnMut() -> io::Result<u8>, layout: Layout) -> io::Result<Header> {
         let length =
             |number: u64| usize::try_from(number).map_err(|_| invalid("a record length does not fit in memory"));
         let key_len = length(read_varint(next)?)?;
@@ -102,7 +119,11 @@ impl Header {
         let modify_index =
             create_index.checked_add(distance).ok_or_else(|| invalid("a record's modify index passes 2^64"))?;
         let flags = read_varint(next)?;
-        Ok(Header { key_len, value_len, meta: Meta { create_index, modify_index, flags } })
+        let expires = match layout {
+            Layout::V2 => 0,
+            Layout::V3 => read_varint(next)?,
+        };
+        Ok(Header { key_len, value_len, meta: Meta { create_index, modify_index, flags, expires } })
     }
 }
 
@@ -114,6 +135,7 @@ pub fn encoded_len(key: &[u8], value: &[u8], meta: Meta) -> usize {
         + varint_len(meta.create_index)
         + varint_len(distance)
         + varint_len(meta.flags)
+        + varint_len(meta.expires)
         + key.len()
         + value.len()
 }
@@ -133,6 +155,7 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], value: &[u8], meta: Meta) {
     put_varint(out, meta.create_index);
     put_varint(out, meta.modify_index - meta.create_index);
     put_varint(out, meta.flags);
+    put_varint(out, meta.expires);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
 }
@@ -140,11 +163,14 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], value: &[u8], meta: Meta) {
 /// Decodes the record at the start of `bytes`; returns it and its length in bytes.
 pub fn decode(bytes: &[u8]) -> io::Result<(Entry<'_>, usize)> {
     let mut at = 0;
-    let header = Header::read(&mut || {
-        let byte = bytes.get(at).copied().ok_or_else(|| invalid("a record header is cut short"))?;
-        at += 1;
-        Ok(byte)
-    })?;
+    let header = Header::read(
+        &mut || {
+            let byte = bytes.get(at).copied().ok_or_else(|| invalid("a record header is cut short"))?;
+            at += 1;
+            Ok(byte)
+        },
+        Layout::V3,
+    )?;
     let key_end = at.checked_add(header.key_len).filter(|&end| end <= bytes.len());
     let value_end = key_end.and_then(|end| end.checked_add(header.value_len)).filter(|&end| end <= bytes.len());
     let (Some(key_end), Some(value_end)) = (key_end, value_end) else {
@@ -156,13 +182,19 @@ pub fn decode(bytes: &[u8]) -> io::Result<(Entry<'_>, usize)> {
         create_index: header.meta.create_index,
         modify_index: header.meta.modify_index,
         flags: header.meta.flags,
+        expires: header.meta.expires,
     };
     Ok((entry, value_end))
 }
 
 impl Entry<'_> {
     pub fn meta(&self) -> Meta {
-        Meta { create_index: self.create_index, modify_index: self.modify_index, flags: self.flags }
+        Meta {
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+            flags: self.flags,
+            expires: self.expires,
+        }
     }
 }
 
@@ -217,10 +249,10 @@ mod tests {
     #[test]
     fn records_round_trip_and_report_their_length() {
         let cases: [(&[u8], &[u8], Meta); 4] = [
-            (b"", b"", Meta { create_index: 0, modify_index: 0, flags: 0 }),
-            (b"key-1", &[7; 100], Meta { create_index: 3, modify_index: 3, flags: 0 }),
-            (b"k", &[0; 300], Meta { create_index: 1, modify_index: u64::MAX, flags: u64::MAX }),
-            (&[0xff; 200], b"v", Meta { create_index: u64::MAX, modify_index: u64::MAX, flags: 42 }),
+            (b"", b"", Meta { create_index: 0, modify_index: 0, flags: 0, expires: 0 }),
+            (b"key-1", &[7; 100], Meta { create_index: 3, modify_index: 3, flags: 0, expires: 0 }),
+            (b"k", &[0; 300], Meta { create_index: 1, modify_index: u64::MAX, flags: u64::MAX, expires: 0 }),
+            (&[0xff; 200], b"v", Meta { create_index: u64::MAX, modify_index: u64::MAX, flags: 42, expires: 0 }),
         ];
         for (key, value, meta) in cases {
             let mut bytes = vec![9, 9];
@@ -235,15 +267,15 @@ mod tests {
 
     #[test]
     fn a_small_record_costs_its_bytes_and_eight_more() {
-        let meta = Meta { create_index: 85_000, modify_index: 85_000, flags: 0 };
-        // 1 + 1 + 3 + 1 + 1 header bytes.
-        assert_eq!(encoded_len(b"key-999999", &[0; 100], meta), 110 + 7);
+        let meta = Meta { create_index: 85_000, modify_index: 85_000, flags: 0, expires: 0 };
+        // 1 + 1 + 3 + 1 + 1 + 1 header bytes.
+        assert_eq!(encoded_len(b"key-999999", &[0; 100], meta), 110 + 8);
     }
 
     #[test]
     fn cut_or_corrupt_records_are_refused() {
         let mut bytes = Vec::new();
-        encode(&mut bytes, b"key", b"value", Meta { create_index: 1, modify_index: 2, flags: 3 });
+        encode(&mut bytes, b"key", b"value", Meta { create_index: 1, modify_index: 2, flags: 3, expires: 0 });
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -260,6 +292,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "before create index")]
     fn a_modify_index_before_the_create_index_is_a_bug() {
-        encode(&mut Vec::new(), b"k", b"v", Meta { create_index: 5, modify_index: 4, flags: 0 });
+        encode(&mut Vec::new(), b"k", b"v", Meta { create_index: 5, modify_index: 4, flags: 0, expires: 0 });
     }
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn meta(create_index: u64, modify_index: u64, flags: u64) -> Meta {
-    Meta { create_index, modify_index, flags }
+    Meta { create_index, modify_index, flags, expires: 0 }
 }
 
 fn keys(map: &KeyMap) -> Vec<Vec<u8>> {
@@ -107,7 +107,7 @@ fn round_trip(map: &KeyMap, block_bytes: usize) -> io::Result<KeyMap> {
     write_records(map, &mut bytes)?;
     let mut reader = &bytes[..];
     let count = read_varint_from(&mut reader)?;
-    let copy = read_records(&mut reader, count, block_bytes)?;
+    let copy = read_records(&mut reader, count, block_bytes, Layout::V3)?;
     assert!(reader.is_empty(), "every byte read");
     Ok(copy)
 }
@@ -151,21 +151,21 @@ fn cut_or_unordered_records_are_refused() {
     write_records(&map, &mut bytes).expect("write");
     for cut in 1..bytes.len() {
         let mut reader = &bytes[1..cut];
-        assert!(read_records(&mut reader, 2, BLOCK_BYTES).is_err(), "cut at {cut}");
+        assert!(read_records(&mut reader, 2, BLOCK_BYTES, Layout::V3).is_err(), "cut at {cut}");
     }
     // The same key twice, and keys going down.
     let mut twice = Vec::new();
     record::encode(&mut twice, b"a", b"1", meta(1, 1, 0));
     record::encode(&mut twice, b"a", b"1", meta(1, 1, 0));
-    let error = read_records(&mut &twice[..], 2, BLOCK_BYTES).expect_err("a repeated key");
+    let error = read_records(&mut &twice[..], 2, BLOCK_BYTES, Layout::V3).expect_err("a repeated key");
     assert!(error.to_string().contains("increasing"), "{error}");
     let mut down = Vec::new();
     record::encode(&mut down, b"b", b"1", meta(1, 1, 0));
     record::encode(&mut down, b"a", b"1", meta(1, 1, 0));
-    assert!(read_records(&mut &down[..], 2, BLOCK_BYTES).is_err());
+    assert!(read_records(&mut &down[..], 2, BLOCK_BYTES, Layout::V3).is_err());
     // A claimed length far past the input fails at its end, without allocating it.
     let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0];
-    assert!(read_records(&mut &huge[..], 1, BLOCK_BYTES).is_err());
+    assert!(read_records(&mut &huge[..], 1, BLOCK_BYTES, Layout::V3).is_err());
 }
 
 /// A record header with these lengths, revisions 0 and flags 0, then `tail`.
@@ -173,7 +173,8 @@ fn crafted(key_len: u64, value_len: u64, tail: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::new();
     put_varint(&mut bytes, key_len);
     put_varint(&mut bytes, value_len);
-    bytes.extend_from_slice(&[0, 0, 0]);
+    // Create index, modify distance, flags, expires.
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
     bytes.extend_from_slice(tail);
     bytes
 }
@@ -190,13 +191,13 @@ fn lengths_that_add_up_past_2_64_are_refused_not_a_panic() {
     ];
     for (key_len, value_len, tail) in cases {
         let bytes = crafted(key_len, value_len, tail);
-        let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES).expect_err("crafted lengths");
+        let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES, Layout::V3).expect_err("crafted lengths");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{key_len} + {value_len}: {error}");
         assert!(error.to_string().contains("past 2^64"), "{key_len} + {value_len}: {error}");
     }
     // A sum that fits but claims more than is there says how much is left.
     let bytes = crafted(3, 4, b"abc");
-    let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES).expect_err("cut short");
+    let error = read_records(&mut &bytes[..], 1, BLOCK_BYTES, Layout::V3).expect_err("cut short");
     assert!(error.to_string().contains("claims 7 bytes of key and value, 3 are left"), "{error}");
 }
 
@@ -249,6 +250,7 @@ fn step() -> impl Strategy<Value = Step> {
         create_index,
         modify_index: create_index.saturating_add(u64::from(distance)),
         flags,
+        expires: 0,
     });
     prop_oneof![
         4 => (key(), 0..40usize, meta).prop_map(|(key, value_len, meta)| Step::Insert { key, value_len, meta }),

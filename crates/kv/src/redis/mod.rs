@@ -67,6 +67,8 @@ pub struct Redis {
     port: u16,
     /// The tokens, if the cluster has `[auth]`.
     auth: Option<Arc<Auth>>,
+    /// The store's news: the cluster clock that writes are stamped with.
+    published: Arc<crate::Published>,
 }
 
 impl Redis {
@@ -76,12 +78,14 @@ impl Redis {
         limits: Limits,
         port: u16,
         auth: Option<Arc<Auth>>,
+        published: Arc<crate::Published>,
     ) -> Redis {
         // Cursor numbers start somewhere random, so that a cursor taken to another node is
         // refused rather than misread.
         let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), port);
         let node_label = node.id().to_string();
         Redis {
+            published,
             node,
             cluster,
             limits,
@@ -389,7 +393,7 @@ impl Pending {
                     Ok([op]) => (op, true),
                     Err(ops) => (Op::Batch(ops), false),
                 };
-                let op = op.within_quota(redis.limits.keyspace_quota_bytes);
+                let op = op.within_quota(redis.limits.keyspace_quota_bytes).at(redis.published.now_ms());
                 let outputs = match redis.node.propose(Command { request: None, op }).await {
                     Ok(Output::Batch(outputs)) if !single => Ok(outputs),
                     Ok(output) => Ok(vec![output]),
@@ -462,10 +466,17 @@ fn op_size(op: &Op) -> usize {
         Op::Put { key, value, .. } | Op::Set { key, value, .. } | Op::Append { key, value, .. } => {
             key.len() + value.len()
         }
-        Op::Delete { key, .. } | Op::IncrBy { key, .. } => key.len(),
+        Op::Delete { key, .. } | Op::IncrBy { key, .. } | Op::Expire { key, .. } => key.len(),
         Op::DeletePrefix { prefix } => prefix.len(),
         Op::Batch(ops) => ops.iter().map(op_size).sum(),
-        Op::WithinQuota { op, .. } => op_size(op),
+        Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } => op_size(op),
+        Op::SetWith { key, value, .. }
+        | Op::Acquire { key, value, .. }
+        | Op::Release { key, value, .. }
+        | Op::PutLeased { key, value, .. } => key.len() + value.len(),
+        Op::LeaseGrant(spec) => spec.id.len() + spec.name.len() + spec.node.len(),
+        Op::LeaseRenew { id } | Op::LeaseRevoke { id } => id.len(),
+        Op::Tick { .. } => 0,
     }
 }
 
