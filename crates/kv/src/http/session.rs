@@ -43,18 +43,19 @@ fn access_of(access: Option<axum::Extension<Access>>) -> Access {
     access.map_or(Access::Open, |axum::Extension(access)| access)
 }
 
-/// Refuses a token that may not write: Consul's plain-text 403.
-fn check_write(access: &Access) -> Result<(), Response> {
+/// Refuses a token that may not write.
+fn check_write(access: &Access) -> Result<(), Refused> {
     if may_write_sessions(access) {
         return Ok(());
     }
-    Err(permission_denied("sessions and leases need a token that may write keys"))
+    Err(Refused::Denied("sessions and leases need a token that may write keys"))
 }
 
-/// A refusal answered as is: a JSON [`ApiError`] or a plain-text 403.
+/// Why a session or lease request was not served: a JSON [`ApiError`], or Consul's
+/// plain-text 403 saying why.
 enum Refused {
     Error(ApiError),
-    Response(Response),
+    Denied(&'static str),
 }
 
 impl From<ApiError> for Refused {
@@ -67,7 +68,7 @@ fn answer(headers: &HeaderMap, result: Result<Response, Refused>) -> Response {
     match result {
         Ok(response) => response,
         Err(Refused::Error(error)) => closing_if_body_unread(headers, error.into_response()),
-        Err(Refused::Response(response)) => closing_if_body_unread(headers, response),
+        Err(Refused::Denied(why)) => closing_if_body_unread(headers, permission_denied(why)),
     }
 }
 
@@ -413,7 +414,7 @@ pub(super) async fn session_create(
     body: Body,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let fields = read_fields(body, &headers).await?;
         let spec = session_spec(&fields, &api.node.id().to_string())?;
         let lease = api.grant(spec).await?;
@@ -430,7 +431,7 @@ pub(super) async fn session_destroy(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let id = path_id(path, "session id")?;
         api.revoke(id).await?;
         Ok(axum::Json(true).into_response())
@@ -446,7 +447,7 @@ pub(super) async fn session_renew(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let id = path_id(path, "session id")?;
         let lease = api.renew(id.clone()).await?.ok_or_else(|| no_such("session", &id))?;
         Ok(sessions_response(lease.modify_index, std::slice::from_ref(&lease)))
@@ -510,7 +511,7 @@ pub(super) async fn lease_grant(
     body: Body,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let fields = read_fields(body, &headers).await?;
         if let Some(unknown) = fields.keys().find(|name| !LEASE_FIELDS.contains(&name.as_str())) {
             return Err(ApiError::bad_request(format!("unknown field {unknown:?}; a lease takes TTL and Name")).into());
@@ -544,7 +545,7 @@ pub(super) async fn lease_keepalive(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let id = path_id(path, "lease id")?;
         let lease = api.renew(id.clone()).await?.ok_or_else(|| no_such("lease", &id))?;
         Ok(axum::Json(lease_json(&lease, api.published.now_ms())).into_response())
@@ -579,7 +580,7 @@ pub(super) async fn lease_revoke(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        check_write(&access_of(access)).map_err(Refused::Response)?;
+        check_write(&access_of(access))?;
         let id = path_id(path, "lease id")?;
         Ok(axum::Json(api.revoke(id).await?).into_response())
     };
