@@ -329,6 +329,9 @@ pub trait Keyspace {
     fn after<'a>(&'a self, after: Option<&[u8]>) -> Box<dyn Iterator<Item = Entry<'a>> + 'a>;
     /// The number of keys.
     fn len(&self) -> usize;
+    /// The cluster clock these reads compare deadlines with, in milliseconds: a key whose
+    /// deadline is at or before it is not shown. Never less than at an earlier call.
+    fn now_ms(&self) -> u64;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -393,6 +396,10 @@ impl Keyspace for View {
     fn len(&self) -> usize {
         self.map.len()
     }
+
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
 }
 
 impl Keyspace for KvStore {
@@ -406,6 +413,10 @@ impl Keyspace for KvStore {
 
     fn len(&self) -> usize {
         self.data.map.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.read_now()
     }
 }
 

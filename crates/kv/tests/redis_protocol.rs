@@ -203,3 +203,123 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
     });
     cluster.shutdown();
 }
+
+/// Times and options a client should never send to the expiry commands (huge, negative,
+/// not numbers, binary, megabytes long), wrong arities and unknown options: each is
+/// answered with an error, in order, on a connection that goes on; none writes anything.
+#[test]
+fn hostile_expiry_arguments_are_answered_with_errors_and_write_nothing() {
+    let cluster = start("redis-hostile-expiry");
+    let (follower, _) = follower_and_leader(&cluster);
+    let mut connection = Connection::open(follower);
+    assert_eq!(connection.call_words("SET k keep"), ok());
+
+    let long_digits = "9".repeat(100_000);
+    let long_option = "x".repeat(1 << 20);
+    // Not a time anywhere.
+    let garbage: Vec<&str> =
+        vec!["abc", "1.5", "+5", " 5", "5 ", "0x10", "", "99999999999999999999", &long_digits, "\0\r\n", "-"];
+    // Refused by SET, SETEX, PSETEX and GETEX (a time must be above 0 there).
+    let not_positive = ["0", "-1", "-9223372036854775808"];
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    let words = |line: &str| line.split(' ').map(str::to_string).collect::<Vec<String>>();
+    for time in garbage.iter().copied().chain(not_positive) {
+        for option in ["EX", "PX", "EXAT", "PXAT"] {
+            commands.push([words("SET k v"), vec![option.into(), time.into()]].concat());
+            commands.push(vec!["GETEX".into(), "k".into(), option.into(), time.into()]);
+        }
+        commands.push(vec!["SETEX".into(), "k".into(), time.into(), "v".into()]);
+        commands.push(vec!["PSETEX".into(), "k".into(), time.into(), "v".into()]);
+    }
+    for time in &garbage {
+        for command in ["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"] {
+            commands.push(vec![command.into(), "k".into(), time.to_string()]);
+            commands.push(vec![command.into(), "k".into(), time.to_string(), "NX".into()]);
+        }
+    }
+    // Past 64 bits in milliseconds, or once the time now is added.
+    for line in [
+        "SET k v EX 9223372036854775807",
+        "SET k v PX 9223372036854775807",
+        "SET k v EXAT 9223372036854775807",
+        "SET k v EX 9223372036854776",
+        "SETEX k 9223372036854775807 v",
+        "PSETEX k 9223372036854775807 v",
+        "GETEX k EX 9223372036854775807",
+        "EXPIRE k 9223372036854775807",
+        "EXPIRE k -9223372036854775808",
+        "PEXPIRE k 9223372036854775807",
+        "EXPIREAT k 9223372036854775807",
+        "EXPIREAT k -9223372036854775808",
+    ] {
+        commands.push(words(line));
+    }
+    // Options that do not exist or do not go together, and wrong arities.
+    for line in [
+        "SET k v EX 10 PX 10",
+        "SET k v EX 10 KEEPTTL",
+        "SET k v KEEPTTL EXAT 10",
+        "SET k v EX",
+        "SET k v PERSIST",
+        "SET k v TTL 10",
+        "SET k v FENCE",
+        "SET k v FENCE abc",
+        "SET k v FENCE 0",
+        "SET k v FENCE -1",
+        "SET k v FENCE 1 FENCE 2",
+        "SET k v FENCE 1",
+        "GETEX k PERSIST EX 10",
+        "GETEX k EX 10 PX 10",
+        "GETEX k KEEPTTL",
+        "GETEX k EX",
+        "GETEX k GET",
+        "EXPIRE k 10 NX XX",
+        "EXPIRE k 10 NX GT",
+        "EXPIRE k 10 LT NX",
+        "EXPIRE k 10 GT LT",
+        "EXPIRE k 10 SOON",
+        "PEXPIREAT k 10 XX XX LATER",
+        "EXPIRE k",
+        "EXPIRE",
+        "PEXPIRE k",
+        "EXPIREAT",
+        "SETEX k 10",
+        "SETEX k 10 v w",
+        "PSETEX k",
+        "GETEX",
+        "PERSIST",
+        "PERSIST k k",
+        "TTL",
+        "PTTL k k",
+        "EXPIRETIME",
+        "PEXPIRETIME k k",
+    ] {
+        commands.push(words(line));
+    }
+    commands.push(vec!["EXPIRE".into(), "k".into(), "10".into(), long_option.clone()]);
+    commands.push(vec!["GETEX".into(), "k".into(), long_option.clone()]);
+    commands.push(vec!["SET".into(), "k".into(), "v".into(), long_option]);
+
+    // All of it in one pipeline: one error each, in order.
+    let borrowed: Vec<Vec<&[u8]>> =
+        commands.iter().map(|args| args.iter().map(|arg| arg.as_bytes()).collect()).collect();
+    connection.send(&borrowed);
+    for args in &commands {
+        let shown: Vec<&str> = args.iter().map(|arg| &arg[..arg.len().min(40)]).collect();
+        match connection.read() {
+            Reply::Error(message) => {
+                assert!(message.starts_with("ERR "), "{shown:?}: {message}");
+                assert!(message.len() < 400, "{shown:?}: a {} byte error", message.len());
+            }
+            other => panic!("{shown:?} was answered {other:?}, not an error"),
+        }
+    }
+    // Nothing was written, and the connection and the node go on.
+    assert_eq!(connection.call_words("GET k"), bulk("keep"));
+    assert_eq!(connection.call_words("TTL k"), Reply::Integer(-1));
+    assert_eq!(connection.call_words("PING"), Reply::Simple("PONG".into()));
+    for address in cluster.ids().into_iter().map(|id| cluster.redis_address(id)) {
+        assert_eq!(Connection::open(address).call_words("TTL k"), Reply::Integer(-1), "TTL k via {address}");
+    }
+    cluster.shutdown();
+}

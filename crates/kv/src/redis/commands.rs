@@ -13,7 +13,7 @@ use super::glob;
 use super::resp::{NIL_BYTES, Reply, array_header_bytes, bulk_bytes};
 use crate::auth::Access;
 use crate::server::Limits;
-use crate::state::{Keyspace, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
+use crate::state::{ExpireIf, Expiry, Keyspace, NOT_AN_INTEGER, OVERFLOW, Op, Output, When, parse_integer};
 
 /// One command as `COMMAND` describes it.
 pub struct Spec {
@@ -41,6 +41,8 @@ const fn spec(
 
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom", "fast"];
+/// Writes that add no bytes (a deadline changes), as Redis flags EXPIRE.
+const EXPIRES: &[&str] = &["write", "fast"];
 const NONE: (i32, i32, i32) = (0, 0, 0);
 const ONE: (i32, i32, i32) = (1, 1, 1);
 const ALL: (i32, i32, i32) = (1, -1, 1);
@@ -57,9 +59,13 @@ pub const COMMANDS: &[Spec] = &[
     spec("del", -2, &["write"], ALL, "generic", "Deletes keys and returns how many existed."),
     spec("echo", 2, &["fast"], NONE, "connection", "Returns the given string."),
     spec("exists", -2, READ, ALL, "generic", "Counts how many of the given keys exist."),
+    spec("expire", -3, EXPIRES, ONE, "generic", "Sets a key's time to live in seconds (NX, XX, GT, LT)."),
+    spec("expireat", -3, EXPIRES, ONE, "generic", "Sets a key's expiry as a Unix time in seconds (NX, XX, GT, LT)."),
+    spec("expiretime", 2, READ, ONE, "generic", "A key's expiry as a Unix time in seconds: -1 (none) or -2 (no key)."),
     spec("flushall", -1, &["write"], NONE, "server", "Deletes every key."),
     spec("flushdb", -1, &["write"], NONE, "server", "Deletes every key."),
     spec("get", 2, READ, ONE, "string", "Returns the value of a key (linearizable)."),
+    spec("getex", -2, EXPIRES, ONE, "string", "Returns the value of a key and sets or removes its expiry."),
     spec("hello", -1, &["noscript", "loading", "stale", "fast"], NONE, "connection", "Chooses RESP2 or RESP3."),
     spec("incr", 2, WRITE, ONE, "string", "Increments the integer value of a key by one."),
     spec("incrby", 3, WRITE, ONE, "string", "Increments the integer value of a key by a number."),
@@ -67,14 +73,34 @@ pub const COMMANDS: &[Spec] = &[
     spec("keys", 2, &["readonly"], NONE, "generic", "Returns the keys that match a pattern."),
     spec("mget", -2, READ, ALL, "string", "Returns the values of several keys."),
     spec("mset", -3, &["write", "denyoom"], (1, -1, 2), "string", "Sets several keys atomically."),
+    spec("persist", 2, EXPIRES, ONE, "generic", "Removes a key's expiry."),
+    spec("pexpire", -3, EXPIRES, ONE, "generic", "Sets a key's time to live in milliseconds (NX, XX, GT, LT)."),
+    spec(
+        "pexpireat",
+        -3,
+        EXPIRES,
+        ONE,
+        "generic",
+        "Sets a key's expiry as a Unix time in milliseconds (NX, XX, GT, LT).",
+    ),
+    spec("pexpiretime", 2, READ, ONE, "generic", "A key's expiry as a Unix time in milliseconds: -1 or -2."),
     spec("ping", -1, &["fast"], NONE, "connection", "Answers PONG, or the given string."),
+    spec("psetex", 4, &["write", "denyoom"], ONE, "string", "Sets a key with a time to live in milliseconds."),
     spec("pttl", 2, READ, ONE, "generic", "Time to live in milliseconds: -1 (no expiry) or -2 (no key)."),
     spec("quit", -1, &["fast"], NONE, "connection", "Closes the connection."),
     spec("readonly", 1, &["loading", "stale", "fast"], NONE, "cluster", "Reads answer from this node's state (stale)."),
     spec("readwrite", 1, &["loading", "stale", "fast"], NONE, "cluster", "Reads are linearizable again (the default)."),
     spec("scan", -2, &["readonly"], NONE, "generic", "Iterates over the keys with a cursor."),
     spec("select", 2, &["loading", "stale", "fast"], NONE, "connection", "Selects database 0 (the only one)."),
-    spec("set", -3, &["write", "denyoom"], ONE, "string", "Sets a key, with NX, XX and GET."),
+    spec(
+        "set",
+        -3,
+        &["write", "denyoom"],
+        ONE,
+        "string",
+        "Sets a key: NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL, FENCE.",
+    ),
+    spec("setex", 4, &["write", "denyoom"], ONE, "string", "Sets a key with a time to live in seconds."),
     spec("strlen", 2, READ, ONE, "string", "Returns the length of a key's value."),
     spec("ttl", 2, READ, ONE, "generic", "Time to live in seconds: -1 (no expiry) or -2 (no key)."),
     spec("type", 2, READ, ONE, "generic", "Returns the type of a key: string, or none."),
@@ -141,8 +167,13 @@ pub enum Query {
     Exists(Vec<Bytes>),
     StrLen(Bytes),
     Type(Bytes),
-    /// TTL and PTTL: no key expires.
-    Ttl(Bytes),
+    /// TTL, PTTL (the time left), EXPIRETIME, PEXPIRETIME (`absolute`: the deadline as a
+    /// Unix time); in milliseconds with `millis`, else in seconds rounded as Redis does.
+    Ttl {
+        key: Bytes,
+        millis: bool,
+        absolute: bool,
+    },
     /// KEYS pattern: of the keys `visible` may read.
     Keys {
         pattern: Bytes,
@@ -220,11 +251,20 @@ impl Budget {
 pub struct Reading {
     pub budget: Budget,
     values: HashMap<Bytes, Bytes>,
+    /// This node's wall clock when the round's reads began, in Unix milliseconds: what
+    /// `EXPIRETIME` reports deadlines in.
+    wall_ms: i64,
 }
 
 impl Reading {
     pub fn new(budget: Budget) -> Reading {
-        Reading { budget, values: HashMap::new() }
+        Reading { budget, values: HashMap::new(), wall_ms: unix_ms() }
+    }
+
+    /// The same, with the wall clock at `wall_ms` (for tests).
+    #[cfg(test)]
+    fn at_wall(budget: Budget, wall_ms: i64) -> Reading {
+        Reading { budget, values: HashMap::new(), wall_ms }
     }
 
     /// The value of `key` as a reply, shared with every other read of it in the round.
@@ -273,7 +313,7 @@ impl Query {
                 scan.run(store, cursors, cursor, &mut reading.budget)
             }
             small => {
-                let reply = small.run_small(store);
+                let reply = small.run_small(store, reading.wall_ms);
                 match reading.budget.take(reply.encoded_len(false), FEWER_KEYS) {
                     Ok(()) => reply,
                     Err(refused) => refused,
@@ -283,16 +323,33 @@ impl Query {
     }
 
     /// The queries whose reply is an integer or a word.
-    fn run_small(self, store: &impl Keyspace) -> Reply {
+    fn run_small(self, store: &impl Keyspace, wall_ms: i64) -> Reply {
         match self {
             Query::Exists(keys) => Reply::Integer(keys.iter().filter(|key| store.get(key).is_some()).count() as i64),
             Query::StrLen(key) => Reply::Integer(store.get(&key).map_or(0, |found| found.value.len() as i64)),
             Query::Type(key) => Reply::Simple(if store.get(&key).is_some() { "string" } else { "none" }.into()),
-            Query::Ttl(key) => Reply::Integer(if store.get(&key).is_some() { -1 } else { -2 }),
+            Query::Ttl { key, millis, absolute } => Reply::Integer(ttl(store, &key, millis, absolute, wall_ms)),
             Query::DbSize => Reply::Integer(store.len() as i64),
             other => Reply::error(format!("ERR {other:?} is not a small query")),
         }
     }
+}
+
+/// TTL and its family, as Redis 7 answers them: -2 for a missing key, -1 for a key without
+/// a deadline; else the time left until its deadline on this node's reading of the cluster
+/// clock (at least 0), or with `absolute` that deadline as a Unix time on this node's wall
+/// clock (`wall_ms`: clocks of other nodes may disagree). Seconds are rounded to the
+/// nearest, as Redis does.
+fn ttl(store: &impl Keyspace, key: &[u8], millis: bool, absolute: bool, wall_ms: i64) -> i64 {
+    // The clock first: `get` reads it again, no earlier, so a key it shows is alive at `now`.
+    let now = store.now_ms();
+    let Some(entry) = store.get(key) else { return -2 };
+    if entry.expires == 0 {
+        return -1;
+    }
+    let left = i64::try_from(entry.expires.saturating_sub(now)).unwrap_or(i64::MAX);
+    let ms = if absolute { wall_ms.saturating_add(left) } else { left };
+    if millis { ms } else { ms.saturating_add(500) / 1000 }
 }
 
 /// KEYS: every key `visible` may read that matches, if they fit the budget; the keys are
@@ -426,14 +483,20 @@ fn is(arg: &[u8], word: &str) -> bool {
 
 /// Plans a keyspace command (`spec` found and arity checked). Connection and server
 /// commands (`HELLO`, `CLIENT`, `INFO`, ...) are the connection's own and do not come here.
+/// Absolute times (`EXAT`, `EXPIREAT`, ...) are read with this node's wall clock now.
 pub fn plan(spec: &Spec, args: &[Bytes], limits: &Limits) -> Plan {
-    match plan_or_refuse(spec, args, limits) {
+    plan_at(spec, args, limits, unix_ms())
+}
+
+/// [`plan`], with the wall clock at `wall_ms` (Unix milliseconds).
+fn plan_at(spec: &Spec, args: &[Bytes], limits: &Limits, wall_ms: i64) -> Plan {
+    match plan_or_refuse(spec, args, limits, wall_ms) {
         Ok(plan) => plan,
         Err(reply) => Plan::Reply(reply),
     }
 }
 
-fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits) -> Result<Plan, Reply> {
+fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits, wall_ms: i64) -> Result<Plan, Reply> {
     let key = || args[1].clone();
     let keys = || args[1..].to_vec();
     let check_key = |key: &Bytes| {
@@ -461,16 +524,60 @@ fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits) -> Result<Plan, 
         "exists" => Ok(Plan::Read(Query::Exists(keys()))),
         "strlen" => Ok(Plan::Read(Query::StrLen(key()))),
         "type" => Ok(Plan::Read(Query::Type(key()))),
-        "ttl" | "pttl" => Ok(Plan::Read(Query::Ttl(key()))),
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+            let (millis, absolute) = (spec.name.starts_with('p'), spec.name.ends_with("time"));
+            Ok(Plan::Read(Query::Ttl { key: key(), millis, absolute }))
+        }
         "keys" => Ok(Plan::Read(Query::Keys { pattern: key(), visible: Access::Open })),
         "dbsize" => Ok(Plan::Read(Query::DbSize)),
         "scan" => scan(args).map(Plan::Read),
         "set" => {
-            let (when, get) = set_options(&args[3..])?;
+            let SetOptions { when, get, expiry, fence } = set_options(&args[3..], wall_ms)?;
             check_key(&args[1])?;
             check_value(&args[2])?;
-            write(vec![Op::Set { key: key(), value: args[2].clone(), when, get }], Answer::Set { get })
+            let value = args[2].clone();
+            let op = match expiry {
+                // Without an expiry option, SET removes the key's deadline.
+                None => Op::Set { key: key(), value, when, get },
+                Some(expiry) => Op::SetWith { key: key(), value, when, get, expiry },
+            };
+            let op = match fence {
+                Some(token) => Op::Fenced { token, op: Box::new(op) },
+                None => op,
+            };
+            write(vec![op], Answer::Set { get })
         }
+        "setex" | "psetex" => {
+            let unit = if spec.name == "setex" { TimeUnit::Seconds } else { TimeUnit::Millis };
+            let expiry = positive_expiry(spec.name, &args[2], unit, wall_ms)?;
+            check_key(&args[1])?;
+            check_value(&args[3])?;
+            let op = Op::SetWith { key: key(), value: args[3].clone(), when: When::Always, get: false, expiry };
+            write(vec![op], Answer::Set { get: false })
+        }
+        "getex" => match getex_expiry(&args[2..], wall_ms)? {
+            // Without an option, GETEX is a GET.
+            None => Ok(Plan::Read(Query::Get(key()))),
+            Some(expiry) => {
+                let op = Op::Expire { key: key(), expiry, when: ExpireIf::Always, get: true };
+                write(vec![op], Answer::Set { get: true })
+            }
+        },
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let when = expire_condition(&args[3..])?;
+            let unit = match spec.name {
+                "expire" => TimeUnit::Seconds,
+                "pexpire" => TimeUnit::Millis,
+                "expireat" => TimeUnit::UnixSeconds,
+                _ => TimeUnit::UnixMillis,
+            };
+            let expiry = any_expiry(spec.name, &args[2], unit, wall_ms)?;
+            write(vec![Op::Expire { key: key(), expiry, when, get: false }], Answer::Integer)
+        }
+        "persist" => write(
+            vec![Op::Expire { key: key(), expiry: Expiry::Clear, when: ExpireIf::Always, get: false }],
+            Answer::Integer,
+        ),
         "mset" => {
             if args.len().is_multiple_of(2) {
                 return Err(wrong_arity(spec.name));
@@ -506,28 +613,211 @@ fn plan_or_refuse(spec: &Spec, args: &[Bytes], limits: &Limits) -> Result<Plan, 
     }
 }
 
-/// SET's options: NX or XX, GET; KEEPTTL is accepted (no key has a TTL), the others that
-/// set one are refused.
-fn set_options(options: &[Bytes]) -> Result<(When, bool), Reply> {
-    let (mut when, mut get) = (When::Always, false);
-    for option in options {
+/// This node's wall clock, in Unix milliseconds.
+pub fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How a time argument counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeUnit {
+    /// Seconds from now (`EX`, `EXPIRE`, `SETEX`).
+    Seconds,
+    /// Milliseconds from now (`PX`, `PEXPIRE`, `PSETEX`).
+    Millis,
+    /// A Unix time in seconds (`EXAT`, `EXPIREAT`).
+    UnixSeconds,
+    /// A Unix time in milliseconds (`PXAT`, `PEXPIREAT`).
+    UnixMillis,
+}
+
+impl TimeUnit {
+    fn ms_per_unit(self) -> i64 {
+        match self {
+            TimeUnit::Seconds | TimeUnit::UnixSeconds => 1000,
+            TimeUnit::Millis | TimeUnit::UnixMillis => 1,
+        }
+    }
+
+    fn absolute(self) -> bool {
+        matches!(self, TimeUnit::UnixSeconds | TimeUnit::UnixMillis)
+    }
+
+    /// The option that gives a time in this unit: `EX`, `PX`, `EXAT` or `PXAT`.
+    fn option(option: &[u8]) -> Option<TimeUnit> {
+        [
+            ("ex", TimeUnit::Seconds),
+            ("px", TimeUnit::Millis),
+            ("exat", TimeUnit::UnixSeconds),
+            ("pxat", TimeUnit::UnixMillis),
+        ]
+        .into_iter()
+        .find(|(word, _)| is(option, word))
+        .map(|(_, unit)| unit)
+    }
+
+    /// `ms` milliseconds in this unit, as an expiry on the cluster clock. A relative time is
+    /// measured on the cluster clock from the entry's stamp; an absolute one is turned into
+    /// the time left until it on this node's wall clock now (`wall_ms`), nothing if passed.
+    fn expiry(self, ms: i64, wall_ms: i64) -> Expiry {
+        let left = if self.absolute() { ms.saturating_sub(wall_ms) } else { ms };
+        Expiry::After(u64::try_from(left).unwrap_or(0))
+    }
+}
+
+/// Redis's refusal of a time it cannot use.
+fn invalid_expire_time(command: &str) -> Reply {
+    Reply::error(format!("ERR invalid expire time in '{command}' command"))
+}
+
+/// The time of SET's `EX`...`PXAT`, SETEX, PSETEX and GETEX, checked as Redis does: an
+/// integer, above 0, whose milliseconds (and, for a relative time, their sum with the time
+/// now) fit 64 bits; else `ERR invalid expire time in '<command>' command`.
+fn positive_expiry(command: &str, arg: &[u8], unit: TimeUnit, wall_ms: i64) -> Result<Expiry, Reply> {
+    let number = integer(arg)?;
+    let invalid = || invalid_expire_time(command);
+    if number <= 0 {
+        return Err(invalid());
+    }
+    let ms = number.checked_mul(unit.ms_per_unit()).ok_or_else(invalid)?;
+    if !unit.absolute() && ms.checked_add(wall_ms).is_none() {
+        return Err(invalid());
+    }
+    Ok(unit.expiry(ms, wall_ms))
+}
+
+/// The time of EXPIRE and its family: any integer (0, a negative time or a Unix time
+/// passed expires the key at once) whose milliseconds, plus the time now for a relative
+/// one, fit 64 bits; else `ERR invalid expire time`.
+fn any_expiry(command: &str, arg: &[u8], unit: TimeUnit, wall_ms: i64) -> Result<Expiry, Reply> {
+    let number = integer(arg)?;
+    let invalid = || invalid_expire_time(command);
+    let ms = number.checked_mul(unit.ms_per_unit()).ok_or_else(invalid)?;
+    if !unit.absolute() && ms.checked_add(wall_ms).is_none() {
+        return Err(invalid());
+    }
+    Ok(unit.expiry(ms, wall_ms))
+}
+
+/// What SET's options ask for.
+#[derive(Debug, PartialEq, Eq)]
+struct SetOptions {
+    when: When,
+    get: bool,
+    /// None: no expiry option (the key's deadline is removed).
+    expiry: Option<Expiry>,
+    /// `FENCE <token>`, Skiff's: write only while that lock acquisition holds its lock.
+    fence: Option<u64>,
+}
+
+/// SET's options, as Redis 7 reads them: NX or XX; GET; one of EX, PX, EXAT, PXAT (the same
+/// one may be given again, the last counts) or KEEPTTL; and Skiff's FENCE token. Anything
+/// else, an option without its argument, or options that conflict: `ERR syntax error`; then
+/// a time that cannot be used: `ERR invalid expire time in 'set' command`.
+fn set_options(options: &[Bytes], wall_ms: i64) -> Result<SetOptions, Reply> {
+    let (mut when, mut get, mut keep, mut fence) = (When::Always, false, false, None);
+    let mut time: Option<(TimeUnit, &Bytes)> = None;
+    let mut at = 0;
+    while let Some(option) = options.get(at) {
+        let next = options.get(at + 1);
         if is(option, "nx") && when != When::Present {
             when = When::Absent;
         } else if is(option, "xx") && when != When::Absent {
             when = When::Present;
         } else if is(option, "get") {
             get = true;
-        } else if is(option, "keepttl") {
-        } else if ["ex", "px", "exat", "pxat"].iter().any(|word| is(option, word)) {
-            return Err(Reply::error(format!(
-                "ERR SET {} is not supported: Skiff keys do not expire (no TTLs yet)",
-                String::from_utf8_lossy(option).to_uppercase()
-            )));
+        } else if is(option, "keepttl") && time.is_none() {
+            keep = true;
+        } else if let (Some(unit), Some(value)) = (TimeUnit::option(option), next)
+            && !keep
+            && time.is_none_or(|(other, _)| other == unit)
+        {
+            time = Some((unit, value));
+            at += 1;
+        } else if let (true, Some(token), None) = (is(option, "fence"), next, fence) {
+            fence = Some(fence_token(token)?);
+            at += 1;
         } else {
             return Err(syntax_error());
         }
+        at += 1;
     }
-    Ok((when, get))
+    let expiry = match time {
+        Some((unit, value)) => Some(positive_expiry("set", value, unit, wall_ms)?),
+        None if keep => Some(Expiry::Keep),
+        None => None,
+    };
+    Ok(SetOptions { when, get, expiry, fence })
+}
+
+/// A fencing token: the positive integer a lock acquisition returned.
+fn fence_token(arg: &[u8]) -> Result<u64, Reply> {
+    parse_integer(arg)
+        .filter(|&token| token > 0)
+        .map(|token| token as u64)
+        .ok_or_else(|| Reply::error("ERR FENCE needs a fencing token: a positive integer"))
+}
+
+/// GETEX's option: EX, PX, EXAT, PXAT (each with its time) or PERSIST, at most one kind
+/// (as SET, the same one again is allowed); None without one (GETEX is then a GET).
+fn getex_expiry(options: &[Bytes], wall_ms: i64) -> Result<Option<Expiry>, Reply> {
+    let (mut persist, mut time): (bool, Option<(TimeUnit, &Bytes)>) = (false, None);
+    let mut at = 0;
+    while let Some(option) = options.get(at) {
+        if is(option, "persist") && time.is_none() {
+            persist = true;
+        } else if let (Some(unit), Some(value)) = (TimeUnit::option(option), options.get(at + 1))
+            && !persist
+            && time.is_none_or(|(other, _)| other == unit)
+        {
+            time = Some((unit, value));
+            at += 1;
+        } else {
+            return Err(syntax_error());
+        }
+        at += 1;
+    }
+    match time {
+        Some((unit, value)) => positive_expiry("getex", value, unit, wall_ms).map(Some),
+        None if persist => Ok(Some(Expiry::Clear)),
+        None => Ok(None),
+    }
+}
+
+/// EXPIRE's conditions, as Redis 7 reads them: NX, XX, GT, LT in any number; NX with any
+/// other, or GT with LT, is refused; XX with GT is GT (which already needs a deadline).
+fn expire_condition(options: &[Bytes]) -> Result<ExpireIf, Reply> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in options {
+        let flag = if is(option, "nx") {
+            &mut nx
+        } else if is(option, "xx") {
+            &mut xx
+        } else if is(option, "gt") {
+            &mut gt
+        } else if is(option, "lt") {
+            &mut lt
+        } else {
+            let shown = String::from_utf8_lossy(&option[..option.len().min(128)]).into_owned();
+            return Err(Reply::error(format!("ERR Unsupported option {shown}")));
+        };
+        *flag = true;
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible"));
+    }
+    if gt && lt {
+        return Err(Reply::error("ERR GT and LT options at the same time are not compatible"));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireIf::NoDeadline,
+        (_, _, true, _) => ExpireIf::Later,
+        (_, true, _, true) => ExpireIf::EarlierDeadline,
+        (_, _, _, true) => ExpireIf::Earlier,
+        (_, true, ..) => ExpireIf::HasDeadline,
+        _ => ExpireIf::Always,
+    })
 }
 
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type].
@@ -596,7 +886,7 @@ mod tests {
         check("SET b 2 XX", Reply::Nil);
         check("SET a 3 XX GET", bulk("1"));
         check("SET a 4 NX XX", syntax_error());
-        check("SET a 4 EX 10", Reply::error("ERR SET EX is not supported: Skiff keys do not expire (no TTLs yet)"));
+        check("SET a 4 EX 10 PX 10", syntax_error());
         check("GET a", bulk("3"));
         check("INCR a", Reply::Integer(4));
         check("INCRBY a -10", Reply::Integer(-6));
@@ -620,6 +910,291 @@ mod tests {
         check("DBSIZE", Reply::Integer(3));
         check("FLUSHDB", Reply::Ok);
         check("DBSIZE", Reply::Integer(0));
+    }
+
+    /// A store driven as a node drives it: writes stamped with a cluster clock that the test
+    /// moves (with the leader's clock entries), absolute times read on a wall clock it sets.
+    struct Clocked {
+        store: KvStore,
+        cursors: Mutex<Cursors>,
+        index: u64,
+        now_ms: u64,
+        wall_ms: i64,
+    }
+
+    /// The wall clock of a new [`Clocked`]: 2023-11-14, in milliseconds.
+    const WALL_MS: i64 = 1_700_000_000_000;
+    const WALL_S: i64 = WALL_MS / 1000;
+
+    impl Clocked {
+        fn new() -> Clocked {
+            let mut clocked = Clocked {
+                store: KvStore::default(),
+                cursors: Mutex::new(Cursors::new(0)),
+                index: 0,
+                now_ms: 0,
+                wall_ms: WALL_MS - 1000,
+            };
+            clocked.pass(1000);
+            clocked
+        }
+
+        fn apply(&mut self, op: Op) -> Output {
+            self.index += 1;
+            self.store.apply(Index(self.index), Command { request: None, op })
+        }
+
+        /// `ms` pass on both clocks; the leader's clock entry says so to the state.
+        fn pass(&mut self, ms: u64) {
+            self.now_ms += ms;
+            self.wall_ms += ms as i64;
+            self.apply(Op::Tick { now_ms: self.now_ms });
+        }
+
+        fn run(&mut self, line: &str) -> Reply {
+            let args = args(line);
+            let spec = lookup(&args[0]).expect("a known command");
+            match plan_at(spec, &args, &Limits::default(), self.wall_ms) {
+                Plan::Reply(reply) => reply,
+                Plan::Read(query) => {
+                    let mut reading = Reading::at_wall(Budget::new(1 << 20), self.wall_ms);
+                    query.run(&self.store, &self.cursors, &mut reading)
+                }
+                Plan::Write { ops, answer } => {
+                    let now = self.now_ms;
+                    let Output::Batch(outputs) = self.apply(Op::Batch(ops).at(now)) else {
+                        panic!("a batch has a batch output")
+                    };
+                    answer.reply(&outputs)
+                }
+            }
+        }
+
+        fn check(&mut self, line: &str, expected: Reply) {
+            assert_eq!(self.run(line), expected, "{line}");
+        }
+    }
+
+    fn int(number: i64) -> Reply {
+        Reply::Integer(number)
+    }
+
+    fn invalid(command: &str) -> Reply {
+        invalid_expire_time(command)
+    }
+
+    #[test]
+    fn set_with_an_expiry_and_the_ttl_reads_answer_as_redis_7() {
+        let mut redis = Clocked::new();
+        redis.check("SET k v EX 100", Reply::Ok);
+        redis.check("TTL k", int(100));
+        redis.check("PTTL k", int(100_000));
+        redis.check("EXPIRETIME k", int(WALL_S + 100));
+        redis.check("PEXPIRETIME k", int(WALL_MS + 100_000));
+        // TTL rounds to the nearest second, as Redis's (pttl + 500) / 1000.
+        redis.pass(400);
+        redis.check("PTTL k", int(99_600));
+        redis.check("TTL k", int(100));
+        redis.pass(200);
+        redis.check("TTL k", int(99));
+        redis.check("EXPIRETIME k", int(WALL_S + 100));
+        redis.check("SET k v2 KEEPTTL", Reply::Ok);
+        redis.check("PTTL k", int(99_400));
+        redis.check("SET k v3", Reply::Ok);
+        redis.check("TTL k", int(-1));
+        redis.check("PEXPIRETIME k", int(-1));
+        for read in ["TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME"] {
+            redis.check(&format!("{read} missing"), int(-2));
+        }
+        // NX, XX and GET with a time.
+        redis.check("SET k x PX 1500 NX", Reply::Nil);
+        redis.check("TTL k", int(-1));
+        redis.check("SET n v PX 1500 NX", Reply::Ok);
+        redis.check("PTTL n", int(1500));
+        redis.check("SET n w XX GET EX 10", Reply::bulk("v"));
+        redis.check("SET n w EX 10 EX 20", Reply::Ok);
+        redis.check("TTL n", int(20));
+        redis.check("SET nx w NX GET EX 10", Reply::Nil);
+        redis.check("TTL nx", int(10));
+        // Absolute times, on this node's wall clock (600 ms on from WALL_MS now).
+        redis.check(&format!("SET a v EXAT {}", WALL_S + 50), Reply::Ok);
+        redis.check("PTTL a", int(50_000 - 600));
+        redis.check(&format!("SET a v PXAT {}", WALL_MS + 1234), Reply::Ok);
+        redis.check("PTTL a", int(1234 - 600));
+        redis.check(&format!("SET a v EXAT {}", WALL_S), Reply::Ok);
+        redis.check("GET a", Reply::Nil);
+        redis.check("EXISTS a", int(0));
+        // The key is gone once the cluster clock passes its deadline, not a millisecond before.
+        redis.check("SET e v PX 100", Reply::Ok);
+        redis.pass(99);
+        redis.check("GET e", Reply::bulk("v"));
+        redis.check("PTTL e", int(1));
+        redis.pass(1);
+        redis.check("GET e", Reply::Nil);
+        redis.check("TTL e", int(-2));
+    }
+
+    #[test]
+    fn set_refuses_conflicting_options_and_unusable_times_in_redis_words() {
+        let mut redis = Clocked::new();
+        for line in [
+            "SET k v EX 10 PX 10",
+            "SET k v PX 10 EXAT 10",
+            "SET k v EX 10 KEEPTTL",
+            "SET k v KEEPTTL PXAT 10",
+            "SET k v EX",
+            "SET k v NX XX EX 10",
+            "SET k v PERSIST",
+            "SET k v FENCE",
+            "SET k v FENCE 1 FENCE 1",
+        ] {
+            redis.check(line, syntax_error());
+        }
+        for line in ["SET k v EX 0", "SET k v EX -5", "SET k v PX 0", "SET k v EXAT 0", "SET k v PXAT -1"] {
+            redis.check(line, invalid("set"));
+        }
+        // Milliseconds past 64 bits, or a relative time whose sum with now is.
+        redis.check("SET k v EX 9223372036854775", invalid("set"));
+        redis.check("SET k v PX 9223372036854775807", invalid("set"));
+        redis.check("SET k v EXAT 9223372036854776", invalid("set"));
+        redis.check("SET k v EX abc", Reply::error(NOT_AN_INTEGER));
+        redis.check("SET k v PX 99999999999999999999", Reply::error(NOT_AN_INTEGER));
+        redis.check("SET k v EX 1.5", Reply::error(NOT_AN_INTEGER));
+        let fence = Reply::error("ERR FENCE needs a fencing token: a positive integer");
+        for token in ["0", "-3", "x", "99999999999999999999"] {
+            redis.check(&format!("SET k v FENCE {token}"), fence.clone());
+        }
+        redis.check("SETEX k 0 v", invalid("setex"));
+        redis.check("SETEX k x v", Reply::error(NOT_AN_INTEGER));
+        redis.check("PSETEX k -1 v", invalid("psetex"));
+        redis.check("EXISTS k", int(0));
+    }
+
+    #[test]
+    fn setex_psetex_and_getex() {
+        let mut redis = Clocked::new();
+        redis.check("SETEX s 10 v", Reply::Ok);
+        redis.check("TTL s", int(10));
+        redis.check("PSETEX p 1500 w", Reply::Ok);
+        redis.check("PTTL p", int(1500));
+        // GETEX without an option is a read: the deadline stays.
+        redis.check("GETEX s", Reply::bulk("v"));
+        redis.check("TTL s", int(10));
+        redis.check("GETEX s EX 30", Reply::bulk("v"));
+        redis.check("TTL s", int(30));
+        redis.check("GETEX s PX 2500", Reply::bulk("v"));
+        redis.check("PTTL s", int(2500));
+        redis.check(&format!("GETEX s EXAT {}", WALL_S + 40), Reply::bulk("v"));
+        redis.check("TTL s", int(40));
+        redis.check("GETEX s PERSIST", Reply::bulk("v"));
+        redis.check("TTL s", int(-1));
+        redis.check("GETEX missing EX 10", Reply::Nil);
+        redis.check("GETEX missing", Reply::Nil);
+        redis.check("GETEX s EX 10 PERSIST", syntax_error());
+        redis.check("GETEX s PERSIST PX 10", syntax_error());
+        redis.check("GETEX s EX 10 PX 10", syntax_error());
+        redis.check("GETEX s EX", syntax_error());
+        redis.check("GETEX s KEEPTTL", syntax_error());
+        redis.check("GETEX s NX", syntax_error());
+        redis.check("GETEX s PX 0", invalid("getex"));
+        redis.check("GETEX s EX x", Reply::error(NOT_AN_INTEGER));
+        redis.check("TTL s", int(-1));
+        // A Unix time already passed: the value is answered, and the key is gone.
+        redis.check(&format!("GETEX p PXAT {}", WALL_MS - 1), Reply::bulk("w"));
+        redis.check("GET p", Reply::Nil);
+    }
+
+    #[test]
+    fn expire_and_its_family_follow_nx_xx_gt_lt_as_redis_7() {
+        let mut redis = Clocked::new();
+        redis.check("EXPIRE missing 10", int(0));
+        redis.check("SET p v", Reply::Ok);
+        redis.check("EXPIRE p 100 XX", int(0));
+        redis.check("EXPIRE p 100 GT", int(0));
+        redis.check("EXPIRE p 100 XX LT", int(0));
+        redis.check("TTL p", int(-1));
+        redis.check("EXPIRE p 100 LT", int(1));
+        redis.check("TTL p", int(100));
+        redis.check("EXPIRE p 50 GT", int(0));
+        redis.check("EXPIRE p 200 gt", int(1));
+        redis.check("EXPIRE p 300 LT", int(0));
+        redis.check("EXPIRE p 150 XX LT", int(1));
+        redis.check("EXPIRE p 300 XX GT", int(1));
+        redis.check("EXPIRE p 100 NX", int(0));
+        redis.check("TTL p", int(300));
+        redis.check("PEXPIRE p 5000", int(1));
+        redis.check("PTTL p", int(5000));
+        redis.check(&format!("EXPIREAT p {}", WALL_S + 60), int(1));
+        redis.check("TTL p", int(60));
+        redis.check(&format!("PEXPIREAT p {}", WALL_MS + 7000), int(1));
+        redis.check("PTTL p", int(7000));
+        redis.check("PERSIST p", int(1));
+        redis.check("PERSIST p", int(0));
+        redis.check("PERSIST missing", int(0));
+        redis.check("TTL p", int(-1));
+        redis.check("EXPIRE p 100 NX", int(1));
+        // Errors, in Redis's words; the options are read before the time.
+        let nx = Reply::error("ERR NX and XX, GT or LT options at the same time are not compatible");
+        redis.check("EXPIRE p 10 NX XX", nx.clone());
+        redis.check("EXPIRE p 10 GT NX", nx.clone());
+        redis.check("PEXPIRE p x NX LT", nx);
+        redis.check("EXPIRE p 10 GT LT", Reply::error("ERR GT and LT options at the same time are not compatible"));
+        redis.check("EXPIRE p 10 FOO", Reply::error("ERR Unsupported option FOO"));
+        redis.check("EXPIRE p 10 XX 10", Reply::error("ERR Unsupported option 10"));
+        redis.check("EXPIRE p abc", Reply::error(NOT_AN_INTEGER));
+        redis.check("EXPIRE p 9223372036854775807", invalid("expire"));
+        redis.check("EXPIRE p -9223372036854775808", invalid("expire"));
+        redis.check("PEXPIRE p 9223372036854775807", invalid("pexpire"));
+        redis.check("EXPIREAT p 9223372036854775807", invalid("expireat"));
+        redis.check("TTL p", int(100));
+        // The largest Unix time in milliseconds is a valid deadline, very far away.
+        redis.check("PEXPIREAT p 9223372036854775807", int(1));
+        redis.check("PEXPIRETIME p", int(i64::MAX));
+        redis.check("TTL p", int((i64::MAX - WALL_MS + 500) / 1000));
+        // A time not after now deletes the key and answers 1, once the conditions allow it.
+        redis.check("SET q v", Reply::Ok);
+        redis.check("EXPIRE q -10 XX", int(0));
+        redis.check("GET q", Reply::bulk("v"));
+        redis.check("EXPIRE q -10", int(1));
+        redis.check("GET q", Reply::Nil);
+        for line in ["EXPIRE r 0", "PEXPIRE r -1", "EXPIREAT r 1", "PEXPIREAT r 0"] {
+            redis.check("SET r v", Reply::Ok);
+            redis.check(line, int(1));
+            redis.check("EXISTS r", int(0));
+        }
+    }
+
+    #[test]
+    fn set_with_fence_writes_only_while_its_token_holds_the_lock() {
+        use crate::state::{Behavior, LeaseSpec, STALE_FENCE};
+        let mut redis = Clocked::new();
+        let spec = LeaseSpec {
+            id: "s1".into(),
+            name: "test".into(),
+            node: "n1".into(),
+            ttl_ms: 0,
+            lock_delay_ms: 0,
+            behavior: Behavior::Release,
+        };
+        redis.apply(Op::LeaseGrant(spec));
+        let acquire =
+            Op::Acquire { key: Bytes::from_static(b"lock"), value: Bytes::new(), flags: 0, session: "s1".into() };
+        let Output::Acquired { ok: true, fence } = redis.apply(acquire) else { panic!("the lock is free") };
+        redis.check(&format!("SET data one FENCE {fence}"), Reply::Ok);
+        redis.check(&format!("SET data two XX GET PX 5000 FENCE {fence}"), Reply::bulk("one"));
+        redis.check("PTTL data", int(5000));
+        redis.apply(Op::LeaseRevoke { id: "s1".into() });
+        let Reply::Error(message) = redis.run(&format!("SET data three FENCE {fence}")) else {
+            panic!("a stale token wrote")
+        };
+        assert!(message.starts_with(STALE_FENCE), "{message}");
+        assert!(message.starts_with("ERR fenced"), "{message}");
+        let Reply::Error(message) = redis.run(&format!("SET other x EX 10 FENCE {}", fence + 100)) else {
+            panic!("a token that never held a lock wrote")
+        };
+        assert!(message.starts_with("ERR fenced"), "{message}");
+        redis.check("GET data", Reply::bulk("two"));
+        redis.check("EXISTS other", int(0));
     }
 
     #[test]

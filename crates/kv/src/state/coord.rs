@@ -161,6 +161,9 @@ pub enum ExpireIf {
     Later,
     /// Only if the new deadline is earlier.
     Earlier,
+    /// Only if it has one and the new deadline is earlier (Redis's `XX LT`: unlike `LT`
+    /// alone, a key without a deadline is left as it is).
+    EarlierDeadline,
 }
 
 /// The coordination part of the state: the cluster clock, leases and locks. Snapshots carry
@@ -430,6 +433,7 @@ impl KvStore {
             ExpireIf::HasDeadline => current > 0,
             ExpireIf::Later => infinite(new) > infinite(current),
             ExpireIf::Earlier => infinite(new) < infinite(current),
+            ExpireIf::EarlierDeadline => current > 0 && infinite(new) < current,
         };
         let changed = allowed && new != current;
         if changed {
@@ -708,6 +712,14 @@ mod tests {
         assert_eq!(apply(&mut store, 11, getex), Output::Set { written: true, old: Some(key("x")) });
         assert_eq!(apply(&mut store, 12, expire("k", Expiry::After(0), ExpireIf::Always)), one, "EXPIRE 0 deletes");
         assert!(store.get(b"k").is_none());
+        // XX and LT together: only a deadline there is may come earlier.
+        apply(&mut store, 13, put("k"));
+        assert_eq!(apply(&mut store, 14, expire("k", Expiry::After(10), ExpireIf::EarlierDeadline)), zero, "XX LT");
+        assert_eq!(store.get(b"k").map(|entry| entry.expires), Some(0), "no deadline: left alone");
+        apply(&mut store, 15, expire("k", Expiry::After(150), ExpireIf::Always));
+        assert_eq!(apply(&mut store, 16, expire("k", Expiry::After(160), ExpireIf::EarlierDeadline)), zero, "later");
+        assert_eq!(apply(&mut store, 17, expire("k", Expiry::After(140), ExpireIf::EarlierDeadline)), one, "earlier");
+        assert_eq!(store.get(b"k").map(|entry| entry.expires), Some(140));
         store.data.coord.check(&store.data.map);
     }
 

@@ -164,10 +164,7 @@ def redis_session(nodes, prefix, skiff):
     written -= {k("a"), k("b")}
 
     if skiff:
-        for option in [{"ex": 10}, {"px": 10000}, {"exat": 4102444800}, {"pxat": 4102444800000}]:
-            name = next(iter(option)).upper()
-            check_error(f"SET with {name} through {n1}", lambda: r1.set(k("ttl"), "x", **option), ("ttl", "expir"))
-        check(f"GET {k('ttl')} after the refused SETs through {n2}", r2.get(k("ttl")), None)
+        # TTLs: python_ttls.py.
         check_error(
             f"SET of a 1 MiB + 1 value through {n2}",
             lambda: r2.set(k("big"), b"x" * ((1 << 20) + 1)),
