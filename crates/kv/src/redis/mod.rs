@@ -800,7 +800,8 @@ async fn info(redis: &Redis, args: &[Bytes]) -> Reply {
         Ok(status) => status,
         Err(error) => return node_error(&error),
     };
-    let keys = redis.node.read_stale(|store| store.len()).await.unwrap_or(0);
+    let (keys, expires) =
+        redis.node.read_stale(|store| (store.len(), store.keys_with_deadline())).await.unwrap_or((0, 0));
     let mut text = String::new();
     if wanted("server") {
         text += &format!(
@@ -822,7 +823,7 @@ async fn info(redis: &Redis, args: &[Bytes]) -> Reply {
     if wanted("keyspace") {
         text += "# Keyspace\r\n";
         if keys > 0 {
-            text += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
+            text += &format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n");
         }
     }
     Reply::Text(text)

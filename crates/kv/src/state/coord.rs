@@ -296,6 +296,12 @@ impl KvStore {
         self.data.coord.clock
     }
 
+    /// How many keys have a deadline (Redis `INFO`'s `expires`): the size of an index, not a
+    /// walk of the keys.
+    pub fn keys_with_deadline(&self) -> usize {
+        self.data.coord.key_deadlines.len()
+    }
+
     /// The lease (session) with this id.
     pub fn lease(&self, id: &str) -> Option<&Lease> {
         self.data.coord.leases.get(id)
@@ -657,9 +663,11 @@ mod tests {
         let mut store = KvStore::default();
         assert_eq!(apply(&mut store, 1, set_ex("k", 1000).at(100)), Output::Set { written: true, old: None });
         assert_eq!(store.get(b"k").map(|entry| entry.expires), Some(1100));
+        assert_eq!(store.keys_with_deadline(), 1);
         assert_eq!(apply(&mut store, 2, Op::Tick { now_ms: 1099 }), Output::Integer(0));
         assert!(store.get(b"k").is_some(), "1 ms before its deadline");
         assert_eq!(apply(&mut store, 3, Op::Tick { now_ms: 1100 }), Output::Integer(1), "one key expired");
+        assert_eq!(store.keys_with_deadline(), 0);
         assert!(store.get(b"k").is_none());
         assert_eq!(store.watch_index(b"k", false), 3, "the expiry is a deletion at its entry's index");
         // The clock never goes back: a late stamp neither rewinds it nor revives anything.
