@@ -186,6 +186,8 @@ pub struct Server {
     _reload: Option<AbortOnDropHandle<()>>,
     /// The leader's clock entries ([`crate::clock`]).
     _clock: AbortOnDropHandle<()>,
+    /// The store's news: its applied index and this node's reading of the cluster clock.
+    published: Arc<crate::Published>,
 }
 
 /// Member `id`'s addresses: the replicated membership's (where a node added by address is
@@ -264,8 +266,19 @@ impl Server {
         let acceptor = Acceptor::new(listener, "HTTP", http_tls, limits.max_connections, id);
         listeners.push(tokio::spawn(serve_http(acceptor, crate::http::router(api), stopped)));
         tracing::info!(node = %id, http = %http_address, redis = ?redis_address, tls = tls.is_some(), "serving");
-        let clock = AbortOnDropHandle::new(tokio::spawn(crate::clock::tick_as_leader(Arc::clone(&node), applied)));
-        Ok(Server { id, node, http_address, redis_address, stop, listeners, _reload: reload, _clock: clock })
+        let clock = tokio::spawn(crate::clock::tick_as_leader(Arc::clone(&node), Arc::clone(&applied)));
+        let clock = AbortOnDropHandle::new(clock);
+        Ok(Server {
+            id,
+            node,
+            http_address,
+            redis_address,
+            stop,
+            listeners,
+            _reload: reload,
+            _clock: clock,
+            published: applied,
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -284,6 +297,12 @@ impl Server {
     /// The Raft node, for embedding programs and tests.
     pub fn node(&self) -> &Arc<Node<KvStore>> {
         &self.node
+    }
+
+    /// What the store publishes as it applies: the applied index, and this node's reading of
+    /// the cluster clock ([`crate::Published::now_ms`]) that writes are stamped with.
+    pub fn published(&self) -> &Arc<crate::Published> {
+        &self.published
     }
 
     /// Stops gracefully: a leader first hands leadership to its most up-to-date voter; then

@@ -82,7 +82,7 @@ fn kv_key(path: &str) -> ApiResult<String> {
 struct Found {
     /// The index a blocking query compares with.
     index: u64,
-    entries: Vec<(Bytes, Value)>,
+    entries: Vec<(Bytes, Value, Option<KeyLock>)>,
     /// With `?keys`: the key names (cut after the separator), instead of `entries`.
     names: Vec<String>,
 }
@@ -135,10 +135,11 @@ async fn kv_get(
     } else if names_only {
         axum::Json(&found.names).into_response()
     } else if query.flag("raw") && !prefix {
-        let value = found.entries.into_iter().next().map(|(_, value)| value.value).unwrap_or_default();
+        let value = found.entries.into_iter().next().map(|(_, value, _)| value.value).unwrap_or_default();
         ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
     } else {
-        let entries: Vec<Json> = found.entries.iter().map(|(key, value)| entry_json(key, value)).collect();
+        let entries: Vec<Json> =
+            found.entries.iter().map(|(key, value, lock)| entry_json(key, value, lock.as_ref())).collect();
         axum::Json(entries).into_response()
     };
     let last_contact = if stale { api.last_contact_ms().await } else { 0 };
@@ -193,7 +194,11 @@ impl Read {
 /// Runs on the state machine: the one key `key`, if it is there.
 fn one_key(store: &KvStore, key: &[u8]) -> Found {
     let index = store.watch_index(key, false);
-    let entries = store.get(key).map(|entry| (Bytes::copy_from_slice(key), Value::from(entry))).into_iter().collect();
+    let entries = store
+        .get(key)
+        .map(|entry| (Bytes::copy_from_slice(key), Value::from(entry), store.lock(key).cloned()))
+        .into_iter()
+        .collect();
     Found { index, entries, names: Vec::new() }
 }
 
@@ -226,7 +231,7 @@ fn list(
         let mut entries = Vec::new();
         for entry in view.range(key).filter(|entry| access.can_read(entry.key)) {
             spend(entry.key.len() + entry.value.len())?;
-            entries.push((Bytes::copy_from_slice(entry.key), Value::from(entry)));
+            entries.push((Bytes::copy_from_slice(entry.key), Value::from(entry), view.lock(entry.key).cloned()));
         }
         return Ok(Found { index, entries, names: Vec::new() });
     }
@@ -344,16 +349,25 @@ impl Drop for BlockingSlot {
     }
 }
 
-fn entry_json(key: &[u8], value: &Value) -> Json {
+/// A KV entry as Consul shows it: with `Session` while a session holds the key (a lock, or a
+/// put with `?lease`), and Skiff's `Fence` while it is held as a lock.
+fn entry_json(key: &[u8], value: &Value, lock: Option<&KeyLock>) -> Json {
     let encoded = (!value.value.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&value.value));
-    json!({
+    let mut entry = json!({
         "Key": String::from_utf8_lossy(key),
         "Value": encoded,
         "CreateIndex": value.create_index,
         "ModifyIndex": value.modify_index,
-        "LockIndex": 0,
+        "LockIndex": lock.map_or(0, |lock| lock.lock_index),
         "Flags": value.flags,
-    })
+    });
+    if let Some(holder) = lock.and_then(|lock| lock.holder.as_ref()) {
+        entry["Session"] = json!(holder.lease);
+        if holder.fence > 0 {
+            entry["Fence"] = json!(holder.fence);
+        }
+    }
+    entry
 }
 
 impl Api {
@@ -387,20 +401,23 @@ impl Api {
     }
 
     /// Proposes `op`, with the request's `Idempotency-Key` if it has one, and answers
-    /// Consul's `true` / `false`.
+    /// Consul's `true` / `false`; a successful `?acquire` also answers its fencing token in
+    /// `Skiff-Fence`. An unknown session is a 400, a stale fencing token a 409.
     async fn write(&self, op: Op, headers: &HeaderMap) -> ApiResult {
         let request = request_id(headers, &op)?;
-        let op = op.within_quota(self.limits.keyspace_quota_bytes).at(self.published.now_ms());
-        let output = self.node.propose(Command { request, op }).await.map_err(|error| self.fail(error))?;
-        match output {
+        match self.propose_op(op, request).await? {
             Output::Done { ok, .. } => Ok(axum::Json(ok).into_response()),
-            Output::Refused(message) if message.starts_with(OVER_QUOTA) => {
-                Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message))
+            Output::Acquired { ok, fence } => {
+                let mut response = axum::Json(ok).into_response();
+                if ok {
+                    response.headers_mut().insert(FENCE_HEADER, HeaderValue::from(fence));
+                }
+                Ok(response)
             }
-            Output::RequestIdReused => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "this Idempotency-Key was already used for a different request",
-            )),
+            Output::Refused(message) if message.starts_with(NO_SUCH_LEASE) => Err(ApiError::bad_request(message)),
+            Output::Refused(message) if message.starts_with(STALE_FENCE) => {
+                Err(ApiError::new(StatusCode::CONFLICT, message))
+            }
             other => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("unexpected output of a put or delete: {other:?}"),
@@ -409,23 +426,91 @@ impl Api {
     }
 }
 
-async fn kv_put(api: &Api, key: String, query: &Query, headers: &HeaderMap, body: Body) -> ApiResult {
-    api.check_key(&key)?;
-    for lock in ["acquire", "release"] {
-        if query.get(lock).is_some() {
-            // Answering `true` to a lock that nobody holds would be a lie a lock client acts on.
-            return Err(ApiError::bad_request(format!(
-                "?{lock} (Consul sessions and locks) is not supported by this version of Skiff; nothing was written"
-            )));
+/// The header that carries a fencing token: on a request, as `?fence=`; on the answer of a
+/// successful `?acquire`, the token.
+const FENCE_HEADER: &str = "Skiff-Fence";
+
+/// The fencing token a write carries (`?fence=` or `Skiff-Fence`), checked before anything
+/// is read or proposed.
+fn fence_token(query: &Query, headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let parse = |text: &str, what: &str| -> ApiResult<u64> {
+        let shown: String = text.chars().take(40).collect();
+        text.parse::<u64>().ok().filter(|token| *token > 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} {shown:?} is not a fencing token: a whole number from 1 (the Skiff-Fence of an ?acquire)"
+            ))
+        })
+    };
+    let from_query = query.get("fence").map(|text| parse(text, "?fence=")).transpose()?;
+    let from_header = match headers.get(FENCE_HEADER) {
+        None => None,
+        Some(value) => Some(parse(value.to_str().unwrap_or(""), FENCE_HEADER)?),
+    };
+    match (from_query, from_header) {
+        (Some(query), Some(header)) if query != header => {
+            Err(ApiError::bad_request(format!("?fence={query} and {FENCE_HEADER}: {header} disagree")))
+        }
+        (query, header) => Ok(query.or(header)),
+    }
+}
+
+/// `op`, fenced by `token` if the request carries one.
+fn fenced(op: Op, token: Option<u64>) -> Op {
+    match token {
+        Some(token) => Op::Fenced { token, op: Box::new(op) },
+        None => op,
+    }
+}
+
+/// Which kind of put a request asks for: plain (with `?cas`), `?acquire`, `?release` or
+/// `?lease`, which exclude each other and `?cas`.
+enum PutKind {
+    Plain(Option<u64>),
+    Acquire(String),
+    Release(String),
+    Leased(String),
+}
+
+fn put_kind(query: &Query) -> ApiResult<PutKind> {
+    let cas = query.number("cas")?;
+    let mut kinds = Vec::new();
+    for name in ["acquire", "release", "lease"] {
+        if let Some(id) = query.get(name) {
+            let what = format!("?{name}=");
+            kinds.push((name, crate::http::session::session_id(id, &what)?));
         }
     }
-    let cas = query.number("cas")?;
+    let named: Vec<String> =
+        kinds.iter().map(|(name, _)| format!("?{name}")).chain(cas.map(|_| "?cas".into())).collect();
+    if named.len() > 1 {
+        return Err(ApiError::bad_request(format!("{} cannot be combined; nothing was written", named.join(" and "))));
+    }
+    Ok(match kinds.pop() {
+        None => PutKind::Plain(cas),
+        Some(("acquire", id)) => PutKind::Acquire(id),
+        Some(("release", id)) => PutKind::Release(id),
+        Some((_, id)) => PutKind::Leased(id),
+    })
+}
+
+async fn kv_put(api: &Api, key: String, query: &Query, headers: &HeaderMap, body: Body) -> ApiResult {
+    api.check_key(&key)?;
+    let kind = put_kind(query)?;
+    let fence = fence_token(query, headers)?;
     let flags = query.number("flags")?.unwrap_or(0);
     let value = read_body(body, headers, api.limits.max_value_bytes).await?;
-    api.write(Op::Put { key: Bytes::from(key), value, flags, cas }, headers).await
+    let key = Bytes::from(key);
+    let op = match kind {
+        PutKind::Plain(cas) => Op::Put { key, value, flags, cas },
+        PutKind::Acquire(session) => Op::Acquire { key, value, flags, session },
+        PutKind::Release(session) => Op::Release { key, value, flags, session },
+        PutKind::Leased(lease) => Op::PutLeased { key, value, flags, lease },
+    };
+    api.write(fenced(op, fence), headers).await
 }
 
 async fn kv_delete(api: &Api, key: String, query: &Query, headers: &HeaderMap) -> ApiResult {
+    let fence = fence_token(query, headers)?;
     let cas = query.number("cas")?;
     let op = if query.flag("recurse") {
         if cas.is_some() {
@@ -437,7 +522,7 @@ async fn kv_delete(api: &Api, key: String, query: &Query, headers: &HeaderMap) -
         api.check_key(&key)?;
         Op::Delete { key: Bytes::from(key), cas }
     };
-    api.write(op, headers).await
+    api.write(fenced(op, fence), headers).await
 }
 
 /// Reads a request body of at most `limit` bytes. A larger one is refused with 413, after

@@ -28,6 +28,7 @@ mod faults;
 mod kv;
 mod members;
 mod probes;
+mod session;
 mod snapshot;
 mod status;
 
@@ -36,11 +37,15 @@ use self::faults::*;
 use self::kv::*;
 use self::members::*;
 use self::probes::*;
+use self::session::*;
 use self::snapshot::*;
 use self::status::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
-use crate::state::{Command, Entry, KvStore, OVER_QUOTA, Op, Output, Published, RequestId, Value, View};
+use crate::state::{
+    Command, Entry, KeyLock, KvStore, NO_SUCH_LEASE, OVER_QUOTA, Op, Output, Published, RequestId, STALE_FENCE, Value,
+    View,
+};
 
 /// What every handler shares.
 pub struct Api {
@@ -84,6 +89,15 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/kv/", any(kv))
         .route("/v1/kv/{*key}", any(kv))
+        .route("/v1/session/create", axum::routing::put(session_create))
+        .route("/v1/session/destroy/{id}", axum::routing::put(session_destroy))
+        .route("/v1/session/renew/{id}", axum::routing::put(session_renew))
+        .route("/v1/session/info/{id}", get(session_info))
+        .route("/v1/session/list", get(session_list))
+        .route("/v1/session/node/{node}", get(session_node))
+        .route("/v1/skiff/lease", post(lease_grant))
+        .route("/v1/skiff/lease/{id}", get(lease_get).delete(lease_revoke))
+        .route("/v1/skiff/lease/{id}/keepalive", axum::routing::put(lease_keepalive))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .route("/v1/operator/raft/configuration", get(raft_configuration))

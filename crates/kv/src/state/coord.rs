@@ -212,7 +212,8 @@ impl Coord {
     }
 
     /// Checks that the indexes agree with what they index; panics naming the first that
-    /// does not. Run after every apply in debug builds, and by tests.
+    /// does not. Run after every apply in this crate's unit tests.
+    #[cfg(test)]
     pub(super) fn check(&self, map: &crate::keymap::KeyMap) {
         let mut rebuilt = Coord { clock: self.clock, ..Coord::default() };
         rebuilt.leases = self.leases.clone();

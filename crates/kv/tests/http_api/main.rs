@@ -13,6 +13,7 @@ mod cluster;
 mod concurrency;
 mod kv;
 mod limits;
+mod sessions;
 
 use std::collections::BTreeMap;
 
