@@ -147,7 +147,11 @@ fn wait_for_lock(
                     .and_then(|entry| entry.session)
                     .map(|holder| format!(" (held by session {holder})"))
                     .unwrap_or_default();
-                eprintln!("skiff lock: gave up waiting for the lock on {} after {:?}{holder}", options.name, start.elapsed());
+                eprintln!(
+                    "skiff lock: gave up waiting for the lock on {} after {:?}{holder}",
+                    options.name,
+                    start.elapsed()
+                );
                 return Ok(None);
             }
             if now.duration_since(renewed) >= options.ttl / 3 {

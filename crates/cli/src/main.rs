@@ -400,6 +400,13 @@ struct LockArgs {
 #[command(after_help = "Exit codes: 0 linearizable and converged, 1 a violation, divergence or an inconclusive \
 check, 2 usage. With --endpoints, check your own cluster (started with --fault-injection) instead of starting one.")]
 struct CheckArgs {
+    /// What the clients do: kv (gets, puts, deletes, cas; checked for linearizability) or
+    /// lock (leases, a lock, fenced writes, pauses past the TTL, keys that expire).
+    #[arg(long, value_enum, default_value = "kv")]
+    workload: check::WorkloadKind,
+    /// The lock workload's lease TTL (at least 1s, the shortest lease).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_ttl: Duration,
     /// How many nodes to start: n1..nN on 127.0.0.1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
     nodes: u16,
@@ -556,6 +563,8 @@ impl CheckArgs {
         let endpoints =
             check::endpoints_given().then(|| client::parse_endpoints(&client.endpoints, &security)).transpose()?;
         Ok(check::CheckOptions {
+            workload: self.workload,
+            lock_ttl: self.lock_ttl,
             nodes: usize::from(self.nodes),
             time: self.time,
             faults: self.faults.map(|list| list.0),
