@@ -364,7 +364,7 @@ impl SessionRequest {
 /// (`10s`).
 pub(crate) fn duration_text(duration: std::time::Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
 /// A session, as `GET /v1/session/info/<id>` answers it (Consul's form).

@@ -769,8 +769,11 @@ mod tests {
     #[test]
     fn ended_sessions_and_stale_fences_are_typed_errors() {
         let json = "Content-Type: application/json\r\n";
-        let no_session =
-            answer("400 Bad Request", json, r#"{"error":"ERR no such session \"s1\": it does not exist, or it ended"}"#);
+        let no_session = answer(
+            "400 Bad Request",
+            json,
+            r#"{"error":"ERR no such session \"s1\": it does not exist, or it ended"}"#,
+        );
         let gone = answer("404 Not Found", "", "");
         let fenced = answer("409 Conflict", json, r#"{"error":"ERR fenced: token 7 does not hold a lock now"}"#);
         let other_conflict = answer("409 Conflict", json, r#"{"error":"something else"}"#);
@@ -797,15 +800,19 @@ mod tests {
             ..SessionRequest::default()
         };
         let json: serde_json::Value = serde_json::from_slice(&request.to_json()).unwrap();
-        assert_eq!(json, serde_json::json!({"Name": "job", "TTL": "15s", "LockDelay": "1500ms", "Behavior": "release"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"Name": "job", "TTL": "15s", "LockDelay": "1500ms", "Behavior": "release"})
+        );
         let entry: Entry = serde_json::from_str(
             r#"{"Key":"lock","Value":null,"CreateIndex":3,"ModifyIndex":9,"LockIndex":2,"Flags":0,"Session":"s1","Fence":9}"#,
         )
         .unwrap();
         assert_eq!((entry.lock_index, entry.session.as_deref(), entry.fence), (2, Some("s1"), Some(9)));
-        let free: Entry =
-            serde_json::from_str(r#"{"Key":"lock","Value":null,"CreateIndex":3,"ModifyIndex":9,"LockIndex":2,"Flags":0}"#)
-                .unwrap();
+        let free: Entry = serde_json::from_str(
+            r#"{"Key":"lock","Value":null,"CreateIndex":3,"ModifyIndex":9,"LockIndex":2,"Flags":0}"#,
+        )
+        .unwrap();
         assert_eq!((free.session, free.fence), (None, None));
     }
 
