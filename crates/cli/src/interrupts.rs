@@ -36,3 +36,29 @@ pub fn count(kinds: &[SignalKind], first: String, exit_on_second: Option<u8>) ->
     })?;
     Ok(count)
 }
+
+/// Delivers `kinds` as they arrive, as signal numbers, from a thread of its own (`skiff
+/// lock` passes them on to its command).
+pub fn listen(kinds: &[SignalKind]) -> std::io::Result<std::sync::mpsc::Receiver<i32>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listeners = {
+        let _context = runtime.enter();
+        kinds.iter().map(|&kind| Ok((kind.as_raw_value(), signal(kind)?))).collect::<std::io::Result<Vec<_>>>()?
+    };
+    let (sender, arrivals) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut tasks = Vec::new();
+            for (number, mut listener) in listeners {
+                let sender = sender.clone();
+                tasks.push(tokio::spawn(async move {
+                    while listener.recv().await.is_some() && sender.send(number).is_ok() {}
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+    })?;
+    Ok(arrivals)
+}

@@ -9,6 +9,7 @@ mod commands;
 mod demo;
 mod interrupts;
 mod join;
+mod lock;
 mod serve;
 mod shell;
 mod status;
@@ -145,6 +146,9 @@ enum Command {
     TransferLeader { id: Option<String> },
     /// An interactive shell (reads commands from standard input when it is not a terminal).
     Shell,
+    /// Run a command while holding the lock NAME, like `consul lock`: its fencing token is in
+    /// SKIFF_FENCE, and the command is stopped if the lock is lost (docs/coordination.md).
+    Lock(LockArgs),
     /// Run a workload against a cluster while killing, pausing and partitioning nodes, then
     /// check that the history is linearizable and the replicas converged (docs/check.md).
     Check(CheckArgs),
@@ -363,9 +367,46 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "The command gets SKIFF_FENCE (the fencing token: pass it with writes as ?fence=), \
+SKIFF_LOCK_KEY and SKIFF_SESSION. Exit code: the command's (128 + N if signal N ended it), or 1 if the lock could \
+not be had within --wait or was lost (the command is then stopped). --timeout is each call's deadline, not the wait.")]
+struct LockArgs {
+    /// The key to lock.
+    name: String,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    /// The session's TTL: it ends (and the lock with it) unless renewed within this long;
+    /// renewed every TTL/3. Consul accepts 10s to 24h.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// After the session ends without a release (the holder died), nobody may take the lock
+    /// for this long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lock_delay: Duration,
+    /// Give up (exit 1) if the lock is not had within this long [default: wait as long as it
+    /// takes].
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+    /// When the lock is lost: how long the command has after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    grace: Duration,
+    /// The value written to the key while it is held [default: "skiff lock, pid N"].
+    #[arg(long)]
+    value: Option<String>,
+}
+
+#[derive(Args)]
 #[command(after_help = "Exit codes: 0 linearizable and converged, 1 a violation, divergence or an inconclusive \
 check, 2 usage. With --endpoints, check your own cluster (started with --fault-injection) instead of starting one.")]
 struct CheckArgs {
+    /// What the clients do: kv (gets, puts, deletes, cas; checked for linearizability) or
+    /// lock (leases, a lock, fenced writes, pauses past the TTL, keys that expire).
+    #[arg(long, value_enum, default_value = "kv")]
+    workload: check::WorkloadKind,
+    /// The lock workload's lease TTL (at least 1s, the shortest lease).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lock_ttl: Duration,
     /// How many nodes to start: n1..nN on 127.0.0.1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=7))]
     nodes: u16,
@@ -522,6 +563,8 @@ impl CheckArgs {
         let endpoints =
             check::endpoints_given().then(|| client::parse_endpoints(&client.endpoints, &security)).transpose()?;
         Ok(check::CheckOptions {
+            workload: self.workload,
+            lock_ttl: self.lock_ttl,
             nodes: usize::from(self.nodes),
             time: self.time,
             faults: self.faults.map(|list| list.0),
@@ -672,6 +715,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
         Command::Shell => shell::run(&client()?)?,
+        Command::Lock(args) => {
+            if args.ttl < Duration::from_millis(3) {
+                bail!("--ttl must be at least 3ms (the session is renewed every TTL/3)");
+            }
+            let options = lock::LockOptions {
+                value: args.value.unwrap_or_else(|| format!("skiff lock, pid {}", std::process::id())).into_bytes(),
+                name: args.name,
+                command: args.command,
+                ttl: args.ttl,
+                lock_delay: args.lock_delay,
+                wait: args.wait,
+                grace: args.grace,
+            };
+            return lock::run(client()?, options);
+        }
         Command::Check(args) => return check::run(args.into_options(&cli.client)?),
         Command::Bench(args) => return bench::run(args.into_options(&cli.client)?),
         Command::Certs(args) => certs(args)?,

@@ -241,3 +241,27 @@ fn usage_errors_exit_2_with_a_clear_message() {
     assert_eq!(lonely.status.code(), Some(2));
     assert!(stderr(&lonely).contains("partition needs at least 2 nodes"), "{}", stderr(&lonely));
 }
+
+/// `--workload lock`: clients take a lock with leases and write fenced values while the
+/// leader is killed; one client at least is paused past its TTL and its write refused; keys
+/// put with a lease disappear in time, and the report measures how late.
+#[test]
+fn the_lock_workload_keeps_holders_apart_and_expires_keys_across_leader_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_port(3);
+    let args = ["--workload", "lock", "--clients", "3", "--time", "12s", "--faults", "leader", "--base-port", &base];
+    let (output, report, _) = check(&args, dir.path());
+    let context = || format!("report: {report:#}\nstderr:\n{}", stderr(&output));
+    assert!(output.status.success(), "skiff check failed: {}", context());
+    let lock = &report["lock"];
+    assert_eq!(lock["passed"], true, "{}", context());
+    assert_eq!(lock["violations"], serde_json::json!([]), "{}", context());
+    assert!(lock["acquisitions"].as_u64().unwrap() >= 2, "{}", context());
+    assert!(lock["written"].as_u64().unwrap() > 0, "{}", context());
+    let pauses = lock["pauses"].as_u64().unwrap();
+    assert!(pauses >= 1, "{}", context());
+    assert_eq!(lock["stale_writes_refused"].as_u64().unwrap(), pauses, "{}", context());
+    assert!(lock["ttl"]["expired"].as_u64().unwrap() > 0, "{}", context());
+    assert!(lock["ttl"]["max_error_ms"].is_f64(), "{}", context());
+    assert!(report["faults"]["counts"]["leader"].as_u64().unwrap() > 0, "{}", context());
+}

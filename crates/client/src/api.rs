@@ -20,6 +20,12 @@ pub struct Entry {
     pub modify_index: u64,
     /// The opaque number stored with the value ([`WriteOptions::flags`](crate::WriteOptions::flags)).
     pub flags: u64,
+    /// How many times the key's lock was acquired (Consul's `LockIndex`; 0 if never).
+    pub lock_index: u64,
+    /// The session holding the key's lock, or the lease it was put with (Consul's `Session`).
+    pub session: Option<String>,
+    /// The fencing token of the acquisition holding the key's lock, while one holds it.
+    pub fence: Option<u64>,
 }
 
 /// [`Entry`] as the server sends it.
@@ -31,10 +37,13 @@ struct EntryJson {
     value: Option<String>,
     create_index: u64,
     modify_index: u64,
-    /// Consul's lock index; Skiff has no locks, so it is always 0.
     #[serde(default)]
     lock_index: u64,
     flags: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fence: Option<u64>,
 }
 
 impl TryFrom<EntryJson> for Entry {
@@ -47,8 +56,11 @@ impl TryFrom<EntryJson> for Entry {
                 .decode(encoded)
                 .map_err(|error| format!("the value of {:?} is not valid base64: {error}", json.key))?,
         };
-        let EntryJson { key, create_index, modify_index, flags, .. } = json;
-        Ok(Entry { key, value, create_index, modify_index, flags })
+        let EntryJson { key, create_index, modify_index, flags, lock_index, session, fence, .. } = json;
+        // A server may send an empty `Session` or a zero `Fence` for none.
+        let session = session.filter(|id| !id.is_empty());
+        let fence = fence.filter(|&token| token > 0);
+        Ok(Entry { key, value, create_index, modify_index, flags, lock_index, session, fence })
     }
 }
 
@@ -60,8 +72,10 @@ impl From<Entry> for EntryJson {
             value,
             create_index: entry.create_index,
             modify_index: entry.modify_index,
-            lock_index: 0,
+            lock_index: entry.lock_index,
             flags: entry.flags,
+            session: entry.session,
+            fence: entry.fence,
         }
     }
 }
@@ -267,4 +281,144 @@ pub struct LogEntry {
     pub kind: String,
     /// What the entry does, for people (`put "greeting" (5 bytes)`).
     pub description: String,
+}
+
+/// A session's id (a UUID the cluster chose). Skiff's leases are sessions too
+/// ([`Client::lease_grant`](crate::Client::lease_grant)), so their ids are `SessionId`s.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub String);
+
+impl SessionId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// What happens to the locks of a session when it ends (Consul's `Behavior`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    /// The locks are released; their keys stay.
+    #[default]
+    Release,
+    /// The locked keys are deleted.
+    Delete,
+}
+
+/// A session to create ([`Client::session_create`](crate::Client::session_create)): Consul's
+/// fields, each optional (the server's defaults: no TTL, a lock delay of 15 s, behavior
+/// release, the answering node's id as the node).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// A name for people.
+    pub name: Option<String>,
+    /// The node the session belongs to.
+    pub node: Option<String>,
+    /// The session ends unless renewed within this long (Consul accepts 10 s to 24 h).
+    pub ttl: Option<std::time::Duration>,
+    /// After the session ends, its locks may not be acquired again for this long.
+    pub lock_delay: Option<std::time::Duration>,
+    /// What happens to the keys it holds when it ends.
+    pub behavior: Behavior,
+}
+
+/// [`SessionRequest`] as the server reads it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SessionRequestJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(rename = "TTL", skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_delay: Option<String>,
+    behavior: Behavior,
+}
+
+impl SessionRequest {
+    /// The JSON body of `PUT /v1/session/create`.
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        let json = SessionRequestJson {
+            name: self.name.as_deref(),
+            node: self.node.as_deref(),
+            ttl: self.ttl.map(duration_text),
+            lock_delay: self.lock_delay.map(duration_text),
+            behavior: self.behavior,
+        };
+        // Strings and an enum: serializing cannot fail.
+        serde_json::to_vec(&json).expect("a session request serializes")
+    }
+}
+
+/// A duration as Consul writes one: whole milliseconds (`1500ms`), or seconds when whole
+/// (`10s`).
+pub(crate) fn duration_text(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
+
+/// A session, as `GET /v1/session/info/<id>` answers it (Consul's form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Session {
+    /// Its id.
+    #[serde(rename = "ID")]
+    pub id: SessionId,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// The node it belongs to.
+    #[serde(default)]
+    pub node: String,
+    /// The lock delay, in nanoseconds (Consul's unit).
+    #[serde(default)]
+    pub lock_delay: u64,
+    /// What happens to its keys when it ends.
+    #[serde(default)]
+    pub behavior: Behavior,
+    /// Its TTL as text (`15s`), empty for none.
+    #[serde(rename = "TTL", default)]
+    pub ttl: String,
+    /// The index of the entry that created it.
+    #[serde(default)]
+    pub create_index: u64,
+    /// The index of the entry that last changed it.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+/// A Skiff lease (`POST /v1/skiff/lease`): a session with behavior delete and no lock
+/// delay, whose keys are deleted when it ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Lease {
+    /// Its id.
+    #[serde(rename = "ID")]
+    pub id: SessionId,
+    /// Its TTL as text (`10s`).
+    #[serde(rename = "TTL", default)]
+    pub ttl: String,
+    /// How long it has left, in milliseconds, as the answering node read the cluster clock.
+    #[serde(default)]
+    pub remaining_ms: u64,
+}
+
+/// A key as a blocking read saw it ([`Client::watch`](crate::Client::watch)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watched {
+    /// The key, or `None` if it does not exist.
+    pub entry: Option<Entry>,
+    /// `X-Consul-Index`: pass it to the next [`watch`](crate::Client::watch) to wait for a
+    /// change after this read.
+    pub index: u64,
 }

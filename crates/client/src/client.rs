@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use ureq::http::Method;
 
-use crate::api::{ClusterInfo, Entry, LogPage, Member, Members, NewMember, Probe, Status};
+use crate::api::{
+    ClusterInfo, Entry, Lease, LogPage, Member, Members, NewMember, Probe, Session, SessionId, SessionRequest, Status,
+    Watched, duration_text,
+};
 use crate::error::{Error, Result};
 use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
 
@@ -44,6 +47,9 @@ pub struct WriteOptions {
     pub flags: Option<u64>,
     /// Write only if the key's `modify_index` is this; `Some(0)`: only if the key does not exist.
     pub cas: Option<u64>,
+    /// Write only while this fencing token (from [`Client::acquire`]) holds its lock;
+    /// otherwise the write fails with [`Error::Fenced`] and nothing is written.
+    pub fence: Option<u64>,
 }
 
 /// How [`Client::delete_with`] deletes.
@@ -53,6 +59,8 @@ pub struct DeleteOptions {
     pub recurse: bool,
     /// Delete only if the key's `modify_index` is this.
     pub cas: Option<u64>,
+    /// Delete only while this fencing token holds its lock (see [`WriteOptions::fence`]).
+    pub fence: Option<u64>,
 }
 
 /// Options for a [`Client`]; start with [`Client::builder`].
@@ -191,6 +199,22 @@ fn written(reply: Reply) -> Result<bool> {
     }
 }
 
+/// A 404 (the session or lease is gone) as [`Error::NoSuchSession`]; other failures as
+/// usual.
+fn gone_is_no_such_session(reply: Reply, session: &SessionId) -> Result<Reply> {
+    if reply.status == 404 {
+        let message = format!("no such session {session}: it does not exist, or it ended");
+        return Err(Error::NoSuchSession { message, endpoint: reply.endpoint });
+    }
+    reply.success()
+}
+
+/// The one session of a `[session]` answer.
+fn first_session(reply: Reply) -> Result<Session> {
+    let sessions: Vec<Session> = reply.json()?;
+    sessions.into_iter().next().ok_or_else(|| reply.decode_error("an empty list of sessions".to_string()))
+}
+
 impl Client {
     /// Options for a client, starting from no endpoint and [`DEFAULT_TIMEOUT`].
     pub fn builder() -> ClientBuilder {
@@ -233,10 +257,16 @@ impl Client {
     /// A `PUT` or `DELETE` of the key-value API, with a fresh `Idempotency-Key` that every
     /// retry repeats.
     fn write(&self, method: Method, path: &str, body: Option<&[u8]>) -> Result<bool> {
+        written(self.write_reply(method, path, body, Retry::Safe)?)
+    }
+
+    /// [`Client::write`]'s call, answered with the whole reply; `retry` says after what
+    /// failures the same request (with the same `Idempotency-Key`) is sent again.
+    fn write_reply(&self, method: Method, path: &str, body: Option<&[u8]>, retry: Retry) -> Result<Reply> {
         let number = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
         let key = format!("{}-{number}", self.session);
-        let call = Call { method, path, body, idempotency_key: Some(&key), retry: Retry::Safe, timeout: self.timeout };
-        written(self.transport.call(&call)?)
+        let call = Call { method, path, body, idempotency_key: Some(&key), retry, timeout: self.timeout };
+        self.transport.call(&call)
     }
 
     /// A cluster operation: retried only when it surely did not happen; `timeout` may
@@ -303,7 +333,7 @@ impl Client {
     /// Sets the key's value with flags, or only if a check holds: `false` when the `cas`
     /// check failed and nothing was written.
     pub fn put_with(&self, key: &str, value: impl AsRef<[u8]>, options: WriteOptions) -> Result<bool> {
-        let parameters: Vec<String> = [("flags", options.flags), ("cas", options.cas)]
+        let parameters: Vec<String> = [("flags", options.flags), ("cas", options.cas), ("fence", options.fence)]
             .into_iter()
             .filter_map(|(name, number)| number.map(|number| format!("{name}={number}")))
             .collect();
@@ -332,7 +362,175 @@ impl Client {
         if let Some(index) = options.cas {
             parameters.push(format!("cas={index}"));
         }
+        if let Some(token) = options.fence {
+            parameters.push(format!("fence={token}"));
+        }
         self.write(Method::DELETE, &with_query(format!("/v1/kv/{}", encode_key(key)), &parameters), None)
+    }
+
+    /// Writes the key only while the fencing token `fence` (from [`Client::acquire`]) holds
+    /// its lock: [`Error::Fenced`] when the lock was released or its session ended since,
+    /// and nothing was written. Retried as [`Client::put`] (one `Idempotency-Key`).
+    pub fn put_fenced(&self, key: &str, value: impl AsRef<[u8]>, fence: u64) -> Result<bool> {
+        self.put_with(key, value, WriteOptions { fence: Some(fence), ..WriteOptions::default() })
+    }
+
+    /// Writes the key tied to the session or lease `lease`: it is deleted when the lease
+    /// ends. `false` when another session holds the key's lock; [`Error::NoSuchSession`]
+    /// when the lease does not exist.
+    pub fn put_leased(&self, key: &str, value: impl AsRef<[u8]>, lease: &SessionId) -> Result<bool> {
+        let path = format!("/v1/kv/{}?lease={}", encode_key(key), encode_key(lease.as_str()));
+        self.write(Method::PUT, &path, Some(value.as_ref()))
+    }
+
+    /// A blocking read: waits until the key changes after `index` (an
+    /// [`X-Consul-Index`](Watched::index) of an earlier read; 0 answers at once), or for
+    /// `wait` (the server caps it at 10 minutes), then reads it. The call's deadline is
+    /// `wait` plus the client's timeout.
+    pub fn watch(&self, key: &str, index: u64, wait: Duration) -> Result<Watched> {
+        let path = format!("/v1/kv/{}?index={index}&wait={}", encode_key(key), duration_text(wait));
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: None,
+            idempotency_key: None,
+            retry: Retry::Safe,
+            timeout: wait + self.timeout,
+        };
+        let reply = self.transport.call(&call)?;
+        if reply.status == 404 {
+            return Ok(Watched { entry: None, index: reply.index.unwrap_or(0) });
+        }
+        let reply = reply.success()?;
+        let index = reply.index.ok_or_else(|| reply.decode_error("no X-Consul-Index header".to_string()))?;
+        let entries: Vec<Entry> = reply.json()?;
+        Ok(Watched { entry: entries.into_iter().next(), index })
+    }
+
+    /// Creates a session (`PUT /v1/session/create`) and returns its id.
+    ///
+    /// Each session created is a new one, so a retry could create a second: the request
+    /// carries an `Idempotency-Key`, and it is retried after a lost answer only when it has a
+    /// TTL, so that a session created twice (were the key not honoured) ends by itself and
+    /// holds nothing. Without a TTL it is retried only when it surely did not happen.
+    pub fn session_create(&self, request: &SessionRequest) -> Result<SessionId> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: SessionId,
+        }
+        let retry = if request.ttl.is_some() { Retry::Safe } else { Retry::Unavailable };
+        let reply = self.write_reply(Method::PUT, "/v1/session/create", Some(&request.to_json()), retry)?;
+        Ok(reply.success()?.json::<Created>()?.id)
+    }
+
+    /// Renews a session's TTL (`PUT /v1/session/renew/<id>`); [`Error::NoSuchSession`] when it
+    /// has ended. Renewing twice is harmless, so it is retried as a read.
+    pub fn session_renew(&self, session: &SessionId) -> Result<Session> {
+        let path = format!("/v1/session/renew/{}", encode_key(session.as_str()));
+        let reply = self.idempotent(Method::PUT, &path)?;
+        first_session(gone_is_no_such_session(reply, session)?)
+    }
+
+    /// Ends a session (`PUT /v1/session/destroy/<id>`): its locks are released (or its keys
+    /// deleted, with behavior delete). Ending it twice is harmless: retried as a read.
+    pub fn session_destroy(&self, session: &SessionId) -> Result<bool> {
+        let path = format!("/v1/session/destroy/{}", encode_key(session.as_str()));
+        written(self.idempotent(Method::PUT, &path)?)
+    }
+
+    /// The session, or `None` if it does not exist (`GET /v1/session/info/<id>`).
+    pub fn session_info(&self, session: &SessionId) -> Result<Option<Session>> {
+        let reply = self.read(&format!("/v1/session/info/{}", encode_key(session.as_str())))?;
+        if reply.status == 404 {
+            return Ok(None);
+        }
+        // Consul answers `null` or `[]` for a session that does not exist.
+        let sessions: Option<Vec<Session>> = reply.success()?.json()?;
+        Ok(sessions.and_then(|sessions| sessions.into_iter().next()))
+    }
+
+    /// Every session (`GET /v1/session/list`).
+    pub fn session_list(&self) -> Result<Vec<Session>> {
+        let sessions: Option<Vec<Session>> = self.read("/v1/session/list")?.success()?.json()?;
+        Ok(sessions.unwrap_or_default())
+    }
+
+    /// Takes the key's lock for `session` and writes `value` (`PUT /v1/kv/<key>?acquire=`):
+    /// `Some(fencing token)` when the session holds the lock now, `None` when another
+    /// session holds it (or its lock delay has not passed). [`Error::NoSuchSession`] when the
+    /// session has ended.
+    ///
+    /// **Retries cannot acquire twice.** The request is retried after a lost answer with
+    /// the same `Idempotency-Key`, so the cluster applies it at most once and a retry gets
+    /// the first attempt's answer. Were that answer forgotten, a second application is still
+    /// harmless: the session already holding the lock acquires it again with the same token
+    /// and `LockIndex`. The lock cannot have passed through other hands in between, since
+    /// only this call's caller releases it, and a session that ended makes the retry fail.
+    /// When the call fails with [`Error::Timeout`] the session may hold the lock: read the
+    /// key (its [`Entry::session`]) or destroy the session to be sure it does not.
+    pub fn acquire(&self, key: &str, value: impl AsRef<[u8]>, session: &SessionId) -> Result<Option<u64>> {
+        let path = format!("/v1/kv/{}?acquire={}", encode_key(key), encode_key(session.as_str()));
+        let reply = self.write_reply(Method::PUT, &path, Some(value.as_ref()), Retry::Safe)?.success()?;
+        let (fence, endpoint) = (reply.fence, reply.endpoint.clone());
+        if !written(reply)? {
+            return Ok(None);
+        }
+        match fence {
+            Some(token) => Ok(Some(token)),
+            None => {
+                // The lock is held without a token the caller can use; let it go.
+                let _ = self.release(key, value, session);
+                Err(Error::Decode {
+                    endpoint,
+                    status: 200,
+                    detail: "the lock was acquired but the answer had no Skiff-Fence header (released again)".into(),
+                })
+            }
+        }
+    }
+
+    /// Lets the key's lock go and writes `value` (`PUT /v1/kv/<key>?release=`): `true` if
+    /// `session` held it, `false` if it did not. Retried with one `Idempotency-Key`, as a put.
+    pub fn release(&self, key: &str, value: impl AsRef<[u8]>, session: &SessionId) -> Result<bool> {
+        let path = format!("/v1/kv/{}?release={}", encode_key(key), encode_key(session.as_str()));
+        self.write(Method::PUT, &path, Some(value.as_ref()))
+    }
+
+    /// Grants a lease of `ttl` (`POST /v1/skiff/lease`): put keys with it
+    /// ([`Client::put_leased`]) and they are deleted when it ends. Retried after a lost
+    /// answer with one `Idempotency-Key`: a lease granted twice (were the key not honoured)
+    /// holds nothing and ends by itself.
+    pub fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
+        let body = serde_json::json!({ "TTL": duration_text(ttl) }).to_string();
+        self.write_reply(Method::POST, "/v1/skiff/lease", Some(body.as_bytes()), Retry::Safe)?.success()?.json()
+    }
+
+    /// Restarts a lease's TTL (`PUT /v1/skiff/lease/<id>/keepalive`); [`Error::NoSuchSession`]
+    /// when it has ended.
+    pub fn lease_keepalive(&self, lease: &SessionId) -> Result<Lease> {
+        let path = format!("/v1/skiff/lease/{}/keepalive", encode_key(lease.as_str()));
+        gone_is_no_such_session(self.idempotent(Method::PUT, &path)?, lease)?.json()
+    }
+
+    /// The lease with its remaining time, or `None` when it has ended.
+    pub fn lease(&self, lease: &SessionId) -> Result<Option<Lease>> {
+        let reply = self.read(&format!("/v1/skiff/lease/{}", encode_key(lease.as_str())))?;
+        if reply.status == 404 {
+            return Ok(None);
+        }
+        reply.success()?.json().map(Some)
+    }
+
+    /// Ends a lease and deletes its keys (`DELETE /v1/skiff/lease/<id>`).
+    pub fn lease_revoke(&self, lease: &SessionId) -> Result<bool> {
+        written(self.idempotent(Method::DELETE, &format!("/v1/skiff/lease/{}", encode_key(lease.as_str())))?)
+    }
+
+    /// A change whose repetition does nothing more (renew, destroy): retried as a read.
+    fn idempotent(&self, method: Method, path: &str) -> Result<Reply> {
+        let call = Call { method, path, body: None, idempotency_key: None, retry: Retry::Safe, timeout: self.timeout };
+        self.transport.call(&call)
     }
 
     /// The status of whichever node answers.
@@ -541,6 +739,81 @@ mod tests {
         let missing = client.health(endpoint, Duration::from_secs(5));
         assert!(matches!(missing, Err(Error::Http { status: 404, .. })), "{missing:?}");
         server.join().unwrap();
+    }
+
+    /// An HTTP/1.1 answer with `status`, extra `headers` (each ending in CRLF) and `body`.
+    fn answer(status: &str, headers: &str, body: &str) -> &'static str {
+        format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            .leak()
+    }
+
+    #[test]
+    fn an_acquire_is_retried_with_one_idempotency_key_and_answers_the_fence() {
+        let unavailable = answer("503 Service Unavailable", "Retry-After: 0\r\n", "");
+        let acquired = answer("200 OK", "Skiff-Fence: 42\r\n", "true");
+        // 503, then the connection lost after the request was sent, then the answer.
+        let (address, server) = fake_server(vec![Some(unavailable), None, Some(acquired)]);
+        let client = Client::new([address]).unwrap();
+        let session = SessionId("s1".into());
+        assert_eq!(client.acquire("lock", "me", &session).unwrap(), Some(42));
+        let keys = server.join().unwrap();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.iter().all(|key| *key == keys[0]), "every attempt is the same request: {keys:?}");
+
+        let (address, server) = fake_server(vec![Some(answer("200 OK", "", "false"))]);
+        let client = Client::new([address]).unwrap();
+        assert_eq!(client.acquire("lock", "me", &session).unwrap(), None, "held by another session");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn ended_sessions_and_stale_fences_are_typed_errors() {
+        let json = "Content-Type: application/json\r\n";
+        let no_session = answer(
+            "400 Bad Request",
+            json,
+            r#"{"error":"ERR no such session \"s1\": it does not exist, or it ended"}"#,
+        );
+        let gone = answer("404 Not Found", "", "");
+        let fenced = answer("409 Conflict", json, r#"{"error":"ERR fenced: token 7 does not hold a lock now"}"#);
+        let other_conflict = answer("409 Conflict", json, r#"{"error":"something else"}"#);
+        let (address, server) = fake_server(vec![Some(no_session), Some(gone), Some(fenced), Some(other_conflict)]);
+        let client = Client::new([address]).unwrap();
+        let session = SessionId("s1".into());
+        let acquire = client.acquire("lock", "", &session);
+        assert!(matches!(acquire, Err(Error::NoSuchSession { .. })), "{acquire:?}");
+        let renew = client.session_renew(&session);
+        assert!(matches!(&renew, Err(Error::NoSuchSession { message, .. }) if message.contains("s1")), "{renew:?}");
+        let put = client.put_fenced("data", "v", 7);
+        assert!(matches!(&put, Err(Error::Fenced { message, .. }) if message.contains("token 7")), "{put:?}");
+        let put = client.put_fenced("data", "v", 7);
+        assert!(matches!(put, Err(Error::Http { status: 409, .. })), "{put:?}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn session_requests_use_consuls_names_and_durations() {
+        let request = SessionRequest {
+            name: Some("job".into()),
+            ttl: Some(Duration::from_secs(15)),
+            lock_delay: Some(Duration::from_millis(1500)),
+            ..SessionRequest::default()
+        };
+        let json: serde_json::Value = serde_json::from_slice(&request.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"Name": "job", "TTL": "15s", "LockDelay": "1500ms", "Behavior": "release"})
+        );
+        let entry: Entry = serde_json::from_str(
+            r#"{"Key":"lock","Value":null,"CreateIndex":3,"ModifyIndex":9,"LockIndex":2,"Flags":0,"Session":"s1","Fence":9}"#,
+        )
+        .unwrap();
+        assert_eq!((entry.lock_index, entry.session.as_deref(), entry.fence), (2, Some("s1"), Some(9)));
+        let free: Entry = serde_json::from_str(
+            r#"{"Key":"lock","Value":null,"CreateIndex":3,"ModifyIndex":9,"LockIndex":2,"Flags":0}"#,
+        )
+        .unwrap();
+        assert_eq!((free.session, free.fence), (None, None));
     }
 
     /// A CA certificate, as `skiff certs` writes it.

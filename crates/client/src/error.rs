@@ -23,6 +23,26 @@ pub enum Error {
         /// The key that was read.
         key: String,
     },
+    /// The session (or lease) named does not exist: it was destroyed, or its TTL passed
+    /// without a renewal (`?acquire` answered 400, a renewal or keepalive 404). A lock it
+    /// held is held no longer.
+    #[error("{message} (from {endpoint})")]
+    NoSuchSession {
+        /// The server's explanation (it starts with `ERR no such session` when the state
+        /// machine refused the write).
+        message: String,
+        /// The node that answered (`host:port`).
+        endpoint: String,
+    },
+    /// A write carrying a fencing token was refused (409): the token's lock was released,
+    /// or its session ended, so it may have a newer holder. Nothing was written.
+    #[error("{message} (HTTP 409 from {endpoint})")]
+    Fenced {
+        /// The server's explanation (it starts with `ERR fenced`).
+        message: String,
+        /// The node that answered (`host:port`).
+        endpoint: String,
+    },
     /// The cluster had no leader or no quorum (503) on every attempt until the deadline.
     #[error("{message} (HTTP 503 from {endpoint})")]
     Unavailable {

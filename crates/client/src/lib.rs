@@ -34,7 +34,8 @@ mod error;
 mod transport;
 
 pub use api::{
-    ClusterInfo, Entry, Keyspace, LogEntry, LogId, LogPage, Member, Members, NewMember, Peer, Probe, Status,
+    Behavior, ClusterInfo, Entry, Keyspace, Lease, LogEntry, LogId, LogPage, Member, Members, NewMember, Peer, Probe,
+    Session, SessionId, SessionRequest, Status, Watched,
 };
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};

@@ -20,6 +20,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// The largest response body read (a `list` of many big values).
 const MAX_BODY: u64 = 1 << 30;
+/// How the state machine's refusal of a write for an ended session starts.
+const NO_SUCH_SESSION: &str = "ERR no such session";
+/// How the state machine's refusal of a write with a stale fencing token starts.
+const STALE_FENCE: &str = "ERR fenced";
 /// How much of an unexpected body an error message quotes, in characters.
 const SNIPPET_CHARS: usize = 200;
 
@@ -33,6 +37,10 @@ pub(crate) struct Reply {
     pub location: Option<String>,
     /// The node that answered, `host:port`.
     pub endpoint: String,
+    /// `X-Consul-Index`: the index a read reflects (what a blocking query waits past).
+    pub index: Option<u64>,
+    /// `Skiff-Fence`: the fencing token of a successful `?acquire`.
+    pub fence: Option<u64>,
 }
 
 impl Reply {
@@ -73,6 +81,12 @@ impl Reply {
             None => self.snippet(),
         };
         let leader = field("leader");
+        if self.status == 409 && message.contains(STALE_FENCE) {
+            return Err(Error::Fenced { message, endpoint: self.endpoint });
+        }
+        if matches!(self.status, 400 | 404) && message.contains(NO_SUCH_SESSION) {
+            return Err(Error::NoSuchSession { message, endpoint: self.endpoint });
+        }
         if self.status == 503 {
             let message = match &leader {
                 Some(leader) => format!("{message} (leader: {leader})"),
@@ -310,9 +324,11 @@ impl Transport {
             |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
         let retry_after = header("Retry-After").and_then(|value| value.parse().ok()).map(Duration::from_secs);
         let location = header("Location");
+        let index = header("X-Consul-Index").and_then(|value| value.trim().parse().ok());
+        let fence = header("Skiff-Fence").and_then(|value| value.trim().parse().ok());
         let status = response.status().as_u16();
         let body = response.body_mut().with_config().limit(MAX_BODY).read_to_vec()?;
-        Ok(Reply { status, body, retry_after, location, endpoint: host_port(base).to_string() })
+        Ok(Reply { status, body, retry_after, location, endpoint: host_port(base).to_string(), index, fence })
     }
 }
 

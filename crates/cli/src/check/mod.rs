@@ -21,6 +21,7 @@ mod cluster;
 mod converge;
 mod faults;
 mod http;
+mod locks;
 mod membership;
 mod options;
 mod report;
@@ -42,7 +43,7 @@ use self::converge::Convergence;
 use self::faults::{FaultLog, FaultPlan, clear_faults, faults_url};
 use self::http::{Access, Answer, Http};
 use self::membership::Roster;
-pub use self::options::{CheckOptions, FaultKind, FaultList, parse_faults};
+pub use self::options::{CheckOptions, FaultKind, FaultList, WorkloadKind, parse_faults};
 use self::report::{CheckSummary, Faults, Operations, Progress, Report, Settings};
 use self::watch::{Leaders, wait_for_leader};
 use self::workload::{ClientLog, Workload};
@@ -150,6 +151,8 @@ struct Target {
     prefix: String,
     /// How the nodes are reached (CA, client certificate, token).
     access: Access,
+    /// The same, for a [`skiff_client::Client`] (the lock workload's).
+    security: crate::client::Security,
 }
 
 impl Target {
@@ -174,7 +177,16 @@ impl Target {
         let voters = members.iter().map(|member| member.id.clone()).collect();
         let keys = (1..=options.keys).map(|i| format!("k{i}")).collect();
         let roster = Roster::new(members.clone());
-        Ok(Target { local: Some(local), initial: members, roster, voters, keys, prefix: String::new(), access })
+        Ok(Target {
+            local: Some(local),
+            initial: members,
+            roster,
+            voters,
+            keys,
+            prefix: String::new(),
+            access,
+            security,
+        })
     }
 
     fn remote(options: &CheckOptions, endpoints: &[String], run_id: &str, signals: &Signals) -> Result<Target> {
@@ -200,7 +212,8 @@ impl Target {
         let prefix = format!("skiff-check/{run_id}/");
         let keys = (1..=options.keys).map(|i| format!("{prefix}k{i}")).collect();
         let roster = Roster::new(members.clone());
-        Ok(Target { local: None, initial: members, roster, voters, keys, prefix, access })
+        let security = options.security.clone();
+        Ok(Target { local: None, initial: members, roster, voters, keys, prefix, access, security })
     }
 
     /// Brings every node back and clears every fault.
@@ -251,6 +264,8 @@ struct Recorded {
     workload: Duration,
     /// Whether the cluster came back with a leader once everything was healed.
     recovered: Result<()>,
+    /// The lock workload's records.
+    lock: Option<(locks::LockLog, Vec<locks::TtlKey>)>,
 }
 
 /// Runs the clients, the fault thread and the watcher for `--time`, then heals everything
@@ -285,18 +300,47 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         current: &current,
         access: &target.access,
     };
-    note(&format!("running {} clients for {:?} (seed {seed})", options.clients, options.time));
+    let election_timeout = election_timeout();
+    let lock_workload = locks::LockWorkload {
+        members: &target.roster,
+        prefix: &target.prefix,
+        start,
+        stop: &stop,
+        request_timeout: options.request_timeout,
+        security: &target.security,
+        seed,
+        ttl: options.lock_ttl,
+        election_timeout,
+    };
+    let lock = options.workload == WorkloadKind::Lock;
+    note(&format!(
+        "running {} {} clients for {:?} (seed {seed})",
+        options.clients,
+        if lock { "lock" } else { "kv" },
+        options.time
+    ));
     std::thread::scope(|scope| {
         let watcher = scope.spawn(|| watch::watch(&target.roster, &target.access, &stop_watching));
         let workload = &workload;
-        let clients: Vec<_> =
-            (0..options.clients as u64).map(|id| scope.spawn(move || workload.run_client(id))).collect();
+        let lock_workload = &lock_workload;
+        let clients: Vec<_> = (0..options.clients as u64)
+            .filter(|_| !lock)
+            .map(|id| scope.spawn(move || workload.run_client(id)))
+            .collect();
+        let lock_clients: Vec<_> = (0..options.clients as u64)
+            .filter(|_| lock)
+            .map(|id| scope.spawn(move || lock_workload.run_client(id)))
+            .collect();
+        let ttl_thread = lock.then(|| scope.spawn(move || lock_workload.run_ttl_keys(options.time)));
         let fault_thread = scope.spawn(|| plan.run());
         let mut exits = show_progress(options.time, start, &operations, &current, target, signals);
         let workload_time = start.elapsed();
         stop.store(true, Ordering::Relaxed);
         let logs: Vec<ClientLog> =
             clients.into_iter().map(|client| client.join().expect("a client panicked")).collect();
+        let lock_logs: Vec<locks::LockLog> =
+            lock_clients.into_iter().map(|client| client.join().expect("a lock client panicked")).collect();
+        let ttl_keys = ttl_thread.map(|thread| thread.join().expect("the TTL thread panicked"));
         let faults = fault_thread.join().expect("the fault thread panicked");
         collect_exits(target, start, &mut exits);
         note("healing every node and waiting for a leader");
@@ -312,7 +356,8 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         stop_watching.store(true, Ordering::Relaxed);
         let leaders = watcher.join().expect("the watcher panicked");
         let (history, errors) = merge(logs);
-        Recorded { history, errors, faults, leaders, exits, start, workload: workload_time, recovered }
+        let lock = ttl_keys.map(|keys| (locks::merge(lock_logs), keys));
+        Recorded { history, errors, faults, leaders, exits, start, workload: workload_time, recovered, lock }
     })
 }
 
@@ -402,7 +447,12 @@ fn conclude(
         .context("the recorded history contradicts itself (a bug in skiff check)")?;
     let check = CheckSummary::new(result, checking.elapsed().as_secs_f64());
 
+    let lock = match recorded.lock.take() {
+        Some((log, ttl_keys)) => Some(conclude_locks(options, target, log, &ttl_keys)?),
+        None => None,
+    };
     let passed = check.verdict == skiff_check::Verdict::Linearizable
+        && lock.as_ref().is_none_or(|lock| lock.passed)
         && convergence.converged
         && recorded.leaders.split_terms.is_empty()
         && recorded.exits.is_empty();
@@ -433,9 +483,37 @@ fn conclude(
         unexpected_exits: recorded.exits,
         convergence,
         check,
+        lock,
         history: history.map(|path| path.display().to_string()),
         data_dir,
     })
+}
+
+/// The longest election timeout of the cluster's `[raft]` settings (the defaults: `skiff
+/// check` starts its clusters with them, and assumes them of the user's).
+fn election_timeout() -> Duration {
+    let raft = skiff::config::RaftSection::default();
+    Duration::from_millis(raft.tick_ms) * raft.core.max_election_timeout_ticks()
+}
+
+/// Lists the fenced writes that were applied and checks the lock workload's records.
+fn conclude_locks(
+    options: &CheckOptions,
+    target: &Target,
+    log: locks::LockLog,
+    ttl_keys: &[locks::TtlKey],
+) -> Result<locks::LockReport> {
+    let urls: Vec<String> = target.roster.current().into_iter().map(|member| member.url).collect();
+    let builder = skiff_client::Client::builder().endpoints(urls).timeout(LEADER_TIMEOUT);
+    let client = target.security.apply(builder).build()?;
+    let prefix = format!("{}fenced/", target.prefix);
+    let listing: Vec<(String, Vec<u8>, u64)> = client
+        .list(&prefix, skiff_client::Consistency::Consistent)
+        .context("cannot list the fenced writes")?
+        .into_iter()
+        .map(|entry| (entry.key, entry.value, entry.modify_index))
+        .collect();
+    Ok(locks::conclude(log, &listing, ttl_keys, options.lock_ttl, locks::allowance(election_timeout())))
 }
 
 fn settings(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Target) -> Settings {

@@ -89,8 +89,23 @@ pub fn parse_faults(text: &str) -> Result<FaultList, String> {
     Ok(FaultList(kinds))
 }
 
+/// What the clients do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// Gets, puts, deletes and cas on a few keys, checked for linearizability.
+    #[default]
+    Kv,
+    /// Clients take a lock with leases, write fenced values, and are paused past their TTL;
+    /// keys put with a lease must disappear in time (docs/check.md).
+    Lock,
+}
+
 /// What `skiff check` was asked to do.
 pub struct CheckOptions {
+    pub workload: WorkloadKind,
+    /// The lock workload's lease TTL.
+    pub lock_ttl: Duration,
     pub nodes: usize,
     pub time: Duration,
     /// `None`: every kind possible (partition and leader with `--endpoints`).
@@ -121,6 +136,9 @@ impl CheckOptions {
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout must be more than 0".to_string());
+        }
+        if self.workload == WorkloadKind::Lock && self.lock_ttl < Duration::from_secs(1) {
+            return Err("--lock-ttl must be at least 1s, the shortest lease".to_string());
         }
         let kinds = match (&self.faults, &self.endpoints) {
             (Some(kinds), _) => kinds.clone(),
@@ -162,6 +180,8 @@ mod tests {
 
     fn options() -> CheckOptions {
         CheckOptions {
+            workload: WorkloadKind::Kv,
+            lock_ttl: Duration::from_secs(2),
             nodes: 3,
             time: Duration::from_secs(60),
             faults: None,

@@ -34,6 +34,9 @@ pub struct Report {
     pub unexpected_exits: Vec<String>,
     pub convergence: Convergence,
     pub check: CheckSummary,
+    /// The lock workload's findings (`--workload lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<super::locks::LockReport>,
     /// Where the history was saved (always when the check failed).
     pub history: Option<String>,
     /// Where the nodes' data and logs are (kept with `--keep-data` or when the check failed).
@@ -164,8 +167,40 @@ impl Report {
         self.write_settings(&mut text);
         self.write_operations(&mut text);
         self.write_cluster(&mut text);
+        self.write_lock(&mut text);
         self.write_check(&mut text);
         text
+    }
+
+    fn write_lock(&self, text: &mut String) {
+        let Some(lock) = &self.lock else { return };
+        let _ = writeln!(
+            text,
+            "\nlock: {} acquisitions; fenced writes {} written, {} refused, {} unknown; {} in the log in token order",
+            lock.acquisitions, lock.written, lock.refused, lock.unknown, lock.writes_in_log
+        );
+        let _ = writeln!(
+            text,
+            "  {} clients paused past their TTL while holding the lock; {} of their writes refused",
+            lock.pauses, lock.stale_writes_refused
+        );
+        let ttl = &lock.ttl;
+        let measured = match (ttl.max_error_ms, ttl.median_error_ms) {
+            (Some(max), Some(median)) => format!("expiry error max {max:.0} ms, median {median:.0} ms"),
+            _ => "no expiry observed".to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "  TTL {} ms: {} of {} keys seen expiring; {measured} (first read that found it gone minus the earliest \
+             deadline; reads every {} ms; allowed {} ms past the latest)",
+            ttl.ttl_ms, ttl.expired, ttl.keys, ttl.poll_ms, ttl.allowance_ms
+        );
+        if lock.violations.is_empty() {
+            let _ = writeln!(text, "  no violation");
+        }
+        for violation in &lock.violations {
+            let _ = writeln!(text, "  VIOLATION: {violation}");
+        }
     }
 
     fn write_settings(&self, text: &mut String) {
