@@ -476,6 +476,7 @@ impl KvStore {
         let published = self.published.get_or_insert_with(Arc::default);
         published.set_applied(self.data.index);
         published.set_keyspace(self.data.map.data_bytes(), self.alarm.map(|(_, quota)| quota));
+        published.set_clock(self.data.coord.clock, self.data.coord.next_deadline());
         Arc::clone(published)
     }
 

@@ -27,10 +27,12 @@ pub struct Published {
     alarm_quota: AtomicU64,
     /// The index of the last applied command.
     applied: AtomicU64,
-    /// The cluster clock as of the last apply that moved it, in milliseconds.
+    /// The replicated cluster clock as of the last apply, in milliseconds.
     clock_ms: AtomicU64,
-    /// When this node applied that clock, in milliseconds since [`process_start`].
-    clock_applied_at: AtomicU64,
+    /// This node's reading of the cluster clock is `anchor_ms` plus the local milliseconds
+    /// since `anchor_at` (since [`process_start`]; 0: no anchor yet). See [`Published::now_ms`].
+    anchor_ms: AtomicU64,
+    anchor_at: AtomicU64,
     /// The earliest deadline of a key or lease on the cluster clock; `u64::MAX` for none.
     next_deadline: AtomicU64,
 }
@@ -177,15 +179,22 @@ impl Published {
         self.applied.store(index, Ordering::Relaxed);
     }
 
-    /// This node's reading of the cluster clock, in milliseconds: the clock of the last
-    /// applied entry that moved it, plus the time this node's monotonic clock measured since
-    /// it applied that entry. It never runs ahead of the clock of the leader that wrote the
-    /// entry (the entry reached this node after it was stamped), so a deadline read against it
-    /// is never early; it lags by the delay of the apply, a few milliseconds.
+    /// This node's reading of the cluster clock, in milliseconds: its own monotonic clock,
+    /// set forward to an applied entry's stamp whenever the stamp is ahead of it, never back.
+    ///
+    /// - It never runs ahead of the clock of the node that stamped an entry: the entry reached
+    ///   this node after it was stamped, so a stamp plus the time since it was applied here is
+    ///   at most the stamper's reading now. So a deadline is never seen as passed early.
+    /// - It does not lose time: a leader applying its own stamp a few milliseconds after it
+    ///   made it is not set back by that delay (were it, the cluster clock would fall behind
+    ///   real time by one commit latency per clock entry, and TTLs would grow with uptime).
     pub fn now_ms(&self) -> u64 {
-        let clock = self.clock_ms.load(Ordering::Acquire);
-        let applied_at = self.clock_applied_at.load(Ordering::Acquire);
-        clock.saturating_add(local_ms().saturating_sub(applied_at))
+        let at = self.anchor_at.load(Ordering::Acquire);
+        let anchor = self.anchor_ms.load(Ordering::Acquire);
+        if at == 0 {
+            return self.clock_ms.load(Ordering::Acquire);
+        }
+        anchor.saturating_add(local_ms().saturating_sub(at))
     }
 
     /// The cluster clock of the last applied entry that moved it, in milliseconds.
@@ -198,14 +207,16 @@ impl Published {
         Some(self.next_deadline.load(Ordering::Relaxed)).filter(|&deadline| deadline != u64::MAX)
     }
 
-    /// After an apply: the cluster clock (remembered with the local time when it moved) and
-    /// the earliest deadline.
+    /// After an apply (on the apply thread, the only writer): the replicated clock, which
+    /// sets this node's reading forward if it is ahead of it, and the earliest deadline.
     pub(crate) fn set_clock(&self, clock_ms: u64, next_deadline: Option<u64>) {
-        if clock_ms != self.clock_ms.load(Ordering::Relaxed) || self.clock_applied_at.load(Ordering::Relaxed) == 0 {
+        self.clock_ms.store(clock_ms, Ordering::Release);
+        let unset = self.anchor_at.load(Ordering::Relaxed) == 0;
+        if unset || clock_ms > self.now_ms() {
             // The local time first: a reader between the two stores sees the new time with
-            // the old clock, a reading a little early, never one ahead.
-            self.clock_applied_at.store(local_ms().max(1), Ordering::Release);
-            self.clock_ms.store(clock_ms, Ordering::Release);
+            // the old anchor, a reading a little early, never one ahead.
+            self.anchor_at.store(local_ms().max(1), Ordering::Release);
+            self.anchor_ms.store(clock_ms, Ordering::Release);
         }
         self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -310,6 +321,25 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use super::*;
+
+    #[test]
+    fn the_clock_reading_goes_forward_with_stamps_ahead_of_it_and_never_back() {
+        let published = Published::default();
+        published.set_clock(1_000, None);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        let before = published.now_ms();
+        assert!(before >= 1_040, "the local clock counts from the stamp: {before}");
+        // A stamp behind the reading (this node's own, applied a few ms after it was made)
+        // does not set it back.
+        published.set_clock(1_010, None);
+        assert!(published.now_ms() >= before, "{} < {before}", published.now_ms());
+        assert_eq!(published.clock_ms(), 1_010, "the replicated clock is the stamp");
+        // A stamp ahead of it (a leader whose clock is ahead) sets it forward.
+        published.set_clock(50_000, Some(60_000));
+        let after = published.now_ms();
+        assert!((50_000..50_040).contains(&after), "{after}");
+        assert_eq!(published.next_deadline(), Some(60_000));
+    }
 
     /// Whether the watch's `changed()` is ready now (it consumes the wake-up if so).
     fn woken(watch: &Watch) -> bool {

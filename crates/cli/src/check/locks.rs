@@ -33,8 +33,8 @@ use skiff_client::{Client, Consistency, Error, SessionId};
 use super::membership::Roster;
 use crate::client::Security;
 
-/// How often the TTL thread reads each of its keys.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the TTL thread reads each of its keys: the precision of the measured error.
+const POLL: Duration = Duration::from_millis(20);
 /// Added to the election timeout for what a leader needs to notice a due deadline and
 /// commit its clock entry, and for reads on the way.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
