@@ -6,7 +6,7 @@
 //! panics) on a damaged or truncated file.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,36 +192,13 @@ fn summarize(path: &Path) -> Result<Summary> {
     let file_bytes = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
     let name = path.display().to_string();
     let mut reader = BackupReader::open(BufReader::with_capacity(1 << 20, file), &name)?;
-    let keys = if reader.header().state_machine == STATE_MACHINE { kv_key_count(&mut reader).ok() } else { None };
+    let keys = if reader.header().state_machine == STATE_MACHINE {
+        skiff_kv::state::snapshot_key_count(&mut reader).ok()
+    } else {
+        None
+    };
     let data_bytes = reader.verify_to_end().with_context(|| format!("{name} does not verify"))?;
     Ok(Summary { header: reader.header().clone(), file_bytes, data_bytes, keys })
-}
-
-/// The key count a KV snapshot states after its head: a version byte, the length of the
-/// encoded rest (a LEB128 varint) and the rest, then the count (a varint). Reads no more
-/// than that, skipping the rest without holding it.
-fn kv_key_count(data: &mut impl Read) -> io::Result<u64> {
-    let mut version = [0u8];
-    data.read_exact(&mut version)?;
-    let rest = read_varint(data)?;
-    let skipped = io::copy(&mut data.take(rest), &mut io::sink())?;
-    if skipped != rest {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the KV snapshot's head is cut short"));
-    }
-    read_varint(data)
-}
-
-fn read_varint(data: &mut impl Read) -> io::Result<u64> {
-    let mut number = 0u64;
-    for position in 0..10 {
-        let mut byte = [0u8];
-        data.read_exact(&mut byte)?;
-        number |= u64::from(byte[0] & 0x7f).checked_shl(7 * position).unwrap_or(0);
-        if byte[0] & 0x80 == 0 {
-            return Ok(number);
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "a varint longer than 10 bytes"))
 }
 
 /// `skiff snapshot inspect FILE`.
@@ -425,16 +402,5 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
-    }
-
-    #[test]
-    fn varints_and_hostile_ones() {
-        assert_eq!(read_varint(&mut &[0x05][..]).unwrap(), 5);
-        assert_eq!(read_varint(&mut &[0x80, 0x01][..]).unwrap(), 128);
-        assert!(read_varint(&mut &[0x80; 11][..]).is_err());
-        assert!(read_varint(&mut &[0x80][..]).is_err());
-        // A head that claims more bytes than follow.
-        assert!(kv_key_count(&mut &[2, 0xff, 0xff, 0x03, 1, 2][..]).is_err());
-        assert_eq!(kv_key_count(&mut &[2, 3, 9, 9, 9, 42][..]).unwrap(), 42);
     }
 }

@@ -900,6 +900,27 @@ fn read_snapshot_body(reader: &mut impl BufRead, version: u8) -> std::io::Result
     Ok(data)
 }
 
+/// The number of keys a key-value snapshot holds, read from its head without decoding the
+/// keys or holding the rest (for `skiff snapshot inspect`): it skips the version's parts
+/// (see [`SNAPSHOT_VERSION`]) and reads the count that follows them.
+pub fn snapshot_key_count(reader: &mut impl Read) -> std::io::Result<u64> {
+    let mut version = [0u8];
+    reader.read_exact(&mut version)?;
+    let parts = match version[0] {
+        2 => 1,
+        SNAPSHOT_VERSION => 2,
+        other => return Err(keymap::invalid(format!("unknown key-value snapshot version {other}"))),
+    };
+    for _ in 0..parts {
+        let length = keymap::read_varint_from(reader)?;
+        let skipped = std::io::copy(&mut reader.take(length), &mut std::io::sink())?;
+        if skipped != length {
+            return Err(keymap::invalid("the key-value snapshot's head is cut short"));
+        }
+    }
+    keymap::read_varint_from(reader)
+}
+
 /// A length-prefixed postcard part of a snapshot.
 fn read_part<T: serde::de::DeserializeOwned>(reader: &mut impl BufRead) -> std::io::Result<T> {
     let length = keymap::read_varint_from(reader)?;
@@ -1079,6 +1100,20 @@ mod tests {
         let retry = Command { request: Some(RequestId { key: "id".into(), fingerprint: 5 }), op: put("a", "1") };
         assert_eq!(copy.apply(Index(4), retry), DONE);
         assert_eq!(copy.get(b"a").expect("a").modify_index, 1);
+    }
+
+    #[test]
+    fn the_key_count_is_read_from_the_head_of_every_version() {
+        let mut store = sample_store();
+        store.apply(Index(51), Command { request: None, op: put("later", "x").at(5) });
+        let mut bytes = Vec::new();
+        store.snapshot(&mut bytes).expect("snapshot");
+        assert_eq!(snapshot_key_count(&mut &bytes[..]).expect("a count"), store.len() as u64);
+        // Version 2: one part, then the count.
+        assert_eq!(snapshot_key_count(&mut &[2, 3, 9, 9, 9, 42][..]).expect("a count"), 42);
+        // A head that claims more bytes than follow, and an unknown version.
+        assert!(snapshot_key_count(&mut &[3, 0xff, 0xff, 0x03, 1, 2][..]).is_err());
+        assert!(snapshot_key_count(&mut &[9, 0][..]).is_err());
     }
 
     #[test]
