@@ -812,8 +812,10 @@ impl StateMachine for KvStore {
     }
 
     /// The snapshot as of now, written later on any thread: everything but the key map is
-    /// encoded now (it is bounded: [`Retention`]'s remembered results and deletion marks),
-    /// and the map is a copy-on-write view of it, written out as `snapshot` would.
+    /// encoded now, on the apply thread (bounded: [`Retention`]'s remembered results and
+    /// deletion marks, at most [`MAX_LEASES`] sessions, and the lock states and leased keys,
+    /// one entry per key tied to a session), and the map is a copy-on-write view of it,
+    /// written out as `snapshot` would.
     fn snapshot_view(&self) -> Option<SnapshotWriter> {
         let head = self.snapshot_head();
         let map = self.data.map.clone();
