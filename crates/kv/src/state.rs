@@ -904,7 +904,7 @@ fn read_snapshot_body(reader: &mut impl BufRead, version: u8) -> std::io::Result
 
 /// The number of keys a key-value snapshot holds, read from its head without decoding the
 /// keys or holding the rest (for `skiff snapshot inspect`): it skips the version's parts
-/// (see [`SNAPSHOT_VERSION`]) and reads the count that follows them.
+/// (the layout is documented at `SNAPSHOT_VERSION`) and reads the count that follows them.
 pub fn snapshot_key_count(reader: &mut impl Read) -> std::io::Result<u64> {
     let mut version = [0u8];
     reader.read_exact(&mut version)?;
