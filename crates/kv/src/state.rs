@@ -898,7 +898,7 @@ fn read_snapshot_body(reader: &mut impl BufRead, version: u8) -> std::io::Result
         return Err(keymap::invalid("bytes follow the last key"));
     }
     data.coord.rebuild(&data.map);
-    validate_coord(&data)?;
+    validate_coord(&data.coord, &data.map)?;
     Ok(data)
 }
 
@@ -939,10 +939,9 @@ fn read_part<T: serde::de::DeserializeOwned>(reader: &mut impl BufRead) -> std::
 /// The coordination state of a decoded snapshot must agree with its keys: every lock on a
 /// key that exists, every holder's lease existing and listing the key (the bytes come from a
 /// disk or a peer: checked, not trusted).
-fn validate_coord(data: &Data) -> std::io::Result<()> {
-    let coord = &data.coord;
+fn validate_coord(coord: &Coord, map: &KeyMap) -> std::io::Result<()> {
     for (key, lock) in coord.locks.iter() {
-        if data.map.get(key).is_none() {
+        if map.get(key).is_none() {
             return Err(keymap::invalid(format!("a lock on the missing key {}", show(key))));
         }
         if let Some(holder) = &lock.holder

@@ -225,18 +225,11 @@ impl Coord {
         assert_eq!(rebuilt.lease_deadlines, self.lease_deadlines, "lease deadline index");
         assert_eq!(rebuilt.key_deadlines, self.key_deadlines, "key deadline index");
         assert_eq!(rebuilt.fences, self.fences, "fence index");
-        for (key, lock) in self.locks.0.iter() {
-            assert!(map.get(key).is_some(), "a lock state for the missing key {key:?}");
-            if let Some(holder) = &lock.holder {
-                let lease = self.leases.get(&holder.lease).expect("a holder's lease exists");
-                assert!(lease.keys.contains(key), "lease {} does not list its key {key:?}", holder.lease);
-            }
+        // Locks and sessions agree: the same rule a restored snapshot is validated by.
+        if let Err(error) = super::validate_coord(self, map) {
+            panic!("{error}");
         }
         for (id, lease) in &self.leases {
-            for key in &lease.keys {
-                let holder = self.locks.get(key).and_then(|lock| lock.holder.as_ref());
-                assert_eq!(holder.map(|h| h.lease.as_str()), Some(id.as_str()), "lease {id} lists {key:?}");
-            }
             assert!(lease.deadline == 0 || lease.deadline > self.clock, "lease {id} outlived its deadline");
         }
         if let Some((first, key)) = self.key_deadlines.first() {
