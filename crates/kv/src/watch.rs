@@ -43,9 +43,10 @@ fn process_start() -> std::time::Instant {
     *START.get_or_init(std::time::Instant::now)
 }
 
-/// Milliseconds on this node's monotonic clock since [`process_start`].
+/// Milliseconds on this node's monotonic clock since [`process_start`], plus 1: never 0,
+/// which marks "no anchor" in [`Published`].
 fn local_ms() -> u64 {
-    process_start().elapsed().as_millis() as u64
+    (process_start().elapsed().as_millis() as u64).saturating_add(1)
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +186,8 @@ impl Published {
     /// - It never runs ahead of the clock of the node that stamped an entry: the entry reached
     ///   this node after it was stamped, so a stamp plus the time since it was applied here is
     ///   at most the stamper's reading now. So a deadline is never seen as passed early.
+    ///   That needs every node's clock to start from a stamp: before the first one it reads
+    ///   1 ms and does not run.
     /// - It does not lose time: a leader applying its own stamp a few milliseconds after it
     ///   made it is not set back by that delay (were it, the cluster clock would fall behind
     ///   real time by one commit latency per clock entry, and TTLs would grow with uptime).
@@ -192,7 +195,9 @@ impl Published {
         let at = self.anchor_at.load(Ordering::Acquire);
         let anchor = self.anchor_ms.load(Ordering::Acquire);
         if at == 0 {
-            return self.clock_ms.load(Ordering::Acquire);
+            // No stamp applied yet: the clock does not run. A stamp made now says 1 ms, and
+            // the clock starts on every node when it applies the first stamp.
+            return self.clock_ms.load(Ordering::Acquire).max(1);
         }
         anchor.saturating_add(local_ms().saturating_sub(at))
     }
@@ -211,11 +216,16 @@ impl Published {
     /// sets this node's reading forward if it is ahead of it, and the earliest deadline.
     pub(crate) fn set_clock(&self, clock_ms: u64, next_deadline: Option<u64>) {
         self.clock_ms.store(clock_ms, Ordering::Release);
+        // The clock starts running at the first stamp (a replicated clock above 0), not at
+        // the first apply: nodes apply the first entries of a new cluster at their own
+        // start-up times, and a node started earlier would read the clock ahead of the
+        // leader's and see deadlines pass early once it leads (the skew of start-up times,
+        // not the election, would decide how much).
         let unset = self.anchor_at.load(Ordering::Relaxed) == 0;
-        if unset || clock_ms > self.now_ms() {
+        if (unset && clock_ms > 0) || (!unset && clock_ms > self.now_ms()) {
             // The local time first: a reader between the two stores sees the new time with
             // the old anchor, a reading a little early, never one ahead.
-            self.anchor_at.store(local_ms().max(1), Ordering::Release);
+            self.anchor_at.store(local_ms(), Ordering::Release);
             self.anchor_ms.store(clock_ms, Ordering::Release);
         }
         self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -339,6 +349,21 @@ mod tests {
         let after = published.now_ms();
         assert!((50_000..50_040).contains(&after), "{after}");
         assert_eq!(published.next_deadline(), Some(60_000));
+    }
+
+    #[test]
+    fn the_clock_starts_at_the_first_stamp_not_when_a_node_starts() {
+        let published = Published::default();
+        // A new cluster's first entries (membership, no stamp) leave the clock at 0.
+        published.set_clock(0, None);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(published.now_ms(), 1, "no stamp applied: the clock does not run yet");
+        // The first stamp starts it, on every node at the time it applies the stamp, so a
+        // node that started first does not read ahead of the leader.
+        published.set_clock(1, None);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let reading = published.now_ms();
+        assert!((31..200).contains(&reading), "the clock runs from the first stamp: {reading}");
     }
 
     /// Whether the watch's `changed()` is ready now (it consumes the wake-up if so).
