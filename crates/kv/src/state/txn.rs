@@ -279,7 +279,9 @@ mod tests {
             op(Verb::Delete, "t/a"),
         ];
         let Output::Txn(Ok(results)) = apply(&mut store, 2, Op::Txn(ops)) else { panic!("the transaction failed") };
-        let keys: Vec<(&[u8], Option<&[u8]>, u64)> =
+        /// A result as the test compares it: key, value (reads only), modify index.
+        type Seen<'a> = (&'a [u8], Option<&'a [u8]>, u64);
+        let keys: Vec<Seen> =
             results.iter().map(|entry| (&entry.key[..], entry.value.as_deref(), entry.modify_index)).collect();
         assert_eq!(
             keys,
