@@ -47,6 +47,11 @@ pub struct Limits {
     #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_LISTING_BYTES", value_name = "BYTES",
         default_value_t = Limits::default().max_listing_bytes))]
     pub max_listing_bytes: usize,
+    /// The largest `PUT /v1/txn` body, in bytes: a transaction is one log entry, so it must
+    /// fit in a peer message with the rest of its entry.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_TXN_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().max_txn_bytes))]
+    pub max_txn_bytes: usize,
     /// The most blocking queries (`?index=`) this node holds at once; more get 429.
     #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_BLOCKING_QUERIES", value_name = "COUNT",
         default_value_t = Limits::default().max_blocking_queries))]
@@ -87,6 +92,7 @@ impl Default for Limits {
             max_key_bytes: 8 << 10,
             max_value_bytes: 1 << 20,
             max_listing_bytes: 64 << 20,
+            max_txn_bytes: 2 << 20,
             max_blocking_queries: 4096,
             max_blocking_queries_per_client: 256,
             // The whole keyspace lives in memory, about 1.1 times its bytes: 2 GiB (etcd's
@@ -110,6 +116,14 @@ impl Limits {
     pub fn check(&self) -> Result<(), String> {
         let frame = skiff::transport::tcp::DEFAULT_MAX_FRAME_BYTES;
         let largest = self.max_key_bytes.saturating_add(self.max_value_bytes).max(crate::redis::MAX_COMMAND_BYTES);
+        if self.max_txn_bytes.saturating_add(Self::ENTRY_OVERHEAD_BYTES) > frame {
+            return Err(format!(
+                "--max-txn-bytes {} makes a transaction's log entry larger than a peer message may be ({frame} bytes, \
+                 less {} of framing): lower it",
+                self.max_txn_bytes,
+                Self::ENTRY_OVERHEAD_BYTES
+            ));
+        }
         if largest.saturating_add(Self::ENTRY_OVERHEAD_BYTES) > frame {
             return Err(format!(
                 "--max-key-bytes {} plus --max-value-bytes {} make a log entry larger than a peer message may be \
@@ -124,6 +138,7 @@ impl Limits {
             ("--max-value-bytes", self.max_value_bytes),
             ("--max-reply-bytes", self.max_reply_bytes),
             ("--max-listing-bytes", self.max_listing_bytes),
+            ("--max-txn-bytes", self.max_txn_bytes),
             ("--max-connections", self.max_connections),
         ];
         match zero.iter().find(|(_, value)| *value == 0) {

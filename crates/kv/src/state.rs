@@ -20,9 +20,11 @@ pub use crate::watch::{Published, Watch};
 
 mod coord;
 use coord::Coord;
+mod txn;
 pub use coord::{
     Behavior, ExpireIf, Expiry, Holder, KeyLock, Lease, LeaseSpec, Locks, MAX_LEASES, NO_SUCH_LEASE, STALE_FENCE,
 };
+pub use txn::{TxnEntry, TxnError, TxnOp, Verb};
 
 /// A copy of one stored value and its revisions (the Raft log indexes of the writes), to
 /// keep after a read of the state machine: an [`Entry`] borrows from the map.
@@ -122,6 +124,8 @@ pub enum Op {
     PutLeased { key: Bytes, value: Bytes, flags: u64, lease: String },
     /// `op`, only while the lock acquisition whose fencing token is `token` holds its lock.
     Fenced { token: u64, op: Box<Op> },
+    /// Consul's transaction: the operations in order, all or none (`state/txn.rs`).
+    Txn(Vec<TxnOp>),
 }
 
 /// When a [`Op::Set`] writes.
@@ -166,6 +170,11 @@ impl Op {
             | Op::Release { key, value, .. }
             | Op::PutLeased { key, value, .. } => (key.len() + value.len()) as u64,
             Op::Tick { .. } | Op::Expire { .. } | Op::LeaseRenew { .. } | Op::LeaseRevoke { .. } => 0,
+            Op::Txn(ops) => ops
+                .iter()
+                .filter(|op| matches!(op.verb, Verb::Set | Verb::Cas | Verb::Lock | Verb::Unlock))
+                .map(|op| (op.key.len() + op.value.len()) as u64)
+                .fold(0, u64::saturating_add),
             // A session's memory is bounded by `MAX_LEASES`, not by the keyspace quota.
             Op::LeaseGrant(_) => 0,
         }
@@ -238,6 +247,8 @@ pub enum Output {
     Lease(Box<Lease>),
     /// An [`Op::Acquire`]: whether the lock is held now, and its fencing token.
     Acquired { ok: bool, fence: u64 },
+    /// An [`Op::Txn`]: its results, or the operation that failed (nothing was applied).
+    Txn(Result<Vec<TxnEntry>, TxnError>),
 }
 
 /// Redis's wording, so that clients recognise the errors.
@@ -618,6 +629,7 @@ impl KvStore {
             Op::PutLeased { key, value, flags, lease } => self.put_leased(index, key, &value, flags, lease),
             Op::Fenced { token, op } if self.fence_holds(token) => self.apply_op(index, *op),
             Op::Fenced { token, .. } => self.stale_fence(token),
+            Op::Txn(ops) => self.txn(index, ops),
         }
     }
 

@@ -566,7 +566,7 @@ pub(super) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
 }
 
 /// The `Idempotency-Key` header as a request id, with a digest of the operation.
-fn request_id(headers: &HeaderMap, op: &Op) -> ApiResult<Option<RequestId>> {
+pub(super) fn request_id(headers: &HeaderMap, op: &Op) -> ApiResult<Option<RequestId>> {
     let Some(value) = headers.get("Idempotency-Key") else { return Ok(None) };
     let key =
         value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= MAX_REQUEST_ID_BYTES).ok_or_else(|| {

@@ -31,6 +31,7 @@ mod probes;
 mod session;
 mod snapshot;
 mod status;
+mod txn;
 
 use self::consul::*;
 use self::faults::*;
@@ -40,6 +41,7 @@ use self::probes::*;
 use self::session::*;
 use self::snapshot::*;
 use self::status::*;
+use self::txn::*;
 use crate::auth::{Access, Auth};
 use crate::server::Limits;
 use crate::state::{
@@ -89,6 +91,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/kv/", any(kv))
         .route("/v1/kv/{*key}", any(kv))
+        .route("/v1/txn", axum::routing::put(txn))
         .route("/v1/session/create", axum::routing::put(session_create))
         .route("/v1/session/destroy/{id}", axum::routing::put(session_destroy))
         .route("/v1/session/renew/{id}", axum::routing::put(session_renew))

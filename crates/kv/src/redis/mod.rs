@@ -477,6 +477,7 @@ fn op_size(op: &Op) -> usize {
         Op::LeaseGrant(spec) => spec.id.len() + spec.name.len() + spec.node.len(),
         Op::LeaseRenew { id } | Op::LeaseRevoke { id } => id.len(),
         Op::Tick { .. } => 0,
+        Op::Txn(ops) => ops.iter().map(|op| op.key.len() + op.value.len() + op.session.len()).sum(),
     }
 }
 

@@ -273,6 +273,7 @@ pub(super) fn describe(op: &Op) -> Option<String> {
             format!("put {} ({}) with lease {lease}", show(key), super::bytes(value.len()))
         }
         Op::Fenced { token, op } => format!("{} fenced by {token}", op.describe()),
+        Op::Txn(ops) => format!("transaction of {} operation{}", ops.len(), if ops.len() == 1 { "" } else { "s" }),
         _ => return None,
     })
 }
@@ -362,8 +363,21 @@ impl KvStore {
         true
     }
 
+    /// Notes again that `lock`'s holder holds `key` (the inverse of [`KvStore::untie`], for
+    /// a transaction's undo).
+    pub(super) fn tie(&mut self, key: &Bytes, lock: &KeyLock) {
+        let Some(holder) = &lock.holder else { return };
+        let coord = &mut self.data.coord;
+        if let Some(lease) = coord.leases.get_mut(&holder.lease) {
+            lease.keys.insert(key.clone());
+        }
+        if holder.fence > 0 {
+            coord.fences.insert(holder.fence, key.clone());
+        }
+    }
+
     /// Forgets that `lock`'s holder holds `key` (the key's lock state is already changed).
-    fn untie(&mut self, key: &Bytes, lock: &KeyLock) {
+    pub(super) fn untie(&mut self, key: &Bytes, lock: &KeyLock) {
         let Some(holder) = &lock.holder else { return };
         let coord = &mut self.data.coord;
         if let Some(lease) = coord.leases.get_mut(&holder.lease) {

@@ -14,6 +14,7 @@ mod concurrency;
 mod kv;
 mod limits;
 mod sessions;
+mod txn;
 
 use std::collections::BTreeMap;
 
