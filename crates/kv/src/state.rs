@@ -26,7 +26,7 @@ pub use coord::{
 
 /// A copy of one stored value and its revisions (the Raft log indexes of the writes), to
 /// keep after a read of the state machine: an [`Entry`] borrows from the map.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
     pub value: Bytes,
     /// The index of the write that created the key.
@@ -126,6 +126,9 @@ pub enum Op {
     /// when watched (its modify index and deadline; 0 and 0 for a key absent or past its
     /// deadline); otherwise nothing applies and the output is [`Output::Aborted`].
     Guarded { expect: Vec<Watched>, op: Box<Op> },
+    /// Redis reads inside `MULTI`: answers `keys` as they are at this place in the log (a
+    /// key past its deadline as absent) and writes nothing.
+    Read { keys: Vec<Bytes> },
 }
 
 /// A key as [`Op::Guarded`] expects to find it.
@@ -190,6 +193,7 @@ impl Op {
             | Op::Release { key, value, .. }
             | Op::PutLeased { key, value, .. } => (key.len() + value.len()) as u64,
             Op::Tick { .. } | Op::Expire { .. } | Op::LeaseRenew { .. } | Op::LeaseRevoke { .. } => 0,
+            Op::Read { .. } => 0,
             // A session's memory is bounded by `MAX_LEASES`, not by the keyspace quota.
             Op::LeaseGrant(_) => 0,
         }
@@ -223,6 +227,7 @@ impl Op {
                 format!("batch of {}: {}", ops.len(), text.join("; "))
             }
             Op::WithinQuota { op, .. } => op.describe(),
+            Op::Read { keys } => format!("read {} key{}", keys.len(), if keys.len() == 1 { "" } else { "s" }),
             Op::Guarded { expect, op } => {
                 format!(
                     "if {} watched key{} unchanged: {}",
@@ -272,6 +277,8 @@ pub enum Output {
     Acquired { ok: bool, fence: u64 },
     /// An [`Op::Guarded`] whose watched keys changed: nothing was applied.
     Aborted,
+    /// An [`Op::Read`]: each key's value (None: absent), and the cluster clock it was read at.
+    Read { now_ms: u64, found: Vec<Option<Value>> },
 }
 
 /// Redis's wording, so that clients recognise the errors.
@@ -654,6 +661,11 @@ impl KvStore {
             Op::Fenced { token, .. } => self.stale_fence(token),
             Op::Guarded { expect, op } if self.unchanged(&expect) => self.apply_op(index, *op),
             Op::Guarded { .. } => Output::Aborted,
+            Op::Read { keys } => {
+                let clock = self.data.coord.clock;
+                let found = keys.iter().map(|key| self.data.map.get(key).filter(|entry| alive(entry, clock)));
+                Output::Read { now_ms: clock, found: found.map(|entry| entry.map(Value::from)).collect() }
+            }
         }
     }
 
@@ -1455,5 +1467,38 @@ mod tests {
         assert!(message.starts_with(OVER_QUOTA), "{message}");
         assert_eq!(value(&store, "a"), Some(b"1".to_vec()), "the delete in it did not apply either");
         assert!(store.get(b"b").is_none());
+    }
+
+    #[test]
+    fn a_read_in_a_batch_answers_the_state_at_its_place_and_a_key_past_its_deadline_as_absent() {
+        let mut store = KvStore::default();
+        let read =
+            |keys: &[&str]| Op::Read { keys: keys.iter().map(|key| Bytes::copy_from_slice(key.as_bytes())).collect() };
+        let set_px = Op::SetWith {
+            key: Bytes::from_static(b"short"),
+            value: Bytes::from_static(b"v"),
+            when: When::Always,
+            get: false,
+            expiry: Expiry::After(100),
+        };
+        run(&mut store, 1, set_px.at(1_000));
+        let batch = Op::Batch(vec![read(&["a", "short"]), put("a", "1"), read(&["a"]), put("a", "2")]).at(1_050);
+        let Output::Batch(outputs) = run(&mut store, 2, batch) else { panic!("a batch output") };
+        let found = |output: &Output| match output {
+            Output::Read { found, .. } => found
+                .iter()
+                .map(|value| value.as_ref().map(|value| (value.value.to_vec(), value.modify_index)))
+                .collect(),
+            other => panic!("a read output, not {other:?}"),
+        };
+        let first: Vec<Option<(Vec<u8>, u64)>> = found(&outputs[0]);
+        assert_eq!(first, vec![None, Some((b"v".to_vec(), 1))]);
+        assert_eq!(found(&outputs[2]), vec![Some((b"1".to_vec(), 2))], "after the write before it, not the one after");
+        assert_eq!(value(&store, "a"), Some(b"2".to_vec()));
+        // Past its deadline on the replicated clock: absent, whether or not its expiry applied.
+        let Output::Read { now_ms, found: later } = run(&mut store, 3, read(&["short"]).at(1_100)) else {
+            panic!("a read output")
+        };
+        assert_eq!((now_ms, later), (1_100, vec![None]));
     }
 }

@@ -339,6 +339,15 @@ fn value_size(store: &impl Keyspace, key: &[u8]) -> usize {
 const FEWER_KEYS: &str = "ask for fewer keys";
 
 impl Query {
+    /// The keys the query reads, if it reads named keys only (not KEYS, SCAN, DBSIZE).
+    pub fn keys(&self) -> Option<Vec<Bytes>> {
+        match self {
+            Query::Get(key) | Query::StrLen(key) | Query::Type(key) | Query::Ttl { key, .. } => Some(vec![key.clone()]),
+            Query::MGet(keys) | Query::Exists(keys) => Some(keys.clone()),
+            Query::Keys { .. } | Query::Scan { .. } | Query::DbSize => None,
+        }
+    }
+
     /// Whether the query walks the keyspace (KEYS, SCAN): it runs on a view, off the apply thread.
     pub fn is_heavy(&self) -> bool {
         matches!(self, Query::Keys { .. } | Query::Scan { .. })
@@ -921,6 +930,7 @@ mod tests {
                 };
                 answer.reply(&outputs)
             }
+            Plan::Transaction(control) => panic!("{control:?} is the connection's"),
         }
     }
 
@@ -1019,6 +1029,7 @@ mod tests {
                     };
                     answer.reply(&outputs)
                 }
+                Plan::Transaction(control) => panic!("{control:?} is the connection's"),
             }
         }
 

@@ -503,6 +503,7 @@ fn op_size(op: &Op) -> usize {
         Op::DeletePrefix { prefix } => prefix.len(),
         Op::Batch(ops) => ops.iter().map(op_size).sum(),
         Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } => op_size(op),
+        Op::Read { keys } => keys.iter().map(|key| key.len()).sum(),
         Op::Guarded { expect, op } => expect.iter().map(|watched| watched.key.len()).sum::<usize>() + op_size(op),
         Op::SetWith { key, value, .. }
         | Op::Acquire { key, value, .. }

@@ -4,10 +4,12 @@
 
 use bytes::Bytes;
 
-use super::commands::{Answer, Plan};
+use std::collections::BTreeMap;
+
+use super::commands::{Answer, Budget, Plan, Query, Reading};
 use super::resp::Reply;
 use super::{MAX_PROPOSAL_BYTES, Redis, node_error, op_size};
-use crate::state::{Command, Op, Output, Watched};
+use crate::state::{Command, Entry, Keyspace, Op, Output, Value, Watched};
 
 /// Commands one transaction may queue, at most.
 pub(super) const MAX_QUEUED_COMMANDS: usize = 100_000;
@@ -18,10 +20,9 @@ pub(super) const MAX_WATCHED_KEYS: usize = 10_000;
 pub(super) const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
 /// The answer to a command that would change the connection, inside `MULTI`.
 pub(super) const NOT_IN_MULTI: &str = "ERR Command not allowed inside a transaction";
-/// The answer to a read inside `MULTI`: its reply would have to show the state at its place
-/// in the entry, which the state machine does not answer for reads.
-pub(super) const NO_READS_IN_MULTI: &str = "ERR Skiff does not run reads inside MULTI (their reply would have to \
-    show the state inside the transaction): read before MULTI, after WATCH, and EXEC aborts if the keys changed";
+/// The answer to a whole-keyspace read inside `MULTI`.
+pub(super) const NO_SCANS_IN_MULTI: &str =
+    "ERR Skiff does not run KEYS, SCAN or DBSIZE inside MULTI: run them before MULTI, after WATCH";
 
 /// The commands queued since `MULTI`.
 #[derive(Default)]
@@ -39,6 +40,9 @@ enum Queued {
     Reply(Reply),
     /// Its operations, and how their outputs become its reply.
     Write { ops: Vec<Op>, answer: Answer },
+    /// A read of named keys: an [`Op::Read`] in the entry, so that it answers the state at
+    /// its place in the transaction.
+    Read(Query),
 }
 
 impl Transaction {
@@ -66,7 +70,21 @@ impl Transaction {
                     return queued();
                 }
             }
-            Plan::Read(_) => Reply::error(NO_READS_IN_MULTI),
+            Plan::Read(query) => match query.keys() {
+                Some(keys) => {
+                    let bytes = self.bytes + keys.iter().map(Bytes::len).sum::<usize>();
+                    if bytes > MAX_PROPOSAL_BYTES {
+                        Reply::error(format!(
+                            "ERR the transaction is over the limit of {MAX_PROPOSAL_BYTES} bytes of keys and values"
+                        ))
+                    } else {
+                        self.bytes = bytes;
+                        self.queued.push(Queued::Read(query));
+                        return queued();
+                    }
+                }
+                None => Reply::error(NO_SCANS_IN_MULTI),
+            },
             Plan::Transaction(control) => Reply::error(format!("ERR {control:?} cannot be queued")),
         };
         self.failed = true;
@@ -79,14 +97,16 @@ impl Transaction {
         if self.failed {
             return Reply::error(EXECABORT);
         }
-        let writes = self.queued.iter().any(|queued| matches!(queued, Queued::Write { .. }));
-        if !writes && watched.is_empty() {
+        let empty = self.queued.iter().all(|queued| matches!(queued, Queued::Reply(_)));
+        if empty && watched.is_empty() {
             return Reply::Array(self.queued.into_iter().map(Queued::into_reply).collect());
         }
         let mut ops = Vec::new();
         for queued in &self.queued {
-            if let Queued::Write { ops: some, .. } = queued {
-                ops.extend(some.iter().cloned());
+            match queued {
+                Queued::Write { ops: some, .. } => ops.extend(some.iter().cloned()),
+                Queued::Read(query) => ops.push(Op::Read { keys: query.keys().unwrap_or_default() }),
+                Queued::Reply(_) => {}
             }
         }
         // Guarded even without watched keys: over the keyspace quota, the whole entry is
@@ -101,6 +121,7 @@ impl Transaction {
             Err(error) => return node_error(&error),
         };
         let mut at = 0;
+        let mut budget = Budget::new(redis.limits.max_reply_bytes);
         let mut replies = Vec::with_capacity(self.queued.len());
         for queued in self.queued {
             replies.push(match queued {
@@ -108,6 +129,22 @@ impl Transaction {
                 Queued::Write { ops, answer } => {
                     let reply = answer.reply(outputs.get(at..at + ops.len()).unwrap_or_default());
                     at += ops.len();
+                    reply
+                }
+                Queued::Read(query) => {
+                    let reply = match (query.keys(), outputs.get(at)) {
+                        (Some(keys), Some(Output::Read { now_ms, found })) => {
+                            let captured = Captured::new(*now_ms, keys, found.clone());
+                            // A `Reading` of its own: a round's reading shares one copy of
+                            // each key's value, and here a key may change between reads.
+                            let mut reading = Reading::new(budget);
+                            let reply = query.run(&captured, &redis.cursors, &mut reading);
+                            budget = reading.budget;
+                            reply
+                        }
+                        (_, output) => Reply::error(format!("ERR unexpected output {output:?} for a read")),
+                    };
+                    at += 1;
                     reply
                 }
             });
@@ -120,7 +157,7 @@ impl Queued {
     fn into_reply(self) -> Reply {
         match self {
             Queued::Reply(reply) => reply,
-            Queued::Write { .. } => Reply::error("ERR a write was not applied"),
+            Queued::Write { .. } | Queued::Read(_) => Reply::error("ERR a command was not run"),
         }
     }
 }
@@ -148,4 +185,52 @@ pub(super) fn add_watched(watched: &mut Vec<Watched>, found: Vec<Watched>) -> Re
 /// The keys of `WATCH` as the store has them now.
 pub(super) fn read_watched(store: &crate::state::KvStore, keys: &[Bytes]) -> Vec<Watched> {
     keys.iter().map(|key| Watched::new(key.clone(), store.get(key))).collect()
+}
+
+/// The keys an [`Op::Read`] found, as a keyspace for the queries that asked for them.
+struct Captured {
+    now_ms: u64,
+    values: BTreeMap<Bytes, Value>,
+}
+
+impl Captured {
+    fn new(now_ms: u64, keys: Vec<Bytes>, found: Vec<Option<Value>>) -> Captured {
+        let values = keys.into_iter().zip(found).filter_map(|(key, value)| Some((key, value?))).collect();
+        Captured { now_ms, values }
+    }
+}
+
+fn entry<'a>(key: &'a Bytes, value: &'a Value) -> Entry<'a> {
+    Entry {
+        key,
+        value: &value.value,
+        create_index: value.create_index,
+        modify_index: value.modify_index,
+        flags: value.flags,
+        expires: value.expires,
+    }
+}
+
+impl Keyspace for Captured {
+    fn get(&self, key: &[u8]) -> Option<Entry<'_>> {
+        self.values.get_key_value(key).map(|(key, value)| entry(key, value))
+    }
+
+    fn after<'a>(&'a self, after: Option<&[u8]>) -> Box<dyn Iterator<Item = Entry<'a>> + 'a> {
+        let after = after.map(Bytes::copy_from_slice);
+        Box::new(
+            self.values
+                .iter()
+                .filter(move |(key, _)| after.as_ref().is_none_or(|after| *key > after))
+                .map(|(key, value)| entry(key, value)),
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
 }

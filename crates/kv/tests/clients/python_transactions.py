@@ -93,13 +93,16 @@ def aborts_and_discard(r, prefix):
         client.connection_pool.release(connection)
 
     with client.pipeline(transaction=True) as p:
-        p.set(k("read"), 1).get(k("read"))
+        p.get(k("read")).set(k("read"), 1).get(k("read")).incr(k("read")).mget(k("read"), k("none")).exists(k("read"))
+        check("reads inside MULTI see the transaction's state", p.execute(), [None, True, b"1", 2, [b"2", None], 1])
+    with client.pipeline(transaction=True) as p:
+        p.set(k("scan"), 1).keys("*")
         try:
             p.execute()
-            raise CheckFailed("a read inside MULTI was run")
+            raise CheckFailed("KEYS inside MULTI was run")
         except ResponseError as error:
-            check_true("a read inside MULTI is refused, clearly", "reads inside MULTI" in str(error), str(error))
-    check("and its transaction aborted", client.get(k("read")), None)
+            check_true("KEYS inside MULTI is refused, clearly", "inside MULTI" in str(error), str(error))
+    check("and its transaction aborted", client.get(k("scan")), None)
 
 
 def increment(client, key, interfere=None):
