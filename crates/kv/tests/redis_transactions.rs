@@ -184,6 +184,14 @@ fn multi_queues_exec_answers_in_order_and_errors_at_queue_time_abort() {
         replies,
         vec![ok(), ok(), queued(), queued(), Reply::Array(vec![Reply::Integer(2), Reply::Integer(3)]), bulk("3")]
     );
+
+    // QUIT inside MULTI is not queued: it answers and closes, and nothing queued applies.
+    assert_eq!(c.call_words("MULTI"), ok());
+    assert_eq!(c.call_words("SET quit yes"), queued());
+    assert_eq!(c.call_words("QUIT"), ok());
+    assert!(c.closed(), "QUIT closes the connection");
+    let mut again = Connection::open(follower);
+    assert_eq!(again.call_words("GET quit"), Reply::Bulk(None));
 }
 
 #[test]

@@ -346,7 +346,8 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
         }
         if let Some(multi) = &mut session.multi {
             redis.metrics.other.increment(1);
-            let reply = multi.queue(plan);
+            // QUIT is not queued: it answers and closes the connection, as in Redis.
+            let reply = if session.quit { Reply::Ok } else { multi.queue(plan) };
             budget.charge(reply.encoded_len(false));
             replies[slot] = Some(reply);
             continue;
