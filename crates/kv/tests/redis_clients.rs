@@ -1374,6 +1374,9 @@ fn check_python(test: &str, output: &Output) {
     let shown = format!("stdout:\n{}\nstderr:\n{}", output.stdout, output.stderr);
     assert!(output.status.success(), "{test}: {} failed ({}):\n{shown}", output.what, output.status);
     eprintln!("{test}: {} checks passed", output.stdout.lines().filter(|line| line.starts_with("ok: ")).count());
+    for line in output.stdout.lines().filter(|line| line.starts_with("info: ")) {
+        eprintln!("{test}: {line}");
+    }
 }
 
 /// The transcript and the checks that hold for Redis too, against a real Redis 7: the
