@@ -28,7 +28,7 @@ pub use txn::{TxnEntry, TxnError, TxnOp, Verb};
 
 /// A copy of one stored value and its revisions (the Raft log indexes of the writes), to
 /// keep after a read of the state machine: an [`Entry`] borrows from the map.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
     pub value: Bytes,
     /// The index of the write that created the key.
@@ -126,6 +126,31 @@ pub enum Op {
     Fenced { token: u64, op: Box<Op> },
     /// Consul's transaction: the operations in order, all or none (`state/txn.rs`).
     Txn(Vec<TxnOp>),
+    /// Redis `EXEC` after `WATCH`: `op` applies only if every watched key is still as it was
+    /// when watched (its modify index and deadline; 0 and 0 for a key absent or past its
+    /// deadline); otherwise nothing applies and the output is [`Output::Aborted`].
+    Guarded { expect: Vec<Watched>, op: Box<Op> },
+    /// Redis reads inside `MULTI`: answers `keys` as they are at this place in the log (a
+    /// key past its deadline as absent) and writes nothing.
+    Read { keys: Vec<Bytes> },
+}
+
+/// A key as [`Op::Guarded`] expects to find it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watched {
+    pub key: Bytes,
+    /// The key's modify index; 0 if it was absent (or past its deadline).
+    pub modify_index: u64,
+    /// The key's deadline on the cluster clock; 0 for none (or absent).
+    pub expires: u64,
+}
+
+impl Watched {
+    /// `key` as `found` shows it (`None`: absent, or past its deadline).
+    pub fn new(key: Bytes, found: Option<Entry<'_>>) -> Watched {
+        let (modify_index, expires) = found.map_or((0, 0), |entry| (entry.modify_index, entry.expires));
+        Watched { key, modify_index, expires }
+    }
 }
 
 /// When a [`Op::Set`] writes.
@@ -164,7 +189,9 @@ impl Op {
             Op::IncrBy { key, .. } => key.len() as u64 + INTEGER_DIGITS,
             Op::Delete { .. } | Op::DeletePrefix { .. } => 0,
             Op::Batch(ops) => ops.iter().map(Op::most_added_bytes).fold(0, u64::saturating_add),
-            Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } => op.most_added_bytes(),
+            Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } | Op::Guarded { op, .. } => {
+                op.most_added_bytes()
+            }
             Op::SetWith { key, value, .. }
             | Op::Acquire { key, value, .. }
             | Op::Release { key, value, .. }
@@ -175,6 +202,7 @@ impl Op {
                 .filter(|op| matches!(op.verb, Verb::Set | Verb::Cas | Verb::Lock | Verb::Unlock))
                 .map(|op| (op.key.len() + op.value.len()) as u64)
                 .fold(0, u64::saturating_add),
+            Op::Read { .. } => 0,
             // A session's memory is bounded by `MAX_LEASES`, not by the keyspace quota.
             Op::LeaseGrant(_) => 0,
         }
@@ -208,6 +236,15 @@ impl Op {
                 format!("batch of {}: {}", ops.len(), text.join("; "))
             }
             Op::WithinQuota { op, .. } => op.describe(),
+            Op::Read { keys } => format!("read {} key{}", keys.len(), if keys.len() == 1 { "" } else { "s" }),
+            Op::Guarded { expect, op } => {
+                format!(
+                    "if {} watched key{} unchanged: {}",
+                    expect.len(),
+                    if expect.len() == 1 { "" } else { "s" },
+                    op.describe()
+                )
+            }
             op => coord::describe(op).unwrap_or_default(),
         }
     }
@@ -249,6 +286,10 @@ pub enum Output {
     Acquired { ok: bool, fence: u64 },
     /// An [`Op::Txn`]: its results, or the operation that failed (nothing was applied).
     Txn(Result<Vec<TxnEntry>, TxnError>),
+    /// An [`Op::Guarded`] whose watched keys changed: nothing was applied.
+    Aborted,
+    /// An [`Op::Read`]: each key's value (None: absent), and the cluster clock it was read at.
+    Read { now_ms: u64, found: Vec<Option<Value>> },
 }
 
 /// Redis's wording, so that clients recognise the errors.
@@ -630,7 +671,25 @@ impl KvStore {
             Op::Fenced { token, op } if self.fence_holds(token) => self.apply_op(index, *op),
             Op::Fenced { token, .. } => self.stale_fence(token),
             Op::Txn(ops) => self.txn(index, ops),
+            Op::Guarded { expect, op } if self.unchanged(&expect) => self.apply_op(index, *op),
+            Op::Guarded { .. } => Output::Aborted,
+            Op::Read { keys } => {
+                let clock = self.data.coord.clock;
+                let found = keys.iter().map(|key| self.data.map.get(key).filter(|entry| alive(entry, clock)));
+                Output::Read { now_ms: clock, found: found.map(|entry| entry.map(Value::from)).collect() }
+            }
         }
+    }
+
+    /// Whether every key of `expect` is as it was watched. A key past its deadline on the
+    /// replicated clock counts as absent, as reads show it, whether or not its expiry has
+    /// been applied yet: so the answer depends only on the replicated state.
+    fn unchanged(&self, expect: &[Watched]) -> bool {
+        let clock = self.data.coord.clock;
+        expect.iter().all(|watched| {
+            let found = self.data.map.get(&watched.key).filter(|entry| alive(entry, clock));
+            Watched::new(watched.key.clone(), found) == *watched
+        })
     }
 
     /// The keyspace quota, decided here on apply rather than by the proposer: every replica
@@ -1321,5 +1380,136 @@ mod tests {
         assert_eq!(copy.used_bytes(), store.used_bytes());
         let op = within(QUOTA, put("k9", "x"));
         assert_eq!(run(&mut copy, 9, op.clone()), run(&mut store, 9, op));
+    }
+
+    /// What `key` is now, as `WATCH` records it (absent or past its deadline: 0, 0).
+    fn watch(store: &KvStore, key: &str) -> Watched {
+        Watched::new(Bytes::copy_from_slice(key.as_bytes()), store.get(key.as_bytes()))
+    }
+
+    fn guarded(expect: Vec<Watched>, ops: Vec<Op>) -> Op {
+        Op::Guarded { expect, op: Box::new(Op::Batch(ops)) }
+    }
+
+    fn value(store: &KvStore, key: &str) -> Option<Vec<u8>> {
+        store.get(key.as_bytes()).map(|entry| entry.value.to_vec())
+    }
+
+    #[test]
+    fn a_guarded_batch_applies_whole_while_its_watched_keys_are_unchanged() {
+        let mut store = KvStore::default();
+        run(&mut store, 1, put("a", "1"));
+        let expect = vec![watch(&store, "a"), watch(&store, "absent")];
+        assert_eq!(expect[0].modify_index, 1);
+        assert_eq!(expect[1].modify_index, 0);
+        // Another key changing does not matter.
+        run(&mut store, 2, put("other", "x"));
+        let output = run(&mut store, 3, guarded(expect, vec![put("a", "2"), put("b", "3")]));
+        assert_eq!(output, Output::Batch(vec![DONE, DONE]));
+        assert_eq!((value(&store, "a"), value(&store, "b")), (Some(b"2".to_vec()), Some(b"3".to_vec())));
+    }
+
+    #[test]
+    fn a_guarded_batch_aborts_applying_nothing_when_a_watched_key_was_written_deleted_or_created() {
+        type Change = fn(&mut KvStore);
+        let changes: [(&str, Change); 4] = [
+            ("written", |store| assert_eq!(run(store, 3, put("a", "other")), DONE)),
+            ("rewritten with the same value", |store| assert_eq!(run(store, 3, put("a", "1")), DONE)),
+            ("deleted", |store| {
+                let deleted = run(store, 3, Op::Delete { key: Bytes::from_static(b"a"), cas: None });
+                assert_eq!(deleted, Output::Done { ok: true, deleted: 1 });
+            }),
+            ("created", |store| assert_eq!(run(store, 3, put("absent", "new")), DONE)),
+        ];
+        for (what, change) in changes {
+            let mut store = KvStore::default();
+            run(&mut store, 1, put("a", "1"));
+            let expect = vec![watch(&store, "a"), watch(&store, "absent")];
+            change(&mut store);
+            let before = (value(&store, "a"), value(&store, "absent"), store.len());
+            let output = run(&mut store, 4, guarded(expect, vec![put("b", "2"), put("a", "mine")]));
+            assert_eq!(output, Output::Aborted, "a watched key {what}");
+            assert_eq!((value(&store, "a"), value(&store, "absent"), store.len()), before, "{what}: nothing applied");
+            assert!(store.get(b"b").is_none(), "{what}: nothing applied");
+        }
+    }
+
+    #[test]
+    fn a_guarded_batch_aborts_when_a_watched_key_expired_or_its_deadline_changed() {
+        let set_px = |key: &str, ms: u64| Op::SetWith {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            when: When::Always,
+            get: false,
+            expiry: Expiry::After(ms),
+        };
+        let mut store = KvStore::default();
+        run(&mut store, 1, set_px("a", 1_000).at(10_000));
+        run(&mut store, 2, set_px("b", 1_000).at(10_000));
+        let expect_a = vec![watch(&store, "a")];
+        let expect_b = vec![watch(&store, "b")];
+        assert!(expect_a[0].expires > 0);
+        // "a" expires when the clock passes its deadline: the stamp of the guarded entry itself.
+        let output = run(&mut store, 3, guarded(expect_a, vec![put("c", "1")]).at(11_500));
+        assert_eq!(output, Output::Aborted, "a watched key expired");
+        assert!(store.get(b"c").is_none());
+        // "b" had its deadline changed (EXPIRE is not a write of the value, but Redis counts it).
+        run(
+            &mut store,
+            4,
+            Op::Expire { key: Bytes::from_static(b"b"), expiry: Expiry::Clear, when: ExpireIf::Always, get: false },
+        );
+        assert_eq!(run(&mut store, 5, guarded(expect_b, vec![put("c", "1")])), Output::Aborted);
+        // A key that was already gone when watched, and still is, is unchanged.
+        let expect = vec![watch(&store, "a")];
+        assert_eq!(expect[0], Watched { key: Bytes::from_static(b"a"), modify_index: 0, expires: 0 });
+        assert_eq!(run(&mut store, 6, guarded(expect, vec![put("c", "1")])), Output::Batch(vec![DONE]));
+    }
+
+    #[test]
+    fn a_guarded_batch_over_the_quota_is_refused_whole_and_its_watched_keys_do_not_matter_then() {
+        let mut store = KvStore::default();
+        run(&mut store, 1, put("a", "1"));
+        let expect = vec![watch(&store, "a")];
+        let op =
+            guarded(expect, vec![Op::Delete { key: Bytes::from_static(b"a"), cas: None }, put("b", &"v".repeat(50))]);
+        assert_eq!(op.most_added_bytes(), 51);
+        let Output::Refused(message) = run(&mut store, 2, within(20, op)) else { panic!("refused for the quota") };
+        assert!(message.starts_with(OVER_QUOTA), "{message}");
+        assert_eq!(value(&store, "a"), Some(b"1".to_vec()), "the delete in it did not apply either");
+        assert!(store.get(b"b").is_none());
+    }
+
+    #[test]
+    fn a_read_in_a_batch_answers_the_state_at_its_place_and_a_key_past_its_deadline_as_absent() {
+        let mut store = KvStore::default();
+        let read =
+            |keys: &[&str]| Op::Read { keys: keys.iter().map(|key| Bytes::copy_from_slice(key.as_bytes())).collect() };
+        let set_px = Op::SetWith {
+            key: Bytes::from_static(b"short"),
+            value: Bytes::from_static(b"v"),
+            when: When::Always,
+            get: false,
+            expiry: Expiry::After(100),
+        };
+        run(&mut store, 1, set_px.at(1_000));
+        let batch = Op::Batch(vec![read(&["a", "short"]), put("a", "1"), read(&["a"]), put("a", "2")]).at(1_050);
+        let Output::Batch(outputs) = run(&mut store, 2, batch) else { panic!("a batch output") };
+        let found = |output: &Output| match output {
+            Output::Read { found, .. } => found
+                .iter()
+                .map(|value| value.as_ref().map(|value| (value.value.to_vec(), value.modify_index)))
+                .collect(),
+            other => panic!("a read output, not {other:?}"),
+        };
+        let first: Vec<Option<(Vec<u8>, u64)>> = found(&outputs[0]);
+        assert_eq!(first, vec![None, Some((b"v".to_vec(), 1))]);
+        assert_eq!(found(&outputs[2]), vec![Some((b"1".to_vec(), 2))], "after the write before it, not the one after");
+        assert_eq!(value(&store, "a"), Some(b"2".to_vec()));
+        // Past its deadline on the replicated clock: absent, whether or not its expiry applied.
+        let Output::Read { now_ms, found: later } = run(&mut store, 3, read(&["short"]).at(1_100)) else {
+            panic!("a read output")
+        };
+        assert_eq!((now_ms, later), (1_100, vec![None]));
     }
 }

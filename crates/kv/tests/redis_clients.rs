@@ -13,6 +13,8 @@
 //!   RESP3, and py-consul, blocking queries included).
 //! - `python_ttl*` runs `tests/clients/python_ttls.py` (redis-py's TTL commands, keys that
 //!   expire on every node, and through a leader stop).
+//! - `python_transactions*` runs `tests/clients/python_transactions.py` (redis-py's
+//!   MULTI/EXEC pipelines, EXECABORT, DISCARD, and WATCH under contention).
 //! - `*_with_tokens` run redis-cli (`-a`, `--user`/`--pass`) and the Python script's
 //!   `--auth` checks (redis-py's `password=`, `username=`, RESP3's HELLO AUTH; py-consul's
 //!   `token=` and `ACLPermissionDenied`) against a cluster with `[auth]`.
@@ -1282,6 +1284,26 @@ fn python_ttls_answer_as_redis_and_expire_on_every_node() {
     check_python(test, &output);
 }
 
+/// redis-py's transactions (`tests/clients/python_transactions.py`): `pipeline(transaction=True)`
+/// through every node, a run-time error inside EXEC, EXECABORT, DISCARD, the WATCH retry
+/// recipe, and 4 clients incrementing one counter 50 times each through WATCH: exactly 200.
+#[test]
+fn python_transactions_are_all_or_nothing_and_watch_loses_no_update() {
+    let test = "python_transactions_are_all_or_nothing_and_watch_loses_no_update";
+    if !tools_present(test, &[python_modules()]) {
+        return;
+    }
+    let cluster = start("redis-python-transactions");
+    let target = target(&cluster, "skiff");
+    let output = run(
+        python_script("python_transactions.py", &["--redis", &redis_addresses(&target)]),
+        None,
+        Duration::from_secs(120),
+    );
+    cluster.shutdown();
+    check_python(test, &output);
+}
+
 /// Issue 18's guarantee through a leader change, with redis-py: a key written with
 /// `EX 2` through the leader, which is stopped 1.4 s later, stays on the survivors until
 /// its TTL (not shortened) and is gone by its TTL + the longest election timeout + 0.5 s
@@ -1352,6 +1374,9 @@ fn check_python(test: &str, output: &Output) {
     let shown = format!("stdout:\n{}\nstderr:\n{}", output.stdout, output.stderr);
     assert!(output.status.success(), "{test}: {} failed ({}):\n{shown}", output.what, output.status);
     eprintln!("{test}: {} checks passed", output.stdout.lines().filter(|line| line.starts_with("ok: ")).count());
+    for line in output.stdout.lines().filter(|line| line.starts_with("info: ")) {
+        eprintln!("{test}: {line}");
+    }
 }
 
 /// The transcript and the checks that hold for Redis too, against a real Redis 7: the

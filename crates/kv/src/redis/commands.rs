@@ -57,8 +57,24 @@ pub const COMMANDS: &[Spec] = &[
     spec("decr", 2, WRITE, ONE, "string", "Decrements the integer value of a key by one."),
     spec("decrby", 3, WRITE, ONE, "string", "Decrements the integer value of a key by a number."),
     spec("del", -2, &["write"], ALL, "generic", "Deletes keys and returns how many existed."),
+    spec(
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Discards the commands queued since MULTI.",
+    ),
     spec("echo", 2, &["fast"], NONE, "connection", "Returns the given string."),
     spec("exists", -2, READ, ALL, "generic", "Counts how many of the given keys exist."),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NONE,
+        "transactions",
+        "Runs the commands queued since MULTI as one log entry, all or nothing.",
+    ),
     spec("expire", -3, EXPIRES, ONE, "generic", "Sets a key's time to live in seconds (NX, XX, GT, LT)."),
     spec("expireat", -3, EXPIRES, ONE, "generic", "Sets a key's expiry as a Unix time in seconds (NX, XX, GT, LT)."),
     spec("expiretime", 2, READ, ONE, "generic", "A key's expiry as a Unix time in seconds: -1 (none) or -2 (no key)."),
@@ -73,6 +89,14 @@ pub const COMMANDS: &[Spec] = &[
     spec("keys", 2, &["readonly"], NONE, "generic", "Returns the keys that match a pattern."),
     spec("mget", -2, READ, ALL, "string", "Returns the values of several keys."),
     spec("mset", -3, &["write", "denyoom"], (1, -1, 2), "string", "Sets several keys atomically."),
+    spec(
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Starts a transaction: commands are queued until EXEC.",
+    ),
     spec("persist", 2, EXPIRES, ONE, "generic", "Removes a key's expiry."),
     spec("pexpire", -3, EXPIRES, ONE, "generic", "Sets a key's time to live in milliseconds (NX, XX, GT, LT)."),
     spec(
@@ -104,6 +128,22 @@ pub const COMMANDS: &[Spec] = &[
     spec("strlen", 2, READ, ONE, "string", "Returns the length of a key's value."),
     spec("ttl", 2, READ, ONE, "generic", "Time to live in seconds: -1 (no expiry) or -2 (no key)."),
     spec("type", 2, READ, ONE, "generic", "Returns the type of a key: string, or none."),
+    spec(
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Forgets the keys watched by WATCH.",
+    ),
+    spec(
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        ALL,
+        "transactions",
+        "Makes EXEC abort if any of the keys changes first.",
+    ),
 ];
 
 /// The command named `name`, in any case.
@@ -119,6 +159,18 @@ pub enum Plan {
     Write { ops: Vec<Op>, answer: Answer },
     /// A query on the state machine, after ReadIndex.
     Read(Query),
+    /// MULTI, EXEC, DISCARD, WATCH or UNWATCH: run by the connection (`mod.rs`).
+    Transaction(Control),
+}
+
+/// A transaction command.
+#[derive(Debug)]
+pub enum Control {
+    Multi,
+    Exec,
+    Discard,
+    Watch(Vec<Bytes>),
+    Unwatch,
 }
 
 /// How the outputs of a write become its reply.
@@ -287,6 +339,15 @@ fn value_size(store: &impl Keyspace, key: &[u8]) -> usize {
 const FEWER_KEYS: &str = "ask for fewer keys";
 
 impl Query {
+    /// The keys the query reads, if it reads named keys only (not KEYS, SCAN, DBSIZE).
+    pub fn keys(&self) -> Option<Vec<Bytes>> {
+        match self {
+            Query::Get(key) | Query::StrLen(key) | Query::Type(key) | Query::Ttl { key, .. } => Some(vec![key.clone()]),
+            Query::MGet(keys) | Query::Exists(keys) => Some(keys.clone()),
+            Query::Keys { .. } | Query::Scan { .. } | Query::DbSize => None,
+        }
+    }
+
     /// Whether the query walks the keyspace (KEYS, SCAN): it runs on a view, off the apply thread.
     pub fn is_heavy(&self) -> bool {
         matches!(self, Query::Keys { .. } | Query::Scan { .. })
@@ -869,6 +930,7 @@ mod tests {
                 };
                 answer.reply(&outputs)
             }
+            Plan::Transaction(control) => panic!("{control:?} is the connection's"),
         }
     }
 
@@ -967,6 +1029,7 @@ mod tests {
                     };
                     answer.reply(&outputs)
                 }
+                Plan::Transaction(control) => panic!("{control:?} is the connection's"),
             }
         }
 

@@ -11,6 +11,7 @@
 mod commands;
 mod glob;
 pub mod resp;
+mod transaction;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,12 +27,13 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::commands::{
-    Answer, Budget, COMMANDS, Cursors, Plan, Query, Reading, Spec, lookup, unknown_command, wrong_arity,
+    Answer, Budget, COMMANDS, Control, Cursors, Plan, Query, Reading, Spec, lookup, unknown_command, wrong_arity,
 };
 use self::resp::{Encoded, Frame, Parser, ParserLimits, Reply};
+use self::transaction::Transaction;
 use crate::auth::{Access, Auth, Token};
 use crate::server::{Acceptor, ClientStream, Limits};
-use crate::state::{Command, KvStore, Op, Output};
+use crate::state::{Command, KvStore, Op, Output, Watched};
 
 /// The Redis version whose commands and replies this listener follows, for clients that ask.
 const REDIS_VERSION: &str = "7.0.0";
@@ -163,6 +165,10 @@ struct Session {
     /// With `[auth]`: the token this connection authenticated with, and the tokens file
     /// generation it was checked against.
     token: Option<(Arc<Token>, u64)>,
+    /// After `MULTI`: the commands queued for `EXEC`.
+    multi: Option<Transaction>,
+    /// After `WATCH`: the keys watched and how they were, until `EXEC`, `DISCARD` or `UNWATCH`.
+    watched: Vec<Watched>,
 }
 
 impl Session {
@@ -185,7 +191,17 @@ async fn serve_client(
     closing: CancellationToken,
 ) -> std::io::Result<()> {
     let id = redis.next_client.fetch_add(1, Ordering::Relaxed);
-    let mut session = Session { id, name: None, resp3: false, address, quit: false, stale: false, token: None };
+    let mut session = Session {
+        id,
+        name: None,
+        resp3: false,
+        address,
+        quit: false,
+        stale: false,
+        token: None,
+        multi: None,
+        watched: Vec::new(),
+    };
     let max_bulk = redis.limits.max_value_bytes.max(redis.limits.max_key_bytes);
     let mut parser = Parser::new(ParserLimits { max_bulk, max_command_bytes: MAX_COMMAND_BYTES });
     let mut input = BytesMut::with_capacity(16 << 10);
@@ -319,6 +335,23 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
                 Plan::Reply(Reply::error(message))
             }
         };
+        if let Plan::Transaction(control) = plan {
+            // What ran before goes first: WATCH reads, and EXEC writes, after it.
+            pending.run(redis, session.stale, &mut replies, &mut budget).await;
+            redis.metrics.other.increment(1);
+            let reply = transaction(redis, session, control).await;
+            budget.charge(reply.encoded_len(false));
+            replies[slot] = Some(reply);
+            continue;
+        }
+        if let Some(multi) = &mut session.multi {
+            redis.metrics.other.increment(1);
+            // QUIT is not queued: it answers and closes the connection, as in Redis.
+            let reply = if session.quit { Reply::Ok } else { multi.queue(plan) };
+            budget.charge(reply.encoded_len(false));
+            replies[slot] = Some(reply);
+            continue;
+        }
         match plan {
             Plan::Reply(reply) => {
                 redis.metrics.other.increment(1);
@@ -339,6 +372,7 @@ async fn run(redis: &Redis, session: &mut Session, frames: Vec<Frame>) -> Vec<Re
                     }
                 }
             }
+            Plan::Transaction(_) => unreachable!("transaction commands ran above"),
             Plan::Read(query) => match &mut pending {
                 Pending::Reads(reads) => reads.push((slot, query)),
                 _ => {
@@ -470,6 +504,8 @@ fn op_size(op: &Op) -> usize {
         Op::DeletePrefix { prefix } => prefix.len(),
         Op::Batch(ops) => ops.iter().map(op_size).sum(),
         Op::WithinQuota { op, .. } | Op::At { op, .. } | Op::Fenced { op, .. } => op_size(op),
+        Op::Read { keys } => keys.iter().map(|key| key.len()).sum(),
+        Op::Guarded { expect, op } => expect.iter().map(|watched| watched.key.len()).sum::<usize>() + op_size(op),
         Op::SetWith { key, value, .. }
         | Op::Acquire { key, value, .. }
         | Op::Release { key, value, .. }
@@ -478,6 +514,52 @@ fn op_size(op: &Op) -> usize {
         Op::LeaseRenew { id } | Op::LeaseRevoke { id } => id.len(),
         Op::Tick { .. } => 0,
         Op::Txn(ops) => ops.iter().map(|op| op.key.len() + op.value.len() + op.session.len()).sum(),
+    }
+}
+
+/// Runs MULTI, EXEC, DISCARD, WATCH or UNWATCH, with Redis 7's errors.
+async fn transaction(redis: &Redis, session: &mut Session, control: Control) -> Reply {
+    match (control, session.multi.is_some()) {
+        (Control::Multi, true) => Reply::error("ERR MULTI calls can not be nested"),
+        (Control::Multi, false) => {
+            session.multi = Some(Transaction::default());
+            Reply::Ok
+        }
+        (Control::Exec, false) => Reply::error("ERR EXEC without MULTI"),
+        (Control::Discard, false) => Reply::error("ERR DISCARD without MULTI"),
+        (Control::Exec, true) => {
+            let watched = std::mem::take(&mut session.watched);
+            match session.multi.take() {
+                Some(multi) => multi.exec(redis, watched).await,
+                None => Reply::error("ERR EXEC without MULTI"),
+            }
+        }
+        (Control::Discard, true) => {
+            session.multi = None;
+            session.watched.clear();
+            Reply::Ok
+        }
+        (Control::Watch(_), true) => Reply::error("ERR WATCH inside MULTI is not allowed"),
+        (Control::Watch(keys), false) => {
+            // Linearizable: the modify indexes are at least those of every write acknowledged
+            // before WATCH, so a change after it is seen by EXEC's guard.
+            match redis.node.read(move |store| transaction::read_watched(store, &keys)).await {
+                Ok(found) => match transaction::add_watched(&mut session.watched, found) {
+                    Ok(()) => Reply::Ok,
+                    Err(refused) => refused,
+                },
+                Err(error) => node_error(&error),
+            }
+        }
+        // Inside MULTI, Redis queues UNWATCH; EXEC forgets the keys anyway.
+        (Control::Unwatch, true) => match &mut session.multi {
+            Some(multi) => multi.queue(Plan::Reply(Reply::Ok)),
+            None => Reply::Ok,
+        },
+        (Control::Unwatch, false) => {
+            session.watched.clear();
+            Reply::Ok
+        }
     }
 }
 
@@ -512,6 +594,9 @@ async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
     if let Err(refusal) = permitted(spec, args, &access) {
         return Plan::Reply(refusal);
     }
+    if session.multi.is_some() && matches!(spec.name, "auth" | "hello" | "client" | "readonly" | "readwrite") {
+        return Plan::Reply(Reply::error(transaction::NOT_IN_MULTI));
+    }
     let reply = match spec.name {
         "auth" => authenticate(redis, session, &args[1..]),
         "ping" => match args.get(1) {
@@ -538,6 +623,11 @@ async fn command(redis: &Redis, session: &mut Session, args: &[Bytes]) -> Plan {
         "command" => command_info(&args[1..]),
         "config" => config(&redis.limits, &args[1..]),
         "info" => info(redis, &args[1..]).await,
+        "multi" => return Plan::Transaction(Control::Multi),
+        "exec" => return Plan::Transaction(Control::Exec),
+        "discard" => return Plan::Transaction(Control::Discard),
+        "watch" => return Plan::Transaction(Control::Watch(args[1..].to_vec())),
+        "unwatch" => return Plan::Transaction(Control::Unwatch),
         _ => {
             return match commands::plan(spec, args, &redis.limits) {
                 // Whole-keyspace reads show only the keys the token may read.

@@ -324,6 +324,8 @@ pub enum Reply {
     Bulk(Bytes),
     /// A missing value: `$-1` in RESP2, `_` in RESP3.
     Nil,
+    /// A missing array (`EXEC` after a watched key changed): `*-1` in RESP2, `_` in RESP3.
+    NilArray,
     Array(Vec<Reply>),
     /// A map in RESP3; a flat array of keys and values in RESP2.
     Map(Vec<(Reply, Reply)>),
@@ -362,6 +364,8 @@ impl Reply {
             Reply::Bulk(bytes) => out.bulk(bytes),
             Reply::Nil if resp3 => out.buffer.extend_from_slice(b"_\r\n"),
             Reply::Nil => out.buffer.extend_from_slice(b"$-1\r\n"),
+            Reply::NilArray if resp3 => out.buffer.extend_from_slice(b"_\r\n"),
+            Reply::NilArray => out.buffer.extend_from_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 line(&mut out.buffer, b'*', &items.len().to_string());
                 for item in items {
@@ -393,6 +397,8 @@ impl Reply {
             Reply::Bulk(bytes) => bulk_bytes(bytes.len()),
             Reply::Nil if resp3 => 3,
             Reply::Nil => NIL_BYTES,
+            Reply::NilArray if resp3 => 3,
+            Reply::NilArray => 5,
             Reply::Array(items) => {
                 array_header_bytes(items.len()) + items.iter().map(|item| item.encoded_len(resp3)).sum::<usize>()
             }
