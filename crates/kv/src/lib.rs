@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod clock;
 mod error;
+pub mod feed;
 mod heavy;
 pub mod http;
 mod keymap;

@@ -60,6 +60,18 @@ pub struct Limits {
     #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_MAX_BLOCKING_QUERIES_PER_CLIENT", value_name = "COUNT",
         default_value_t = Limits::default().max_blocking_queries_per_client))]
     pub max_blocking_queries_per_client: usize,
+    /// The change feed's history (`GET /v1/skiff/watch`), in bytes of keys and values: a
+    /// stream that resumes from an older index starts with a snapshot of its prefix instead.
+    /// Held in memory on every node; not in snapshots.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_FEED_RETAIN_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().feed_retain_bytes))]
+    pub feed_retain_bytes: u64,
+    /// How much further one change feed stream may fall behind the newest change than the
+    /// least it has been, in bytes of events it has not yet sent (its client reads slowly, or
+    /// not at all); past it the stream is cut with an event that says where to resume.
+    #[cfg_attr(feature = "cli", arg(long, env = "SKIFF_FEED_MAX_LAG_BYTES", value_name = "BYTES",
+        default_value_t = Limits::default().feed_max_lag_bytes))]
+    pub feed_max_lag_bytes: u64,
     /// The most bytes of keys and values the keyspace may hold: writes that could pass it are
     /// refused (HTTP 507, Redis `-OOM`), deletes still work. 0: no quota. Set the same on
     /// every node: each write carries the quota of the node it was sent to.
@@ -95,6 +107,8 @@ impl Default for Limits {
             max_txn_bytes: 2 << 20,
             max_blocking_queries: 4096,
             max_blocking_queries_per_client: 256,
+            feed_retain_bytes: crate::feed::DEFAULT_RETAIN_BYTES,
+            feed_max_lag_bytes: 16 << 20,
             // The whole keyspace lives in memory, about 1.1 times its bytes: 2 GiB (etcd's
             // default backend quota) fits a node of 4 GiB or more with room for snapshots.
             keyspace_quota_bytes: 2 << 30,
@@ -140,6 +154,8 @@ impl Limits {
             ("--max-listing-bytes", self.max_listing_bytes),
             ("--max-txn-bytes", self.max_txn_bytes),
             ("--max-connections", self.max_connections),
+            ("--feed-retain-bytes", usize::try_from(self.feed_retain_bytes).unwrap_or(usize::MAX)),
+            ("--feed-max-lag-bytes", usize::try_from(self.feed_max_lag_bytes).unwrap_or(usize::MAX)),
         ];
         match zero.iter().find(|(_, value)| *value == 0) {
             Some((flag, _)) => Err(format!("{flag} is 0: nothing could be served")),
@@ -246,6 +262,7 @@ impl Server {
         // The same retention on every node: `apply` depends on it, so it is not a per-node setting.
         let mut store = KvStore::new(Retention::default());
         let applied = store.subscribe();
+        applied.feed().set_retain_bytes(limits.feed_retain_bytes);
         // The recorder first: the node and its store make their metric handles as they start.
         crate::metrics::handle();
         if fault_injection {

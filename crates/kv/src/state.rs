@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use skiff::{Index, StateMachine};
 
+use crate::feed;
 pub use crate::keymap::Entry;
 use crate::keymap::{self, KeyMap, Layout, Meta};
 pub use crate::watch::{Published, Watch};
@@ -806,6 +807,13 @@ impl KvStore {
     fn store_meta(&mut self, index: u64, key: Bytes, value: &[u8], flags: u64, expires: u64) {
         let (create_index, old_expires) =
             self.data.map.get(&key).map_or((index, 0), |entry| (entry.create_index, entry.expires));
+        if let Some(published) = &self.published {
+            let prev = self.data.map.get(&key).map(|entry| Bytes::copy_from_slice(entry.value));
+            let value = Bytes::copy_from_slice(value);
+            let event =
+                feed::Event { index, kind: feed::Kind::Put, key: key.clone(), value, create_index, flags, prev };
+            published.feed().record(event);
+        }
         self.index_deadline(&key, old_expires, expires);
         let data = &mut self.data;
         if let Some(deleted) = data.tombstones.remove(&key) {
@@ -873,6 +881,9 @@ impl StateMachine for KvStore {
         };
         self.expire_requests(index);
         self.publish();
+        if let Some(published) = &self.published {
+            published.feed().commit(index);
+        }
         output
     }
 
@@ -902,6 +913,7 @@ impl StateMachine for KvStore {
         self.alarm = None;
         self.publish();
         if let Some(published) = &self.published {
+            published.feed().reset(self.data.index);
             published.changed_all();
         }
         Ok(())

@@ -35,6 +35,8 @@ pub struct Published {
     anchor_at: AtomicU64,
     /// The earliest deadline of a key or lease on the cluster clock; `u64::MAX` for none.
     next_deadline: AtomicU64,
+    /// The change feed's history (`GET /v1/skiff/watch`).
+    feed: crate::feed::Feed,
 }
 
 /// This process's first reading of the monotonic clock: what [`Published`] measures from.
@@ -124,6 +126,11 @@ impl Published {
         }
         self.watching.fetch_add(1, Ordering::Relaxed);
         Watch { published: Arc::clone(self), id, key, prefix, notify }
+    }
+
+    /// The change feed's history, which the state machine records into as it applies.
+    pub fn feed(&self) -> &crate::feed::Feed {
+        &self.feed
     }
 
     /// How many watches are registered.

@@ -52,7 +52,7 @@ pub(super) async fn kv(
 }
 
 /// Why a KV request was not served.
-enum Refusal {
+pub(super) enum Refusal {
     Error(ApiError),
     /// Consul's plain-text 403.
     Denied(Response),
@@ -66,7 +66,7 @@ impl From<ApiError> for Refusal {
     }
 }
 
-fn denied(what: &str, key: &str) -> Refusal {
+pub(super) fn denied(what: &str, key: &str) -> Refusal {
     let key: String = key.chars().take(200).collect();
     Refusal::Denied(permission_denied(&format!("the token may not {what} {key:?}")))
 }
@@ -299,7 +299,7 @@ impl Blocking {
     }
 
     /// A slot for a blocking query of `client`, or why not: which limit is reached.
-    fn enter(&self, client: std::net::IpAddr) -> Result<BlockingSlot, String> {
+    pub(super) fn enter(&self, client: std::net::IpAddr) -> Result<BlockingSlot, String> {
         let mut counts = Blocking::lock(&self.counts);
         let of_client = counts.by_client.get(&client).copied().unwrap_or(0);
         let refusal = if counts.total >= self.per_node {
@@ -327,7 +327,7 @@ impl Blocking {
 }
 
 /// A blocking query refused for `message` (which limit): a plain-text 429 with `Retry-After`.
-fn too_busy(message: String) -> Refusal {
+pub(super) fn too_busy(message: String) -> Refusal {
     let response = (
         StatusCode::TOO_MANY_REQUESTS,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::RETRY_AFTER, BLOCKING_RETRY_AFTER)],

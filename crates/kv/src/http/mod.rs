@@ -25,6 +25,7 @@ use skiff::{Index, MemberAddress, Membership, Node, NodeId, NodeStatus, Payload,
 
 mod consul;
 mod faults;
+mod feed;
 mod kv;
 mod members;
 mod probes;
@@ -35,6 +36,7 @@ mod txn;
 
 use self::consul::*;
 use self::faults::*;
+use self::feed::*;
 use self::kv::*;
 use self::members::*;
 use self::probes::*;
@@ -109,6 +111,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/skiff/status", get(skiff_status))
         .route("/v1/skiff/log", get(skiff_log))
+        .route("/v1/skiff/watch", get(watch))
         .route("/v1/skiff/members", get(members_list).post(members_add))
         .route("/v1/skiff/cluster", get(cluster_settings))
         .route("/v1/skiff/members/{id}", axum::routing::delete(members_remove))

@@ -322,7 +322,7 @@ impl KvStore {
             if deadline > clock {
                 break;
             }
-            self.remove_key(index, &key);
+            self.remove_key_as(index, &key, crate::feed::Kind::Expire);
             keys += 1;
         }
         let mut leases = 0;
@@ -353,7 +353,20 @@ impl KvStore {
     /// Removes `key` at `index` with everything tied to it: its deadline, its lock state
     /// (a held lock is released from its lease). Returns whether it was there.
     pub(super) fn remove_key(&mut self, index: u64, key: &Bytes) -> bool {
-        let Some(old) = self.data.map.get(key).map(|entry| entry.expires) else { return false };
+        self.remove_key_as(index, key, crate::feed::Kind::Delete)
+    }
+
+    /// [`KvStore::remove_key`], recorded in the change feed as `kind` (a delete, an expiry).
+    fn remove_key_as(&mut self, index: u64, key: &Bytes, kind: crate::feed::Kind) -> bool {
+        let Some(entry) = self.data.map.get(key) else { return false };
+        let old = entry.expires;
+        if let Some(published) = &self.published {
+            let prev = Some(Bytes::copy_from_slice(entry.value));
+            let (create_index, flags) = (entry.create_index, entry.flags);
+            let event =
+                crate::feed::Event { index, kind, key: key.clone(), value: Bytes::new(), create_index, flags, prev };
+            published.feed().record(event);
+        }
         self.index_deadline(key, old, 0);
         self.data.map.remove(key);
         if let Some(lock) = self.data.coord.locks.make_mut().remove(key) {

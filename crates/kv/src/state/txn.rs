@@ -81,13 +81,20 @@ struct Before {
     locks: Locks,
     /// The keys touched, with their deletion marks before the transaction.
     touched: BTreeMap<Bytes, Option<u64>>,
+    /// The change feed's changes recorded for this entry before the transaction.
+    feed_mark: usize,
 }
 
 impl KvStore {
     /// Applies a transaction at `index`: every operation, or none.
     pub(super) fn txn(&mut self, index: u64, ops: Vec<TxnOp>) -> Output {
-        let mut before =
-            Before { map: self.data.map.clone(), locks: self.data.coord.locks.clone(), touched: BTreeMap::new() };
+        let feed_mark = self.published.as_ref().map_or(0, |published| published.feed().staged());
+        let mut before = Before {
+            map: self.data.map.clone(),
+            locks: self.data.coord.locks.clone(),
+            touched: BTreeMap::new(),
+            feed_mark,
+        };
         let mut results = Vec::new();
         for (op_index, op) in ops.into_iter().enumerate() {
             if let Err(what) = self.txn_op(index, op, &mut before, &mut results) {
@@ -204,7 +211,10 @@ impl KvStore {
     /// Puts back the state before a failed transaction: the map and the lock states whole
     /// (two reference counts), and for each touched key what depends on them.
     fn undo(&mut self, before: Before) {
-        let Before { map, locks, touched } = before;
+        let Before { map, locks, touched, feed_mark } = before;
+        if let Some(published) = &self.published {
+            published.feed().discard_from(feed_mark);
+        }
         for (key, mark) in touched {
             let (now, then) = (self.data.map.get(&key).map(|e| e.expires), map.get(&key).map(|e| e.expires));
             self.index_deadline(&key, now.unwrap_or(0), then.unwrap_or(0));
