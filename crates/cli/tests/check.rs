@@ -265,3 +265,42 @@ fn the_lock_workload_keeps_holders_apart_and_expires_keys_across_leader_kills() 
     assert!(lock["ttl"]["max_error_ms"].is_f64(), "{}", context());
     assert!(report["faults"]["counts"]["leader"].as_u64().unwrap() > 0, "{}", context());
 }
+
+/// `--workload transfer`: clients move amounts between accounts with transactions guarded
+/// by `cas` while the leader is killed; every read of all accounts finds the same total,
+/// and the transfers applied lie between those acknowledged and those plus the unknown.
+#[test]
+fn the_transfer_workload_keeps_the_total_across_leader_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_port(3);
+    let args = [
+        "--workload",
+        "transfer",
+        "--clients",
+        "4",
+        "--keys",
+        "5",
+        "--time",
+        "10s",
+        "--faults",
+        "leader",
+        "--base-port",
+        &base,
+    ];
+    let (output, report, _) = check(&args, dir.path());
+    let context = || format!("report: {report:#}\nstderr:\n{}", stderr(&output));
+    assert!(output.status.success(), "skiff check failed: {}", context());
+    assert_eq!(report["passed"], true, "{}", context());
+    let transfer = &report["transfer"];
+    assert_eq!(transfer["passed"], true, "{}", context());
+    assert_eq!(transfer["violations"], serde_json::json!([]), "{}", context());
+    assert_eq!(transfer["accounts"], 5, "{}", context());
+    assert_eq!(transfer["total"], 5000, "{}", context());
+    let ok = transfer["ok"].as_u64().unwrap();
+    let unknown = transfer["unknown"].as_u64().unwrap();
+    assert!(ok > 0, "no transfer completed: {}", context());
+    assert!(transfer["totals_checked"].as_u64().unwrap() > 1, "{}", context());
+    let applied = transfer["applied"].as_u64().unwrap();
+    assert!((ok..=ok + unknown).contains(&applied), "{}", context());
+    assert!(report["faults"]["counts"]["leader"].as_u64().unwrap() > 0, "{}", context());
+}

@@ -422,3 +422,181 @@ pub struct Watched {
     /// change after this read.
     pub index: u64,
 }
+
+/// One operation of a transaction ([`Client::txn`](crate::Client::txn)): Consul's KV verbs
+/// (docs/http-api.md, `PUT /v1/txn`). The operations apply in order, each to the state the
+/// ones before it left, as one log entry: all of them, or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Writes the value with the flags.
+    Set {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+        /// The opaque number stored with it.
+        flags: u64,
+    },
+    /// Writes the value if the key's `modify_index` is `index` (0: only if it is absent);
+    /// otherwise the transaction fails.
+    Cas {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+        /// The `modify_index` it must have.
+        index: u64,
+    },
+    /// Takes the key's lock for `session` and writes the value (as [`Client::acquire`](crate::Client::acquire));
+    /// fails if another session holds it.
+    Lock {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+        /// The session taking the lock.
+        session: SessionId,
+    },
+    /// Writes the value and lets the key's lock go; fails unless `session` holds it.
+    Unlock {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: Vec<u8>,
+        /// The session holding the lock.
+        session: SessionId,
+    },
+    /// Reads the key (with its value); fails if it does not exist.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Reads every key under the prefix (one result each; none fails it).
+    GetTree {
+        /// The prefix (`""`: every key).
+        prefix: String,
+    },
+    /// Fails unless the key exists with this `modify_index`.
+    CheckIndex {
+        /// The key.
+        key: String,
+        /// The `modify_index` it must have.
+        index: u64,
+    },
+    /// Fails unless `session` holds the key's lock.
+    CheckSession {
+        /// The key.
+        key: String,
+        /// The session that must hold it.
+        session: SessionId,
+    },
+    /// Fails if the key exists.
+    CheckNotExists {
+        /// The key.
+        key: String,
+    },
+    /// Deletes the key (also when it does not exist).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Deletes every key under the prefix.
+    DeleteTree {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Deletes the key if its `modify_index` is `index`; otherwise the transaction fails.
+    DeleteCas {
+        /// The key.
+        key: String,
+        /// The `modify_index` it must have.
+        index: u64,
+    },
+}
+
+impl TxnOp {
+    /// The operation as the server reads it: `{"KV": {"Verb", "Key", ...}}`.
+    fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let encode = |value: &[u8]| base64::engine::general_purpose::STANDARD.encode(value);
+        let kv = match self {
+            TxnOp::Set { key, value, flags } => {
+                json!({"Verb": "set", "Key": key, "Value": encode(value), "Flags": flags})
+            }
+            TxnOp::Cas { key, value, index } => {
+                json!({"Verb": "cas", "Key": key, "Value": encode(value), "Index": index})
+            }
+            TxnOp::Lock { key, value, session } => {
+                json!({"Verb": "lock", "Key": key, "Value": encode(value), "Session": session})
+            }
+            TxnOp::Unlock { key, value, session } => {
+                json!({"Verb": "unlock", "Key": key, "Value": encode(value), "Session": session})
+            }
+            TxnOp::Get { key } => json!({"Verb": "get", "Key": key}),
+            TxnOp::GetTree { prefix } => json!({"Verb": "get-tree", "Key": prefix}),
+            TxnOp::CheckIndex { key, index } => json!({"Verb": "check-index", "Key": key, "Index": index}),
+            TxnOp::CheckSession { key, session } => {
+                json!({"Verb": "check-session", "Key": key, "Session": session})
+            }
+            TxnOp::CheckNotExists { key } => json!({"Verb": "check-not-exists", "Key": key}),
+            TxnOp::Delete { key } => json!({"Verb": "delete", "Key": key}),
+            TxnOp::DeleteTree { prefix } => json!({"Verb": "delete-tree", "Key": prefix}),
+            TxnOp::DeleteCas { key, index } => json!({"Verb": "delete-cas", "Key": key, "Index": index}),
+        };
+        json!({ "KV": kv })
+    }
+}
+
+/// The body of `PUT /v1/txn`: the operations as a JSON array.
+pub(crate) fn txn_body(ops: &[TxnOp]) -> Vec<u8> {
+    let ops: Vec<serde_json::Value> = ops.iter().map(TxnOp::to_json).collect();
+    // Strings and numbers: serializing cannot fail.
+    serde_json::to_vec(&ops).expect("a transaction serializes")
+}
+
+/// What a transaction did ([`Client::txn`](crate::Client::txn)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every operation was applied. The results, in order: one per `set`, `cas`, `lock`,
+    /// `unlock`, `get`, `check-index` and `check-session` (the key after the operation; its
+    /// value only for `get`, empty otherwise), one per key for `get-tree`, none for the
+    /// deletes and `check-not-exists`.
+    Committed(Vec<Entry>),
+    /// An operation failed (the server answered 409), so **nothing** was applied.
+    RolledBack {
+        /// The position of the operation that failed (0 is the first).
+        op_index: usize,
+        /// Why, in the server's words.
+        what: String,
+    },
+}
+
+/// The 200 answer of `PUT /v1/txn`.
+#[derive(Deserialize)]
+pub(crate) struct TxnCommitted {
+    #[serde(rename = "Results", default)]
+    pub results: Option<Vec<TxnResult>>,
+}
+
+/// One result of a transaction: `{"KV": {...}}`.
+#[derive(Deserialize)]
+pub(crate) struct TxnResult {
+    #[serde(rename = "KV")]
+    pub kv: Entry,
+}
+
+/// The 409 answer of `PUT /v1/txn`.
+#[derive(Deserialize)]
+pub(crate) struct TxnRolledBack {
+    #[serde(rename = "Errors")]
+    pub errors: Vec<TxnFailure>,
+}
+
+/// One error of a 409 answer.
+#[derive(Deserialize)]
+pub(crate) struct TxnFailure {
+    #[serde(rename = "OpIndex")]
+    pub op_index: usize,
+    #[serde(rename = "What")]
+    pub what: String,
+}

@@ -7,7 +7,7 @@ use ureq::http::Method;
 
 use crate::api::{
     ClusterInfo, Entry, Lease, LogPage, Member, Members, NewMember, Probe, Session, SessionId, SessionRequest, Status,
-    Watched, duration_text,
+    TxnCommitted, TxnOp, TxnOutcome, TxnRolledBack, Watched, duration_text, txn_body,
 };
 use crate::error::{Error, Result};
 use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
@@ -381,6 +381,34 @@ impl Client {
     pub fn put_leased(&self, key: &str, value: impl AsRef<[u8]>, lease: &SessionId) -> Result<bool> {
         let path = format!("/v1/kv/{}?lease={}", encode_key(key), encode_key(lease.as_str()));
         self.write(Method::PUT, &path, Some(value.as_ref()))
+    }
+
+    /// Applies `ops` as one transaction (`PUT /v1/txn`): in order, as one log entry, all or
+    /// nothing. [`TxnOutcome::Committed`] with the results, or [`TxnOutcome::RolledBack`]
+    /// with the failing operation's position and reason (a 409: nothing was applied).
+    ///
+    /// Retried as [`Client::put`]: every attempt carries the same `Idempotency-Key`, which
+    /// the server honours, so a transaction retried after a lost answer is applied at most
+    /// once. After [`Error::Timeout`] it may or may not have been applied, but never in
+    /// part. A malformed transaction (an empty one, a missing key) is an [`Error::Http`]
+    /// 400; one over the size limits a 413.
+    pub fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome> {
+        let body = txn_body(ops);
+        let reply = self.write_reply(Method::PUT, "/v1/txn", Some(&body), Retry::Safe)?;
+        if reply.status == 409
+            && let Ok(rolled_back) = reply.json::<TxnRolledBack>()
+        {
+            let failure = rolled_back
+                .errors
+                .into_iter()
+                .next()
+                .ok_or_else(|| reply.decode_error("a 409 with no errors".to_string()))?;
+            return Ok(TxnOutcome::RolledBack { op_index: failure.op_index, what: failure.what });
+        }
+        let reply = reply.success()?;
+        let committed: TxnCommitted = reply.json()?;
+        let results = committed.results.unwrap_or_default();
+        Ok(TxnOutcome::Committed(results.into_iter().map(|result| result.kv).collect()))
     }
 
     /// A blocking read: waits until the key changes after `index` (an
@@ -789,6 +817,91 @@ mod tests {
         let put = client.put_fenced("data", "v", 7);
         assert!(matches!(put, Err(Error::Http { status: 409, .. })), "{put:?}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_transaction_is_retried_with_one_idempotency_key_and_answers_results_or_the_failing_op() {
+        let json = "Content-Type: application/json\r\n";
+        let unavailable = answer("503 Service Unavailable", "Retry-After: 0\r\n", "");
+        let committed = answer(
+            "200 OK",
+            json,
+            r#"{"Results":[{"KV":{"Key":"a","Value":"MTA=","Flags":0,"CreateIndex":3,"ModifyIndex":9,"LockIndex":0}},{"KV":{"Key":"b","Value":null,"Flags":0,"CreateIndex":4,"ModifyIndex":12,"LockIndex":0}}],"Errors":null}"#,
+        );
+        // 503, then the connection lost after the request was sent, then the answer.
+        let (address, server) = fake_server(vec![Some(unavailable), None, Some(committed)]);
+        let client = Client::new([address]).unwrap();
+        let ops = [TxnOp::Get { key: "a".into() }, TxnOp::Cas { key: "b".into(), value: b"5".to_vec(), index: 7 }];
+        let TxnOutcome::Committed(results) = client.txn(&ops).unwrap() else { panic!("not committed") };
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            (results[0].key.as_str(), results[0].value.as_slice(), results[0].modify_index),
+            ("a", &b"10"[..], 9)
+        );
+        assert_eq!((results[1].key.as_str(), results[1].value.is_empty(), results[1].modify_index), ("b", true, 12));
+        let keys = server.join().unwrap();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.iter().all(|key| *key == keys[0]), "every attempt is the same transaction: {keys:?}");
+
+        let conflict = answer(
+            "409 Conflict",
+            json,
+            r#"{"Results":null,"Errors":[{"OpIndex":1,"What":"the modify index of \"b\" is 12, not 7"}]}"#,
+        );
+        let bad = answer("400 Bad Request", json, r#"{"error":"the transaction has no operations"}"#);
+        let (address, server) = fake_server(vec![Some(conflict), Some(bad)]);
+        let client = Client::new([address]).unwrap();
+        let outcome = client.txn(&ops).unwrap();
+        assert_eq!(
+            outcome,
+            TxnOutcome::RolledBack { op_index: 1, what: "the modify index of \"b\" is 12, not 7".into() }
+        );
+        let refused = client.txn(&[]);
+        assert!(matches!(refused, Err(Error::Http { status: 400, .. })), "{refused:?}");
+        let keys = server.join().unwrap();
+        assert_ne!(keys[0], keys[1], "each transaction has its own key");
+    }
+
+    #[test]
+    fn transaction_operations_use_consuls_verbs_and_fields() {
+        let session = SessionId("s1".into());
+        let ops = [
+            TxnOp::Set { key: "a".into(), value: b"hi".to_vec(), flags: 3 },
+            TxnOp::Cas { key: "b".into(), value: Vec::new(), index: 0 },
+            TxnOp::Lock { key: "l".into(), value: b"x".to_vec(), session: session.clone() },
+            TxnOp::Unlock { key: "l".into(), value: Vec::new(), session: session.clone() },
+            TxnOp::Get { key: "a".into() },
+            TxnOp::GetTree { prefix: "p/".into() },
+            TxnOp::CheckIndex { key: "a".into(), index: 4 },
+            TxnOp::CheckSession { key: "l".into(), session },
+            TxnOp::CheckNotExists { key: "c".into() },
+            TxnOp::Delete { key: "a".into() },
+            TxnOp::DeleteTree { prefix: "p/".into() },
+            TxnOp::DeleteCas { key: "b".into(), index: 9 },
+        ];
+        let json: serde_json::Value = serde_json::from_slice(&crate::api::txn_body(&ops)).unwrap();
+        let verbs: Vec<&str> = json.as_array().unwrap().iter().map(|op| op["KV"]["Verb"].as_str().unwrap()).collect();
+        assert_eq!(
+            verbs,
+            [
+                "set",
+                "cas",
+                "lock",
+                "unlock",
+                "get",
+                "get-tree",
+                "check-index",
+                "check-session",
+                "check-not-exists",
+                "delete",
+                "delete-tree",
+                "delete-cas"
+            ]
+        );
+        assert_eq!(json[0], serde_json::json!({"KV": {"Verb": "set", "Key": "a", "Value": "aGk=", "Flags": 3}}));
+        assert_eq!(json[2]["KV"]["Session"], "s1");
+        assert_eq!(json[5]["KV"]["Key"], "p/");
+        assert_eq!(json[11]["KV"]["Index"], 9);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   one `Idempotency-Key` so they are applied once (see its documentation for the rules).
 //! - [`Error`]: what went wrong, told apart by what the caller can do (retry later, the
 //!   key is missing, the write may or may not have happened, ...).
-//! - The answers' types: [`Entry`], [`Status`], [`Members`], [`LogPage`].
+//! - The answers' types: [`Entry`], [`Status`], [`Members`], [`LogPage`]; a transaction's
+//!   operations and outcome: [`TxnOp`], [`TxnOutcome`].
 //!
 //! This crate is separate from `skiff-kv` so that an application that only talks to a
 //! cluster does not build the server: it depends on `ureq`, `serde_json`, `base64` and
@@ -35,7 +36,7 @@ mod transport;
 
 pub use api::{
     Behavior, ClusterInfo, Entry, Keyspace, Lease, LogEntry, LogId, LogPage, Member, Members, NewMember, Peer, Probe,
-    Session, SessionId, SessionRequest, Status, Watched,
+    Session, SessionId, SessionRequest, Status, TxnOp, TxnOutcome, Watched,
 };
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};

@@ -25,6 +25,7 @@ mod locks;
 mod membership;
 mod options;
 mod report;
+mod transfers;
 mod watch;
 mod workload;
 
@@ -240,6 +241,10 @@ fn check(options: &CheckOptions, kinds: &[FaultKind], seed: u64, signals: &Signa
         Some(endpoints) => Target::remote(options, endpoints, &run_id, signals)?,
         None => Target::local(options, &run_id, signals)?,
     };
+    if options.workload == WorkloadKind::Transfer {
+        let accounts = transfers::account_keys(&transfer_prefix(&target), options.keys);
+        transfers::open_accounts(&target.roster, &target.security, &accounts, LEADER_TIMEOUT)?;
+    }
     let mut recorded = record(options, kinds, seed, &target, signals);
     if let Err(error) = std::mem::replace(&mut recorded.recovered, Ok(())) {
         return Err(with_saved_history(error, options, &target, &run_id, &recorded.history));
@@ -266,6 +271,8 @@ struct Recorded {
     recovered: Result<()>,
     /// The lock workload's records.
     lock: Option<(locks::LockLog, Vec<locks::TtlKey>)>,
+    /// The transfer workload's records.
+    transfer: Option<transfers::TransferLog>,
 }
 
 /// Runs the clients, the fault thread and the watcher for `--time`, then heals everything
@@ -312,24 +319,43 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         ttl: options.lock_ttl,
         election_timeout,
     };
+    let transfer_prefix = transfer_prefix(target);
+    let accounts = transfers::account_keys(&transfer_prefix, options.keys);
+    let transfer_workload = transfers::TransferWorkload {
+        members: &target.roster,
+        accounts: &accounts,
+        prefix: &transfer_prefix,
+        stop: &stop,
+        operations: &operations,
+        request_timeout: options.request_timeout,
+        security: &target.security,
+        seed,
+    };
     let lock = options.workload == WorkloadKind::Lock;
-    note(&format!(
-        "running {} {} clients for {:?} (seed {seed})",
-        options.clients,
-        if lock { "lock" } else { "kv" },
-        options.time
-    ));
+    let transfer = options.workload == WorkloadKind::Transfer;
+    let kv = !lock && !transfer;
+    let name = if lock {
+        "lock"
+    } else if transfer {
+        "transfer"
+    } else {
+        "kv"
+    };
+    note(&format!("running {} {name} clients for {:?} (seed {seed})", options.clients, options.time));
     std::thread::scope(|scope| {
         let watcher = scope.spawn(|| watch::watch(&target.roster, &target.access, &stop_watching));
         let workload = &workload;
         let lock_workload = &lock_workload;
-        let clients: Vec<_> = (0..options.clients as u64)
-            .filter(|_| !lock)
-            .map(|id| scope.spawn(move || workload.run_client(id)))
-            .collect();
+        let transfer_workload = &transfer_workload;
+        let clients: Vec<_> =
+            (0..options.clients as u64).filter(|_| kv).map(|id| scope.spawn(move || workload.run_client(id))).collect();
         let lock_clients: Vec<_> = (0..options.clients as u64)
             .filter(|_| lock)
             .map(|id| scope.spawn(move || lock_workload.run_client(id)))
+            .collect();
+        let transfer_clients: Vec<_> = (0..options.clients as u64)
+            .filter(|_| transfer)
+            .map(|id| scope.spawn(move || transfer_workload.run_client(id)))
             .collect();
         let ttl_thread = lock.then(|| scope.spawn(move || lock_workload.run_ttl_keys(options.time)));
         let fault_thread = scope.spawn(|| plan.run());
@@ -340,6 +366,8 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
             clients.into_iter().map(|client| client.join().expect("a client panicked")).collect();
         let lock_logs: Vec<locks::LockLog> =
             lock_clients.into_iter().map(|client| client.join().expect("a lock client panicked")).collect();
+        let transfer_logs: Vec<transfers::TransferLog> =
+            transfer_clients.into_iter().map(|client| client.join().expect("a transfer client panicked")).collect();
         let ttl_keys = ttl_thread.map(|thread| thread.join().expect("the TTL thread panicked"));
         let faults = fault_thread.join().expect("the fault thread panicked");
         collect_exits(target, start, &mut exits);
@@ -357,7 +385,8 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         let leaders = watcher.join().expect("the watcher panicked");
         let (history, errors) = merge(logs);
         let lock = ttl_keys.map(|keys| (locks::merge(lock_logs), keys));
-        Recorded { history, errors, faults, leaders, exits, start, workload: workload_time, recovered, lock }
+        let transfer = transfer.then(|| transfers::merge(transfer_logs));
+        Recorded { history, errors, faults, leaders, exits, start, workload: workload_time, recovered, lock, transfer }
     })
 }
 
@@ -451,8 +480,20 @@ fn conclude(
         Some((log, ttl_keys)) => Some(conclude_locks(options, target, log, &ttl_keys)?),
         None => None,
     };
+    let transfer = recorded.transfer.take().map(|log| {
+        let accounts = transfers::account_keys(&transfer_prefix(target), options.keys);
+        let last = transfers::final_audit(
+            &target.roster,
+            &target.security,
+            &accounts,
+            &transfer_prefix(target),
+            LEADER_TIMEOUT,
+        );
+        transfers::conclude(log, accounts.len(), last)
+    });
     let passed = check.verdict == skiff_check::Verdict::Linearizable
         && lock.as_ref().is_none_or(|lock| lock.passed)
+        && transfer.as_ref().is_none_or(|transfer| transfer.passed)
         && convergence.converged
         && recorded.leaders.split_terms.is_empty()
         && recorded.exits.is_empty();
@@ -484,9 +525,16 @@ fn conclude(
         convergence,
         check,
         lock,
+        transfer,
         history: history.map(|path| path.display().to_string()),
         data_dir,
     })
+}
+
+/// The prefix of the transfer workload's accounts: under the run's own prefix, and no
+/// other key's.
+fn transfer_prefix(target: &Target) -> String {
+    format!("{}transfer/", target.prefix)
 }
 
 /// The longest election timeout of the cluster's `[raft]` settings (the defaults: `skiff

@@ -99,6 +99,9 @@ pub enum WorkloadKind {
     /// Clients take a lock with leases, write fenced values, and are paused past their TTL;
     /// keys put with a lease must disappear in time (docs/check.md).
     Lock,
+    /// Clients move amounts between `--keys` accounts with transactions guarded by `cas`;
+    /// every read of all accounts must find the same total (docs/check.md).
+    Transfer,
 }
 
 /// What `skiff check` was asked to do.
@@ -139,6 +142,9 @@ impl CheckOptions {
         }
         if self.workload == WorkloadKind::Lock && self.lock_ttl < Duration::from_secs(1) {
             return Err("--lock-ttl must be at least 1s, the shortest lease".to_string());
+        }
+        if self.workload == WorkloadKind::Transfer && self.keys < 2 {
+            return Err("--workload transfer needs at least 2 accounts (--keys)".to_string());
         }
         let kinds = match (&self.faults, &self.endpoints) {
             (Some(kinds), _) => kinds.clone(),
@@ -223,6 +229,10 @@ mod tests {
         assert!(!single.fault_kinds().unwrap().contains(&FaultKind::Partition));
         let single_partition = CheckOptions { faults: Some(vec![FaultKind::Partition]), ..single };
         assert!(single_partition.fault_kinds().is_err());
+        let one_account = CheckOptions { workload: WorkloadKind::Transfer, keys: 1, ..options() };
+        assert!(one_account.fault_kinds().unwrap_err().contains("at least 2 accounts"));
+        let two_accounts = CheckOptions { workload: WorkloadKind::Transfer, keys: 2, ..options() };
+        assert!(two_accounts.fault_kinds().is_ok());
     }
 
     #[test]

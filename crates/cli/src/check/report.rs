@@ -37,6 +37,9 @@ pub struct Report {
     /// The lock workload's findings (`--workload lock`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<super::locks::LockReport>,
+    /// The transfer workload's findings (`--workload transfer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<super::transfers::TransferReport>,
     /// Where the history was saved (always when the check failed).
     pub history: Option<String>,
     /// Where the nodes' data and logs are (kept with `--keep-data` or when the check failed).
@@ -168,6 +171,7 @@ impl Report {
         self.write_operations(&mut text);
         self.write_cluster(&mut text);
         self.write_lock(&mut text);
+        self.write_transfer(&mut text);
         self.write_check(&mut text);
         text
     }
@@ -200,6 +204,35 @@ impl Report {
         }
         for violation in &lock.violations {
             let _ = writeln!(text, "  VIOLATION: {violation}");
+        }
+    }
+
+    fn write_transfer(&self, text: &mut String) {
+        let Some(transfer) = &self.transfer else { return };
+        let _ = writeln!(
+            text,
+            "\ntransfer: {} accounts, total {}; transfers {} ok, {} conflicted (409), {} unknown",
+            transfer.accounts, transfer.total, transfer.ok, transfer.conflicted, transfer.unknown
+        );
+        let applied = match transfer.applied {
+            Some(applied) => format!("{applied} transfers applied (final counters)"),
+            None => "the final read failed".to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "  {} reads of every account checked the total; {applied}, between {} and {}",
+            transfer.totals_checked,
+            transfer.ok,
+            transfer.ok + transfer.unknown
+        );
+        if transfer.violations.is_empty() {
+            let _ = writeln!(text, "  no violation");
+        }
+        for violation in transfer.violations.iter().take(20) {
+            let _ = writeln!(text, "  VIOLATION: {violation}");
+        }
+        if transfer.violations.len() > 20 {
+            let _ = writeln!(text, "  ... and {} more", transfer.violations.len() - 20);
         }
     }
 
