@@ -77,7 +77,7 @@ struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a whole local cluster in this process (3 nodes on 127.0.0.1:8001-8003).
     Demo(DemoArgs),
     /// Print a key's value (exit code 3 if it does not exist).

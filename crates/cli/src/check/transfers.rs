@@ -165,7 +165,7 @@ pub fn audit(entries: &[Entry], accounts: &[String], total: u64) -> Result<Audit
         return Err(format!("the accounts hold {sum} in total, not {total}"));
     }
     let counters: u64 = found.values().map(|account| account.transfers).sum();
-    if counters % 2 != 0 {
+    if !counters.is_multiple_of(2) {
         return Err(format!("the transfer counters add up to {counters}, an odd number (each transfer adds 2)"));
     }
     Ok(Audit { total, transfers: counters / 2 })
