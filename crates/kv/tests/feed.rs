@@ -2,7 +2,10 @@
 //! clusters on loopback: a stream resumed from an index gets exactly the later changes in
 //! log order; one resumed from before the history gets a snapshot, `snapshot-end`, then the
 //! changes, nothing missing or twice; a follower streams what the leader does; a client that
-//! stops reading is cut with where to resume; malformed requests get 400.
+//! stops reading is cut with where to resume; expiries, previous values and transactions
+//! appear as applied (a failed transaction not at all); Server-Sent Events carry ids that
+//! resume; a node that restarted streams a snapshot first; tokens and slots are enforced;
+//! malformed requests get 400.
 //!
 //! Streams are read over a plain TCP connection (HTTP/1.1, chunked), so a test controls
 //! when it reads.
@@ -13,9 +16,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use serde_json::Value;
 use skiff::NodeId;
-use skiff_kv::Limits;
+use skiff_kv::state::{Expiry, When};
+use skiff_kv::{Command, Limits, Op, Output};
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
 
@@ -33,15 +38,23 @@ struct Feed {
 impl Feed {
     /// Opens `GET /v1/skiff/watch?<query>` on `address`, as NDJSON; checks the 200.
     fn open(address: &str, query: &str) -> Feed {
+        let (status, content_type, feed) = Feed::request(address, query, "Accept: application/x-ndjson\r\n");
+        assert!(status.starts_with("HTTP/1.1 200"), "the stream's status: {status:?}");
+        assert_eq!(content_type, "application/x-ndjson");
+        feed
+    }
+
+    /// Sends `GET /v1/skiff/watch?<query>` with `headers` (each ending in CRLF); returns the
+    /// status line, the content type and the body's reader.
+    fn request(address: &str, query: &str, headers: &str) -> (String, String, Feed) {
         let stream = TcpStream::connect(address).expect("connect");
         stream.set_read_timeout(Some(READ_LIMIT)).expect("timeout");
         let mut writer = stream.try_clone().expect("clone");
-        write!(writer, "GET /v1/skiff/watch?{query} HTTP/1.1\r\nHost: test\r\nAccept: application/x-ndjson\r\n\r\n")
-            .expect("send");
+        write!(writer, "GET /v1/skiff/watch?{query} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").expect("send");
         let mut reader = BufReader::new(stream);
         let mut status = String::new();
         reader.read_line(&mut status).expect("status line");
-        assert!(status.starts_with("HTTP/1.1 200"), "the stream's status: {status:?}");
+        let mut content_type = String::new();
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).expect("a header");
@@ -49,10 +62,24 @@ impl Feed {
                 break;
             }
             if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-type:") {
-                assert_eq!(value.trim(), "application/x-ndjson");
+                content_type = value.trim().to_string();
             }
         }
-        Feed { reader, pending: Vec::new(), ended: false }
+        (status, content_type, Feed { reader, pending: Vec::new(), ended: false })
+    }
+
+    /// The next line of the body (without its newline); `None` once the stream ended.
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.pending.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=at).collect();
+                return Some(String::from_utf8(line[..line.len() - 1].to_vec()).expect("a line of text"));
+            }
+            if self.ended || !self.read_chunk() {
+                self.ended = true;
+                return None;
+            }
+        }
     }
 
     /// Reads one chunk of the chunked body into `pending`; false at the body's end.
@@ -68,16 +95,8 @@ impl Feed {
 
     /// The next event; `None` once the stream ended.
     fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(at) = self.pending.iter().position(|&byte| byte == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=at).collect();
-                return Some(serde_json::from_slice(&line).expect("an event is JSON"));
-            }
-            if self.ended || !self.read_chunk() {
-                self.ended = true;
-                return None;
-            }
-        }
+        let line = self.line()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|error| panic!("an event is JSON: {error}: {line:?}")))
     }
 
     /// The next event that is not a `progress` event.
@@ -286,3 +305,217 @@ fn malformed_watch_requests_get_400() {
     assert_eq!(reply.status, 400, "{}", reply.text());
     cluster.shutdown();
 }
+
+/// Writes `key` with a TTL of `ttl_ms` through `id`, stamped as the servers stamp writes.
+fn set_with_ttl(cluster: &KvCluster, id: NodeId, key: &'static str, ttl_ms: u64) {
+    let server = cluster.server(id);
+    let op = Op::SetWith {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(b"short-lived"),
+        when: When::Always,
+        get: false,
+        expiry: Expiry::After(ttl_ms),
+    };
+    let command = Command { request: None, op: op.at(server.published().now_ms()) };
+    match cluster.block_on(server.node().propose(command)) {
+        Ok(Output::Set { written: true, .. }) => {}
+        other => panic!("the write was not applied: {other:?}"),
+    }
+}
+
+fn b64(text: &str) -> String {
+    BASE64.encode(text)
+}
+
+#[test]
+fn expiries_previous_values_and_transactions_appear_as_applied_and_a_failed_transaction_not_at_all() {
+    let (cluster, leader, followers) = start("feed-kinds", Limits::default());
+    let client = &cluster.client;
+    let start = current_index(&cluster, leader);
+    let mut feed = Feed::open(client.address(followers[0]), &format!("prefix=app/&index={start}&prev=true"));
+    client.set(leader, "app/a", b"1");
+    client.set(leader, "app/a", b"2");
+    // A transaction whose cas fails writes nothing, so it sends nothing.
+    let failing = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"app/never","Value":"{}"}}}},{{"KV":{{"Verb":"cas","Key":"app/a","Value":"{}","Index":1}}}}]"#,
+        b64("x"),
+        b64("y")
+    );
+    assert_eq!(client.put(leader, "/v1/txn", failing.as_bytes()).status, 409);
+    let both = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"app/b","Value":"{}"}}}},{{"KV":{{"Verb":"delete","Key":"app/a"}}}}]"#,
+        b64("3")
+    );
+    client.put(leader, "/v1/txn", both.as_bytes()).ok();
+    set_with_ttl(&cluster, leader, "app/tmp", 200);
+
+    let events: Vec<Value> = (0..6).map(|_| feed.event()).collect();
+    let changes: Vec<Change> = events.iter().map(change).collect();
+    let mut expected = vec![put("app/a", "1"), put("app/a", "2"), put("app/b", "3"), delete("app/a")];
+    expected.push(put("app/tmp", "short-lived"));
+    expected.push(("expire".into(), "app/tmp".into(), None));
+    assert_eq!(changes, expected, "{events:#?}");
+    let prev: Vec<&Value> = events.iter().map(|event| &event["prev_value"]).collect();
+    let (one, two) = (Value::from(b64("1")), Value::from(b64("2")));
+    assert_eq!(
+        prev,
+        [&Value::Null, &one, &Value::Null, &two, &Value::Null, &Value::from(b64("short-lived"))],
+        "previous values"
+    );
+    let index = |n: usize| events[n]["index"].as_u64().expect("an index");
+    assert_eq!(index(2), index(3), "one transaction, one index");
+    assert!((0..5).all(|n| index(n) < index(n + 1) || n == 2), "log order: {events:#?}");
+    assert_eq!(events[3]["create_index"], events[0]["create_index"], "a deletion names the key's creation");
+    assert_eq!(events[5]["create_index"], events[4]["index"], "an expiry names the key's creation");
+    cluster.shutdown();
+}
+
+/// The next Server-Sent Event: its `data:` JSON and its `id:`, if it has one.
+fn sse_event(feed: &mut Feed) -> (Value, Option<u64>) {
+    let mut data = None;
+    let mut id = None;
+    loop {
+        let line = feed.line().expect("the stream ended early");
+        if line.is_empty() {
+            if let Some(data) = data {
+                return (data, id);
+            }
+        } else if let Some(json) = line.strip_prefix("data: ") {
+            assert!(data.is_none(), "one data line per event: {line}");
+            data = Some(serde_json::from_str(json).expect("data is JSON"));
+        } else if let Some(value) = line.strip_prefix("id: ") {
+            id = Some(value.parse().expect("an id is an index"));
+        } else {
+            assert!(line.starts_with(':') || line.starts_with("retry:"), "an SSE line: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn server_sent_events_carry_an_id_after_each_entry_and_resume_from_last_event_id() {
+    let (cluster, leader, _) = start("feed-sse", Limits::default());
+    let client = &cluster.client;
+    let start = current_index(&cluster, leader);
+    let (status, content_type, mut feed) =
+        Feed::request(client.address(leader), &format!("prefix=app/&index={start}"), "");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(content_type, "text/event-stream");
+    client.set(leader, "app/a", b"1");
+    let tree = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"app/b","Value":"{}"}}}},{{"KV":{{"Verb":"set","Key":"app/c","Value":"{}"}}}}]"#,
+        b64("2"),
+        b64("3")
+    );
+    client.put(leader, "/v1/txn", tree.as_bytes()).ok();
+    client.set(leader, "app/d", b"4");
+    let (first, first_id) = sse_event(&mut feed);
+    assert_eq!(change(&first), put("app/a", "1"));
+    assert_eq!(first_id, first["index"].as_u64(), "an entry's last event carries its index as the id");
+    // A transaction's two events: the id only on the second, where the entry is complete.
+    let (b, b_id) = sse_event(&mut feed);
+    let (c, c_id) = sse_event(&mut feed);
+    assert_eq!((change(&b), change(&c)), (put("app/b", "2"), put("app/c", "3")));
+    assert_eq!((b_id, c_id), (None, c["index"].as_u64()), "no id inside an entry");
+    drop(feed);
+    // What EventSource sends when it reconnects: the events after that id.
+    let header = format!("Last-Event-ID: {}\r\n", first_id.expect("an id"));
+    let (status, _, mut again) = Feed::request(client.address(leader), "prefix=app/", &header);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let resumed: Vec<Change> = (0..3).map(|_| change(&sse_event(&mut again).0)).collect();
+    assert_eq!(resumed, vec![put("app/b", "2"), put("app/c", "3"), put("app/d", "4")]);
+    cluster.shutdown();
+}
+
+#[test]
+fn a_restarted_follower_streams_a_snapshot_of_the_prefix_then_the_same_changes_as_the_leader() {
+    let file = ClusterFile::builder("feed-restart", 3).http().raft("snapshot_after_entries", 20).build();
+    let mut cluster = KvCluster::start_with_limits(file, Limits::default());
+    let leader = cluster.leader();
+    let follower = cluster.others(leader)[0];
+    cluster.client.set(leader, "app/early", b"0");
+    // Enough writes for the follower to take a snapshot: after a restart it starts from it,
+    // and its history (in memory) starts there.
+    for n in 0..30 {
+        cluster.client.set(leader, &format!("app/{n:02}"), n.to_string().as_bytes());
+    }
+    skiff_testkit::wait::eventually("the follower took a snapshot", || {
+        cluster.client.status(follower)["snapshot_index"].as_u64() >= Some(20)
+    });
+    cluster.stop(follower);
+    for n in 30..60 {
+        cluster.client.set(leader, &format!("app/{n:02}"), n.to_string().as_bytes());
+    }
+    cluster.client.remove(leader, "app/early");
+    cluster.start_node(follower);
+    let client = &cluster.client;
+    let last = current_index(&cluster, leader);
+    skiff_testkit::wait::eventually("the follower caught up", || {
+        client.status(follower)["applied"].as_u64() >= Some(last)
+    });
+    let listing = client.get(leader, "/v1/kv/app/?recurse").json();
+    let keys: Vec<&str> = listing.as_array().expect("a listing").iter().filter_map(|e| e["Key"].as_str()).collect();
+    let mut feed = Feed::open(client.address(follower), "prefix=app/&index=1");
+    let mut snapshot = Vec::new();
+    let end = loop {
+        let event = feed.event();
+        if event["type"] == "snapshot-end" {
+            break event["index"].as_u64().expect("an index");
+        }
+        assert_eq!(event["type"], "snapshot", "{event}");
+        snapshot.push(event["key"].as_str().expect("a key").to_string());
+    };
+    assert_eq!(snapshot, keys, "the follower's snapshot is the prefix as the leader lists it");
+    client.set(leader, "app/after", b"x");
+    let mut on_leader = Feed::open(client.address(leader), &format!("prefix=app/&index={end}"));
+    let (here, there) = (feed.event(), on_leader.event());
+    assert_eq!(change(&here), put("app/after", "x"));
+    assert_eq!(here, there, "the same event, at the same index, on both nodes");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_token_must_read_the_prefix_and_streams_take_blocking_query_slots() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, TOKENS).expect("the tokens file");
+    let file = ClusterFile::builder("feed-auth", 3).http().auth(&tokens, ADMIN).build();
+    let limits = Limits { max_blocking_queries_per_client: 1, ..Limits::default() };
+    let cluster = KvCluster::start_with_limits(file, limits);
+    let leader = cluster.leader();
+    let address = cluster.client.address(leader);
+    let app = format!("X-Consul-Token: {APP}\r\nAccept: application/x-ndjson\r\n");
+    for (query, headers, expected) in [
+        ("prefix=shared/", "Accept: application/x-ndjson\r\n", "HTTP/1.1 403"),
+        ("prefix=secret/", app.as_str(), "HTTP/1.1 403"),
+        ("", app.as_str(), "HTTP/1.1 403"),
+    ] {
+        let (status, _, _) = Feed::request(address, query, headers);
+        assert!(status.starts_with(expected), "{query} with {headers:?}: {status}");
+    }
+    // The token may read shared/: a stream, which holds this client's only slot.
+    let (status, _, open) = Feed::request(address, "prefix=shared/", &app);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (status, _, _) = Feed::request(address, "prefix=shared/", &app);
+    assert!(status.starts_with("HTTP/1.1 429"), "a second stream from the same address: {status}");
+    drop(open);
+    // Its slot is given back when the client goes away.
+    skiff_testkit::wait::eventually("the slot is free again", || {
+        Feed::request(address, "prefix=shared/", &app).0.starts_with("HTTP/1.1 200")
+    });
+    cluster.shutdown();
+}
+
+const ADMIN: &str = "admin-secret-0123456789";
+const APP: &str = "app-secret-0123456789";
+const TOKENS: &str = r#"
+[[token]]
+name = "admin"
+secret = "admin-secret-0123456789"
+management = true
+
+[[token]]
+name = "app"
+secret = "app-secret-0123456789"
+read = ["shared/"]
+write = ["app/"]
+"#;
