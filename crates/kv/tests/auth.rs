@@ -12,27 +12,12 @@ use std::path::Path;
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
+use skiff_testkit::tokens::{ADMIN, APP, TOKENS};
 use skiff_testkit::wait::{TIMEOUT, eventually};
-
-const ADMIN: &str = "admin-secret-0123456789";
-const APP: &str = "app-secret-0123456789";
-const TOKENS: &str = r#"
-[[token]]
-name = "admin"
-secret = "admin-secret-0123456789"
-management = true
-
-[[token]]
-name = "app"
-secret = "app-secret-0123456789"
-read = ["shared/"]
-write = ["app/"]
-"#;
 
 /// A 3-node cluster (http and redis) with the tokens above in `dir`.
 fn secured(dir: &Path, name: &str) -> KvCluster {
-    let tokens = dir.join("tokens.toml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = skiff_testkit::tokens::write(dir);
     KvCluster::start(ClusterFile::builder(name, 3).http().redis().auth(&tokens, ADMIN).build())
 }
 

@@ -23,6 +23,7 @@ use skiff_kv::state::{Expiry, When};
 use skiff_kv::{Command, Limits, Op, Output};
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
+use skiff_testkit::tokens::{ADMIN, APP};
 
 /// A safety net for a stream that sends nothing: the test fails instead of hanging.
 const READ_LIMIT: Duration = Duration::from_secs(60);
@@ -476,8 +477,7 @@ fn a_restarted_follower_streams_a_snapshot_of_the_prefix_then_the_same_changes_a
 #[test]
 fn a_token_must_read_the_prefix_and_streams_take_blocking_query_slots() {
     let dir = tempfile::tempdir().expect("a directory");
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, TOKENS).expect("the tokens file");
+    let tokens = skiff_testkit::tokens::write(dir.path());
     let file = ClusterFile::builder("feed-auth", 3).http().auth(&tokens, ADMIN).build();
     let limits = Limits { max_blocking_queries_per_client: 1, ..Limits::default() };
     let cluster = KvCluster::start_with_limits(file, limits);
@@ -504,18 +504,3 @@ fn a_token_must_read_the_prefix_and_streams_take_blocking_query_slots() {
     });
     cluster.shutdown();
 }
-
-const ADMIN: &str = "admin-secret-0123456789";
-const APP: &str = "app-secret-0123456789";
-const TOKENS: &str = r#"
-[[token]]
-name = "admin"
-secret = "admin-secret-0123456789"
-management = true
-
-[[token]]
-name = "app"
-secret = "app-secret-0123456789"
-read = ["shared/"]
-write = ["app/"]
-"#;

@@ -25,6 +25,7 @@ pub mod ports;
 pub mod process;
 pub mod resp;
 pub mod tmpfs;
+pub mod tokens;
 pub mod wait;
 
 /// Sends `tracing` output to the test's captured output; the first call wins.
