@@ -201,16 +201,7 @@ impl Stream {
             if !self.access.can_read(entry.key) {
                 continue;
             }
-            let json = json!({
-                "type": "snapshot",
-                "index": index,
-                "key": String::from_utf8_lossy(entry.key),
-                "value": base64::engine::general_purpose::STANDARD.encode(entry.value),
-                "create_index": entry.create_index,
-                "modify_index": entry.modify_index,
-                "flags": entry.flags,
-            });
-            frame(&mut out, self.format, None, &json);
+            frame(&mut out, self.format, None, &snapshot_event(index, &entry));
             if out.len() >= CHUNK_BYTES {
                 break;
             }
@@ -220,17 +211,8 @@ impl Stream {
             && let Some(entry) = view.get(&self.prefix)
             && self.access.can_read(entry.key)
         {
-            let json = json!({
-                "type": "snapshot",
-                "index": index,
-                "key": String::from_utf8_lossy(entry.key),
-                "value": base64::engine::general_purpose::STANDARD.encode(entry.value),
-                "create_index": entry.create_index,
-                "modify_index": entry.modify_index,
-                "flags": entry.flags,
-            });
             let mut first = String::new();
-            frame(&mut first, self.format, None, &json);
+            frame(&mut first, self.format, None, &snapshot_event(index, &entry));
             out.insert_str(0, &first);
         }
         match last {
@@ -333,6 +315,19 @@ fn event_json(event: &Event, prev: bool) -> Json {
             json!(event.prev.as_ref().map(|value| base64::engine::general_purpose::STANDARD.encode(value)));
     }
     json
+}
+
+/// A key of a stream's snapshot, as of `index`.
+fn snapshot_event(index: u64, entry: &crate::state::Entry<'_>) -> Json {
+    json!({
+        "type": "snapshot",
+        "index": index,
+        "key": String::from_utf8_lossy(entry.key),
+        "value": base64::engine::general_purpose::STANDARD.encode(entry.value),
+        "create_index": entry.create_index,
+        "modify_index": entry.modify_index,
+        "flags": entry.flags,
+    })
 }
 
 /// Appends one event in `format`: SSE's `id:` (when given) and `data:` lines and a blank
