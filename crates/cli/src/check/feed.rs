@@ -438,7 +438,13 @@ impl Follower {
             ));
             return;
         }
+        // The end marker is a plain put, alone in its entry: complete as soon as it comes
+        // (nothing may follow it for a while).
+        let marker = locked(&shared.final_read).as_ref().is_some_and(|final_read| final_read.is_marker(&change));
         self.pending = Some((index, vec![change]));
+        if marker && let Some((at, changes)) = self.pending.take() {
+            self.finish(at, changes, shared);
+        }
     }
 
     /// Every change up to `index` was sent (`progress`, `cut`).
@@ -1312,6 +1318,8 @@ mod tests {
         for follower in [&mut a, &mut b] {
             follower.open();
             follower.take(&event("put", 12, &marker, "t", 12), &shared);
+            // The marker's entry is complete without anything after it.
+            assert!(follower.comparison.is_some());
             follower.take(&progress(12), &shared);
         }
         assert_eq!(a.comparison, Some(Ok(())));
