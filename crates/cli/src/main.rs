@@ -448,6 +448,10 @@ struct CheckArgs {
     /// give --cacert and --token instead.
     #[arg(long)]
     secure: bool,
+    /// Do not run the change-feed check (a watcher per node on /v1/skiff/watch whose events
+    /// must be the committed history; on by default for the kv workload).
+    #[arg(long)]
+    no_feed_check: bool,
 }
 
 #[derive(Args)]
@@ -580,6 +584,7 @@ impl CheckArgs {
             snapshot_after_entries: self.snapshot_after,
             security,
             secure: self.secure,
+            feed_check: !self.no_feed_check,
         })
     }
 }

@@ -64,6 +64,23 @@ fn assert_passed(output: &Output, report: &Value, history: &[Value], faults: &[&
     assert_eq!(report["data_dir"], Value::Null);
     let first = &history[0];
     assert!(first["client"].is_u64() && first["key"].is_string() && first["invoke_ns"].is_u64(), "{first}");
+    assert_feed_passed(output, report);
+}
+
+/// The change-feed check ran a watcher per initial node, each received events, the
+/// acknowledged writes were found in the feed, and nothing contradicted the history.
+fn assert_feed_passed(output: &Output, report: &Value) {
+    let context = || format!("report: {report:#}\nstderr:\n{}", stderr(output));
+    let feed = &report["feed"];
+    assert_eq!(feed["passed"], true, "{}", context());
+    assert_eq!(feed["violations"], serde_json::json!([]), "{}", context());
+    let watchers = feed["watchers"].as_array().expect("the feed's watchers");
+    assert_eq!(watchers.len(), report["settings"]["endpoints"].as_array().unwrap().len(), "{}", context());
+    for watcher in watchers {
+        assert!(watcher["events"].as_u64().unwrap() > 0, "{}", context());
+    }
+    assert!(feed["indexes"].as_u64().unwrap() > 0, "{}", context());
+    assert!(feed["acknowledged_found"].as_u64().unwrap() > 0, "{}", context());
 }
 
 #[test]
@@ -78,6 +95,14 @@ fn three_nodes_killed_paused_and_partitioned_stay_linearizable() {
     assert_eq!(report["leaders"]["split_terms"], serde_json::json!([]));
     assert_eq!(report["unexpected_exits"], serde_json::json!([]));
     assert_eq!(report["history"], dir.path().join("history.json").display().to_string());
+    // Every node's watcher went through the faults to the end marker, and its model of
+    // the keys matched the final read; the kills and pauses broke streams, which resumed.
+    let watchers = report["feed"]["watchers"].as_array().unwrap();
+    for watcher in watchers {
+        assert_eq!(watcher["final_state"], "matched the final read", "{report:#}");
+    }
+    let reconnects: u64 = watchers.iter().map(|watcher| watcher["reconnects"].as_u64().unwrap()).sum();
+    assert!(reconnects > 0, "{report:#}");
 }
 
 /// `--secure`: the cluster has TLS and tokens, and every client, status and fault call goes
@@ -264,6 +289,8 @@ fn the_lock_workload_keeps_holders_apart_and_expires_keys_across_leader_kills() 
     assert!(lock["ttl"]["expired"].as_u64().unwrap() > 0, "{}", context());
     assert!(lock["ttl"]["max_error_ms"].is_f64(), "{}", context());
     assert!(report["faults"]["counts"]["leader"].as_u64().unwrap() > 0, "{}", context());
+    // The change-feed check is the kv workload's.
+    assert_eq!(report["feed"], Value::Null, "{}", context());
 }
 
 /// `--workload transfer`: clients move amounts between accounts with transactions guarded

@@ -26,7 +26,8 @@ mod http;
 mod options;
 mod report;
 mod resp;
-mod stream;
+/// Also the change-feed check's connections (`check::feed`).
+pub(crate) mod stream;
 mod worker;
 
 use std::process::ExitCode;

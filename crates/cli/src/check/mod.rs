@@ -14,12 +14,17 @@
 //!    every final member has applied the same index and compare their copies.
 //! 4. Check the history with [`skiff_check::check`] and print the [`report`].
 //!
+//! With the kv workload, [`feed`] also follows each node's change feed from before the
+//! first write to an end marker written after a final read, and checks the events against
+//! each other, the acknowledged writes and that read.
+//!
 //! The outcome of each operation is recorded as the answer proves it (see [`workload`]):
 //! this is what makes a failed check a real finding rather than a guess.
 
 mod cluster;
 mod converge;
 mod faults;
+mod feed;
 mod http;
 mod locks;
 mod membership;
@@ -245,7 +250,9 @@ fn check(options: &CheckOptions, kinds: &[FaultKind], seed: u64, signals: &Signa
         let accounts = transfers::account_keys(&transfer_prefix(&target), options.keys);
         transfers::open_accounts(&target.roster, &target.security, &accounts, LEADER_TIMEOUT)?;
     }
+    let feed = start_feed(options, &target)?;
     let mut recorded = record(options, kinds, seed, &target, signals);
+    recorded.feed = feed;
     if let Err(error) = std::mem::replace(&mut recorded.recovered, Ok(())) {
         return Err(with_saved_history(error, options, &target, &run_id, &recorded.history));
     }
@@ -273,6 +280,20 @@ struct Recorded {
     lock: Option<(locks::LockLog, Vec<locks::TtlKey>)>,
     /// The transfer workload's records.
     transfer: Option<transfers::TransferLog>,
+    /// The change feed's watchers, still running.
+    feed: Option<feed::Watchers>,
+}
+
+/// Starts a watcher on the change feed of each node (the kv workload, unless
+/// `--no-feed-check`).
+fn start_feed(options: &CheckOptions, target: &Target) -> Result<Option<feed::Watchers>> {
+    if !options.feed_check || options.workload != WorkloadKind::Kv {
+        return Ok(None);
+    }
+    note(&format!("following the change feed of each of the {} nodes", target.initial.len()));
+    let watchers = feed::Watchers::start(&target.initial, &target.prefix, &target.security, LEADER_TIMEOUT)
+        .context("cannot start the change-feed watchers")?;
+    Ok(Some(watchers))
 }
 
 /// Runs the clients, the fault thread and the watcher for `--time`, then heals everything
@@ -386,7 +407,19 @@ fn record(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Targe
         let (history, errors) = merge(logs);
         let lock = ttl_keys.map(|keys| (locks::merge(lock_logs), keys));
         let transfer = transfer.then(|| transfers::merge(transfer_logs));
-        Recorded { history, errors, faults, leaders, exits, start, workload: workload_time, recovered, lock, transfer }
+        Recorded {
+            history,
+            errors,
+            faults,
+            leaders,
+            exits,
+            start,
+            workload: workload_time,
+            recovered,
+            lock,
+            transfer,
+            feed: None,
+        }
     })
 }
 
@@ -491,7 +524,12 @@ fn conclude(
         );
         transfers::conclude(log, accounts.len(), last)
     });
+    let feed = recorded.feed.take().map(|watchers| {
+        note("comparing what each node's change feed sent");
+        watchers.finish(&members, &recorded.history)
+    });
     let passed = check.verdict == skiff_check::Verdict::Linearizable
+        && feed.as_ref().is_none_or(|feed| feed.passed)
         && lock.as_ref().is_none_or(|lock| lock.passed)
         && transfer.as_ref().is_none_or(|transfer| transfer.passed)
         && convergence.converged
@@ -526,6 +564,7 @@ fn conclude(
         check,
         lock,
         transfer,
+        feed,
         history: history.map(|path| path.display().to_string()),
         data_dir,
     })

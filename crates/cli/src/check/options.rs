@@ -129,6 +129,9 @@ pub struct CheckOptions {
     pub security: Security,
     /// Without `--endpoints`: start the cluster with TLS and tokens (`--secure`).
     pub secure: bool,
+    /// Run a watcher per node on the change feed (the kv workload; off with
+    /// `--no-feed-check`).
+    pub feed_check: bool,
 }
 
 impl CheckOptions {
@@ -203,6 +206,7 @@ mod tests {
             snapshot_after_entries: 1000,
             security: Security::default(),
             secure: false,
+            feed_check: true,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Report {
     /// The transfer workload's findings (`--workload transfer`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer: Option<super::transfers::TransferReport>,
+    /// The change-feed check's findings (the kv workload, unless `--no-feed-check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<super::feed::FeedReport>,
     /// Where the history was saved (always when the check failed).
     pub history: Option<String>,
     /// Where the nodes' data and logs are (kept with `--keep-data` or when the check failed).
@@ -172,6 +175,7 @@ impl Report {
         self.write_cluster(&mut text);
         self.write_lock(&mut text);
         self.write_transfer(&mut text);
+        self.write_feed(&mut text);
         self.write_check(&mut text);
         text
     }
@@ -233,6 +237,44 @@ impl Report {
         }
         if transfer.violations.len() > 20 {
             let _ = writeln!(text, "  ... and {} more", transfer.violations.len() - 20);
+        }
+    }
+
+    fn write_feed(&self, text: &mut String) {
+        let Some(feed) = &self.feed else { return };
+        let prefix = if feed.prefix.is_empty() { "every key".to_string() } else { format!("{:?}", feed.prefix) };
+        let _ = writeln!(
+            text,
+            "\nchange feed: {} watchers of {prefix}; {} log indexes with changes; {} acknowledged writes found at one \
+             index each ({} in a coverage gap); {}",
+            feed.watchers.len(),
+            feed.indexes,
+            feed.acknowledged_found,
+            feed.acknowledged_unverifiable,
+            if feed.covered_without_gap { "covered without a gap" } else { "coverage has gaps (rebases)" }
+        );
+        for watcher in &feed.watchers {
+            let _ = writeln!(
+                text,
+                "  {}: {} events in {} entries; {} reconnects, {} rebases, {} cuts; max lag {} indexes; {}",
+                watcher.node,
+                watcher.events,
+                watcher.entries,
+                watcher.reconnects,
+                watcher.rebases,
+                watcher.cuts,
+                watcher.max_lag,
+                watcher.final_state
+            );
+        }
+        if feed.violations.is_empty() {
+            let _ = writeln!(text, "  no violation");
+        }
+        for violation in feed.violations.iter().take(20) {
+            let _ = writeln!(text, "  VIOLATION: {violation}");
+        }
+        if feed.violation_count > 20 {
+            let _ = writeln!(text, "  ... and {} more", feed.violation_count - 20);
         }
     }
 
@@ -376,6 +418,11 @@ impl Report {
 
     /// `PASS: ...` or `FAIL: ...`, with every reason.
     pub fn verdict_line(&self) -> String {
+        if self.passed && self.feed.is_some() {
+            return "PASS: the history is linearizable, the replicas converged, and every node's change feed sent \
+                    the committed history"
+                .to_string();
+        }
         if self.passed {
             return "PASS: the history is linearizable and the replicas converged".to_string();
         }
@@ -387,6 +434,9 @@ impl Report {
         }
         if !self.convergence.converged {
             reasons.push("the replicas did not converge");
+        }
+        if self.feed.as_ref().is_some_and(|feed| !feed.passed) {
+            reasons.push("the change feed contradicts the committed history");
         }
         if !self.leaders.split_terms.is_empty() {
             reasons.push("a term had two leaders");
