@@ -392,11 +392,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// dropped) and a connection limit.
 async fn serve_http(acceptor: Acceptor, router: axum::Router, mut stop: oneshot::Receiver<()>) {
     let graceful = GracefulShutdown::new();
+    // The connections' tasks: those still running after the drain are aborted when this
+    // set is dropped (an embedding process keeps its runtime after a server stops).
+    let mut connections = tokio::task::JoinSet::new();
     while let Some(incoming) = acceptor.next(&mut stop).await {
+        while connections.try_join_next().is_some() {}
         // The client's address, for limits per client (`ConnectInfo` as axum names it).
         let router = router.clone().layer(axum::Extension(axum::extract::ConnectInfo(incoming.address())));
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let Some((stream, slot)) = incoming.establish().await else { return };
             let mut builder = http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);

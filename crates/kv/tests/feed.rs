@@ -504,3 +504,20 @@ fn a_token_must_read_the_prefix_and_streams_take_blocking_query_slots() {
     });
     cluster.shutdown();
 }
+
+#[test]
+fn a_stream_of_a_node_that_stops_ends_with_a_cut_that_says_where_to_resume() {
+    let (mut cluster, leader, followers) = start("feed-stop", Limits::default());
+    cluster.client.set(leader, "app/a", b"1");
+    let seen = current_index(&cluster, leader);
+    let mut feed = Feed::open(cluster.client.address(followers[0]), &format!("prefix=app/&index={seen}"));
+    // An in-process server: the runtime lives on after the server stops, and so would an
+    // open stream that did not end itself.
+    cluster.stop(followers[0]);
+    let cut = feed.event();
+    assert_eq!(cut["type"], "cut", "{cut}");
+    assert_eq!(cut["reason"], "shutdown");
+    assert!(cut["resume_from"].as_u64() >= Some(seen), "{cut}");
+    assert!(feed.next().is_none(), "the stream ends after the cut");
+    cluster.shutdown();
+}

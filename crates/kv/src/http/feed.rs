@@ -273,11 +273,21 @@ impl Stream {
             if !events.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(PROGRESS_EVERY, self.feed_changed.changed()).await {
-                Ok(Ok(())) => continue,
-                // The node is shutting down.
-                Ok(Err(_)) => return self.cut("shutdown", "the node is shutting down"),
-                Err(_) => {
+            let node = Arc::clone(&self.api.node);
+            let woken = tokio::select! {
+                changed = tokio::time::timeout(PROGRESS_EVERY, self.feed_changed.changed()) => match changed {
+                    Ok(Ok(())) => Wake::Changed,
+                    Ok(Err(_)) => Wake::Stopped,
+                    Err(_) => Wake::Quiet,
+                },
+                // No change will come once the node stopped, and the server waits for its
+                // connections to end.
+                _ = node.stopped() => Wake::Stopped,
+            };
+            match woken {
+                Wake::Changed => continue,
+                Wake::Stopped => return self.cut("shutdown", "the node is shutting down"),
+                Wake::Quiet => {
                     let mut out = String::new();
                     let progress = json!({ "type": "progress", "index": self.cursor });
                     frame(&mut out, self.format, Some(self.cursor), &progress);
@@ -315,6 +325,15 @@ fn event_json(event: &Event, prev: bool) -> Json {
             json!(event.prev.as_ref().map(|value| base64::engine::general_purpose::STANDARD.encode(value)));
     }
     json
+}
+
+/// What ends a stream's wait for changes.
+enum Wake {
+    Changed,
+    /// The node stopped.
+    Stopped,
+    /// Nothing changed for [`PROGRESS_EVERY`].
+    Quiet,
 }
 
 /// A key of a stream's snapshot, as of `index`.
