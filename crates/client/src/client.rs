@@ -419,7 +419,8 @@ impl Client {
     /// another) when its stream ends, without losing or repeating an event.
     ///
     /// Without [`WatchOptions::from`], the changes after the answering node's applied
-    /// index (`GET /v1/skiff/status`), read first. The first stream is opened here, within
+    /// index (`GET /v1/skiff/status`), read first, after a linearizable read of the prefix
+    /// (so no write acknowledged before the call is shown). The first stream is opened here, within
     /// the client's timeout, so a refused request is an error here: [`Error::Http`] 400 for
     /// a prefix longer than the server's longest key, 403 for a token that may not read it.
     /// The `Watch` has the client's endpoints, TLS settings and token; it does not borrow
@@ -427,7 +428,17 @@ impl Client {
     pub fn feed(&self, prefix: &str, options: WatchOptions) -> Result<Watch> {
         let from = match options.from {
             Some(from) => from,
-            None => self.status()?.applied,
+            None => {
+                // A linearizable read first, so that the answering node (the next call's,
+                // unless it fails) has applied every write acknowledged before `feed` was
+                // called. Any key does: one under the prefix, which the token may read.
+                let barrier = if prefix.is_empty() { "." } else { prefix };
+                match self.get(barrier, Consistency::Consistent) {
+                    Ok(_) | Err(Error::NotFound { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+                self.status()?.applied
+            }
         };
         Watch::open(Arc::clone(&self.transport), prefix, options, from, self.timeout)
     }
