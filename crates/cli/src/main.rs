@@ -13,6 +13,7 @@ mod lock;
 mod serve;
 mod shell;
 mod status;
+mod watch;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -146,6 +147,19 @@ enum Command {
     TransferLeader { id: Option<String> },
     /// An interactive shell (reads commands from standard input when it is not a terminal).
     Shell,
+    /// Print the changes under PREFIX as they happen, one line each (--json: the server's
+    /// JSON), until Ctrl-C; resumes by itself after a leader change or a node's restart.
+    Watch {
+        /// The keys to follow ("" for every key).
+        prefix: String,
+        /// Print the changes after this log index (a snapshot of the prefix first when the
+        /// node's history no longer reaches back to it) [default: from now on].
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Show each change's previous value.
+        #[arg(long)]
+        prev: bool,
+    },
     /// Run a command while holding the lock NAME, like `consul lock`: its fencing token is in
     /// SKIFF_FENCE, and the command is stopped if the lock is lost (docs/coordination.md).
     Lock(LockArgs),
@@ -720,6 +734,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::TransferLeader { id } => commands::transfer_leader(&client()?, id.as_deref(), format)?,
         Command::Shell => shell::run(&client()?)?,
+        Command::Watch { prefix, from, prev } => {
+            let style = if cli.client.json { watch::Style::Json } else { watch::Style::Human };
+            return watch::run(&client()?, &prefix, from, prev, style);
+        }
         Command::Lock(args) => {
             if args.ttl < Duration::from_millis(3) {
                 bail!("--ttl must be at least 3ms (the session is renewed every TTL/3)");

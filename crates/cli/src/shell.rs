@@ -2,15 +2,20 @@
 //! command names. When standard input is not a terminal it reads one command per line
 //! without a prompt, so a script can pipe commands in.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{CompletionType, Context, Editor, Helper, Highlighter, Hinter, Validator};
 use skiff_client::Client;
+use tokio::signal::unix::SignalKind;
 
 use crate::commands::{self, Format};
 use crate::status;
@@ -22,6 +27,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("list [PREFIX]", "every key under PREFIX, with its value"),
     ("show_log [N]", "the last N entries of the log (default 20), * before committed ones"),
     ("status", "every node's role, term, commit and health"),
+    ("watch PREFIX [FROM]", "print the changes under PREFIX (after index FROM) until Enter or Ctrl-C"),
     ("help", "this list"),
     ("exit, quit", "leave the shell (Ctrl-D too)"),
 ];
@@ -41,7 +47,7 @@ impl Completer for ShellHelper {
         if typed.contains(char::is_whitespace) {
             return Ok((pos, Vec::new()));
         }
-        let names = ["get", "put", "delete", "list", "show_log", "status", "help", "exit", "quit"];
+        let names = ["get", "put", "delete", "list", "show_log", "status", "watch", "help", "exit", "quit"];
         let matches = names
             .iter()
             .filter(|name| name.starts_with(typed))
@@ -61,8 +67,10 @@ enum Flow {
 /// Runs the shell until `exit`, end of input or an unrecoverable terminal error.
 pub fn run(client: &Client) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        for line in std::io::stdin().lock().lines() {
-            if handle(client, &line?) == Flow::Exit {
+        // A line at a time, the lock not held between lines: `watch` reads the next one.
+        loop {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line)? == 0 || handle(client, &line, Input::Piped) == Flow::Exit {
                 break;
             }
         }
@@ -83,7 +91,7 @@ pub fn run(client: &Client) -> Result<()> {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
-                if handle(client, &line) == Flow::Exit {
+                if handle(client, &line, Input::Terminal) == Flow::Exit {
                     break;
                 }
             }
@@ -106,9 +114,18 @@ fn history_file() -> Option<PathBuf> {
     home.is_dir().then(|| home.join(".skiff_history"))
 }
 
+/// Where the shell's commands come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// A person at a terminal (the line editor).
+    Terminal,
+    /// A pipe or a file, one command per line.
+    Piped,
+}
+
 /// Runs one line; errors are printed, never fatal.
-fn handle(client: &Client, line: &str) -> Flow {
-    let result = execute(client, line.trim());
+fn handle(client: &Client, line: &str, input: Input) -> Flow {
+    let result = execute(client, line.trim(), input);
     let _ = std::io::stdout().flush();
     match result {
         Ok(flow) => flow,
@@ -119,7 +136,7 @@ fn handle(client: &Client, line: &str) -> Flow {
     }
 }
 
-fn execute(client: &Client, line: &str) -> Result<Flow> {
+fn execute(client: &Client, line: &str, input: Input) -> Result<Flow> {
     let Some((command, rest)) = next_word(line)? else { return Ok(Flow::Continue) };
     let args = |count: usize| -> Result<Vec<String>> {
         let mut words = Vec::new();
@@ -155,11 +172,96 @@ fn execute(client: &Client, line: &str) -> Result<Flow> {
             commands::log(client, None, Some(limit), Format::Human)?;
         }
         "status" => status::show(client, Format::Human)?,
+        "watch" => {
+            let words = args(2)?;
+            let Some(prefix) = words.first() else { bail!("usage: watch PREFIX [FROM]") };
+            let from = match words.get(1) {
+                Some(from) => Some(from.parse().map_err(|_| anyhow::anyhow!("watch FROM is an index, not {from:?}"))?),
+                None => None,
+            };
+            watch(client, prefix, from, input)?;
+        }
         "help" | "?" => print_help(),
         "exit" | "quit" => return Ok(Flow::Exit),
         other => println!("unknown command {other:?}; type help for the list of commands"),
     }
     Ok(Flow::Continue)
+}
+
+/// `watch PREFIX [FROM]`: prints the changes on a thread of their own until Enter (the next
+/// line of input, or its end) or Ctrl-C. The thread stops printing at once; it ends with its
+/// stream's next event (at most the 15 s between the server's `progress` events).
+fn watch(client: &Client, prefix: &str, from: Option<u64>, input: Input) -> Result<()> {
+    let watch = crate::watch::open(client, prefix, from, false)?;
+    let stopped = Arc::new(Mutex::new(false));
+    let printing = Arc::clone(&stopped);
+    if input == Input::Terminal {
+        println!("watching {prefix:?}; press Enter or Ctrl-C to stop");
+    }
+    std::thread::Builder::new().name("watch".into()).spawn(move || {
+        for event in watch {
+            // Held while printing, so that nothing is printed once the watch is stopped.
+            let stopped = printing.lock().unwrap_or_else(PoisonError::into_inner);
+            if *stopped {
+                return;
+            }
+            let mut out = std::io::stdout().lock();
+            match event {
+                Ok(event) => {
+                    let _ = crate::watch::print_event(&mut out, &event, crate::watch::Style::Human);
+                }
+                Err(error) => {
+                    let _ = writeln!(out, "error: the watch ended: {error}");
+                }
+            }
+            let _ = out.flush();
+        }
+    })?;
+    let waited = wait_for_enter(input);
+    *stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    waited
+}
+
+/// Returns at the next line of input (or its end), or at Ctrl-C at a terminal.
+fn wait_for_enter(input: Input) -> Result<()> {
+    let mut line = String::new();
+    if input == Input::Piped {
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(());
+    }
+    let signals = interrupts()?;
+    while signals.try_recv().is_ok() {} // from before this watch
+    loop {
+        if signals.try_recv().is_ok() {
+            println!();
+            return Ok(());
+        }
+        let stdin = std::io::stdin();
+        let mut ready = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut ready, PollTimeout::from(POLL_MS)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {
+                stdin.read_line(&mut line)?;
+                return Ok(());
+            }
+            Err(error) => bail!("cannot read the terminal: {error}"),
+        }
+    }
+}
+
+/// How long one wait for input lasts before the signals are looked at again, in ms.
+const POLL_MS: u16 = 100;
+
+/// Ctrl-C while a `watch` runs, listened for from the first `watch` on (the line editor
+/// reads Ctrl-C as a key itself).
+fn interrupts() -> Result<std::sync::MutexGuard<'static, Receiver<i32>>> {
+    static SIGNALS: OnceLock<Mutex<Receiver<i32>>> = OnceLock::new();
+    if SIGNALS.get().is_none() {
+        let receiver = crate::interrupts::listen(&[SignalKind::interrupt()])?;
+        let _ = SIGNALS.set(Mutex::new(receiver));
+    }
+    let signals = SIGNALS.get().ok_or_else(|| anyhow::anyhow!("no signal listener"))?;
+    Ok(signals.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 fn required(words: Vec<String>, usage: &str) -> Result<String> {
@@ -172,7 +274,7 @@ fn required(words: Vec<String>, usage: &str) -> Result<String> {
 fn print_help() {
     println!("commands:");
     for (usage, what) in COMMANDS {
-        println!("  {usage:<15} {what}");
+        println!("  {usage:<19} {what}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`Client`]: the API's calls as methods, each with one deadline for all its attempts.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::api::{
     TxnCommitted, TxnOp, TxnOutcome, TxnRolledBack, Watched, duration_text, txn_body,
 };
 use crate::error::{Error, Result};
+use crate::feed::{Watch, WatchOptions};
 use crate::transport::{Call, Reply, Retry, Transport, encode_key, normalize_endpoint_as};
 
 /// How long a call may take, retries included, unless [`ClientBuilder::timeout`] says otherwise.
@@ -134,7 +136,7 @@ impl ClientBuilder {
             return Err(Error::Options("the timeout must be more than zero"));
         }
         Ok(Client {
-            transport: Transport::new(endpoints, self.timeout, self.security)?,
+            transport: Arc::new(Transport::new(endpoints, self.timeout, self.security)?),
             timeout: self.timeout,
             session: session_id(),
             writes: AtomicU64::new(0),
@@ -158,7 +160,7 @@ impl ClientBuilder {
 ///
 /// A `Client` is `Send + Sync`: share one between threads (it keeps a pool of connections).
 pub struct Client {
-    transport: Transport,
+    transport: Arc<Transport>,
     timeout: Duration,
     /// A random id for this client; idempotency keys are `<session>-<write number>`.
     session: String,
@@ -409,6 +411,36 @@ impl Client {
         let committed: TxnCommitted = reply.json()?;
         let results = committed.results.unwrap_or_default();
         Ok(TxnOutcome::Committed(results.into_iter().map(|result| result.kv).collect()))
+    }
+
+    /// Follows the changes under `prefix` (`""`: every key) through the change feed
+    /// (`GET /v1/skiff/watch`, as NDJSON): a [`Watch`], an iterator of
+    /// [`FeedEvent`](crate::FeedEvent)s that resumes by itself (on the same node or
+    /// another) when its stream ends, without losing or repeating an event.
+    ///
+    /// Without [`WatchOptions::from`], the changes after the answering node's applied
+    /// index (`GET /v1/skiff/status`), read first, after a linearizable read of the prefix
+    /// (so no write acknowledged before the call is shown). The first stream is opened here, within
+    /// the client's timeout, so a refused request is an error here: [`Error::Http`] 400 for
+    /// a prefix longer than the server's longest key, 403 for a token that may not read it.
+    /// The `Watch` has the client's endpoints, TLS settings and token; it does not borrow
+    /// the client.
+    pub fn feed(&self, prefix: &str, options: WatchOptions) -> Result<Watch> {
+        let from = match options.from {
+            Some(from) => from,
+            None => {
+                // A linearizable read first, so that the answering node (the next call's,
+                // unless it fails) has applied every write acknowledged before `feed` was
+                // called. Any key does: one under the prefix, which the token may read.
+                let barrier = if prefix.is_empty() { "." } else { prefix };
+                match self.get(barrier, Consistency::Consistent) {
+                    Ok(_) | Err(Error::NotFound { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+                self.status()?.applied
+            }
+        };
+        Watch::open(Arc::clone(&self.transport), prefix, options, from, self.timeout)
     }
 
     /// A blocking read: waits until the key changes after `index` (an

@@ -22,6 +22,8 @@
 //!   key is missing, the write may or may not have happened, ...).
 //! - The answers' types: [`Entry`], [`Status`], [`Members`], [`LogPage`]; a transaction's
 //!   operations and outcome: [`TxnOp`], [`TxnOutcome`].
+//! - [`Watch`]: the change feed under a prefix ([`Client::feed`]), an iterator of
+//!   [`FeedEvent`]s that resumes by itself.
 //!
 //! This crate is separate from `skiff-kv` so that an application that only talks to a
 //! cluster does not build the server: it depends on `ureq`, `serde_json`, `base64` and
@@ -32,6 +34,7 @@
 mod api;
 mod client;
 mod error;
+mod feed;
 mod transport;
 
 pub use api::{
@@ -40,6 +43,7 @@ pub use api::{
 };
 pub use client::{Client, ClientBuilder, Consistency, DEFAULT_TIMEOUT, DeleteOptions, WriteOptions};
 pub use error::{Error, Result};
+pub use feed::{DEFAULT_MAX_LINE_BYTES, FeedEvent, KeyChange, Watch, WatchOptions};
 pub use transport::{encode_key, normalize_endpoint, normalize_endpoint_as};
 
 /// The Rust examples of docs/client.md, compiled (and those that need no cluster run) as

@@ -235,6 +235,11 @@ impl Transport {
         &self.endpoints
     }
 
+    /// The index of the endpoint that answered last.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
     /// Sends `call` to the endpoints in turn, from the one that answered last, until an
     /// answer settles it or its deadline passes. A 503 that lasts until the deadline is
     /// returned as the server's answer (the caller reports the server's own message).
@@ -330,6 +335,86 @@ impl Transport {
         let body = response.body_mut().with_config().limit(MAX_BODY).read_to_vec()?;
         Ok(Reply { status, body, retry_after, location, endpoint: host_port(base).to_string(), index, fence })
     }
+}
+
+/// A response whose body is read as it comes (the change feed), with the node that sent it.
+pub(crate) struct Streaming {
+    /// The node that answered, `host:port`.
+    pub endpoint: String,
+    /// The body, read with a deadline per read and none overall.
+    pub body: ureq::BodyReader<'static>,
+}
+
+/// Why a streaming request did not start.
+#[derive(Debug)]
+pub(crate) enum StreamRefused {
+    /// Another attempt (here or at another endpoint) may succeed: the node is unreachable,
+    /// has no leader (503), is too busy (429), failed (5xx) or timed out.
+    Transient(Error),
+    /// The request itself is refused (400, 403, 404, ...): trying again would not help.
+    Final(Error),
+}
+
+/// How much of a refused streaming request's body is read, for its error message.
+const MAX_REFUSAL_BODY: u64 = 64 << 10;
+
+impl Transport {
+    /// `GET path` at the endpoint `at` (an index into the endpoints, modulo their number),
+    /// asking for `accept`; the answer's headers within `timeout`, then each read of the
+    /// body within `idle` (and no deadline overall).
+    pub fn open_stream(
+        &self,
+        at: usize,
+        path: &str,
+        accept: &str,
+        timeout: Duration,
+        idle: Duration,
+    ) -> Result<Streaming, StreamRefused> {
+        let base = &self.endpoints[at % self.endpoints.len()];
+        let endpoint = host_port(base).to_string();
+        let lost = |error: ureq::Error| {
+            let detail = format!("{endpoint}: {}", describe(&error));
+            if is_connect_failure(&error) {
+                StreamRefused::Transient(Error::Connect { attempts: vec![detail] })
+            } else {
+                StreamRefused::Transient(Error::Lost { detail })
+            }
+        };
+        let mut builder = Request::builder().method(Method::GET).uri(format!("{base}{path}")).header("Accept", accept);
+        if let Some(token) = &self.token {
+            builder = builder.header("X-Consul-Token", token);
+        }
+        let request = builder.body(()).map_err(|error| StreamRefused::Final(Error::Options(http_error(&error))))?;
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+            .timeout_recv_response(Some(timeout))
+            .timeout_per_read(Some(idle))
+            .build();
+        let mut response = self.agent.run(request).map_err(lost)?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(Streaming { endpoint, body: response.into_body().into_reader() });
+        }
+        let header =
+            |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let retry_after = header("Retry-After").and_then(|value| value.parse().ok()).map(Duration::from_secs);
+        let location = header("Location");
+        let body = response.body_mut().with_config().limit(MAX_REFUSAL_BODY).read_to_vec().unwrap_or_default();
+        let reply = Reply { status, body, retry_after, location, endpoint, index: None, fence: None };
+        let transient = matches!(status, 429 | 500..=599);
+        match reply.success() {
+            Ok(reply) => Err(StreamRefused::Final(reply.decode_error("a redirect, not the stream".to_string()))),
+            Err(error) if transient => Err(StreamRefused::Transient(error)),
+            Err(error) => Err(StreamRefused::Final(error)),
+        }
+    }
+}
+
+/// A request that cannot be built: the path was not a valid URI.
+fn http_error(_: &ureq::http::Error) -> &'static str {
+    "the request's URI is not valid"
 }
 
 /// `host:port` of a base URL, for messages.

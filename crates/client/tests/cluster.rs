@@ -241,3 +241,52 @@ fn an_answer_that_is_not_http_and_dead_endpoints_are_typed_errors() {
         other => panic!("refused connections are a Connect error, not {other:?}"),
     }
 }
+
+#[test]
+fn the_feed_shows_a_transaction_as_one_entry_and_a_new_watch_picks_up_at_resume_index() {
+    use skiff_client::{FeedEvent, TxnOp, TxnOutcome, WatchOptions};
+    let cluster = Cluster::start();
+    let client = cluster.client();
+    client.put("acct/before", "0").unwrap();
+    // From now on: what was written before is not shown.
+    let mut watch = client.feed("acct/", WatchOptions::default()).unwrap();
+    client.put("acct/a", "1").unwrap();
+    let ops = [
+        TxnOp::Set { key: "acct/b".into(), value: b"2".to_vec(), flags: 0 },
+        TxnOp::Set { key: "acct/c".into(), value: b"3".to_vec(), flags: 0 },
+        TxnOp::Delete { key: "acct/a".into() },
+    ];
+    assert!(matches!(client.txn(&ops).unwrap(), TxnOutcome::Committed(_)));
+    client.put("other/x", "no").unwrap();
+    client.put("acct/d", "4").unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match watch.next().expect("a watch does not end").unwrap() {
+            FeedEvent::Put(put) => seen.push(("put", put.key, put.index)),
+            FeedEvent::Delete(gone) => seen.push(("delete", gone.key, gone.index)),
+            FeedEvent::Progress { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let kinds: Vec<(&str, &str)> = seen.iter().map(|(kind, key, _)| (*kind, key.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [("put", "acct/a"), ("put", "acct/b"), ("put", "acct/c"), ("delete", "acct/a"), ("put", "acct/d")]
+    );
+    let txn = seen[1].2;
+    assert!(seen[0].2 < txn && seen[2].2 == txn && seen[3].2 == txn && seen[4].2 > txn, "{seen:?}");
+    assert_eq!(client.get("acct/d", Consistency::Consistent).unwrap().modify_index, seen[4].2);
+
+    // The last entry is not known whole until something after it arrives: a new watch
+    // picks up after the transaction and delivers acct/d again, and nothing before it.
+    assert_eq!(watch.resume_index(), txn);
+    let mut again =
+        client.feed("acct/", WatchOptions { from: Some(watch.resume_index()), ..WatchOptions::default() }).unwrap();
+    match again.next().expect("an event").unwrap() {
+        FeedEvent::Put(put) => {
+            assert_eq!((put.key.as_str(), put.value.as_slice(), put.index), ("acct/d", &b"4"[..], seen[4].2))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
