@@ -27,6 +27,12 @@ fn size_buckets() -> Vec<f64> {
     (0..13).map(|power| (1u64 << (10 + 2 * power)) as f64).collect()
 }
 
+/// The buckets of the count histograms (`skiff_wal_entries_per_sync`,
+/// `skiff_apply_batch_entries`): 0, then 1 to 4096 by factors of 2.
+fn count_buckets() -> Vec<f64> {
+    std::iter::once(0.0).chain((0..13).map(|power| (1u64 << power) as f64)).collect()
+}
+
 /// The process's Prometheus recorder, installed on first use. `None` when the embedding
 /// program installed another recorder first. Metric handles made before it is installed
 /// record nothing: [`crate::Server::start`] installs it before it starts the node.
@@ -37,6 +43,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .set_buckets(&SECONDS_BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(Matcher::Full("skiff_snapshot_size_bytes".into()), &size_buckets())
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("skiff_wal_entries_per_sync".into()), &count_buckets())
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("skiff_apply_batch_entries".into()), &count_buckets())
                 .ok()?
                 .idle_timeout(MetricKindMask::GAUGE, Some(STALE_GAUGE));
             builder.install_recorder().ok()

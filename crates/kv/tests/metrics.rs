@@ -125,6 +125,12 @@ fn metrics_follow_writes_replication_snapshots_and_a_stopped_peer() {
     let before = Scrape::of(&client, leader);
     let committed_before = before.get("skiff_proposals_total", &[("outcome", "committed")]).unwrap_or(0.0);
     let fsyncs_before = before.get("skiff_wal_fsync_seconds_count", &[]).unwrap_or(0.0);
+    let counted = |scrape: &Scrape, name: &str| scrape.get(name, &[]).unwrap_or(0.0);
+    let syncs_before = counted(&before, "skiff_wal_syncs_total");
+    let appended_before = counted(&before, "skiff_wal_entries_appended_total");
+    let readies_before = counted(&before, "skiff_raft_readies_total");
+    let batches_before = counted(&before, "skiff_apply_batch_entries_count");
+    let applied_before = counted(&before, "skiff_apply_batch_entries_sum");
     for number in 0..WRITES {
         client.put(leader, &format!("/v1/kv/m/{number:03}"), &[b'v'; 100]).ok();
     }
@@ -147,13 +153,29 @@ fn metrics_follow_writes_replication_snapshots_and_a_stopped_peer() {
     assert!(fsyncs >= 1.0, "{fsyncs} fsyncs for {WRITES} writes");
     assert!(after.value("skiff_wal_fsync_seconds_sum", &[]) > 0.0);
     assert!(after.value("skiff_wal_append_seconds_count", &[]) >= 1.0);
+    write_path_counts_agree(&after, WRITES);
+    // And over the writes alone: each was appended and applied in some batch, after at
+    // least one Ready and one fdatasync, and no fdatasync made more entries durable than
+    // were appended in that time.
+    let syncs = after.value("skiff_wal_syncs_total", &[]) - syncs_before;
+    let appended = after.value("skiff_wal_entries_appended_total", &[]) - appended_before;
+    assert!(syncs >= 1.0 && syncs == fsyncs, "{syncs} syncs counted, {fsyncs} fsyncs timed");
+    assert!(appended >= WRITES as f64, "{appended} entries appended for {WRITES} writes");
+    assert!(after.value("skiff_raft_readies_total", &[]) - readies_before >= 1.0);
+    let batches = after.value("skiff_apply_batch_entries_count", &[]) - batches_before;
+    let applied = after.value("skiff_apply_batch_entries_sum", &[]) - applied_before;
+    assert!(batches >= 1.0 && applied >= WRITES as f64, "{applied} entries applied in {batches} batches");
     let all_appends = after.value("skiff_wal_append_seconds_bucket", &[("le", "+Inf")]);
     assert_eq!(all_appends, after.value("skiff_wal_append_seconds_count", &[]), "the +Inf bucket counts every append");
     // The follower's WAL too: every node records, also the first started, whose store was
     // opened before any other (the recorder must be installed before a node starts).
-    let replicated = Scrape::of(&client, follower);
+    let replicated = scrape_until(&client, follower, "applied every write", |scrape| {
+        let keys = scrape.get("skiff_kv_keys", &[]);
+        if keys == Some(WRITES as f64) { Ok(()) } else { Err(format!("keys: {keys:?}")) }
+    });
     assert!(replicated.value("skiff_wal_fsync_seconds_count", &[]) >= 1.0, "{follower}: fsyncs");
     assert!(replicated.value("skiff_wal_append_seconds_count", &[]) >= 1.0, "{follower}: appends");
+    write_path_counts_agree(&replicated, WRITES);
     // The leader campaigned at least once to become leader.
     assert!(after.value("skiff_raft_elections_total", &[]) >= 1.0);
     // Per peer: the follower in touch, the stopped one not, and behind by at least the writes.
@@ -196,6 +218,35 @@ fn metrics_follow_writes_replication_snapshots_and_a_stopped_peer() {
     let missing: Vec<&&str> = served.iter().filter(|name| !documented.contains(**name)).collect();
     assert!(missing.is_empty(), "served but not in docs/metrics.md: {missing:?}");
     cluster.shutdown();
+}
+
+/// The write path's counts on a node that has taken at least `writes` writes (as leader or
+/// follower) since it started, and applied them: they agree with each other.
+fn write_path_counts_agree(scrape: &Scrape, writes: usize) {
+    let node = scrape.node;
+    let syncs = scrape.value("skiff_wal_syncs_total", &[]);
+    let appended = scrape.value("skiff_wal_entries_appended_total", &[]);
+    let readies = scrape.value("skiff_raft_readies_total", &[]);
+    assert!(syncs >= 1.0, "{node}: {syncs} syncs");
+    assert!(appended >= writes as f64, "{node}: {appended} entries appended for {writes} writes");
+    // Every fdatasync is timed too; the driver syncs at most once per Ready, and once after
+    // each snapshot it takes (the log is compacted).
+    assert_eq!(syncs, scrape.value("skiff_wal_fsync_seconds_count", &[]), "{node}: syncs counted and timed");
+    let taken = scrape.get("skiff_snapshot_seconds_count", &[("kind", "take")]).unwrap_or(0.0);
+    assert!(readies + taken >= syncs, "{node}: {readies} Readies and {taken} snapshots, {syncs} syncs");
+    // The histogram: one observation per sync, and the entries it made durable add up to at
+    // most what was appended (the rest not yet synced, or made durable by a segment's roll).
+    let per_sync = |suffix: &str| scrape.value(&format!("skiff_wal_entries_per_sync{suffix}"), &[]);
+    assert_eq!(per_sync("_count"), syncs, "{node}: one observation per sync");
+    let all = scrape.value("skiff_wal_entries_per_sync_bucket", &[("le", "+Inf")]);
+    assert_eq!(all, syncs, "{node}: the +Inf bucket counts every sync");
+    let durable = per_sync("_sum");
+    assert!(durable <= appended && durable >= writes as f64, "{node}: {durable} entries synced, {appended} appended");
+    // Applied: every committed entry in one batch, so at least the writes, in at least one.
+    let batches = scrape.value("skiff_apply_batch_entries_count", &[]);
+    let applied = scrape.value("skiff_apply_batch_entries_sum", &[]);
+    assert!(batches >= 1.0 && applied >= writes as f64, "{node}: {applied} entries applied in {batches} batches");
+    assert!(applied <= appended, "{node}: {applied} applied, {appended} appended");
 }
 
 #[test]

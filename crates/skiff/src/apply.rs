@@ -187,38 +187,49 @@ pub(crate) struct Applier<S: StateMachine> {
     target: Arc<dyn SnapshotTarget>,
     /// The thread writing the last snapshot or making it durable: its index and size.
     finishing: Option<std::thread::JoinHandle<(Index, u64)>>,
-    metrics: SnapshotMetrics,
+    metrics: ApplyMetrics,
 }
 
-/// How long snapshots take and how large they are: `skiff_snapshot_seconds` and
-/// `skiff_snapshot_size_bytes`, by node and `kind`: `take` (this node's state written into
-/// a snapshot file, until it is durable) and `restore` (the state replaced by a leader's
-/// snapshot, read from its file).
+/// What the apply thread records, by node. How long snapshots take and how large they
+/// are: `skiff_snapshot_seconds` and `skiff_snapshot_size_bytes`, by `kind`: `take` (this
+/// node's state written into a snapshot file, until it is durable) and `restore` (the state
+/// replaced by a leader's snapshot, read from its file). And how many entries each apply
+/// batch holds. The handles are made once, when the node starts: one is used per batch.
 #[derive(Clone)]
-struct SnapshotMetrics {
+struct ApplyMetrics {
     take_seconds: metrics::Histogram,
     take_bytes: metrics::Histogram,
     restore_seconds: metrics::Histogram,
     restore_bytes: metrics::Histogram,
+    /// `skiff_apply_batch_entries`: the committed entries of each batch the driver hands
+    /// over ([`Task::Apply`]).
+    batch_entries: metrics::Histogram,
 }
 
-impl Default for SnapshotMetrics {
+impl Default for ApplyMetrics {
     /// Handles that record nothing.
-    fn default() -> SnapshotMetrics {
+    fn default() -> ApplyMetrics {
         let none = metrics::Histogram::noop;
-        SnapshotMetrics { take_seconds: none(), take_bytes: none(), restore_seconds: none(), restore_bytes: none() }
+        ApplyMetrics {
+            take_seconds: none(),
+            take_bytes: none(),
+            restore_seconds: none(),
+            restore_bytes: none(),
+            batch_entries: none(),
+        }
     }
 }
 
-impl SnapshotMetrics {
-    fn new(node: NodeId) -> SnapshotMetrics {
+impl ApplyMetrics {
+    fn new(node: NodeId) -> ApplyMetrics {
         let seconds = |kind: &'static str| metrics::histogram!("skiff_snapshot_seconds", "node" => node.to_string(), "kind" => kind);
         let bytes = |kind: &'static str| metrics::histogram!("skiff_snapshot_size_bytes", "node" => node.to_string(), "kind" => kind);
-        SnapshotMetrics {
+        ApplyMetrics {
             take_seconds: seconds("take"),
             take_bytes: bytes("take"),
             restore_seconds: seconds("restore"),
             restore_bytes: bytes("restore"),
+            batch_entries: metrics::histogram!("skiff_apply_batch_entries", "node" => node.to_string()),
         }
     }
 }
@@ -277,14 +288,14 @@ impl<S: StateMachine> Applier<S> {
             snapshots,
             target,
             finishing: None,
-            metrics: SnapshotMetrics::default(),
+            metrics: ApplyMetrics::default(),
         }
     }
 
-    /// Records its snapshots' time and size in metrics labeled with `node` (without this,
-    /// it records nothing).
+    /// Records its snapshots' time and size and its batches' sizes in metrics labeled with
+    /// `node` (without this, it records nothing).
     pub fn recording_as(mut self, node: NodeId) -> Applier<S> {
-        self.metrics = SnapshotMetrics::new(node);
+        self.metrics = ApplyMetrics::new(node);
         self
     }
 
@@ -318,6 +329,7 @@ impl<S: StateMachine> Applier<S> {
     fn handle(&mut self, task: Task<S>) -> Result<(), Error> {
         match task {
             Task::Apply { entries, bytes, writes } => {
+                self.metrics.batch_entries.record(entries.len() as f64);
                 let mut writes = writes.into_iter().peekable();
                 for entry in entries {
                     let log_id = entry.log_id;

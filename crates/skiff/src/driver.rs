@@ -115,6 +115,8 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     members_told: Option<skiff_raft::Membership>,
     /// Ticks since the driver started.
     ticks: u64,
+    /// `skiff_raft_readies_total`: the `Ready`s handled (made once: it counts on the hot path).
+    readies: metrics::Counter,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -164,6 +166,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             .name(format!("skiff-{}-apply", raft.id()))
             .spawn(move || applier.run(task_receiver))?;
         let incoming = snapshot_stream::Receiver::new(options.max_snapshot_bytes);
+        let readies = metrics::counter!("skiff_raft_readies_total", "node" => raft.id().to_string());
         Ok(Driver {
             raft,
             transport,
@@ -180,6 +183,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             stop,
             members_told: None,
             ticks: 0,
+            readies,
         })
     }
 
@@ -553,6 +557,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         self.sync_members();
         self.bootstrap_check_log()?;
         let mut ready = self.raft.ready()?;
+        self.readies.increment(1);
         // Step 0: a leader's messages go out first, so followers write while we fsync.
         for envelope in std::mem::take(&mut ready.leader_messages) {
             self.send(envelope)?;

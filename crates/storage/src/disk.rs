@@ -141,6 +141,19 @@ struct StoreMetrics {
     fsync: metrics::Histogram,
     /// `skiff_raft_elections_total`: see [`StoreMetrics::hard_state_changed`].
     elections: metrics::Counter,
+    /// `skiff_wal_syncs_total`: the fdatasyncs [`Storage::sync`] issued (a sync with
+    /// nothing to make durable issues none).
+    syncs: metrics::Counter,
+    /// `skiff_wal_entries_appended_total`: entries written to the WAL by
+    /// [`Storage::append`] (an entry the leader's log replaced is counted again).
+    entries_appended: metrics::Counter,
+    /// `skiff_wal_entries_per_sync`: for each fdatasync of [`Storage::sync`], the entries
+    /// appended since the previous one (0 when it made only a hard state durable).
+    entries_per_sync: metrics::Histogram,
+    /// Entries appended since the last fdatasync of [`Storage::sync`]: what the next one
+    /// makes durable. (A segment roll's own sync is not one of them: what it made durable
+    /// is counted with the next.)
+    unsynced_entries: u64,
 }
 
 impl StoreMetrics {
@@ -150,8 +163,24 @@ impl StoreMetrics {
             node,
             append: metrics::histogram!("skiff_wal_append_seconds", "node" => label.clone()),
             fsync: metrics::histogram!("skiff_wal_fsync_seconds", "node" => label.clone()),
-            elections: metrics::counter!("skiff_raft_elections_total", "node" => label),
+            elections: metrics::counter!("skiff_raft_elections_total", "node" => label.clone()),
+            syncs: metrics::counter!("skiff_wal_syncs_total", "node" => label.clone()),
+            entries_appended: metrics::counter!("skiff_wal_entries_appended_total", "node" => label.clone()),
+            entries_per_sync: metrics::histogram!("skiff_wal_entries_per_sync", "node" => label),
+            unsynced_entries: 0,
         }
+    }
+
+    fn appended(&mut self, entries: usize) {
+        self.entries_appended.increment(entries as u64);
+        self.unsynced_entries += entries as u64;
+    }
+
+    fn synced(&mut self, elapsed: std::time::Duration) {
+        self.fsync.record(elapsed);
+        self.syncs.increment(1);
+        self.entries_per_sync.record(self.unsynced_entries as f64);
+        self.unsynced_entries = 0;
     }
 
     /// Counts an election this node started. A node votes for itself only when it campaigns
@@ -551,6 +580,7 @@ impl Storage for DiskStorage {
         let started = Instant::now();
         self.write(|store| store.append_entries(entries))?;
         self.metrics.append.record(started.elapsed());
+        self.metrics.appended(entries.len());
         Ok(())
     }
 
@@ -572,6 +602,8 @@ impl Storage for DiskStorage {
         Ok(self.write(|store| {
             store.snapshot = meta;
             store.replace_wal()?;
+            // Entries not yet synced are gone with the old WAL: no sync makes them durable.
+            store.metrics.unsynced_entries = 0;
             snapshot::prune(&store.snapshots_dir(), store.snapshot.last_log_id)
         })?)
     }
@@ -592,7 +624,7 @@ impl Storage for DiskStorage {
         self.write(|store| store.wal.sync())?;
         // A sync with nothing to make durable is not an fsync, and not timed.
         if self.wal.syncs != syncs {
-            self.metrics.fsync.record(started.elapsed());
+            self.metrics.synced(started.elapsed());
         }
         Ok(())
     }
