@@ -204,6 +204,108 @@ RTT_LINE=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("one 64
 log "loopback: $RTT_LINE"
 
 # ---------------------------------------------------------------------------------------
+# What a measured run costs the Skiff nodes. SKIFF_NODES holds "PID HTTP-PORT" for each
+# node of the Skiff cluster that is up (empty while etcd or Redis runs: their rows have no
+# cost columns). Before and after each measured run, node_sample records every node's CPU
+# time (utime + stime of /proc/PID/stat: all its threads), its context switches (voluntary
+# + nonvoluntary, summed over /proc/PID/task/*/status: a process's own status counts its
+# first thread only; a thread that exits in between takes its count with it), and its
+# WAL's counters from /metrics (skiff_wal_syncs_total, skiff_wal_entries_appended_total).
+SKIFF_NODES=()
+
+# node_sample FILE: the sample, as one JSON list (one object per node) in FILE.
+node_sample() {
+    python3 - "$1" "${SKIFF_NODES[@]}" <<'EOF'
+import json, os, ssl, sys, urllib.request
+out, nodes = sys.argv[1], sys.argv[2:]
+ticks = os.sysconf("SC_CLK_TCK")
+cacert = os.environ.get("SKIFF_CACERT")
+context = ssl.create_default_context(cafile=cacert) if cacert else None
+scheme = "https" if cacert else "http"
+
+def metric(text, name, label=None, values=()):
+    # The node serves its own series only; a counter not yet created reads 0. With label,
+    # only the series whose label is one of values.
+    total = 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if label is None or any(f'{label}="{v}"' in series for v in values):
+            total += float(value)
+    return total
+
+samples = []
+for node in nodes:
+    pid, port = node.split()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14 and 15
+    switches = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # the thread exited meanwhile
+    url = f"{scheme}://127.0.0.1:{port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5, context=context).read().decode()
+    samples.append({"pid": int(pid), "cpu_seconds": cpu, "switches": switches,
+                    "syncs": metric(text, "skiff_wal_syncs_total"),
+                    "appended": metric(text, "skiff_wal_entries_appended_total"),
+                    # The clients' key-value requests this node answered (not the scrapes).
+                    "requests": metric(text, "skiff_http_requests_total", "route", ("kv", "kv_write"))
+                    + metric(text, "skiff_redis_commands_total", "kind", ("read", "write")),
+                    "writes": metric(text, "skiff_http_requests_total", "route", ("kv_write",))
+                    + metric(text, "skiff_redis_commands_total", "kind", ("write",))})
+json.dump(samples, open(out, "w"))
+EOF
+}
+
+# node_cost BEFORE AFTER: what the run between the two samples cost all the nodes
+# together, per request, as one JSON object: CPU µs per request, context switches per
+# request, and writes per fsync (the writes ÷ the fdatasyncs of all the nodes; null for a
+# run without writes). The requests and writes are the ones the nodes answered between the
+# two samples (their own counters: HTTP requests to /v1/kv/, Redis commands), so the cost
+# and what it is divided by cover the same time, however long a sample takes.
+node_cost() {
+    python3 - "$@" <<'EOF'
+import json, sys
+before, after = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+delta = lambda key: sum(a[key] - b[key] for a, b in zip(after, before))
+cpu, switches, syncs = delta("cpu_seconds"), delta("switches"), delta("syncs")
+requests, writes = delta("requests"), delta("writes")
+print(json.dumps({"cpu_seconds": cpu, "switches": switches, "fsyncs": syncs,
+                  "entries_appended": delta("appended"), "requests": requests, "writes": writes,
+                  "cpu_us_per_request": cpu * 1e6 / requests if requests else None,
+                  "switches_per_request": switches / requests if requests else None,
+                  "writes_per_fsync": writes / syncs if writes and syncs else None}))
+EOF
+}
+
+# cost_line COST_JSON: the cost, for the log.
+cost_line() {
+    python3 -c '
+import json, sys
+c = json.loads(sys.argv[1])
+wpf = "—" if c["writes_per_fsync"] is None else "%.1f" % c["writes_per_fsync"]
+print("[compare]   nodes: %.0f CPU µs/request, %s writes/fsync (%d fsyncs), %.1f switches/request (%d requests sampled)" % (
+    c["cpu_us_per_request"] or 0, wpf, c["fsyncs"], c["switches_per_request"] or 0, c["requests"]))' "$1" >&2
+}
+
+# The seconds of a duration as skiff bench reads it (500ms, 2s, 1m; a bare number: seconds).
+seconds_of() {
+    python3 -c '
+import re, sys
+m = re.fullmatch(r"([0-9.]+)\s*(ms|s|m)?", sys.argv[1].strip())
+if not m:
+    sys.exit("cannot read the duration %r" % sys.argv[1])
+print(float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)])' "$1"
+}
+
+# ---------------------------------------------------------------------------------------
 # Helpers to run the load generators and keep one JSON line per measurement in $ROWS.
 
 # bench SYSTEM TARGET ENDPOINTS WORKLOAD CLIENTS [extra skiff bench flags...]
@@ -221,13 +323,27 @@ bench() {
     if [[ $workload == get ]]; then
         args+=(--consistency consistent --no-fill)
     fi
-    if ! "$SKIFF" "${args[@]}" >"$out" 2>"$out.err"; then
+    # On a Skiff cluster, the nodes are sampled once the warm-up is over (by this script's
+    # clock: the load generator starts within milliseconds) and again when the run is done,
+    # so that their cost covers the measured requests.
+    "$SKIFF" "${args[@]}" >"$out" 2>"$out.err" &
+    local generator=$!
+    if ((${#SKIFF_NODES[@]} > 0)); then
+        sleep "$(seconds_of "$WARMUP")"
+        node_sample "$out.before"
+    fi
+    if ! wait "$generator"; then
         log "  failed: $(tail -n 3 "$out.err")"
         printf '{"system":"%s","workload":"%s","clients":%d,"failed":true}\n' \
             "$system" "$workload" "$clients" >>"$ROWS"
         return 0
     fi
-    python3 - "$system" "$workload" "$clients" "$out" >>"$ROWS" <<'EOF'
+    local cost=null
+    if ((${#SKIFF_NODES[@]} > 0)); then
+        node_sample "$out.after"
+        cost=$(node_cost "$out.before" "$out.after")
+    fi
+    python3 - "$system" "$workload" "$clients" "$out" "$cost" >>"$ROWS" <<'EOF'
 import json, sys
 system, workload, clients, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 r = json.load(open(path))
@@ -236,9 +352,10 @@ print(json.dumps({"system": system, "workload": workload, "clients": clients,
                   "throughput": r["throughput"], "p50_us": r["latency_us"]["p50"],
                   "p99_us": r["latency_us"]["p99"], "errors": r["errors"],
                   "errors_by_kind": r["errors_by_kind"], "misses": r["misses"],
-                  "requests": r["requests"]}))
+                  "requests": r["requests"], "cost": json.loads(sys.argv[5])}))
 EOF
     tail -n 1 "$ROWS" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print("[compare]   %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors, %d misses" % (r["throughput"], r["p50_us"]/1e3, r["p99_us"]/1e3, r["errors"], r["misses"]))' >&2
+    [[ $cost == null ]] || cost_line "$cost"
 }
 
 # Writes every key once (the fill of a get run), so that the measured gets all hit.
@@ -262,19 +379,27 @@ workloads() {
     done
 }
 
-# redis_benchmark SYSTEM PORT PIPELINE: SET and GET, 64 clients, RB_REQUESTS each.
+# redis_benchmark SYSTEM PORT PIPELINE: SET, then GET, 64 clients, RB_REQUESTS each (one
+# redis-benchmark run per test, so that a Skiff cluster's cost is measured for each).
 redis_benchmark() {
-    local system=$1 port=$2 pipeline=$3
-    local out=$WORK/rb-$system-P$pipeline.csv
-    log "$system: redis-benchmark -t set,get -n $RB_REQUESTS -c 64 -P $pipeline -d $VALUE_SIZE -r $KEYS"
-    if ! redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$RB_REQUESTS" -c 64 -P "$pipeline" \
-        -d "$VALUE_SIZE" -r "$KEYS" --csv >"$out" 2>"$out.err"; then
-        log "  failed: $(tail -n 3 "$out.err")"
-        printf '{"system":"%s","workload":"rb-%s","clients":64,"pipeline":%d,"failed":true}\n' \
-            "$system" set "$pipeline" >>"$ROWS"
-        return 0
-    fi
-    python3 - "$system" "$pipeline" "$out" >>"$ROWS" <<'EOF'
+    local system=$1 port=$2 pipeline=$3 test
+    for test in set get; do
+        local out=$WORK/rb-$system-$test-P$pipeline.csv
+        log "$system: redis-benchmark -t $test -n $RB_REQUESTS -c 64 -P $pipeline -d $VALUE_SIZE -r $KEYS"
+        ((${#SKIFF_NODES[@]} > 0)) && node_sample "$out.before"
+        if ! redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$RB_REQUESTS" -c 64 -P "$pipeline" \
+            -d "$VALUE_SIZE" -r "$KEYS" --csv >"$out" 2>"$out.err"; then
+            log "  failed: $(tail -n 3 "$out.err")"
+            printf '{"system":"%s","workload":"rb-%s","clients":64,"pipeline":%d,"failed":true}\n' \
+                "$system" "$test" "$pipeline" >>"$ROWS"
+            continue
+        fi
+        local cost=null
+        if ((${#SKIFF_NODES[@]} > 0)); then
+            node_sample "$out.after"
+            cost=$(node_cost "$out.before" "$out.after")
+        fi
+        python3 - "$system" "$pipeline" "$out" "$cost" >>"$ROWS" <<'EOF'
 import csv, json, sys
 system, pipeline, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = list(csv.reader(open(path)))
@@ -284,9 +409,12 @@ for row in rows[1:]:
     print(json.dumps({"system": system, "workload": "rb-" + d["test"].lower(), "clients": 64,
                       "pipeline": pipeline, "throughput": float(d["rps"]),
                       "p50_us": float(d["p50_latency_ms"]) * 1000,
-                      "p99_us": float(d["p99_latency_ms"]) * 1000, "errors": 0, "misses": 0}))
+                      "p99_us": float(d["p99_latency_ms"]) * 1000, "errors": 0, "misses": 0,
+                      "cost": json.loads(sys.argv[4])}))
 EOF
-    log "  $(tr '\n' ' ' <"$out" | tr -d '"')"
+        log "  $(tr '\n' ' ' <"$out" | tr -d '"')"
+        [[ $cost == null ]] || cost_line "$cost"
+    done
 }
 
 
@@ -359,7 +487,9 @@ skiff_leader() {
 import json, sys
 nodes = json.load(sys.stdin)
 leaders = {n.get("leader") for n in nodes}
-ok = len(nodes) == 3 and len(leaders) == 1 and None not in leaders and all(n.get("health", "ok") == "ok" for n in nodes)
+# "health": what /v1/health answered on the node, {"status": "alive", ...} while it runs.
+alive = lambda n: n.get("health", {}).get("status") == "alive"
+ok = len(nodes) == 3 and len(leaders) == 1 and None not in leaders and all(alive(n) for n in nodes)
 print(leaders.pop() if ok else "")
 sys.exit(0 if ok else 1)'
 }
@@ -368,10 +498,12 @@ run_skiff() {
     local config=$WORK/skiff/cluster.toml i
     mkdir -p "$WORK/skiff"
     skiff_cluster_config "$config" skiff-compare "${SKIFF_RAFT_PORTS[*]}" "${SKIFF_HTTP_PORTS[*]}" "${SKIFF_REDIS_PORTS[*]}"
+    SKIFF_NODES=()
     for i in 1 2 3; do
         "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$WORK/skiff/n$i" --log warn \
             >"$WORK/skiff/n$i.log" 2>&1 &
         PIDS+=($!)
+        SKIFF_NODES+=("$! ${SKIFF_HTTP_PORTS[i - 1]}")
     done
     wait_until "skiff" 60 skiff_leader
     local leader
@@ -386,6 +518,7 @@ run_skiff() {
     redis_benchmark skiff "$port" 1
     redis_benchmark skiff "$port" 16
     stop_all
+    SKIFF_NODES=()
     log "skiff: stopped"
 }
 
@@ -404,9 +537,11 @@ run_tls_cluster() {
         printf '\n[tls]\ndir = "%s"\n' "$dir/certs" >>"$config"
         export SKIFF_CACERT=$dir/certs/ca.pem
     fi
+    SKIFF_NODES=()
     for i in 1 2 3; do
         "$SKIFF" serve --config "$config" --id "n$i" --data-dir "$dir/n$i" --log warn >"$dir/n$i.log" 2>&1 &
         PIDS+=($!)
+        SKIFF_NODES+=("$! ${SKIFF_HTTP_PORTS[i - 1]}")
     done
     wait_until "skiff (TLS $mode)" 60 skiff_leader
     local leader
@@ -414,6 +549,7 @@ run_tls_cluster() {
     log "skiff, TLS $mode (round $round): 3 nodes up, leader $leader"
     bench "tls-$mode-$round" skiff-http "$(leader_first "127.0.0.1:${SKIFF_HTTP_PORTS[${leader#n} - 1]}" "$SKIFF_HTTP_ENDPOINTS")" put 64
     stop_all
+    SKIFF_NODES=()
     unset SKIFF_CACERT
 }
 
@@ -559,6 +695,41 @@ if tls_off or tls_on:
                  f"{cell(tls_off)} | {cell(tls_on)} | — | {ratio(tls_on, tls_off)} | — |")
 table = "\n".join(lines)
 
+# What each Skiff run cost the three nodes together, beside its throughput.
+def cost_cells(r):
+    c = r.get("cost") if r and not r.get("failed") else None
+    if not c or not c["requests"]:
+        return None
+    wpf = "—" if c["writes_per_fsync"] is None else f"{c['writes_per_fsync']:.1f}"
+    return (f"{num(r['throughput'])} | {c['cpu_us_per_request']:.0f} | {wpf} | "
+            f"{c['switches_per_request']:.1f} | {c['cpu_seconds']:.1f} s · {c['fsyncs']:,.0f} · {c['switches']:,.0f}")
+
+cost_lines = ["| workload | clients | Skiff target | req/s | CPU µs per request | writes per fsync | context switches per request | all nodes: CPU · fsyncs · switches |",
+              "|---|---:|---|---:|---:|---:|---:|---|"]
+for workload, label in [("put", "put (write)"), ("get", "get (linearizable read)")]:
+    for c in clients:
+        for system, target in (("skiff-http", "HTTP"), ("skiff-redis", "Redis protocol")):
+            cells = cost_cells(find(system, workload, c))
+            if cells:
+                cost_lines.append(f"| {label} | {c} | {target} | {cells} |")
+for workload, label in [("rb-set", "redis-benchmark SET"), ("rb-get", "redis-benchmark GET")]:
+    for p in (1, 16):
+        cells = cost_cells(find("skiff", workload, 64, p))
+        if cells:
+            cost_lines.append(f"| {label}{' -P 16' if p > 1 else ''} | 64 | Redis protocol (leader) | {cells} |")
+for r in rows:
+    if r["system"].startswith("tls-"):
+        cells = cost_cells(r)
+        if cells:
+            cost_lines.append(f"| put (write), {r['system']} | 64 | HTTP | {cells} |")
+costs = "\n".join(cost_lines) if len(cost_lines) > 2 else "(no Skiff run)"
+cost_legend = ("The three Skiff nodes together, from the end of the warm-up to the end of each run "
+               "(a redis-benchmark run: all of it): their CPU time (user + system) and context "
+               "switches (voluntary + involuntary, all threads) from `/proc`, and their WAL "
+               "fdatasyncs (`skiff_wal_syncs_total`), each divided by the key-value requests the nodes "
+               "answered in that time (their own counters); writes per fsync is the writes ÷ all "
+               "the nodes' fsyncs (— for reads). The load generator's own cost is not in them.")
+
 # The issue's targets, judged from this run.
 fsync = json.loads(env["FSYNC_JSON"])
 rtt = json.loads(env["RTT_JSON"])
@@ -618,6 +789,8 @@ print(table)
 print()
 print(legend)
 print()
+print(costs)
+print()
 print(targets)
 print(f"fsync: {env['FSYNC_LINE']}")
 print(f"loopback: {env['RTT_LINE']}")
@@ -672,6 +845,12 @@ Skiff (fsyncs every write before it answers), Redis with `--appendonly yes --app
 {legend}
 
 {table}
+
+## What the Skiff runs cost the nodes
+
+{cost_legend}
+
+{costs}
 
 ## Targets
 
