@@ -92,6 +92,18 @@ pub struct TtlKey {
     first_absent: Option<u64>,
 }
 
+/// How the report counts a client library error (the lock and transfer workloads).
+pub(super) fn client_error_class(error: &Error) -> String {
+    match error {
+        Error::Unavailable { .. } => "HTTP 503".to_string(),
+        Error::Timeout { .. } => "timeout".to_string(),
+        Error::Connect { .. } => "connection refused".to_string(),
+        Error::NoSuchSession { .. } => "session ended".to_string(),
+        Error::Http { status, .. } => format!("HTTP {status}"),
+        _ => "other".to_string(),
+    }
+}
+
 /// What the lock clients recorded.
 #[derive(Default)]
 pub struct LockLog {
@@ -104,15 +116,7 @@ pub struct LockLog {
 
 impl LockLog {
     fn error(&mut self, error: &Error) {
-        let class = match error {
-            Error::Unavailable { .. } => "HTTP 503".to_string(),
-            Error::Timeout { .. } => "timeout".to_string(),
-            Error::Connect { .. } => "connection refused".to_string(),
-            Error::NoSuchSession { .. } => "session ended".to_string(),
-            Error::Http { status, .. } => format!("HTTP {status}"),
-            _ => "other".to_string(),
-        };
-        *self.errors.entry(class).or_default() += 1;
+        *self.errors.entry(client_error_class(error)).or_default() += 1;
     }
 
     fn merge(&mut self, other: LockLog) {

@@ -78,14 +78,7 @@ pub struct TransferLog {
 
 impl TransferLog {
     fn error(&mut self, error: &Error) {
-        let class = match error {
-            Error::Unavailable { .. } => "HTTP 503".to_string(),
-            Error::Timeout { .. } => "timeout".to_string(),
-            Error::Connect { .. } => "connection refused".to_string(),
-            Error::Http { status, .. } => format!("HTTP {status}"),
-            _ => "other".to_string(),
-        };
-        *self.errors.entry(class).or_default() += 1;
+        *self.errors.entry(super::locks::client_error_class(error)).or_default() += 1;
     }
 
     fn merge(&mut self, other: TransferLog) {
