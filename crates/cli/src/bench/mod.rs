@@ -20,7 +20,7 @@
 //! servers it measures; docs/bench.md says what it can generate.
 
 mod client;
-mod connection;
+pub(crate) mod connection;
 mod drivers;
 mod http;
 mod options;

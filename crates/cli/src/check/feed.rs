@@ -977,7 +977,7 @@ async fn stream(
 ) -> Ended {
     let io = match tokio::time::timeout(CONNECT_TIMEOUT, tcp::connect(endpoint.address, endpoint.tls.as_ref())).await {
         Ok(Ok(io)) => io,
-        Ok(Err(error)) => return Ended::Failed(io_reason(&error)),
+        Ok(Err(error)) => return Ended::Failed(crate::bench::connection::io_error_kind(&error)),
         Err(_) => return Ended::Failed("connect timeout".into()),
     };
     let (mut sender, connection) = match http1::handshake(TokioIo::new(io)).await {
@@ -1050,19 +1050,11 @@ async fn read(
     }
 }
 
-fn io_reason(error: &std::io::Error) -> String {
-    match error.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => "connection reset".into(),
-        kind => format!("i/o error: {kind}"),
-    }
-}
-
 fn hyper_reason(error: &hyper::Error) -> String {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return io_reason(io);
+            return crate::bench::connection::io_error_kind(io);
         }
         source = cause.source();
     }
