@@ -189,6 +189,13 @@ fn a_node_behind_finds_a_leader_added_by_address_while_it_was_down() {
     let port = skiff_testkit::ports::free_port;
     let (raft4, http4) = (format!("127.0.0.1:{}", port()), format!("127.0.0.1:{}", port()));
     let n4 = serve(&s.config, "n4", &s.data, &["--raft", &raft4, "--http", &http4]);
+    // Not n2 leading while it is removed: a leader removing itself hands over leadership
+    // mid-request, and `members replace` then reports an unknown outcome (HTTP 504), a
+    // known gap of its own (see the notes), not what this test is about.
+    eventually_ok("n3 leads", || {
+        let output = s.cli(3, &["transfer-leader", "n3"]);
+        if output.status.success() { Ok(()) } else { Err(stderr(&output)) }
+    });
     let replace = ["members", "replace", "n2", "--with", "n4", "--raft", &raft4, "--http", &http4];
     let output = s.cli(3, &replace);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
