@@ -55,7 +55,7 @@ pub(crate) fn harness() -> &'static Harness {
             cluster.start(fast_options(id), store, MemLogStore::new(Membership::with_voters([id])));
             cluster.leader().await;
             let config = ClusterFile::builder("fuzz", 1).http().build().config();
-            let api = Api::new(cluster.node(id).clone(), applied, config, Limits::default(), None);
+            let api = Api::new(cluster.node(id).clone(), applied, config, Limits::default(), None, None);
             (cluster, router(api))
         });
         Harness { runtime, router, requests: AtomicU64::new(0), _cluster: cluster }

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use skiff::config::{AuthSection, ClusterConfig, NodeConfig, TlsSection};
-use skiff_kv::{Server, ServerOptions};
 
+mod nodes;
+
+use self::nodes::Nodes;
 use crate::client::Security;
 use crate::commands::Format;
 use crate::serve::{RaftFlags, Signals};
@@ -15,11 +17,15 @@ use crate::status;
 
 /// How long the demo waits for the first leader before saying so.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// `--slow` makes every tick this many times longer.
+const SLOW_MOTION: u64 = 10;
 
 pub struct DemoOptions {
     pub nodes: usize,
     /// Make certificates and an admin token in the data directory, and use them.
     pub secure: bool,
+    /// Ticks ten times longer ([`SLOW_MOTION`]).
+    pub slow: bool,
     pub config: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub raft: RaftFlags,
@@ -68,9 +74,12 @@ pub fn run(options: DemoOptions) -> Result<()> {
         }
     };
     let mut cluster = cluster;
+    if options.slow {
+        cluster.raft.tick_ms = cluster.raft.tick_ms.saturating_mul(SLOW_MOTION);
+    }
     let security = if options.secure { secure(&mut cluster, &data_dir)? } else { client_security(&cluster)? };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(demo(cluster, data_dir, options.data_dir.is_some(), security))?;
+    runtime.block_on(demo(cluster, data_dir, options.data_dir.is_some(), security, options.slow))?;
     println!("stopped");
     Ok(())
 }
@@ -144,39 +153,17 @@ fn client_security(cluster: &ClusterConfig) -> Result<Security> {
     Ok(Security { ca_pem: Some(ca_pem), ..Security::default() })
 }
 
-async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool, security: Security) -> Result<()> {
+async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool, security: Security, slow: bool) -> Result<()> {
     let mut signals = Signals::listen()?;
-    // All at once, so that no node waits long for peers that are not up yet.
-    let starts: Vec<_> = cluster
-        .node_ids()
-        .map(|id| {
-            let mut options = ServerOptions::new(cluster.clone(), id, data_dir.join(id.to_string()));
-            // The demo is for experiments: partition a node with POST /v1/skiff/faults.
-            options.fault_injection = true;
-            tokio::spawn(async move { (id, Server::start(options).await) })
-        })
-        .collect();
-    let mut servers = Vec::new();
-    let mut failure = None;
-    for start in starts {
-        match start.await {
-            Ok((_, Ok(server))) => servers.push(server),
-            Ok((id, Err(error))) => {
-                failure.get_or_insert(anyhow::Error::new(error).context(format!("cannot start node {id}")));
-            }
-            Err(error) => {
-                failure.get_or_insert(anyhow::Error::new(error).context("a node's start task failed"));
-            }
-        }
-    }
-    if let Some(error) = failure {
-        stop_all(servers).await;
+    let nodes = Nodes::new(cluster.clone(), data_dir.clone(), slow)?;
+    if let Err(error) = nodes.start_all().await {
+        nodes.stop_all().await;
         return Err(error);
     }
     let endpoints: Vec<String> = cluster.node.iter().filter_map(|node| node.http.clone()).collect();
-    print_banner(&cluster, &data_dir, kept, &security);
+    print_banner(&cluster, &data_dir, kept, &security, slow);
     let started = Instant::now();
-    let leader = servers.first().map(|server| server.node().wait_for_leader(ELECTION_WAIT));
+    let leader = nodes.any_running().map(|node| async move { node.wait_for_leader(ELECTION_WAIT).await });
     let stopped_early = tokio::select! {
         elected = async { leader?.await.ok() } => {
             match elected {
@@ -194,24 +181,8 @@ async fn demo(cluster: ClusterConfig, data_dir: PathBuf, kept: bool, security: S
         signals.next().await?;
     }
     println!("stopping...");
-    stop_all(servers).await;
+    nodes.stop_all().await;
     Ok(())
-}
-
-/// Shuts every server down, together; a failure is logged, not fatal.
-async fn stop_all(servers: Vec<Server>) {
-    let mut tasks = Vec::new();
-    for server in servers {
-        let id = server.id();
-        tasks.push(tokio::spawn(async move { (id, server.shutdown().await) }));
-    }
-    for task in tasks {
-        match task.await {
-            Ok((_, Ok(()))) => {}
-            Ok((id, Err(error))) => tracing::warn!(node = %id, %error, "did not stop cleanly"),
-            Err(error) => tracing::warn!(%error, "a shutdown task failed"),
-        }
-    }
 }
 
 fn print_status(endpoints: &[String], security: &Security) {
@@ -222,8 +193,12 @@ fn print_status(endpoints: &[String], security: &Security) {
     }
 }
 
-fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool, security: &Security) {
+fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool, security: &Security, slow: bool) {
     println!("Skiff demo: cluster {:?}, {} nodes in this process", cluster.cluster.name, cluster.node.len());
+    println!();
+    let first = cluster.node.first().and_then(|node| node.http.as_deref()).unwrap_or("127.0.0.1:8001");
+    let motion = if slow { format!(" (slow motion: a tick is {} ms)", cluster.raft.tick_ms) } else { String::new() };
+    println!("  Dashboard: {}://{first}/   <- open it in a browser{motion}", security.scheme());
     println!();
     println!("  {:<4} {:<22} {:<22} redis", "node", "http (client API)", "raft (peers)");
     for node in &cluster.node {

@@ -374,6 +374,10 @@ struct DemoArgs {
     /// and clients) and tokens; the banner says how to connect.
     #[arg(long)]
     secure: bool,
+    /// Slow motion: ticks ten times longer (an election timeout of 3-6 s), so that the
+    /// dashboard shows an election step by step.
+    #[arg(long)]
+    slow: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
@@ -699,6 +703,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = demo::DemoOptions {
                 nodes,
                 secure: args.secure,
+                slow: args.slow,
                 config: args.config,
                 data_dir: args.data_dir,
                 raft: args.raft,

@@ -25,7 +25,8 @@ pub mod state;
 mod watch;
 
 pub use error::{Error, Result, http_status, redis_error};
-pub use server::{Limits, Server, ServerOptions};
+pub use http::{DemoControl, DemoNode};
+pub use server::{DemoHandle, Limits, Server, ServerOptions};
 pub use state::{Command, Entry, KvStore, Op, Output, Published, Retention, Value, View};
 #[doc(hidden)]
 pub use watch::gate as test_gate;

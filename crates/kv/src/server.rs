@@ -24,7 +24,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::auth::Auth;
 use crate::error::{Error, Result};
-use crate::http::Api;
+use crate::http::{Api, DemoControl};
 use crate::redis::Redis;
 use crate::state::{KvStore, Retention};
 
@@ -188,6 +188,19 @@ pub struct ServerOptions {
     /// Whether a new data directory waits for the bootstrap check before it votes
     /// (`skiff serve --bootstrap` skips it).
     pub bootstrap: BootstrapMode,
+    /// The demo's control of its nodes (`skiff demo`): the dashboard's kill, restart and
+    /// add-learner buttons.
+    pub demo: Option<DemoHandle>,
+}
+
+/// A [`DemoControl`] in [`ServerOptions`].
+#[derive(Clone)]
+pub struct DemoHandle(pub Arc<dyn DemoControl>);
+
+impl std::fmt::Debug for DemoHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DemoHandle")
+    }
 }
 
 impl ServerOptions {
@@ -201,6 +214,7 @@ impl ServerOptions {
             fault_injection: false,
             tokens,
             bootstrap: BootstrapMode::Check,
+            demo: None,
         }
     }
 }
@@ -231,7 +245,7 @@ pub(crate) fn member_address(cluster: &ClusterConfig, membership: &Membership, i
 impl Server {
     /// Starts the node and binds its HTTP address. Must be called inside a tokio runtime.
     pub async fn start(options: ServerOptions) -> Result<Server> {
-        let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens, bootstrap } = options;
+        let ServerOptions { cluster, id, data_dir, limits, fault_injection, tokens, bootstrap, demo } = options;
         limits.check().map_err(Error::Limits)?;
         let address = cluster.node(id).map_err(skiff::Error::from)?.http.clone().ok_or(Error::NoHttpAddress { id })?;
         if let Some(reason) = cluster.exposure(id) {
@@ -292,7 +306,8 @@ impl Server {
             listeners.push(tokio::spawn(crate::redis::serve(acceptor, Arc::new(redis), stopped)));
         }
         let reload = auth.clone().map(|auth| AbortOnDropHandle::new(tokio::spawn(reload_on_hangup(id, auth))));
-        let api = Api::new(Arc::clone(&node), Arc::clone(&applied), cluster, limits, auth);
+        let demo = demo.map(|handle| handle.0);
+        let api = Api::new(Arc::clone(&node), Arc::clone(&applied), cluster, limits, auth, demo);
         let (stop_http, stopped) = oneshot::channel::<()>();
         stop.push(stop_http);
         let acceptor = Acceptor::new(listener, "HTTP", http_tls, limits.max_connections, id);
@@ -341,6 +356,18 @@ impl Server {
     /// the node stops, and the listeners after the requests under way.
     pub async fn shutdown(self) -> Result<()> {
         let result = self.node.shutdown().await;
+        self.stop_listeners().await;
+        Ok(result?)
+    }
+
+    /// Stops at once, as a crash would, but in process (the demo's "kill"): a leader hands
+    /// nothing over, and the others find out by its silence. What it wrote stays written.
+    pub async fn kill(self) {
+        self.node.stop_now().await;
+        self.stop_listeners().await;
+    }
+
+    async fn stop_listeners(self) {
         for stop in self.stop {
             let _ = stop.send(());
         }
@@ -349,7 +376,6 @@ impl Server {
         for listener in self.listeners {
             let _ = listener.await;
         }
-        Ok(result?)
     }
 }
 

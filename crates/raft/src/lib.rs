@@ -133,7 +133,7 @@ mod types;
 pub use config::{Config, InvalidConfig};
 pub use message::{AppendResult, Envelope, Message, drop_reason};
 pub use raft::Raft;
-pub use ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
+pub use ready::{ElectionTimer, Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 pub use storage::{MemStorage, Storage, StorageError};
 pub use types::{
     Entry, HardState, Index, LogId, MAX_WIRE_VALUE, Membership, MembershipChange, NodeId, Payload, ReadId,

@@ -230,6 +230,11 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Whom this node voted for in the current term (Raft §5.2), if anyone.
+    pub fn vote(&self) -> Option<NodeId> {
+        self.shared.vote
+    }
+
     /// The leader this node knows of in the current term.
     pub fn leader(&self) -> Option<NodeId> {
         match &self.role {
@@ -782,6 +787,17 @@ impl<S: Storage> Raft<S> {
             membership: shared.membership().clone(),
             progress,
             dropped_messages: shared.dropped_messages.clone(),
+            election_timer: self.election_timer(),
         }
+    }
+
+    /// The election timer of a follower or candidate (a leader has none).
+    fn election_timer(&self) -> Option<crate::ready::ElectionTimer> {
+        let elapsed_ticks = match &self.role {
+            Role::Follower(follower) => follower.election_elapsed_ticks,
+            Role::Candidate(candidate) => candidate.election_elapsed_ticks,
+            Role::Leader(_) => return None,
+        };
+        Some(crate::ready::ElectionTimer { elapsed_ticks, timeout_ticks: self.shared.election_timeout_ticks })
     }
 }

@@ -182,6 +182,19 @@ pub struct Status {
     /// counted by the reason they were dropped for (a fixed phrase, e.g. "HeartbeatResponse
     /// for a round never sent"). Only reasons that occurred are present.
     pub dropped_messages: std::collections::BTreeMap<&'static str, u64>,
+    /// A follower's or candidate's election timer: ticks since it last heard from a leader
+    /// (or started its campaign), and the randomized timeout it campaigns at (Raft §5.2).
+    /// `None` on a leader, which has no election timer.
+    pub election_timer: Option<ElectionTimer>,
+}
+
+/// An election timer's state, in ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionTimer {
+    /// Ticks since the timer was last reset.
+    pub elapsed_ticks: u32,
+    /// The randomized timeout: the node campaigns when `elapsed_ticks` reaches it.
+    pub timeout_ticks: u32,
 }
 
 /// A node's role, for status views and tests (the roles themselves are types inside the

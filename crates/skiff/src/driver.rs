@@ -14,11 +14,12 @@ use bytes::Bytes;
 use skiff_raft::{Index, Message, NodeId, Raft, Ready, RoleName};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::activity::{Activity, Seen};
 use crate::address::MemberAddress;
 use crate::apply::{Applier, CountingReader, Event, Progress, ReadQuery, Responder, SnapshotPolicy, Task};
 use crate::bootstrap::{self, Bootstrap};
 use crate::error::{Error, Result, StorageFailure};
-use crate::node::{LeaderInfo, LogPage, NodeStatus, PeerView};
+use crate::node::{LeaderInfo, LogPage, NodeActivity, NodeStatus, PeerView};
 use crate::pending::Pending;
 use crate::snapshot_stream::{self, Ack};
 use crate::state_machine::StateMachine;
@@ -45,10 +46,25 @@ pub(crate) enum Request<S: StateMachine> {
         limit: usize,
         reply: oneshot::Sender<Result<LogPage>>,
     },
+    /// Stop; a leader first hands over to a successor if `hand_over`.
     Shutdown {
         reply: oneshot::Sender<()>,
+        hand_over: bool,
+    },
+    /// What the node has been doing since a reader's last look ([`crate::activity`]).
+    Activity {
+        seen: Seen,
+        reply: oneshot::Sender<NodeActivity>,
+    },
+    /// Pause or resume the node ([`crate::Node::set_paused`]).
+    Pause {
+        paused: bool,
+        reply: oneshot::Sender<bool>,
     },
 }
+
+/// How many entries of its log's tail a node shows in [`NodeActivity`].
+const ACTIVITY_LOG_TAIL: u64 = 24;
 
 /// The most bytes of entries one [`crate::Node::log`] page reads (at least one entry). The
 /// page is read on the driver, from the tail cache or the WAL: as much as one
@@ -117,6 +133,10 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     ticks: u64,
     /// `skiff_raft_readies_total`: the `Ready`s handled (made once: it counts on the hot path).
     readies: metrics::Counter,
+    /// What the node has been doing, for people watching ([`crate::activity`]).
+    activity: Activity,
+    /// Paused: the core is fed no ticks and no messages, and sends none; clients are told.
+    paused: bool,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -167,6 +187,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             .spawn(move || applier.run(task_receiver))?;
         let incoming = snapshot_stream::Receiver::new(options.max_snapshot_bytes);
         let readies = metrics::counter!("skiff_raft_readies_total", "node" => raft.id().to_string());
+        let mut activity = Activity::new(raft.id());
+        let last = raft.last_log_id()?;
+        activity.note(format!("{} started: term {}, last entry {last}", raft.id(), raft.term()));
         Ok(Driver {
             raft,
             transport,
@@ -184,6 +207,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             members_told: None,
             ticks: 0,
             readies,
+            activity,
+            paused: false,
         })
     }
 
@@ -210,6 +235,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // never judges a lease or a timeout on a clock that stopped.
                 self.catch_up_ticks(&mut next_tick)?;
                 match input {
+                    Input::Tick if self.paused => {}
                     Input::Tick => self.bootstrap_tick()?,
                     Input::Request(None) => return Ok(()),
                     Input::Request(Some(request)) => self.handle_request(request)?,
@@ -224,6 +250,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 while let Ok(request) = requests.try_recv() {
                     self.handle_request(request)?;
                 }
+                if self.paused {
+                    continue;
+                }
                 // Hand out committed entries only while the apply thread keeps up (it says
                 // when it has caught up again: `Event::Drained`).
                 self.raft.pause_applying(self.progress.must_pause());
@@ -231,6 +260,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     self.handle_ready()?;
                     self.raft.pause_applying(self.progress.must_pause());
                 }
+                self.activity.observe(&self.raft);
                 self.publish_leader();
                 if self.shutdown_done() {
                     return Ok(());
@@ -270,6 +300,10 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         self.pending.expire(now, self.options.request_timeout);
         while *next_tick <= now {
             *next_tick += self.options.tick;
+            if self.paused {
+                continue; // a paused node's clock stands still, as a stopped process's would
+            }
+            self.activity.tick();
             self.raft.tick()?;
             self.ticks += 1;
             if self.ticks.is_multiple_of(GOSSIP_EVERY_TICKS) {
@@ -302,6 +336,14 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     fn handle_request(&mut self, request: Request<S>) -> Result<()> {
         match request {
+            Request::Write { reply, .. } if self.paused => {
+                let _ = reply.send(Err(Error::Paused));
+                Ok(())
+            }
+            Request::Read { query, .. } if self.paused => {
+                query(Err(Error::Paused));
+                Ok(())
+            }
             Request::Write { body, reply } => self.write(body, Responder::Local(reply)),
             Request::Read { linearizable, query } => {
                 // A read counts from here until it is answered, whichever way; past the
@@ -326,8 +368,18 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 let _ = reply.send(self.log_page(from, limit));
                 Ok(())
             }
-            Request::Shutdown { reply } => {
-                let ticks_left = self.begin_shutdown()?;
+            Request::Activity { seen, reply } => {
+                let _ = reply.send(self.activity(seen)?);
+                Ok(())
+            }
+            Request::Pause { paused, reply } => {
+                self.set_paused(paused);
+                let _ = reply.send(self.paused);
+                Ok(())
+            }
+            Request::Shutdown { reply, hand_over } => {
+                self.set_paused(false);
+                let ticks_left = if hand_over { self.begin_shutdown()? } else { 0 };
                 self.shutdown = Some(Shutdown { reply, ticks_left });
                 Ok(())
             }
@@ -393,6 +445,12 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     fn handle_peer(&mut self, from: NodeId, message: PeerMessage) -> Result<()> {
+        if self.paused {
+            // Lost, as a stopped process's network buffers would be (TCP would deliver
+            // them late; Raft tolerates both).
+            self.count_dropped(from, "paused");
+            return Ok(());
+        }
         match message {
             PeerMessage::Raft(envelope) => {
                 if envelope.from != from {
@@ -646,6 +704,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
 
     /// Step 2: send, streaming snapshot data ahead of an `InstallSnapshot`.
     fn send(&mut self, envelope: skiff_raft::Envelope) -> Result<()> {
+        self.activity.sent(&envelope);
         let to = envelope.to;
         if let Message::InstallSnapshot { meta } = &envelope.message {
             let meta = meta.clone();
@@ -703,6 +762,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             })
             .collect();
         NodeStatus {
+            election_timer: status.election_timer,
+            first_index: status.first_index,
             id: status.id,
             role: status.role,
             term: status.term,
@@ -715,6 +776,40 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             membership: status.membership,
             peers,
         }
+    }
+
+    /// Pauses or resumes the node, and says so in its events.
+    fn set_paused(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        let id = self.raft.id();
+        let text = if paused {
+            format!("{id} was paused: it neither ticks nor hears its peers")
+        } else {
+            format!("{id} resumed")
+        };
+        self.activity.note(text);
+    }
+
+    /// The node's status, the terms of its log's tail, and its activity since `seen`.
+    fn activity(&mut self, seen: Seen) -> Result<NodeActivity> {
+        let store = self.raft.storage();
+        let (first, last) = (store.first_index(), store.last_index());
+        let low = Index(last.0.saturating_sub(ACTIVITY_LOG_TAIL - 1)).max(first).max(Index(1));
+        let mut log_tail = Vec::new();
+        for index in low.0..=last.0 {
+            log_tail.push(skiff_raft::LogId::new(store.term(Index(index))?, Index(index)));
+        }
+        Ok(NodeActivity {
+            status: self.status(),
+            uptime: self.activity.uptime(),
+            tick: self.options.tick,
+            paused: self.paused,
+            log_tail,
+            page: self.activity.page(seen),
+        })
     }
 
     /// Up to `limit` entries (and about [`LOG_PAGE_BYTES`]) of the durable log from `from`

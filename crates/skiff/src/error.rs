@@ -44,6 +44,9 @@ pub enum Error {
     /// ([`crate::NodeOptions`]'s `max_queued_reads`): refused at once, certainly not run.
     #[error("the node is overloaded: {waiting} reads already wait for its state machine; retry shortly")]
     Overloaded { waiting: usize },
+    /// The node is paused ([`crate::Node::set_paused`]): it takes no requests until resumed.
+    #[error("the node is paused (an experiment: resume it with DELETE /v1/skiff/pause); retry on another node")]
+    Paused,
     /// The node stopped: shut down (no cause), or stopped by the failure `cause`.
     #[error("the node has stopped{}", stop_cause(.cause))]
     Stopped {
@@ -113,7 +116,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         use skiff_raft::Error as R;
         match self {
-            Error::NoLeader | Error::LeadershipLost | Error::Overloaded { .. } => ErrorKind::Unavailable,
+            Error::NoLeader | Error::LeadershipLost | Error::Overloaded { .. } | Error::Paused => {
+                ErrorKind::Unavailable
+            }
             Error::Timeout(_) | Error::OutcomeUnknown => ErrorKind::Indeterminate,
             Error::Remote { kind, .. } => *kind,
             Error::Raft(refused) => match refused {

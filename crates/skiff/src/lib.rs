@@ -104,6 +104,7 @@
 //! Not yet: TLS.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod address;
 mod apply;
 pub mod bootstrap;
@@ -122,7 +123,9 @@ pub mod wire;
 pub use address::MemberAddress;
 pub use bootstrap::BootstrapMode;
 pub use error::{Error, ErrorKind, Result, StorageFailure};
-pub use node::{LeaderInfo, LogPage, Node, NodeOptions, NodeStatus, PeerView, SnapshotData, StartOptions};
+pub use node::{
+    LeaderInfo, LogPage, Node, NodeActivity, NodeOptions, NodeStatus, PeerView, SnapshotData, StartOptions,
+};
 pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{
     Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, SnapshotMeta, Term,

@@ -113,6 +113,26 @@ pub struct NodeStatus {
     pub membership: Membership,
     /// The other members: replication progress (on the leader) and transport health.
     pub peers: Vec<PeerView>,
+    /// The first index still in the log (earlier ones are in the snapshot).
+    pub first_index: Index,
+    /// A follower's or candidate's election timer, in ticks (`None` on a leader).
+    pub election_timer: Option<skiff_raft::ElectionTimer>,
+}
+
+/// What a node is doing, for people watching it: [`Node::activity`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeActivity {
+    pub status: NodeStatus,
+    /// Since the node started.
+    pub uptime: Duration,
+    /// How long one tick of the core lasts (the election timer counts ticks).
+    pub tick: Duration,
+    /// Paused with [`Node::set_paused`].
+    pub paused: bool,
+    /// The last entries of the log (at most 24), oldest first.
+    pub log_tail: Vec<LogId>,
+    /// Messages sent and events since the reader's last look.
+    pub page: crate::activity::ActivityPage,
 }
 
 /// A page of a node's log, as [`Node::log`] returns it.
@@ -411,6 +431,25 @@ impl<S: StateMachine> Node<S> {
         status.await.map_err(|_| self.stopped_error())
     }
 
+    /// The node's status, its log's tail and what it did since `seen` (a reader passes the
+    /// `seen` of the page it got last). Cheap: a reader may ask ten times a second.
+    pub async fn activity(&self, seen: crate::activity::Seen) -> Result<NodeActivity> {
+        let (reply, activity) = oneshot::channel();
+        self.send(Request::Activity { seen, reply }).await?;
+        activity.await.map_err(|_| self.stopped_error())
+    }
+
+    /// Pauses the node (for experiments: the dashboard's "pause"), or resumes it. A paused
+    /// node's core gets no ticks and no messages and sends none, as if its process were
+    /// stopped; unlike a stopped process, it still answers [`Node::status`] and
+    /// [`Node::activity`], and tells clients [`crate::Error::Paused`]. Returns whether it is
+    /// paused now.
+    pub async fn set_paused(&self, paused: bool) -> Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Pause { paused, reply }).await?;
+        answer.await.map_err(|_| self.stopped_error())
+    }
+
     /// Up to `limit` entries of this node's log, from `from` (default: the last `limit`),
     /// with the commit and applied indexes.
     pub async fn log(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
@@ -468,15 +507,26 @@ impl<S: StateMachine> Node<S> {
     /// Stops the node. A leader first hands leadership to its most up-to-date voter and
     /// waits (up to about an election timeout) for it to take over.
     pub async fn shutdown(&self) -> Result<()> {
+        self.stop_driver(true).await;
+        Ok(())
+    }
+
+    /// Stops the node at once: a leader hands nothing over (as in a crash, its followers
+    /// elect a new leader after an election timeout). For experiments, such as the
+    /// dashboard's "kill" in `skiff demo`.
+    pub async fn stop_now(&self) {
+        self.stop_driver(false).await;
+    }
+
+    async fn stop_driver(&self, hand_over: bool) {
         let (reply, done) = oneshot::channel();
-        if self.requests.send(Request::Shutdown { reply }).await.is_ok() {
+        if self.requests.send(Request::Shutdown { reply, hand_over }).await.is_ok() {
             let _ = done.await;
         }
         let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        Ok(())
     }
 
     async fn write(&self, body: ForwardedRequest) -> Result<Bytes> {

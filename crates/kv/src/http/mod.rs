@@ -24,6 +24,7 @@ use skiff::config::{ClusterConfig, parse_node_id};
 use skiff::{Index, MemberAddress, Membership, Node, NodeId, NodeStatus, Payload, RoleName};
 
 mod consul;
+mod dashboard;
 mod faults;
 mod feed;
 mod kv;
@@ -35,6 +36,8 @@ mod status;
 mod txn;
 
 use self::consul::*;
+use self::dashboard::*;
+pub use self::dashboard::{DemoControl, DemoNode};
 use self::faults::*;
 use self::feed::*;
 use self::kv::*;
@@ -67,6 +70,10 @@ pub struct Api {
     label: String,
     /// The tokens, if the cluster has `[auth]`.
     auth: Option<Arc<Auth>>,
+    /// The dashboard's event streams under way, against [`dashboard::MAX_EVENT_STREAMS`].
+    event_streams: Arc<tokio::sync::Semaphore>,
+    /// The demo's control of its nodes, when this node is part of `skiff demo`.
+    demo: Option<Arc<dyn DemoControl>>,
 }
 
 impl Api {
@@ -76,12 +83,14 @@ impl Api {
         cluster: ClusterConfig,
         limits: Limits,
         auth: Option<Arc<Auth>>,
+        demo: Option<Arc<dyn DemoControl>>,
     ) -> Api {
         let label = node.id().to_string();
         let reads = |kind: &'static str| metrics::counter!("skiff_kv_node_reads_total", "node" => label.clone(), "kind" => kind);
         let node_reads = [reads("consistent"), reads("stale")];
         let blocking = Blocking::new(&limits);
-        Api { node, published, blocking, node_reads, cluster, limits, label, auth }
+        let event_streams = Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_EVENT_STREAMS));
+        Api { node, published, blocking, node_reads, cluster, limits, label, auth, event_streams, demo }
     }
 }
 
@@ -117,6 +126,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/skiff/members/{id}", axum::routing::delete(members_remove))
         .route("/v1/skiff/members/{id}/promote", post(members_promote))
         .route("/v1/skiff/faults", get(faults_list).post(faults_add).delete(faults_clear))
+        .route("/", get(index))
+        .route("/dashboard/app.js", get(app_js))
+        .route("/dashboard/style.css", get(style_css))
+        .route("/v1/skiff/events", get(events))
+        .route("/v1/skiff/pause", post(pause).delete(pause))
+        .route("/v1/skiff/demo", get(demo_list))
+        .route("/v1/skiff/demo/nodes", post(demo_add_learner))
+        .route("/v1/skiff/demo/nodes/{id}/{action}", post(demo_node_action))
         .route("/metrics", get(metrics))
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
@@ -126,6 +143,7 @@ pub fn router(api: Api) -> Router {
         })
         .layer(middleware::from_fn_with_state(Arc::clone(&api), authorize))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), record))
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), cors))
         .with_state(api)
 }
 
@@ -136,7 +154,7 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
     // Without [auth] nothing is checked, and the handlers see no `Access` (which is `Open`).
     let Some(auth) = &api.auth else { return next.run(request).await };
     // The probes answer without a token (an orchestrator has none): see `probes.rs`.
-    if is_probe(request.uri().path()) {
+    if is_probe(request.uri().path()) || is_static(request.uri().path()) {
         return next.run(request).await;
     }
     let access = match request_secret(&request).and_then(|secret| auth.authenticate(None, &secret)) {
@@ -151,6 +169,9 @@ async fn authorize(State(api): Shared, mut request: Request, next: Next) -> Resp
         || path.starts_with("/v1/skiff/members")
         || path.starts_with("/v1/skiff/cluster")
         || path.starts_with("/v1/skiff/faults")
+        || path.starts_with("/v1/skiff/events")
+        || path.starts_with("/v1/skiff/pause")
+        || path.starts_with("/v1/skiff/demo")
         || path.starts_with("/v1/skiff/log")
         || path == "/v1/snapshot"
         || path == "/metrics";

@@ -1,0 +1,362 @@
+//! What a node has been doing, for people watching it (the dashboard's event stream): the
+//! messages it sent, counted by kind and sampled with a short description, and what
+//! happened to it, in words ("n2 started an election for term 5").
+//!
+//! The driver keeps it, in bounded rings, and readers ask for what came after the sequence
+//! numbers they last saw: a reader that is slow or gone costs the driver nothing, and
+//! learns how many samples it missed. Message samples are only taken while someone has
+//! asked in the last few seconds; counts and events are always kept (they are cheap).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use skiff_raft::{AppendResult, Envelope, Index, LogId, Message, NodeId, Raft, RoleName, Storage, Term};
+
+/// Message samples kept for readers: about half a second of a loaded node's traffic.
+const MESSAGE_RING: usize = 512;
+/// Events kept for readers.
+const EVENT_RING: usize = 256;
+/// At most this many messages are sampled between two ticks; the rest are only counted.
+const SAMPLES_PER_TICK: u32 = 8;
+/// Messages are sampled for this long after a reader last asked.
+const WATCHED_FOR: Duration = Duration::from_secs(5);
+/// A leader reports what it committed at most this often, in one event per span.
+const COMMIT_EVENT_EVERY: Duration = Duration::from_millis(250);
+/// How far back `rates` looks, and how often it takes a reading.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+const RATE_STEP: Duration = Duration::from_millis(100);
+
+/// The kinds of messages, as the dashboard names them.
+pub const MESSAGE_KINDS: [&str; 12] = [
+    "append",
+    "append-response",
+    "heartbeat",
+    "heartbeat-response",
+    "pre-vote",
+    "pre-vote-response",
+    "vote",
+    "vote-response",
+    "snapshot",
+    "timeout-now",
+    "read-index",
+    "read-index-response",
+];
+
+fn kind_of(message: &Message) -> usize {
+    match message {
+        Message::AppendEntries { .. } => 0,
+        Message::AppendEntriesResponse(_) => 1,
+        Message::Heartbeat { .. } => 2,
+        Message::HeartbeatResponse { .. } => 3,
+        Message::RequestVote { pre_vote: true, .. } => 4,
+        Message::RequestVoteResponse { pre_vote: true, .. } => 5,
+        Message::RequestVote { .. } => 6,
+        Message::RequestVoteResponse { .. } => 7,
+        Message::InstallSnapshot { .. } => 8,
+        Message::TimeoutNow => 9,
+        Message::ReadIndex { .. } => 10,
+        Message::ReadIndexResponse { .. } => 11,
+    }
+}
+
+/// What a message says, in a few words.
+fn describe(message: &Message) -> String {
+    match message {
+        Message::AppendEntries { prev_log_id, entries, leader_commit } => match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) if first.index() == last.index() => {
+                format!("entry {}, commit {}", first.index(), leader_commit)
+            }
+            (Some(first), Some(last)) => {
+                format!("entries {}-{}, commit {}", first.index(), last.index(), leader_commit)
+            }
+            _ => format!("probe: do you hold {prev_log_id}? commit {leader_commit}"),
+        },
+        Message::AppendEntriesResponse(AppendResult::Success { match_index }) => format!("ok, holds {match_index}"),
+        Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {
+            format!("no match at {rejected_prev}; try after {hint}")
+        }
+        Message::Heartbeat { commit, .. } => format!("commit {commit}"),
+        Message::HeartbeatResponse { .. } => "ok".to_string(),
+        Message::RequestVote { last_log_id, leader_transfer, .. } => {
+            let transfer = if *leader_transfer { " (leadership transfer)" } else { "" };
+            format!("my last entry is {last_log_id}{transfer}")
+        }
+        Message::RequestVoteResponse { granted: true, .. } => "granted".to_string(),
+        Message::RequestVoteResponse { granted: false, .. } => "refused".to_string(),
+        Message::InstallSnapshot { meta } => format!("snapshot through {}", meta.last_log_id),
+        Message::TimeoutNow => "start an election now".to_string(),
+        Message::ReadIndex { .. } => "confirm a read index".to_string(),
+        Message::ReadIndexResponse { index: Some(index), .. } => format!("read at {index}"),
+        Message::ReadIndexResponse { index: None, .. } => "not leader".to_string(),
+    }
+}
+
+/// One message this node sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageSample {
+    /// Increases by one per sample.
+    pub seq: u64,
+    /// When, from the node's start.
+    pub at: Duration,
+    pub to: NodeId,
+    /// One of [`MESSAGE_KINDS`].
+    pub kind: &'static str,
+    pub term: Term,
+    pub text: String,
+}
+
+/// Something that happened to the node, in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityEvent {
+    /// Increases by one per event.
+    pub seq: u64,
+    /// When, from the node's start.
+    pub at: Duration,
+    pub text: String,
+}
+
+/// Where a reader is: the sequence numbers of the next message sample and event it has
+/// not seen. The default (a first read) asks for the recent events and the messages from
+/// now on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub message: Option<u64>,
+    pub event: Option<u64>,
+}
+
+/// What a reader gets: the samples and events after what it saw, and the counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActivityPage {
+    /// At most [`ActivityPage::MAX_MESSAGES`], the newest.
+    pub messages: Vec<MessageSample>,
+    pub events: Vec<ActivityEvent>,
+    /// Messages sent per second over the last second, by kind, in [`MESSAGE_KINDS`] order.
+    pub rates: Vec<(&'static str, f64)>,
+    /// Every message this node sent since it started, sampled or not.
+    pub messages_sent: u64,
+    /// Where the reader is now.
+    pub seen: Seen,
+}
+
+impl ActivityPage {
+    /// The most message samples one page carries.
+    pub const MAX_MESSAGES: usize = 64;
+    /// The most events one page carries (a first page: the recent ones).
+    pub const MAX_EVENTS: usize = 20;
+}
+
+/// What the last observation saw, to tell what changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Observed {
+    role: RoleName,
+    term: Term,
+    vote: Option<NodeId>,
+    leader: Option<NodeId>,
+    membership: Option<LogId>,
+}
+
+pub(crate) struct Activity {
+    node: NodeId,
+    started: Instant,
+    counts: [u64; MESSAGE_KINDS.len()],
+    sent: u64,
+    /// Readings of `counts`, one per [`RATE_STEP`], over [`RATE_WINDOW`].
+    readings: VecDeque<(Instant, [u64; MESSAGE_KINDS.len()])>,
+    messages: VecDeque<MessageSample>,
+    next_message: u64,
+    sampled_this_tick: u32,
+    watched_until: Option<Instant>,
+    events: VecDeque<ActivityEvent>,
+    next_event: u64,
+    observed: Option<Observed>,
+    /// The commit index last reported, and when.
+    committed: (Index, Instant),
+}
+
+impl Activity {
+    pub fn new(node: NodeId) -> Activity {
+        let now = Instant::now();
+        Activity {
+            node,
+            started: now,
+            counts: [0; MESSAGE_KINDS.len()],
+            sent: 0,
+            readings: VecDeque::new(),
+            messages: VecDeque::new(),
+            next_message: 0,
+            sampled_this_tick: 0,
+            watched_until: None,
+            events: VecDeque::new(),
+            next_event: 0,
+            observed: None,
+            committed: (Index(0), now),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A message is about to be sent.
+    pub fn sent(&mut self, envelope: &Envelope) {
+        let kind = kind_of(&envelope.message);
+        self.counts[kind] += 1;
+        self.sent += 1;
+        let watched = self.watched_until.is_some_and(|until| Instant::now() < until);
+        if !watched || self.sampled_this_tick >= SAMPLES_PER_TICK {
+            return;
+        }
+        self.sampled_this_tick += 1;
+        let sample = MessageSample {
+            seq: self.next_message,
+            at: self.started.elapsed(),
+            to: envelope.to,
+            kind: MESSAGE_KINDS[kind],
+            term: envelope.term,
+            text: describe(&envelope.message),
+        };
+        self.next_message += 1;
+        push_bounded(&mut self.messages, sample, MESSAGE_RING);
+    }
+
+    /// A tick passed: the sampling budget starts again, and the rate takes a reading.
+    pub fn tick(&mut self) {
+        self.sampled_this_tick = 0;
+        let now = Instant::now();
+        if self.readings.back().is_none_or(|(at, _)| now.duration_since(*at) >= RATE_STEP) {
+            self.readings.push_back((now, self.counts));
+            while self.readings.len() > 2 && self.readings.get(1).is_some_and(|(at, _)| now - *at >= RATE_WINDOW) {
+                self.readings.pop_front();
+            }
+        }
+    }
+
+    /// Records an event.
+    pub fn note(&mut self, text: String) {
+        let event = ActivityEvent { seq: self.next_event, at: self.started.elapsed(), text };
+        self.next_event += 1;
+        push_bounded(&mut self.events, event, EVENT_RING);
+    }
+
+    /// Looks at the core after it handled input, and puts what changed into words.
+    pub fn observe<S: Storage>(&mut self, raft: &Raft<S>) {
+        let now = Observed {
+            role: raft.role(),
+            term: raft.term(),
+            vote: raft.vote(),
+            leader: raft.leader(),
+            membership: raft.membership_log_id().ok(),
+        };
+        if let Some(before) = self.observed.replace(now.clone())
+            && before != now
+        {
+            self.describe_change(&before, &now, raft);
+        }
+        let commit = raft.commit_index();
+        let (reported, at) = self.committed;
+        if commit > reported && now.role == RoleName::Leader && at.elapsed() >= COMMIT_EVENT_EVERY {
+            let first = reported.next();
+            let text = if first == commit {
+                format!("{} committed entry {commit}", self.node)
+            } else {
+                format!("{} committed entries {first}-{commit}", self.node)
+            };
+            self.note(text);
+            self.committed = (commit, Instant::now());
+        } else if now.role != RoleName::Leader {
+            // A follower learns commits from its leader: only the leader's decision is news.
+            self.committed = (commit, at);
+        }
+    }
+
+    fn describe_change<S: Storage>(&mut self, before: &Observed, now: &Observed, raft: &Raft<S>) {
+        let id = self.node;
+        let term = now.term;
+        if now.role != before.role || (now.term != before.term && now.role != RoleName::Follower) {
+            let text = match now.role {
+                RoleName::PreCandidate => {
+                    format!("{id} heard from no leader in time: it asks for pre-votes for term {}", term.0 + 1)
+                }
+                RoleName::Candidate => format!("{id} started an election for term {term}"),
+                RoleName::Leader => format!("{id} became leader of term {term}"),
+                RoleName::Follower if before.role == RoleName::Leader => {
+                    format!("{id} stepped down: it is a follower in term {term}")
+                }
+                RoleName::Follower => format!("{id} is a follower in term {term}"),
+            };
+            self.note(text);
+        } else if now.term != before.term {
+            self.note(format!("{id} moved to term {term}"));
+        }
+        if now.vote != before.vote
+            && let Some(vote) = now.vote
+            && vote != id
+        {
+            self.note(format!("{id} voted for {vote} in term {term}"));
+        }
+        if now.leader != before.leader
+            && now.role == RoleName::Follower
+            && let Some(leader) = now.leader
+        {
+            self.note(format!("{id} follows {leader}, leader of term {term}"));
+        }
+        if now.membership != before.membership && before.membership.is_some() {
+            let membership = raft.membership();
+            let names = |set: &std::collections::BTreeSet<NodeId>| {
+                set.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            };
+            let mut text = format!("{id} has a new membership: voters {}", names(&membership.voters));
+            if !membership.learners.is_empty() {
+                text.push_str(&format!("; learners {}", names(&membership.learners)));
+            }
+            self.note(text);
+        }
+    }
+
+    /// Marks the node watched (so messages are sampled for a while) and returns what came
+    /// after `seen`.
+    pub fn page(&mut self, seen: Seen) -> ActivityPage {
+        self.watched_until = Some(Instant::now() + WATCHED_FOR);
+        // A first page has no messages (they are news only as they happen) and the recent events.
+        let messages = match seen.message {
+            Some(next) => newest_from(&self.messages, |sample| sample.seq, next, ActivityPage::MAX_MESSAGES),
+            None => Vec::new(),
+        };
+        let events = match seen.event {
+            Some(next) => newest_from(&self.events, |event| event.seq, next, EVENT_RING),
+            None => newest_from(&self.events, |event| event.seq, 0, ActivityPage::MAX_EVENTS),
+        };
+        ActivityPage {
+            messages,
+            events,
+            rates: self.rates(),
+            messages_sent: self.sent,
+            seen: Seen { message: Some(self.next_message), event: Some(self.next_event) },
+        }
+    }
+
+    fn rates(&self) -> Vec<(&'static str, f64)> {
+        let now = Instant::now();
+        let (at, then) = self.readings.front().copied().unwrap_or((self.started, [0; MESSAGE_KINDS.len()]));
+        let seconds = now.duration_since(at).as_secs_f64().max(0.1);
+        MESSAGE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(kind, name)| (*name, (self.counts[kind] - then[kind]) as f64 / seconds))
+            .collect()
+    }
+}
+
+fn push_bounded<T>(ring: &mut VecDeque<T>, item: T, bound: usize) {
+    if ring.len() == bound {
+        ring.pop_front();
+    }
+    ring.push_back(item);
+}
+
+/// The newest `limit` items whose sequence number is at least `from`.
+fn newest_from<T: Clone>(ring: &VecDeque<T>, seq: impl Fn(&T) -> u64, from: u64, limit: usize) -> Vec<T> {
+    let start = ring.partition_point(|item| seq(item) < from);
+    let skip = (ring.len() - start).saturating_sub(limit);
+    ring.iter().skip(start + skip).cloned().collect()
+}
