@@ -189,7 +189,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         let readies = metrics::counter!("skiff_raft_readies_total", "node" => raft.id().to_string());
         let mut activity = Activity::new(raft.id());
         let last = raft.last_log_id()?;
-        activity.note(format!("{} started: term {}, last entry {last}", raft.id(), raft.term()));
+        activity.note(format!("{} started in term {}, its log up to entry {}", raft.id(), raft.term(), last.index));
         Ok(Driver {
             raft,
             transport,

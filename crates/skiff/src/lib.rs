@@ -159,6 +159,10 @@ pub struct BenchDoctests;
 pub struct CheckDoctests;
 
 #[cfg(doctest)]
+#[doc = include_str!("../../../docs/dashboard.md")]
+pub struct DashboardDoctests;
+
+#[cfg(doctest)]
 #[doc = include_str!("../../../docs/http-api.md")]
 pub struct HttpApiDoctests;
 

@@ -16,6 +16,7 @@
   const seenEvents = new Set();
   const dots = [];
   const recentMsgs = [];
+  let hostNote = '';
   let dirty = true;
   let lastRender = 0;
 
@@ -63,7 +64,7 @@
       const r = await fetch(streamUrl(n.base), { signal: ctl.signal });
       if (r.status === 403) {
         const text = await r.text();
-        if (/^Permission denied/.test(text)) needToken(`${n.id || 'this node'}: ${text}`);
+        if (/^Permission denied/.test(text)) needToken(`${n.id || 'The node serving this page'}: ${text}`);
       }
     } catch (e) { /* unreachable: the stream shows it */ }
     ctl.abort();
@@ -91,6 +92,10 @@
     if (!f || typeof f.id !== 'string') return;
     if (n.self && !n.id) {
       n.id = f.id;
+      const mine = (f.members || []).find((m) => m.id === f.id);
+      if (mine && mine.http && mine.http !== location.host) {
+        hostNote = ` · if the other nodes stay unreachable, open this page at ${mine.scheme || 'http'}://${mine.http}/ (they accept members' addresses only)`;
+      }
       const old = nodes.get(f.id);
       if (old && old !== n) {
         if (old.es) old.es.close();
@@ -116,7 +121,10 @@
       const key = `${n.id}#${n.epoch}#${e.seq}`;
       if (seenEvents.has(key)) continue;
       seenEvents.add(key);
-      const wall = n.wall - Math.max(0, f.uptime_ms - e.at_ms);
+      // Events of one node in their order even when they share a millisecond.
+      let wall = n.wall - Math.max(0, f.uptime_ms - e.at_ms);
+      if (n.lastEventWall !== undefined && wall <= n.lastEventWall) wall = n.lastEventWall + 0.01;
+      n.lastEventWall = wall;
       const li = document.createElement('li');
       const cls = /became leader/.test(e.text) ? 'ev-leader' : /election|vote/.test(e.text) ? 'ev-election'
         : /committed/.test(e.text) ? 'ev-commit' : /pause|resum|kill|restart|cut|drop|delay|unreachable|stepped down|fault|heal/.test(e.text) ? 'ev-fault' : '';
@@ -205,9 +213,14 @@
     status(`${label}…`, 'busy');
     try {
       const r = await request(base, method, path, body);
-      if (r.ok) { status(`${label}: done. ${r.text}`, 'ok'); return r; }
+      if (r.ok) {
+        // A short answer (`true`) is news; a JSON object is for scripts, not this line.
+        const detail = r.text && r.text.length <= 80 && !/^[[{]/.test(r.text) ? ' ' + r.text : '';
+        status(`${label}: done.${detail}`, 'ok');
+        return r;
+      }
       let msg = `${label} failed (${r.status}): ${r.text || 'no message'}`;
-      if (r.status === 403 && faultRoute && !/^Permission denied/.test(r.text)) msg += ' — fault injection is off on this node.';
+      if (r.status === 403 && faultRoute && !/^Permission denied|fault/i.test(r.text)) msg += ' — fault injection is off on this node.';
       status(msg, 'err');
       return r;
     } catch (e) {
@@ -375,7 +388,7 @@
       let word = role;
       if (role === 'learner' && f.role !== 'follower') word += ` (${f.role})`;
       if (role === 'paused' && f) word += ` (${learnerSet.has(n.id) ? 'learner' : f.role})`;
-      if (role === 'unreachable' && f) word += ` (last seen as ${f.role})`;
+      if ((role === 'unreachable' || role === 'killed') && f) word += ` (last seen as ${f.role})`;
       if (role === 'leader' && leader && leader !== n) word += ` (stale: term ${f.term} < ${leader.frame.term})`;
       setText(c.role, word);
       const d = c.dd;
@@ -417,6 +430,42 @@
   }
 
   // ---- the log view ------------------------------------------------------------------------
+  // Rows and cells are kept and changed in place (keyed by node and index), so a reader or a
+  // test holding a cell does not lose it at every frame.
+  const logRows = new Map(); // node id -> {tr, cells: Map(index -> td)}
+  let logHead = '';
+
+  function cellSpec(n, f, i, entries, leaderRef, leader) {
+    const lastIndex = f.last_log ? f.last_log.index : 0;
+    if (entries.has(i)) {
+      const t = entries.get(i);
+      const committed = i <= f.commit;
+      const differs = !!(leader && leader !== n && leaderRef.has(i) && leaderRef.get(i) !== t);
+      const words = `${committed ? 'committed' : 'not committed'}${differs ? ', differs from the leader' : ''}`;
+      return { data: { index: String(i), term: String(t), committed: String(committed) },
+        cls: `cell ${committed ? 'c' : 'u'}${differs ? ' x' : ''}`, hue: termHue(t), title: `index ${i}, term ${t}, ${words}`,
+        html: `${t}<span class="sr">, ${words}</span>` };
+    }
+    if (i <= lastIndex && (i < f.first_index || i <= f.snapshot_index)) {
+      return { data: {}, cls: 'cell snap', title: `index ${i}: in the snapshot`, html: 'S<span class="sr"> in snapshot</span>' };
+    }
+    if (i <= lastIndex) return { data: {}, cls: 'cell gap', title: `index ${i}: in the log, not in this frame`, html: '…' };
+    return { data: {}, cls: 'cell none', title: '', html: '' };
+  }
+
+  function applyCell(td, spec) {
+    const sig = JSON.stringify(spec);
+    if (td.sig === sig) return;
+    td.sig = sig;
+    for (const k of ['index', 'term', 'committed']) {
+      if (k in spec.data) td.setAttribute('data-' + k, spec.data[k]); else td.removeAttribute('data-' + k);
+    }
+    td.className = spec.cls;
+    if (spec.hue !== undefined) td.style.setProperty('--h', spec.hue); else td.style.removeProperty('--h');
+    if (spec.title) td.title = spec.title; else td.removeAttribute('title');
+    td.innerHTML = spec.html;
+  }
+
   function renderLog(list) {
     const withFrames = list.filter((n) => n.frame);
     const table = $('#log');
@@ -424,45 +473,55 @@
     const atEnd = wrap.scrollLeft + wrap.clientWidth >= wrap.scrollWidth - 4;
     let max = 0;
     for (const n of withFrames) max = Math.max(max, n.frame.last_log ? n.frame.last_log.index : 0);
-    if (!withFrames.length || max === 0) { table.innerHTML = '<caption>No log entries yet.</caption>'; return; }
+    if (!withFrames.length || max === 0) {
+      if (logHead !== 'empty') { table.innerHTML = '<tbody><tr><td class="empty">No log entries yet.</td></tr></tbody>'; logHead = 'empty'; logRows.clear(); }
+      return;
+    }
     let start = max;
     for (const n of withFrames) {
       const log = n.frame.log || [];
       if (log.length && isUp(n)) start = Math.min(start, log[0].index);
     }
     start = Math.max(start, max - MAX_COLUMNS + 1, 1);
+    if (logHead === 'empty' || !table.tHead) {
+      table.innerHTML = '<caption class="sr">Each node\'s log tail: columns are log indexes, cells show the entry\'s term.</caption><thead></thead><tbody></tbody>';
+      logHead = '';
+    }
+    const head = `${start}-${max}`;
+    if (head !== logHead) {
+      let h = '<tr><th scope="col">Node</th>';
+      for (let i = start; i <= max; i++) h += `<th scope="col" class="idx">${i}</th>`;
+      table.tHead.innerHTML = h + '</tr>';
+      logHead = head;
+    }
     const leader = leaderNode();
     const ref = new Map();
     if (leader) for (const e of leader.frame.log || []) ref.set(e.index, e.term);
-    let html = '<caption class="sr">Each node\'s log tail: columns are log indexes, cells show the entry\'s term.</caption>';
-    html += '<thead><tr><th scope="col">Node</th>';
-    for (let i = start; i <= max; i++) html += `<th scope="col" class="idx">${i}</th>`;
-    html += '</tr></thead><tbody>';
-    for (const n of withFrames) {
-      const f = n.frame;
-      const entries = new Map((f.log || []).map((e) => [e.index, e.term]));
-      const lastIndex = f.last_log ? f.last_log.index : 0;
-      html += `<tr data-log-node="${esc(n.id)}"${isUp(n) ? '' : ' class="stale"'}><th scope="row">${esc(n.id)}` +
-        `<span class="lc">commit ${f.commit}</span></th>`;
-      for (let i = start; i <= max; i++) {
-        if (entries.has(i)) {
-          const t = entries.get(i);
-          const committed = i <= f.commit;
-          const differs = leader && leader !== n && ref.has(i) && ref.get(i) !== t;
-          html += `<td data-index="${i}" data-term="${t}" data-committed="${committed}" class="cell ${committed ? 'c' : 'u'}${differs ? ' x' : ''}"` +
-            ` style="--h:${termHue(t)}" title="index ${i}, term ${t}, ${committed ? 'committed' : 'not committed'}${differs ? ', differs from the leader' : ''}">` +
-            `${t}<span class="sr">, ${committed ? 'committed' : 'not committed'}${differs ? ', differs from the leader' : ''}</span></td>`;
-        } else if (i <= lastIndex && (i < f.first_index || i <= f.snapshot_index)) {
-          html += `<td class="cell snap" title="index ${i}: in the snapshot">S<span class="sr"> in snapshot</span></td>`;
-        } else if (i <= lastIndex) {
-          html += `<td class="cell gap" title="index ${i}: in the log, not in this frame">…</td>`;
-        } else {
-          html += '<td class="cell none"></td>';
-        }
+    const body = table.tBodies[0];
+    withFrames.forEach((n, r) => {
+      let row = logRows.get(n.id);
+      if (!row) {
+        const tr = document.createElement('tr');
+        tr.setAttribute('data-log-node', n.id);
+        tr.innerHTML = `<th scope="row">${esc(n.id)}<span class="lc"></span></th>`;
+        row = { tr, lc: tr.querySelector('.lc'), cells: new Map() };
+        logRows.set(n.id, row);
       }
-      html += '</tr>';
-    }
-    table.innerHTML = html + '</tbody>';
+      if (body.children[r] !== row.tr) body.insertBefore(row.tr, body.children[r] || null);
+      const f = n.frame;
+      row.tr.classList.toggle('stale', !isUp(n));
+      setText(row.lc, `commit ${f.commit}`);
+      const entries = new Map((f.log || []).map((e) => [e.index, e.term]));
+      for (const [i, td] of row.cells) if (i < start || i > max) { td.remove(); row.cells.delete(i); }
+      let prev = row.tr.firstElementChild;
+      for (let i = start; i <= max; i++) {
+        let td = row.cells.get(i);
+        if (!td) { td = document.createElement('td'); row.cells.set(i, td); }
+        if (prev.nextElementSibling !== td) row.tr.insertBefore(td, prev.nextElementSibling);
+        applyCell(td, cellSpec(n, f, i, entries, ref, leader));
+        prev = td;
+      }
+    });
     if (atEnd) wrap.scrollLeft = wrap.scrollWidth;
   }
 
@@ -536,7 +595,7 @@
       const k = list.length;
       list.forEach((n, i) => {
         const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(1, k);
-        const p = { x: Math.round(125 * Math.cos(a)), y: Math.round(125 * Math.sin(a)) + 5 };
+        const p = { x: Math.round(125 * Math.cos(a)), y: Math.round(125 * Math.sin(a)) };
         pos.set(n.id, p);
         const g = svg('g', { class: 'rn', transform: `translate(${p.x},${p.y})` }, gNodes);
         svg('circle', { r: TIMER_R, class: 'timer-bg' }, g);
@@ -614,6 +673,7 @@
     if (down.length) text += ` · not answering: ${down.join(', ')}`;
     if (selfNode && selfNode.id) text += ` · page served by ${selfNode.id}`;
     if (list.length && !up.length) text += ' · retrying…';
+    if (hostNote && list.some((n) => !n.self && !n.gotFrame)) text += hostNote;
     setText($('#conn'), text);
   }
 
@@ -649,8 +709,7 @@
     status(token ? 'Token saved for this tab; reconnecting.' : 'Token cleared; reconnecting.', 'ok');
     pollDemo();
   };
-  $('#token-save').addEventListener('click', saveToken);
-  $('#token').addEventListener('keydown', (e) => { if (e.key === 'Enter') saveToken(); });
+  $('#token-box').addEventListener('submit', (e) => { e.preventDefault(); saveToken(); });
   if (token) { $('#token-box').hidden = false; $('#token').value = token; }
 
   selfNode = newNode(null, '');
