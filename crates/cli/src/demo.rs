@@ -197,7 +197,14 @@ fn print_banner(cluster: &ClusterConfig, data_dir: &std::path::Path, kept: bool,
     println!("Skiff demo: cluster {:?}, {} nodes in this process", cluster.cluster.name, cluster.node.len());
     println!();
     let first = cluster.node.first().and_then(|node| node.http.as_deref()).unwrap_or("127.0.0.1:8001");
-    let motion = if slow { format!(" (slow motion: a tick is {} ms)", cluster.raft.tick_ms) } else { String::new() };
+    let motion = match slow {
+        true => format!(
+            " (slow motion: ticks of {} ms, messages {} ms on their way)",
+            cluster.raft.tick_ms,
+            cluster.raft.tick_ms * nodes::SLOW_MESSAGE_TICKS
+        ),
+        false => String::new(),
+    };
     println!("  Dashboard: {}://{first}/   <- open it in a browser{motion}", security.scheme());
     println!();
     println!("  {:<4} {:<22} {:<22} redis", "node", "http (client API)", "raft (peers)");

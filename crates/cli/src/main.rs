@@ -374,8 +374,8 @@ struct DemoArgs {
     /// and clients) and tokens; the banner says how to connect.
     #[arg(long)]
     secure: bool,
-    /// Slow motion: ticks ten times longer (an election timeout of 3-6 s), so that the
-    /// dashboard shows an election step by step.
+    /// Slow motion: ticks ten times longer (an election timeout of 3-6 s) and every message
+    /// three ticks on its way, so that the dashboard shows an election step by step.
     #[arg(long)]
     slow: bool,
     #[command(flatten)]

@@ -1,14 +1,20 @@
 //! The demo's nodes, and the dashboard's control of them: kill, restart, add a learner
 //! ([`DemoControl`]). Each node is a [`Server`] in this process, on its own data directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use futures_util::future::BoxFuture;
 use skiff::config::{ClusterConfig, NodeConfig, parse_node_id};
+use skiff::transport::faults::{Action, Direction, Fault};
 use skiff::{MemberAddress, Node, NodeId};
 use skiff_kv::{DemoControl, DemoHandle, DemoNode, KvStore, Server, ServerOptions};
+
+/// In slow motion every message is this many ticks on its way, so that a person sees a
+/// pre-vote, a vote and their answers travel: longer ticks alone stretch the timers, not
+/// the network, and an election would still be over in a blink.
+pub(super) const SLOW_MESSAGE_TICKS: u64 = 3;
 
 /// The nodes of one demo.
 pub struct Nodes {
@@ -89,6 +95,8 @@ impl Nodes {
         self.claim(id, false)?;
         match Server::start(self.options(id)).await {
             Ok(server) => {
+                let others: BTreeSet<NodeId> = self.slots().keys().copied().filter(|other| *other != id).collect();
+                self.slow_down(&server, others);
                 self.set(id, State::Running(server));
                 Ok(())
             }
@@ -158,6 +166,18 @@ impl Nodes {
         }
     }
 
+    /// In slow motion, delays the messages `server` sends to `peers` ([`SLOW_MESSAGE_TICKS`]),
+    /// with the fault injection the dashboard shows (its "heal" ends the slow motion).
+    fn slow_down(&self, server: &Server, peers: BTreeSet<NodeId>) {
+        let Some(faults) = server.node().faults() else { return };
+        if !self.slow || peers.is_empty() {
+            return;
+        }
+        let tick_ms = self.cluster.lock().unwrap_or_else(PoisonError::into_inner).raft.tick_ms;
+        let delay_ms = tick_ms.saturating_mul(SLOW_MESSAGE_TICKS);
+        faults.add(Fault { action: Action::Delay { delay_ms }, peers, direction: Direction::Out });
+    }
+
     async fn kill_node(self: Arc<Self>, id: NodeId) -> Result<(), String> {
         if let Some(server) = self.claim(id, true)? {
             server.kill().await;
@@ -193,6 +213,11 @@ impl Nodes {
         let http = config.http.clone().unwrap_or_default();
         self.slots().insert(id, Slot { http: http.clone(), state: State::Stopped });
         self.start(id).await?;
+        for (other, slot) in self.slots().iter() {
+            if let (State::Running(server), true) = (&slot.state, *other != id) {
+                self.slow_down(server, BTreeSet::from([id]));
+            }
+        }
         let address =
             MemberAddress { raft: config.raft.clone(), http: config.http.clone(), redis: config.redis.clone() };
         let member = self.slots().iter().find_map(|(other, slot)| match &slot.state {
