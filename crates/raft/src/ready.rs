@@ -13,7 +13,11 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta,
 ///    `AppendEntries`, heartbeats and other messages, which never depend on the leader's own
 ///    unpersisted entries: the leader counts itself toward a commit only after step 1
 ///    (thesis §10.2.1, so the leader's fsync overlaps its followers'). Sending them with
-///    step 2 instead is also correct, only slower.
+///    step 2 instead is also correct, only slower. Then the driver may **apply the
+///    committed entries that precede `entries`** ([`Ready::durable_committed`]): an earlier
+///    `Ready` synced them, so they are durable here as on a majority, and their clients
+///    need not wait for this `Ready`'s sync of unrelated new entries (etcd applies
+///    before its WAL save for the same reason). Applying them in step 3 is also correct.
 /// 1. **Persist.** Install `snapshot` if there is one ([`crate::Storage::install_snapshot`]),
 ///    append `entries` (the first entry's index says where the old tail is cut:
 ///    everything from there on is replaced), save `hard_state` if it is `Some`, then, if
@@ -24,7 +28,8 @@ use crate::types::{Entry, HardState, Index, LogId, NodeId, ReadId, SnapshotMeta,
 /// 2. **Send** `messages`. Each may depend on step 1 (a vote, an acknowledgement of
 ///    entries), so none may leave before the sync returns.
 /// 3. **Apply.** If `snapshot` is `Some`, restore the state machine from the snapshot data
-///    received with it. Then apply `committed` in order: each has index `applied + 1`.
+///    received with it. Then apply `committed` in order (those step 0 did not): each has
+///    index `applied + 1`.
 ///    Answer each of `reads` once the state machine has applied its index.
 /// 4. **Advance:** call [`crate::Raft::advance`]. No other input may reach the core
 ///    between `ready()` and `advance()`.
@@ -51,6 +56,21 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// Answers to read requests.
     pub reads: Vec<ReadState>,
+}
+
+impl Ready {
+    /// How many of `committed` (its first ones) step 0 may apply: those before the first of
+    /// `entries`, which this node holds durably already (every `Ready` with entries ends with
+    /// a sync). None when a snapshot is to be installed: the state machine restores first.
+    pub fn durable_committed(&self) -> usize {
+        if self.snapshot.is_some() {
+            return 0;
+        }
+        match self.entries.first() {
+            Some(first) => self.committed.partition_point(|entry| entry.index() < first.index()),
+            None => self.committed.len(),
+        }
+    }
 }
 
 /// The answer to a read request: the index the state machine must have applied before the
@@ -234,4 +254,27 @@ pub struct PeerStatus {
     pub next_index: Index,
     /// How the leader is replicating to it.
     pub state: crate::progress::ProgressState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Payload, SnapshotMeta};
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|index| Entry { log_id: LogId::new(Term(1), Index(index)), payload: Payload::Empty }).collect()
+    }
+
+    #[test]
+    fn only_the_committed_entries_before_the_new_ones_are_durable_already() {
+        let mut ready = Ready { committed: entries(1..=3), ..Ready::default() };
+        assert_eq!(ready.durable_committed(), 3, "no new entries: every committed one was synced before");
+        ready.entries = entries(3..=4);
+        assert_eq!(ready.durable_committed(), 2, "entry 3 is appended by this Ready: it waits for its sync");
+        ready.entries = entries(1..=4);
+        assert_eq!(ready.durable_committed(), 0);
+        ready.entries.clear();
+        ready.snapshot = Some(SnapshotMeta::default());
+        assert_eq!(ready.durable_committed(), 0, "the state machine restores the snapshot first");
+    }
 }

@@ -75,6 +75,13 @@ pub trait ReadyHandler<S: Storage> {
         true
     }
 
+    /// Whether the committed entries this node already holds durably are applied at step 0,
+    /// before the new entries are persisted, as a real driver does (the default), or all at
+    /// step 3, which the contract also allows.
+    fn apply_durable_first(&self) -> bool {
+        true
+    }
+
     /// Step 1, before anything is written: e.g. print what will be truncated and appended,
     /// or make the snapshot file durable before the log refers to it.
     fn persisting(&mut self, _raft: &Raft<S>, _ready: &Ready) -> Result<(), Self::Error> {
@@ -126,6 +133,14 @@ pub fn execute<S: Storage, H: ReadyHandler<S>>(raft: &mut Raft<S>, handler: &mut
         handler.send(raft, leader_messages, Batch::Leader)?;
     } else {
         ready.leader_messages = leader_messages;
+    }
+    // The committed entries already durable here may be applied before the new ones are
+    // persisted (also step 0).
+    if handler.apply_durable_first() {
+        let durable: Vec<Entry> = ready.committed.drain(..ready.durable_committed()).collect();
+        if !durable.is_empty() {
+            handler.apply(raft, None, durable)?;
+        }
     }
     // Step 1: persist, with one sync when the Ready needs it.
     handler.persisting(raft, &ready)?;

@@ -1,7 +1,8 @@
 //! The driver: one thread owns the consensus core and the store. It feeds the core ticks,
 //! peer messages and client requests, and executes each `Ready` exactly as its contract
-//! says: send a leader's messages, persist and sync, send the rest, hand the committed
-//! entries to the apply thread (`apply.rs`) in order, advance.
+//! says: send a leader's messages and hand the committed entries it already holds durably
+//! to the apply thread (`apply.rs`), persist and sync, send the rest, hand the other
+//! committed entries to the apply thread in order, advance.
 //!
 //! Everything that arrives while one `Ready` is being handled is fed to the core before
 //! the next `ready()`, so concurrent proposals share one append, one fsync and one
@@ -616,10 +617,14 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         self.bootstrap_check_log()?;
         let mut ready = self.raft.ready()?;
         self.readies.increment(1);
-        // Step 0: a leader's messages go out first, so followers write while we fsync.
+        // Step 0: a leader's messages go out first, so followers write while we fsync; and
+        // the committed entries this node synced in an earlier Ready go to the apply thread
+        // now, so their clients do not wait for this Ready's fsync of new entries.
         for envelope in std::mem::take(&mut ready.leader_messages) {
             self.send(envelope)?;
         }
+        let durable: Vec<_> = ready.committed.drain(..ready.durable_committed()).collect();
+        self.hand_to_apply(durable);
         self.persist(&ready)?;
         for envelope in std::mem::take(&mut ready.messages) {
             self.send(envelope)?;
@@ -627,14 +632,8 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         if let Some(meta) = &ready.snapshot {
             self.restore_snapshot(meta.last_log_id.index)?;
         }
-        // Step 3, handed to the apply thread in order, with the proposers to answer.
-        if let Some(last) = ready.committed.last() {
-            let writes = self.pending.take_writes_through(last.index());
-            let entries = std::mem::take(&mut ready.committed);
-            let bytes = entries.iter().map(|entry| entry.size_bytes()).sum();
-            self.progress.handed(bytes);
-            self.send_to_apply(Task::Apply { entries, bytes, writes });
-        }
+        // Step 3: the rest.
+        self.hand_to_apply(std::mem::take(&mut ready.committed));
         for read in std::mem::take(&mut ready.reads) {
             match (self.pending.take_read(read.id), read.result) {
                 (Some(query), Ok(index)) => self.send_to_apply(Task::ReadAt { index, query }),
@@ -644,6 +643,15 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
         self.raft.advance()?;
         Ok(())
+    }
+
+    /// Hands committed entries to the apply thread in order, with the proposers to answer.
+    fn hand_to_apply(&mut self, entries: Vec<skiff_raft::Entry>) {
+        let Some(last) = entries.last() else { return };
+        let writes = self.pending.take_writes_through(last.index());
+        let bytes = entries.iter().map(|entry| entry.size_bytes()).sum();
+        self.progress.handed(bytes);
+        self.send_to_apply(Task::Apply { entries, bytes, writes });
     }
 
     /// Gives the apply thread its next task. If it has stopped, the failure it reported
