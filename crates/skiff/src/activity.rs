@@ -360,3 +360,103 @@ fn newest_from<T: Clone>(ring: &VecDeque<T>, seq: impl Fn(&T) -> u64, from: u64,
     let skip = (ring.len() - start).saturating_sub(limit);
     ring.iter().skip(start + skip).cloned().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(to: u64) -> Envelope {
+        Envelope {
+            from: NodeId(1),
+            to: NodeId(to),
+            term: Term(3),
+            message: Message::Heartbeat { commit: Index(7), heartbeat_round: 1 },
+        }
+    }
+
+    fn seqs<T>(items: &[T], seq: impl Fn(&T) -> u64) -> Vec<u64> {
+        items.iter().map(seq).collect()
+    }
+
+    #[test]
+    fn newest_from_gives_the_newest_at_or_after_a_sequence_number() {
+        let ring: VecDeque<u64> = (10..=20).collect();
+        let newest = |from, limit| newest_from(&ring, |seq| *seq, from, limit);
+        assert_eq!(newest(15, 10), (15..=20).collect::<Vec<_>>(), "all of them, within the limit");
+        assert_eq!(newest(15, 3), [18, 19, 20], "the newest, past the limit");
+        assert_eq!(newest(0, 4), [17, 18, 19, 20], "from before the ring: its newest");
+        assert_eq!(newest(21, 4), Vec::<u64>::new(), "nothing new");
+        assert_eq!(newest(u64::MAX, 4), Vec::<u64>::new());
+        assert_eq!(newest(12, 0), Vec::<u64>::new());
+        assert_eq!(newest_from(&VecDeque::<u64>::new(), |seq| *seq, 0, 4), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_events_ring_is_bounded_and_a_first_page_has_the_recent_ones() {
+        let mut activity = Activity::new(NodeId(1));
+        for i in 0..300 {
+            activity.note(format!("event {i}"));
+        }
+        assert_eq!(activity.events.len(), EVENT_RING);
+        let first = activity.page(Seen::default());
+        assert_eq!(seqs(&first.events, |event| event.seq), (280..300).collect::<Vec<_>>());
+        assert_eq!(first.events.last().map(|event| event.text.as_str()), Some("event 299"));
+        assert_eq!(first.seen.event, Some(300));
+        // A reader that fell behind the ring gets what the ring still holds.
+        let behind = activity.page(Seen { message: None, event: Some(3) });
+        assert_eq!(seqs(&behind.events, |event| event.seq), (300 - EVENT_RING as u64..300).collect::<Vec<_>>());
+        // One that is up to date gets only what is new.
+        activity.note("new".into());
+        let next = activity.page(first.seen);
+        assert_eq!(next.events.iter().map(|event| event.text.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(activity.page(next.seen).events, []);
+    }
+
+    #[test]
+    fn messages_are_sampled_only_while_watched_and_at_most_a_few_per_tick() {
+        let mut activity = Activity::new(NodeId(1));
+        for _ in 0..5 {
+            activity.sent(&heartbeat(2));
+        }
+        assert_eq!(activity.messages.len(), 0, "nobody asked: counted, not sampled");
+        let first = activity.page(Seen::default());
+        assert_eq!((first.messages.len(), first.messages_sent), (0, 5), "a first page has no messages");
+        assert_eq!(first.seen.message, Some(0));
+        for _ in 0..SAMPLES_PER_TICK + 3 {
+            activity.sent(&heartbeat(2));
+        }
+        activity.tick();
+        activity.sent(&heartbeat(3));
+        let page = activity.page(first.seen);
+        assert_eq!(page.messages.len(), SAMPLES_PER_TICK as usize + 1, "the tick's budget, then a new tick's");
+        assert_eq!(page.messages_sent, 5 + u64::from(SAMPLES_PER_TICK) + 3 + 1, "every message is counted");
+        let last = page.messages.last().expect("a sample");
+        assert_eq!((last.to, last.kind, last.term, last.text.as_str()), (NodeId(3), "heartbeat", Term(3), "commit 7"));
+        // Nobody asked for a while: sampling stops.
+        activity.watched_until = Some(Instant::now() - Duration::from_millis(1));
+        activity.tick();
+        activity.sent(&heartbeat(2));
+        assert_eq!(activity.messages.len(), SAMPLES_PER_TICK as usize + 1);
+    }
+
+    #[test]
+    fn a_reader_behind_the_ring_gets_a_page_of_the_newest_samples() {
+        let mut activity = Activity::new(NodeId(1));
+        let first = activity.page(Seen::default());
+        let mut sent = 0;
+        while activity.next_message < MESSAGE_RING as u64 + 100 {
+            activity.tick();
+            for _ in 0..SAMPLES_PER_TICK * 2 {
+                activity.sent(&heartbeat(2));
+                sent += 1;
+            }
+        }
+        assert_eq!(activity.messages.len(), MESSAGE_RING, "the ring is bounded");
+        let page = activity.page(first.seen);
+        let newest = activity.next_message;
+        let expected: Vec<u64> = (newest - ActivityPage::MAX_MESSAGES as u64..newest).collect();
+        assert_eq!(seqs(&page.messages, |sample| sample.seq), expected);
+        assert_eq!(page.messages_sent, sent, "what the page left out is there to count");
+        assert_eq!(page.seen.message, Some(newest));
+    }
+}

@@ -138,6 +138,10 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     activity: Activity,
     /// Paused: the core is fed no ticks and no messages, and sends none; clients are told.
     paused: bool,
+    /// Readers of [`Request::Activity`], answered once this turn's `Ready`s are handled: the
+    /// store then holds every entry the status's `last_log_id` counts, so the log's tail
+    /// they get ends there (entries proposed in the same turn are written by then).
+    activity_readers: Vec<(Seen, oneshot::Sender<NodeActivity>)>,
 }
 
 /// A shutdown under way: a leader first waits for its successor to take over.
@@ -210,6 +214,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             readies,
             activity,
             paused: false,
+            activity_readers: Vec::new(),
         })
     }
 
@@ -252,6 +257,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     self.handle_request(request)?;
                 }
                 if self.paused {
+                    self.answer_activity()?;
                     continue;
                 }
                 // Hand out committed entries only while the apply thread keeps up (it says
@@ -262,6 +268,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     self.raft.pause_applying(self.progress.must_pause());
                 }
                 self.activity.observe(&self.raft);
+                self.answer_activity()?;
                 self.publish_leader();
                 if self.shutdown_done() {
                     return Ok(());
@@ -370,7 +377,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 Ok(())
             }
             Request::Activity { seen, reply } => {
-                let _ = reply.send(self.activity(seen)?);
+                self.activity_readers.push((seen, reply));
                 Ok(())
             }
             Request::Pause { paused, reply } => {
@@ -799,6 +806,14 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             format!("{id} resumed")
         };
         self.activity.note(text);
+    }
+
+    /// Answers the readers of [`Request::Activity`] of this turn.
+    fn answer_activity(&mut self) -> Result<()> {
+        for (seen, reply) in std::mem::take(&mut self.activity_readers) {
+            let _ = reply.send(self.activity(seen)?);
+        }
+        Ok(())
     }
 
     /// The node's status, the terms of its log's tail, and its activity since `seen`.

@@ -362,6 +362,14 @@ impl KvCluster {
             .unwrap_or_else(|error| panic!("{id}: shutdown: {error}"));
     }
 
+    /// Stops server `id` at once, as a crash would (`Server::kill`: a leader hands nothing
+    /// over); it must finish within [`TIMEOUT`].
+    pub fn kill(&mut self, id: NodeId) {
+        let server = self.servers.remove(&id).unwrap_or_else(|| panic!("{id} is not running"));
+        self.block_on(async { tokio::time::timeout(TIMEOUT, server.kill()).await })
+            .unwrap_or_else(|_| panic!("{id}: kill did not finish within {TIMEOUT:?}"));
+    }
+
     /// Shuts every server down, the one that believes itself leader first (so it hands off
     /// to a running node), and checks that each shutdown succeeds.
     pub fn shutdown(mut self) {
