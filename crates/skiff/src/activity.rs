@@ -69,7 +69,8 @@ fn describe(message: &Message) -> String {
             (Some(first), Some(last)) => {
                 format!("entries {}-{}, commit {}", first.index(), last.index(), leader_commit)
             }
-            _ => format!("probe: do you hold {prev_log_id}? commit {leader_commit}"),
+            // A probe for where the logs agree, or the news of a commit: either way, no entries.
+            _ => format!("no entries, after {prev_log_id}; commit {leader_commit}"),
         },
         Message::AppendEntriesResponse(AppendResult::Success { match_index }) => format!("ok, holds {match_index}"),
         Message::AppendEntriesResponse(AppendResult::Reject { rejected_prev, hint }) => {

@@ -257,7 +257,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     self.handle_request(request)?;
                 }
                 if self.paused {
-                    self.answer_activity()?;
+                    self.answer_activity();
                     continue;
                 }
                 // Hand out committed entries only while the apply thread keeps up (it says
@@ -268,7 +268,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                     self.raft.pause_applying(self.progress.must_pause());
                 }
                 self.activity.observe(&self.raft);
-                self.answer_activity()?;
+                self.answer_activity();
                 self.publish_leader();
                 if self.shutdown_done() {
                     return Ok(());
@@ -809,30 +809,37 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     /// Answers the readers of [`Request::Activity`] of this turn.
-    fn answer_activity(&mut self) -> Result<()> {
+    fn answer_activity(&mut self) {
         for (seen, reply) in std::mem::take(&mut self.activity_readers) {
-            let _ = reply.send(self.activity(seen)?);
+            let _ = reply.send(self.activity(seen));
         }
-        Ok(())
     }
 
     /// The node's status, the terms of its log's tail, and its activity since `seen`.
-    fn activity(&mut self, seen: Seen) -> Result<NodeActivity> {
+    /// A read that fails shortens the tail rather than stopping the node for a watcher's sake
+    /// (the core meets the same storage failure on its own path, and stops the node there).
+    fn activity(&mut self, seen: Seen) -> NodeActivity {
         let store = self.raft.storage();
         let (first, last) = (store.first_index(), store.last_index());
         let low = Index(last.0.saturating_sub(ACTIVITY_LOG_TAIL - 1)).max(first).max(Index(1));
         let mut log_tail = Vec::new();
         for index in low.0..=last.0 {
-            log_tail.push(skiff_raft::LogId::new(store.term(Index(index))?, Index(index)));
+            match store.term(Index(index)) {
+                Ok(term) => log_tail.push(skiff_raft::LogId::new(term, Index(index))),
+                Err(error) => {
+                    tracing::warn!(node = %self.raft.id(), %index, %error, "the activity's log tail stops at an unreadable entry");
+                    break;
+                }
+            }
         }
-        Ok(NodeActivity {
+        NodeActivity {
             status: self.status(),
             uptime: self.activity.uptime(),
             tick: self.options.tick,
             paused: self.paused,
             log_tail,
             page: self.activity.page(seen),
-        })
+        }
     }
 
     /// Up to `limit` entries (and about [`LOG_PAGE_BYTES`]) of the durable log from `from`

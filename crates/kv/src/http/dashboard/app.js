@@ -219,7 +219,7 @@
         status(`${label}: done.${detail}`, 'ok');
         return r;
       }
-      let msg = `${label} failed (${r.status}): ${r.text || 'no message'}`;
+      let msg = `${label} failed (${r.status}): ${errorText(r.text) || 'no message'}`;
       if (r.status === 403 && faultRoute && !/^Permission denied|fault/i.test(r.text)) msg += ' — fault injection is off on this node.';
       status(msg, 'err');
       return r;
@@ -227,6 +227,15 @@
       status(`${label} failed: could not reach ${base || 'this page\'s node'} (${e.message})`, 'err');
       return null;
     }
+  }
+
+  /** The API's errors are `{"error": "..."}`; other answers (a 403 from the token check) are text. */
+  function errorText(text) {
+    try {
+      const body = JSON.parse(text);
+      if (body && typeof body.error === 'string') return body.error + (body.leader ? ` (leader: ${body.leader})` : '');
+    } catch (e) { /* not JSON */ }
+    return text;
   }
 
   function needToken(why) {
@@ -248,7 +257,7 @@
     else r = await run(`Delete ${key}`, base, 'DELETE', kvPath(key));
     if (!r) { out.textContent = $('#action-status').textContent; return; }
     if (op === 'get' && r.status === 404) out.textContent = `${key}: no such key.`;
-    else if (!r.ok) out.textContent = `Error ${r.status}: ${r.text}`;
+    else if (!r.ok) out.textContent = `Error ${r.status}: ${errorText(r.text)}`;
     else if (op === 'get') out.textContent = `${key} = ${JSON.stringify(r.text)}`;
     else out.textContent = op === 'put' ? `Stored ${key}.` : `Deleted ${key}.`;
   }
