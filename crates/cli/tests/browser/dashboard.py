@@ -22,6 +22,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 ROLES = {"leader", "follower", "candidate", "pre-candidate", "learner", "paused", "unreachable", "killed"}
 WAIT = 20.0  # seconds: an election takes about one, a restart a few
@@ -183,8 +184,12 @@ def run(page, url, addresses):
     index, term = page.wait("the put's entry committed in every running node's log view", committed_everywhere)
     page.shot("3-committed", show="h-log")
 
-    # 5. Restart the killed node: it comes back as a follower and its log catches up.
-    page.click("restart", old)
+    # 5. Restart the killed node, from the keyboard (the button focused, Enter pressed): it
+    # comes back as a follower and its log catches up.
+    restart = driver.find_element(By.CSS_SELECTOR, f'[data-action="restart"][data-node="{old}"]')
+    driver.execute_script("arguments[0].focus()", restart)
+    assert driver.switch_to.active_element == restart, "the restart button takes the keyboard's focus"
+    restart.send_keys(Keys.ENTER)
     page.wait(f"{old} back as a follower", lambda: page.cards()[old][0] == "follower")
     page.wait(
         f"{old}'s log view to catch up to entry {index}",
@@ -193,12 +198,22 @@ def run(page, url, addresses):
     page.shot("4-restarted")
     page.shot("4-restarted-events", show="h-events")
 
-    # 6. The events list tells the story in words.
+    # 6. Every control says what it does, in words a screen reader reads out.
+    for control in driver.find_elements(By.CSS_SELECTOR, "button, input"):
+        name = (control.get_attribute("aria-label") or control.text or "").strip()
+        if control.tag_name == "input":
+            control_id = control.get_attribute("id")
+            labels = driver.find_elements(By.CSS_SELECTOR, f'label[for="{control_id}"]') if control_id else []
+            name = name or " ".join(label.text for label in labels).strip()
+        if control.is_displayed():
+            assert name, f"a control without a name: {control.get_attribute('outerHTML')[:200]}"
+
+    # 7. The events list tells the story in words.
     events = driver.find_element(By.ID, "events").text
     for words in ["became leader", "started an election"]:
         assert words in events, f"the events list says {words!r}:\n{events[:2000]}"
 
-    # 7. A phone's width: the same page, stacked.
+    # 8. A phone's width: the same page, stacked.
     driver.set_window_size(390, 844)
     time.sleep(0.5)
     page.shot("5-phone")
