@@ -32,7 +32,9 @@ pub(crate) struct Leader {
     commit_to_send: bool,
     /// The last heartbeat round sent.
     heartbeat_round: u64,
-    /// A read waits for a heartbeat round: send one at the next flush.
+    /// A read waits for a heartbeat round: send one at the next flush, or, while another
+    /// round some reads wait on is in flight, once that one is acknowledged
+    /// ([`Leader::round_in_flight`]).
     round_requested: bool,
     /// The tick at which each recent heartbeat round was sent, for leases.
     round_sent_ticks: BTreeMap<u64, u64>,
@@ -174,14 +176,24 @@ impl Leader {
             self.entries_to_send = false;
             self.commit_to_send = false;
         }
-        if self.round_requested {
+        if self.round_requested && !self.round_in_flight() {
             self.broadcast_heartbeat(shared);
         }
         Ok(())
     }
 
     pub fn has_pending_flush(&self) -> bool {
-        self.entries_to_send || self.commit_to_send || self.round_requested
+        self.entries_to_send || self.commit_to_send || (self.round_requested && !self.round_in_flight())
+    }
+
+    /// Whether reads wait on a heartbeat round already sent. New reads then wait for the
+    /// next round, sent once a quorum acknowledged this one (or at the next heartbeat
+    /// interval, if its answers were lost): one round in flight, however many reads, as
+    /// etcd does, rather than one round per `Ready` under load. A read that arrives while
+    /// no round is in flight starts one at once. Safety is unchanged: a read still waits for
+    /// a round sent after it arrived (thesis §6.4).
+    fn round_in_flight(&self) -> bool {
+        self.reads.front().is_some_and(|read| read.round <= self.heartbeat_round)
     }
 
     fn peers<S: Storage>(&self, shared: &Shared<S>) -> Vec<NodeId> {
