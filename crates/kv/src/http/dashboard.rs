@@ -126,21 +126,7 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
         .members()
         .map(|id| json!({ "id": id.to_string(), "http": api.http_address(&status.membership, id), "scheme": scheme }))
         .collect();
-    let peers: Vec<Json> = status
-        .peers
-        .iter()
-        .map(|peer| {
-            json!({
-                "id": peer.id.to_string(),
-                "voter": peer.voter,
-                "match": peer.match_index.map(|index| index.0),
-                "next": peer.next_index.map(|index| index.0),
-                "connected": peer.health.connected,
-                "last_contact_ms": peer.health.last_contact.map(|at| at.elapsed().as_millis() as u64),
-                "rtt_ms": peer.health.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
-            })
-        })
-        .collect();
+    let peers = peers_json(status);
     let page = &activity.page;
     let messages: Vec<Json> = page
         .messages
@@ -185,8 +171,8 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
         "snapshot_index": status.snapshot_index.0,
         "last_log": { "index": status.last_log_id.index.0, "term": status.last_log_id.term.0 },
         "election_timer": timer,
-        "voters": status.membership.voters.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "learners": status.membership.learners.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "voters": id_list(&status.membership.voters),
+        "learners": id_list(&status.membership.learners),
         "members": members,
         "peers": peers,
         "log": log,

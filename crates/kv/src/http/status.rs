@@ -4,22 +4,7 @@ use super::*;
 
 pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
     let status = api.status().await?;
-    let peers: Vec<Json> = status
-        .peers
-        .iter()
-        .map(|peer| {
-            json!({
-                "id": peer.id.to_string(),
-                "voter": peer.voter,
-                "match": peer.match_index.map(|index| index.0),
-                "next": peer.next_index.map(|index| index.0),
-                "connected": peer.health.connected,
-                "last_contact_ms": peer.health.last_contact.map(|at| at.elapsed().as_millis() as u64),
-                "rtt_ms": peer.health.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
-                "dropped_messages": peer.health.dropped_messages,
-            })
-        })
-        .collect();
+    let peers = peers_json(&status);
     Ok(axum::Json(json!({
         "id": status.id.to_string(),
         "role": status.role.to_string(),
@@ -62,8 +47,29 @@ impl Api {
     }
 }
 
+/// Each other member as this node sees it: replication progress (on the leader) and the
+/// transport's health. (`/v1/skiff/status` and the dashboard's frames.)
+pub(super) fn peers_json(status: &NodeStatus) -> Vec<Json> {
+    status
+        .peers
+        .iter()
+        .map(|peer| {
+            json!({
+                "id": peer.id.to_string(),
+                "voter": peer.voter,
+                "match": peer.match_index.map(|index| index.0),
+                "next": peer.next_index.map(|index| index.0),
+                "connected": peer.health.connected,
+                "last_contact_ms": peer.health.last_contact.map(|at| at.elapsed().as_millis() as u64),
+                "rtt_ms": peer.health.round_trip.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                "dropped_messages": peer.health.dropped_messages,
+            })
+        })
+        .collect()
+}
+
 /// Node ids as text, in order.
-fn id_list(set: &std::collections::BTreeSet<NodeId>) -> Vec<String> {
+pub(super) fn id_list(set: &std::collections::BTreeSet<NodeId>) -> Vec<String> {
     set.iter().map(ToString::to_string).collect()
 }
 
