@@ -70,6 +70,8 @@ pub struct Api {
     label: String,
     /// The tokens, if the cluster has `[auth]`.
     auth: Option<Arc<Auth>>,
+    /// `skiff_http_requests_total` and `skiff_http_request_seconds`, by route.
+    requests: crate::metrics::RequestMetrics,
     /// The dashboard's event streams under way, against [`dashboard::MAX_EVENT_STREAMS`].
     event_streams: Arc<tokio::sync::Semaphore>,
     /// The demo's control of its nodes, when this node is part of `skiff demo`.
@@ -90,7 +92,8 @@ impl Api {
         let node_reads = [reads("consistent"), reads("stale")];
         let blocking = Blocking::new(&limits);
         let event_streams = Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_EVENT_STREAMS));
-        Api { node, published, blocking, node_reads, cluster, limits, label, auth, event_streams, demo }
+        let requests = crate::metrics::RequestMetrics::new(&label);
+        Api { node, published, blocking, node_reads, cluster, limits, label, auth, event_streams, demo, requests }
     }
 }
 
@@ -230,7 +233,7 @@ async fn record(State(api): Shared, request: Request, next: Next) -> Response {
     };
     let started = Instant::now();
     let response = next.run(request).await;
-    crate::metrics::record_request(&api.label, route, response.status().as_u16(), started.elapsed());
+    api.requests.record(route, response.status().as_u16(), started.elapsed());
     response
 }
 
