@@ -16,6 +16,9 @@ use crate::leader::Leader;
 use crate::log::RaftLog;
 use crate::membership::MembershipHistory;
 use crate::message::{AppendResult, Envelope, Message, drop_reason};
+
+/// The most batches of follower reads waiting for the leader's answer ([`Raft::flush_reads`]).
+const MAX_READ_BATCHES: usize = 1024;
 use crate::ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 use crate::storage::Storage;
 use crate::types::{
@@ -54,6 +57,12 @@ pub(crate) struct Shared<S: Storage> {
     pub outbox: Vec<Envelope>,
     /// Read answers to hand out in the next `Ready`.
     pub reads: Vec<ReadState>,
+    /// A follower's reads not yet asked of the leader: the next `ready()` asks for all of
+    /// them with one `ReadIndex` ([`Raft::flush_reads`]).
+    read_batch: Vec<ReadId>,
+    /// The batches of more than one read asked of the leader, by the id their `ReadIndex`
+    /// carries (the batch's first); at most [`MAX_READ_BATCHES`].
+    read_batches: BTreeMap<ReadId, Vec<ReadId>>,
     /// Messages from other nodes dropped as invalid, counted by reason (see
     /// [`Shared::drop_message`]).
     pub dropped_messages: BTreeMap<&'static str, u64>,
@@ -192,6 +201,8 @@ impl<S: Storage> Raft<S> {
             election_timeout_ticks: 0,
             outbox: Vec::new(),
             reads: Vec::new(),
+            read_batches: BTreeMap::new(),
+            read_batch: Vec::new(),
             dropped_messages: BTreeMap::new(),
             persisted_hard_state: hard_state,
             ticks: 0,
@@ -358,9 +369,8 @@ impl<S: Storage> Raft<S> {
                 leader.read_index(&mut self.shared, id, None);
                 Ok(())
             }
-            Role::Follower(Follower { leader: Some(leader), .. }) => {
-                let leader = *leader;
-                self.shared.send(leader, Message::ReadIndex { id });
+            Role::Follower(Follower { leader: Some(_), .. }) => {
+                self.shared.read_batch.push(id);
                 Ok(())
             }
             _ => Err(Error::NotLeader { leader: None }),
@@ -536,7 +546,10 @@ impl<S: Storage> Raft<S> {
                     self.shared.drop_message(drop_reason::SECOND_LEADER);
                 } else {
                     let result = index.ok_or(ReadError::LeadershipLost { leader: self.leader() });
-                    self.shared.reads.push(ReadState { id, result });
+                    let batch = self.shared.read_batches.remove(&id).unwrap_or_else(|| vec![id]);
+                    for id in batch {
+                        self.shared.reads.push(ReadState { id, result: result.clone() });
+                    }
                 }
             }
             Message::AppendEntriesResponse(result) => {
@@ -647,6 +660,7 @@ impl<S: Storage> Raft<S> {
         if let Role::Leader(leader) = &mut self.role {
             leader.flush(&mut self.shared)?;
         }
+        self.flush_reads();
         let shared = &mut self.shared;
         let hard_state = shared.hard_state();
         let (snapshot, entries) = shared.log.unstable();
@@ -680,11 +694,50 @@ impl<S: Storage> Raft<S> {
         })
     }
 
+    /// A follower asks its leader for one read index for all the reads that arrived since
+    /// the last `Ready` (thesis §6.4, on followers): the index the leader confirms is at
+    /// least its commit index when the request reached it, which is after every read of
+    /// the batch arrived here, so it serves them all. One message each way per batch
+    /// instead of per read. Reads left when this node no longer follows a leader fail, to
+    /// be retried.
+    fn flush_reads(&mut self) {
+        if self.shared.read_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.shared.read_batch);
+        let leader = match &self.role {
+            Role::Follower(Follower { leader: Some(leader), .. }) => *leader,
+            _ => {
+                let leader = self.leader();
+                let failed =
+                    batch.into_iter().map(|id| ReadState { id, result: Err(ReadError::LeadershipLost { leader }) });
+                self.shared.reads.extend(failed);
+                return;
+            }
+        };
+        let id = batch[0];
+        if batch.len() > 1 {
+            // A batch whose answer never comes (the message lost, the leader gone) is
+            // forgotten after `MAX_READ_BATCHES` newer ones; its reads have timed out by then.
+            if self.shared.read_batches.len() >= MAX_READ_BATCHES
+                && let Some((_, forgotten)) = self.shared.read_batches.pop_first()
+            {
+                let lost = forgotten
+                    .into_iter()
+                    .map(|id| ReadState { id, result: Err(ReadError::LeadershipLost { leader: Some(leader) }) });
+                self.shared.reads.extend(lost);
+            }
+            self.shared.read_batches.insert(id, batch);
+        }
+        self.shared.send(leader, Message::ReadIndex { id });
+    }
+
     /// Whether `ready()` would hand out anything.
     pub fn has_ready(&self) -> bool {
         let shared = &self.shared;
         let leader_pending = matches!(&self.role, Role::Leader(leader) if leader.has_pending_flush());
         leader_pending
+            || !shared.read_batch.is_empty()
             || shared.log.has_unstable()
             || !shared.outbox.is_empty()
             || !shared.reads.is_empty()

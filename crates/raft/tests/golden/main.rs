@@ -13,7 +13,7 @@
 //!   lease_reads=B max_inflight=N max_append_bytes=N max_uncommitted=N]`: a new cluster of
 //!   voters `n1..nN` then learners. Defaults: heartbeat 2 ticks, election timeout 10 ticks.
 //! - `tick [ID...] [times=N]`: ticks the given (or all live) nodes.
-//! - `campaign ID`, `propose ID DATA...`, `read ID READ_ID`, `transfer ID TARGET`,
+//! - `campaign ID`, `propose ID DATA...`, `read ID READ_ID...` (several: reads that arrive together), `transfer ID TARGET`,
 //!   `membership ID add-learner|add-voter|promote|remove TARGET`: inputs to one node.
 //! - `compact ID INDEX`: the node's state machine snapshots up to INDEX; the log is compacted.
 //! - `deliver [from=ID] [to=ID] [count=N]`: delivers the queued messages that match, in order;
@@ -90,6 +90,7 @@ golden_scripts! {
     proposal_uncommitted_limit,
     read_index_leader,
     read_index_follower,
+    read_index_follower_batch,
     read_index_leadership_change,
     read_index_new_leader_waits,
     read_lease,
@@ -339,7 +340,16 @@ impl Cluster {
                     raft.propose(Bytes::from(command.to_string()))?;
                 }
             }
-            "read" => raft.read_index(ReadId(args.parse("read id")?))?,
+            "read" => {
+                // Several ids: reads that arrive together, before the next `Ready`.
+                let ids: Vec<&str> = std::iter::from_fn(|| args.0.next_pos()).collect();
+                if ids.is_empty() {
+                    return Err("missing read id".into());
+                }
+                for id in ids {
+                    raft.read_index(ReadId(id.parse()?))?;
+                }
+            }
             "transfer" => raft.transfer_leader(args.id()?)?,
             "membership" => {
                 let kind = args.string("change")?;
