@@ -333,8 +333,10 @@ impl<S: StateMachine> Applier<S> {
                 let mut writes = writes.into_iter().peekable();
                 for entry in entries {
                     let log_id = entry.log_id;
-                    // The driver keeps at most one write per index.
-                    let mut output = Some(self.apply(entry));
+                    // The driver keeps at most one write per index. An output nobody waits for
+                    // (every entry on a follower) is not encoded.
+                    let wanted = writes.peek().is_some_and(|(index, _)| *index == log_id.index);
+                    let mut output = Some(self.apply(entry, wanted));
                     while let Some((index, (term, _))) = writes.peek() {
                         if *index > log_id.index {
                             break;
@@ -381,7 +383,9 @@ impl<S: StateMachine> Applier<S> {
         }
     }
 
-    fn apply(&mut self, entry: Entry) -> Result<Bytes> {
+    /// Applies `entry`; returns its output encoded if `wanted` (a caller waits for it), else
+    /// empty.
+    fn apply(&mut self, entry: Entry, wanted: bool) -> Result<Bytes> {
         let index = entry.index();
         let applied = self.progress.applied();
         assert_eq!(index, applied.next(), "entries are applied in order, once");
@@ -391,7 +395,10 @@ impl<S: StateMachine> Applier<S> {
             Payload::Command(data) => match postcard::from_bytes::<S::Command>(&data) {
                 Ok(command) => {
                     let output = self.state_machine.apply(entry.log_id.index, command);
-                    postcard::to_stdvec(&output).map(Bytes::from).map_err(Error::from)
+                    match wanted {
+                        true => postcard::to_stdvec(&output).map(Bytes::from).map_err(Error::from),
+                        false => Ok(Bytes::new()),
+                    }
                 }
                 Err(error) => {
                     tracing::error!(index = %entry.log_id, %error, "a committed command does not decode; skipped on every node");
