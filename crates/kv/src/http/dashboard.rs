@@ -126,7 +126,6 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
         .members()
         .map(|id| json!({ "id": id.to_string(), "http": api.http_address(&status.membership, id), "scheme": scheme }))
         .collect();
-    let peers = peers_json(status);
     let page = &activity.page;
     let messages: Vec<Json> = page
         .messages
@@ -156,32 +155,25 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
         })
     });
     let log: Vec<Json> = activity.log_tail.iter().map(|id| json!({ "index": id.index.0, "term": id.term.0 })).collect();
-    json!({
-        "id": status.id.to_string(),
+    let mut frame = status_json(status);
+    let more = json!({
         "uptime_ms": activity.uptime.as_millis() as u64,
         "tick_ms": activity.tick.as_millis() as u64,
         "paused": activity.paused,
-        "role": status.role.to_string(),
-        "term": status.term.0,
-        "voted_for": status.vote.map(|id| id.to_string()),
-        "leader": status.leader.map(|id| id.to_string()),
-        "commit": status.commit.0,
-        "applied": status.applied.0,
         "first_index": status.first_index.0,
-        "snapshot_index": status.snapshot_index.0,
-        "last_log": { "index": status.last_log_id.index.0, "term": status.last_log_id.term.0 },
         "election_timer": timer,
-        "voters": id_list(&status.membership.voters),
-        "learners": id_list(&status.membership.learners),
         "members": members,
-        "peers": peers,
         "log": log,
         "messages": messages,
         "messages_per_s": rates,
         "messages_skipped": skipped,
         "events": events,
         "faults": api.node.faults().map(|faults| faults.list()),
-    })
+    });
+    if let Json::Object(more) = more {
+        frame.extend(more);
+    }
+    Json::Object(frame)
 }
 
 /// `POST /v1/skiff/pause` pauses this node, `DELETE` resumes it ([`skiff::Node::set_paused`]);

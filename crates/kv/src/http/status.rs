@@ -4,8 +4,17 @@ use super::*;
 
 pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
     let status = api.status().await?;
-    let peers = peers_json(&status);
-    Ok(axum::Json(json!({
+    let mut body = status_json(&status);
+    body.insert("raft_address".into(), json!(api.raft_address(&status.membership, status.id)));
+    body.insert("http_address".into(), json!(api.http_address(&status.membership, status.id)));
+    body.insert("keyspace".into(), api.keyspace_json());
+    Ok(axum::Json(body).into_response())
+}
+
+/// What a node says of itself and its peers, as `/v1/skiff/status` and the dashboard's
+/// frames both show it.
+pub(super) fn status_json(status: &NodeStatus) -> serde_json::Map<String, Json> {
+    let body = json!({
         "id": status.id.to_string(),
         "role": status.role.to_string(),
         "term": status.term.0,
@@ -17,12 +26,11 @@ pub(super) async fn skiff_status(State(api): Shared) -> ApiResult {
         "snapshot_index": status.snapshot_index.0,
         "voters": id_list(&status.membership.voters),
         "learners": id_list(&status.membership.learners),
-        "raft_address": api.raft_address(&status.membership, status.id),
-        "http_address": api.http_address(&status.membership, status.id),
-        "peers": peers,
-        "keyspace": api.keyspace_json(),
-    }))
-    .into_response())
+        "peers": peers_json(status),
+    });
+    // `json!` of braces is always an object.
+    let Json::Object(map) = body else { return serde_json::Map::new() };
+    map
 }
 
 impl Api {
@@ -49,7 +57,7 @@ impl Api {
 
 /// Each other member as this node sees it: replication progress (on the leader) and the
 /// transport's health. (`/v1/skiff/status` and the dashboard's frames.)
-pub(super) fn peers_json(status: &NodeStatus) -> Vec<Json> {
+fn peers_json(status: &NodeStatus) -> Vec<Json> {
     status
         .peers
         .iter()
