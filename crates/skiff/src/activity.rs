@@ -167,6 +167,9 @@ pub(crate) struct Activity {
     next_message: u64,
     sampled_this_tick: u32,
     watched_until: Option<Instant>,
+    /// Whether messages are sampled now: `watched_until` as of the last tick or look, so
+    /// that sending a message reads no clock.
+    sampling: bool,
     events: VecDeque<ActivityEvent>,
     next_event: u64,
     observed: Option<Observed>,
@@ -187,6 +190,7 @@ impl Activity {
             next_message: 0,
             sampled_this_tick: 0,
             watched_until: None,
+            sampling: false,
             events: VecDeque::new(),
             next_event: 0,
             observed: None,
@@ -203,8 +207,7 @@ impl Activity {
         let kind = kind_of(&envelope.message);
         self.counts[kind] += 1;
         self.sent += 1;
-        let watched = self.watched_until.is_some_and(|until| Instant::now() < until);
-        if !watched || self.sampled_this_tick >= SAMPLES_PER_TICK {
+        if !self.sampling || self.sampled_this_tick >= SAMPLES_PER_TICK {
             return;
         }
         self.sampled_this_tick += 1;
@@ -224,6 +227,7 @@ impl Activity {
     pub fn tick(&mut self) {
         self.sampled_this_tick = 0;
         let now = Instant::now();
+        self.sampling = self.watched_until.is_some_and(|until| now < until);
         if self.readings.back().is_none_or(|(at, _)| now.duration_since(*at) >= RATE_STEP) {
             self.readings.push_back((now, self.counts));
             while self.readings.len() > 2 && self.readings.get(1).is_some_and(|(at, _)| now - *at >= RATE_WINDOW) {
@@ -318,6 +322,7 @@ impl Activity {
     /// after `seen`.
     pub fn page(&mut self, seen: Seen) -> ActivityPage {
         self.watched_until = Some(Instant::now() + WATCHED_FOR);
+        self.sampling = true;
         // A first page has no messages (they are news only as they happen) and the recent events.
         let messages = match seen.message {
             Some(next) => newest_from(&self.messages, |sample| sample.seq, next, ActivityPage::MAX_MESSAGES),
