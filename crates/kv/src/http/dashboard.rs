@@ -302,12 +302,15 @@ impl Api {
         let scheme = if self.cluster.tls.is_some() { "https://" } else { "http://" };
         let Some(host_port) = origin.strip_prefix(scheme) else { return false };
         let Some(wanted) = loopback_alias(host_port) else { return false };
-        let mut addresses: Vec<String> = self.cluster.node.iter().filter_map(|node| node.http.clone()).collect();
-        if let Ok(status) = self.node.status().await {
-            let membership = &status.membership;
-            addresses.extend(membership.members().filter_map(|id| self.http_address(membership, id)));
+        let is_wanted = |address: &str| loopback_alias(address).is_some_and(|address| address == wanted);
+        // The cluster file first: a member added since needs a look at the membership, a
+        // request to the driver.
+        if self.cluster.node.iter().filter_map(|node| node.http.as_deref()).any(is_wanted) {
+            return true;
         }
-        addresses.iter().filter_map(|address| loopback_alias(address)).any(|address| address == wanted)
+        let Ok(status) = self.node.status().await else { return false };
+        let membership = &status.membership;
+        membership.members().filter_map(|id| self.http_address(membership, id)).any(|address| is_wanted(&address))
     }
 }
 
