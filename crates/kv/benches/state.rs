@@ -1,7 +1,10 @@
 //! The key-value state machine's write path on a large keyspace: `KvStore::apply` of one
 //! overwrite among 200,000 keys of 100-byte values, with no reader view alive (the common
 //! case), and with a view taken before every write (the worst case of copy-on-write: each
-//! write after a view copies the tree's slots and the block it changes).
+//! write after a view copies the tree's slots and the block it changes). And the write
+//! `bench/compare.sh` measures: a Redis `SET` of a 256-byte value over one of 10,000 keys,
+//! as a server proposes it (within the keyspace quota, at the cluster clock) to a store
+//! that records its change feed, as a server's does.
 //!
 //! ```sh
 //! cargo bench -p skiff-kv --bench state
@@ -12,6 +15,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff::{Index, StateMachine};
+use skiff_kv::state::When;
 use skiff_kv::{Command, KvStore, Op};
 
 const KEYS: u64 = 200_000;
@@ -65,5 +69,29 @@ fn views(c: &mut Criterion, store: &mut KvStore, index: &mut u64) {
     });
 }
 
-criterion_group!(benches, writes);
+/// `SET key value` as the Redis listener proposes it.
+fn set(number: u64, value: &Bytes, now_ms: u64) -> Command {
+    let op = Op::Set { key: key(number), value: value.clone(), when: When::Always, get: false };
+    Command { request: None, op: op.within_quota(8 << 30).at(now_ms) }
+}
+
+fn overwrites(c: &mut Criterion) {
+    const SET_KEYS: u64 = 10_000;
+    let value = Bytes::from(vec![b'v'; 256]);
+    let mut store = KvStore::default();
+    let _published = store.subscribe();
+    let mut index = 0;
+    for number in 0..SET_KEYS {
+        index += 1;
+        store.apply(Index(index), set(number, &value, index));
+    }
+    c.bench_function("apply a SET overwriting a 256-byte value among 10k keys", |b| {
+        b.iter(|| {
+            index += 1;
+            black_box(store.apply(Index(index), set(index.wrapping_mul(7_919) % SET_KEYS, &value, index)));
+        })
+    });
+}
+
+criterion_group!(benches, writes, overwrites);
 criterion_main!(benches);

@@ -37,8 +37,10 @@ use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 
+#[cfg(test)]
+use record::decode;
 pub use record::{Entry, Layout, Meta, invalid, put_varint};
-use record::{Header, decode, encode, encoded_len, read_varint};
+use record::{Header, decode_stored, encode, encoded_len, read_varint, stored_key};
 
 /// The size a block is split at. Larger blocks cost less memory (fewer blocks) and more
 /// time per operation (longer scans and moves).
@@ -87,21 +89,14 @@ struct Position {
     found: Option<usize>,
 }
 
-/// Decodes a record in a block. Blocks hold only what [`encode`] wrote, so a failure is a
-/// bug in this module, not bad input.
-fn decode_stored(bytes: &[u8]) -> (Entry<'_>, usize) {
-    match decode(bytes) {
-        Ok(decoded) => decoded,
-        Err(error) => panic!("a key map block does not decode ({error}): the map is corrupt"),
-    }
-}
-
-/// Scans `block` for `key`.
+/// Scans `block` for `key`. Blocks hold only what [`encode`] wrote, so they are read
+/// without the checks of [`decode`] (`record::decode_stored`): a failure there is a bug in
+/// this module, not bad input.
 fn search(block: &[u8], key: &[u8]) -> Position {
     let mut offset = 0;
     while offset < block.len() {
-        let (entry, len) = decode_stored(&block[offset..]);
-        match entry.key.cmp(key) {
+        let (found, len) = stored_key(&block[offset..]);
+        match found.cmp(key) {
             std::cmp::Ordering::Less => offset += len,
             std::cmp::Ordering::Equal => return Position { offset, found: Some(len) },
             std::cmp::Ordering::Greater => break,
@@ -111,13 +106,21 @@ fn search(block: &[u8], key: &[u8]) -> Position {
 }
 
 /// Replaces `block[range]` with `bytes`, growing the block to exactly the size it needs
-/// (a `Vec`'s usual doubling would leave up to half of every block unused).
+/// (a `Vec`'s usual doubling would leave up to half of every block unused). Bytes of the
+/// same length are overwritten in place; otherwise the block's tail moves once.
 fn splice_exact(block: &mut Vec<u8>, range: std::ops::Range<usize>, bytes: &[u8]) {
-    let new_len = block.len() - range.len() + bytes.len();
-    if new_len > block.capacity() {
-        block.reserve_exact(new_len - block.len());
+    let old_len = block.len();
+    let new_len = old_len - range.len() + bytes.len();
+    let tail_to = range.start + bytes.len();
+    if new_len > old_len {
+        block.reserve_exact(new_len - old_len);
+        block.resize(new_len, 0);
+        block.copy_within(range.end..old_len, tail_to);
+    } else if new_len < old_len {
+        block.copy_within(range.end..old_len, tail_to);
+        block.truncate(new_len);
     }
-    block.splice(range, bytes.iter().copied());
+    block[range.start..tail_to].copy_from_slice(bytes);
     if block.capacity() - block.len() > MAX_SPARE_BYTES {
         block.shrink_to_fit();
     }
@@ -157,33 +160,49 @@ impl KeyMap {
 
     /// Sets `key` to `value` and `meta`, replacing what it had.
     pub fn insert(&mut self, key: &[u8], value: &[u8], meta: Meta) {
-        let mut record = Vec::with_capacity(encoded_len(key, value, meta));
-        encode(&mut record, key, value, meta);
+        self.upsert(key, value, |_| (meta, ()));
+    }
+
+    /// Sets `key` to `value`, with the metadata `meta_of` makes from what the key holds now
+    /// (`None`: nothing), and returns what `meta_of` returns beside it: a write that depends
+    /// on the key's revisions (a create index kept, the value it replaces) costs one lookup.
+    /// A record of the same length as the one it replaces (a value overwritten by one of the
+    /// same size, the common case) is written over it in place.
+    pub fn upsert<R>(&mut self, key: &[u8], value: &[u8], meta_of: impl FnOnce(Option<Entry<'_>>) -> (Meta, R)) -> R {
         let added = (key.len() + value.len()) as u64;
         let blocks = Arc::make_mut(&mut self.blocks);
         let Some((_, block)) = blocks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back() else {
             // The map is empty: the first block, bound by the empty key.
             assert!(blocks.is_empty() && self.len == 0, "a non-empty key map has a block for every key");
+            let (meta, result) = meta_of(None);
+            let mut record = Vec::with_capacity(encoded_len(key, value, meta));
+            encode(&mut record, key, value, meta);
             blocks.insert(Arc::default(), Arc::new(record));
             self.len = 1;
             self.data_bytes = added;
-            return;
+            return result;
         };
         let block = Arc::make_mut(block);
         let position = search(block, key);
-        let replaced = position.found.unwrap_or(0);
-        if position.found.is_some() {
-            let old = decode_stored(&block[position.offset..]).0;
-            self.data_bytes -= (old.key.len() + old.value.len()) as u64;
-        } else {
-            self.len += 1;
+        let old = position.found.map(|_| decode_stored(&block[position.offset..]).0);
+        let old_bytes = old.map(|old| (old.key.len() + old.value.len()) as u64);
+        let (meta, result) = meta_of(old);
+        let mut record = Vec::with_capacity(encoded_len(key, value, meta));
+        encode(&mut record, key, value, meta);
+        match old_bytes {
+            Some(old_bytes) => self.data_bytes -= old_bytes,
+            None => self.len += 1,
         }
         self.data_bytes += added;
+        let replaced = position.found.unwrap_or(0);
         splice_exact(block, position.offset..position.offset + replaced, &record);
-        for piece in split(block, self.block_bytes) {
-            let bound = decode_stored(&piece).0.key.into();
-            blocks.insert(bound, Arc::new(piece));
+        if record.len() != replaced {
+            for piece in split(block, self.block_bytes) {
+                let bound = decode_stored(&piece).0.key.into();
+                blocks.insert(bound, Arc::new(piece));
+            }
         }
+        result
     }
 
     /// Removes `key`; returns whether it was there.
@@ -308,7 +327,7 @@ impl KeyMap {
             let mut offset = 0;
             let mut records = 0;
             while offset < block.len() {
-                let (entry, len) = decode_stored(&block[offset..]);
+                let (entry, len) = decode(&block[offset..]).expect("every record in a block decodes");
                 assert!(entry.key >= &bound[..], "a key below its block's bound");
                 if let Some(next) = bounds.get(number + 1) {
                     assert!(entry.key < *next, "a key at or past the next block's bound");

@@ -616,9 +616,8 @@ impl KvStore {
         let data = &mut self.data;
         match op {
             Op::Put { key, value, flags, cas } => {
-                let current = data.map.get(&key);
                 if let Some(expected) = cas
-                    && current.map_or(0, |entry| entry.modify_index) != expected
+                    && data.map.get(&key).map_or(0, |entry| entry.modify_index) != expected
                 {
                     return Output::Done { ok: false, deleted: 0 };
                 }
@@ -634,12 +633,19 @@ impl KvStore {
                 Output::Done { ok: true, deleted: keys.len() as u64 }
             }
             Op::Set { key, value, when, get } => {
-                let current = data.map.get(&key);
-                let old = if get { current.map(|entry| Bytes::copy_from_slice(entry.value)) } else { None };
-                let written = match when {
-                    When::Always => true,
-                    When::Absent => current.is_none(),
-                    When::Present => current.is_some(),
+                // A plain SET needs no look at the key before it is written.
+                let (written, old) = match (when, get) {
+                    (When::Always, false) => (true, None),
+                    _ => {
+                        let current = data.map.get(&key);
+                        let old = if get { current.map(|entry| Bytes::copy_from_slice(entry.value)) } else { None };
+                        let written = match when {
+                            When::Always => true,
+                            When::Absent => current.is_none(),
+                            When::Present => current.is_some(),
+                        };
+                        (written, old)
+                    }
                 };
                 if written {
                     self.store_meta(index, key, &value, 0, 0);
@@ -805,10 +811,16 @@ impl KvStore {
     /// Writes `key` at `index` with the deadline `expires` (0: none), keeping its create
     /// index if it exists and clearing a deletion mark.
     fn store_meta(&mut self, index: u64, key: Bytes, value: &[u8], flags: u64, expires: u64) {
-        let (create_index, old_expires) =
-            self.data.map.get(&key).map_or((index, 0), |entry| (entry.create_index, entry.expires));
+        // One lookup: the key's create index and deadline (and, for the change feed, the
+        // value it replaces) are read where the new record goes.
+        let feed = self.published.is_some();
+        let (create_index, old_expires, prev) = self.data.map.upsert(&key, value, |current| {
+            let create_index = current.map_or(index, |entry| entry.create_index);
+            let old_expires = current.map_or(0, |entry| entry.expires);
+            let prev = current.filter(|_| feed).map(|entry| Bytes::copy_from_slice(entry.value));
+            (Meta { create_index, modify_index: index, flags, expires }, (create_index, old_expires, prev))
+        });
         if let Some(published) = &self.published {
-            let prev = self.data.map.get(&key).map(|entry| Bytes::copy_from_slice(entry.value));
             let value = Bytes::copy_from_slice(value);
             let event =
                 feed::Event { index, kind: feed::Kind::Put, key: key.clone(), value, create_index, flags, prev };
@@ -819,7 +831,6 @@ impl KvStore {
         if let Some(deleted) = data.tombstones.remove(&key) {
             data.tombstone_order.remove(&(deleted, key.clone()));
         }
-        data.map.insert(&key, value, Meta { create_index, modify_index: index, flags, expires });
         if let Some(published) = &self.published {
             published.changed(&key);
         }

@@ -160,7 +160,10 @@ pub fn encode(out: &mut Vec<u8>, key: &[u8], value: &[u8], meta: Meta) {
     out.extend_from_slice(value);
 }
 
-/// Decodes the record at the start of `bytes`; returns it and its length in bytes.
+/// Decodes the record at the start of `bytes`, checking every length; returns it and its
+/// length in bytes. The reference the unchecked [`decode_stored`] is tested against, and
+/// what [`super::KeyMap::check`] reads blocks with (snapshots are read by [`Header::read`]).
+#[cfg(test)]
 pub fn decode(bytes: &[u8]) -> io::Result<(Entry<'_>, usize)> {
     let mut at = 0;
     let header = Header::read(
@@ -185,6 +188,66 @@ pub fn decode(bytes: &[u8]) -> io::Result<(Entry<'_>, usize)> {
         expires: header.meta.expires,
     };
     Ok((entry, value_end))
+}
+
+/// Reads the varint at `bytes[*at..]`, advancing `at`: for records [`encode`] wrote into a
+/// key map's blocks, which are trusted (they never come from outside: a snapshot's records
+/// are checked by [`Header::read`] first). Not validated; panics past the end of `bytes`.
+#[inline]
+fn stored_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut number = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        number |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return number;
+        }
+    }
+    panic!("a stored varint is longer than 10 bytes: the key map is corrupt")
+}
+
+/// Decodes a record [`encode`] wrote into a key map's block: what `decode` returns, without
+/// its checks (a key map looks at some 15 records for every lookup, so this is its hot path).
+/// Panics if the bytes are not such a record.
+#[inline]
+pub fn decode_stored(bytes: &[u8]) -> (Entry<'_>, usize) {
+    let mut at = 0;
+    let key_len = stored_varint(bytes, &mut at) as usize;
+    let value_len = stored_varint(bytes, &mut at) as usize;
+    let create_index = stored_varint(bytes, &mut at);
+    let modify_index = create_index + stored_varint(bytes, &mut at);
+    let flags = stored_varint(bytes, &mut at);
+    let expires = stored_varint(bytes, &mut at);
+    let key_end = at + key_len;
+    let value_end = key_end + value_len;
+    let entry = Entry {
+        key: &bytes[at..key_end],
+        value: &bytes[key_end..value_end],
+        create_index,
+        modify_index,
+        flags,
+        expires,
+    };
+    (entry, value_end)
+}
+
+/// The key of the record [`encode`] wrote at the start of `bytes`, and the record's length:
+/// what a scan for a key needs, without reading the rest of the header. Panics as
+/// [`decode_stored`].
+#[inline]
+pub fn stored_key(bytes: &[u8]) -> (&[u8], usize) {
+    let mut at = 0;
+    let key_len = stored_varint(bytes, &mut at) as usize;
+    let value_len = stored_varint(bytes, &mut at) as usize;
+    for _ in 0..4 {
+        while bytes[at] & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+    }
+    let key_end = at + key_len;
+    (&bytes[at..key_end], key_end + value_len)
 }
 
 impl Entry<'_> {
@@ -270,6 +333,23 @@ mod tests {
         let meta = Meta { create_index: 85_000, modify_index: 85_000, flags: 0, expires: 0 };
         // 1 + 1 + 3 + 1 + 1 + 1 header bytes.
         assert_eq!(encoded_len(b"key-999999", &[0; 100], meta), 110 + 8);
+    }
+
+    #[test]
+    fn the_stored_decoders_agree_with_decode() {
+        let mut numbers = vec![0, 1, 127, 128, 16_383, 16_384, u64::MAX / 2, u64::MAX];
+        numbers.extend((1..64).map(|bits| 1u64 << bits));
+        for &number in &numbers {
+            let meta = Meta { create_index: number / 3, modify_index: number, flags: number, expires: number / 2 };
+            let key = vec![b'k'; (number % 300) as usize];
+            let value = vec![b'v'; (number % 1000) as usize];
+            let mut bytes = Vec::new();
+            encode(&mut bytes, &key, &value, meta);
+            bytes.extend_from_slice(b"next record");
+            let checked = decode(&bytes).expect("decodes");
+            assert_eq!(decode_stored(&bytes), checked, "{number}");
+            assert_eq!(stored_key(&bytes), (checked.0.key, checked.1), "{number}");
+        }
     }
 
     #[test]

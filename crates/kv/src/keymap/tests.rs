@@ -304,9 +304,11 @@ proptest! {
             }
             match step {
                 Step::Insert { key, value_len, meta } => {
+                    // Through `upsert`, which shows what the key held (`insert` is `upsert`
+                    // ignoring it).
                     let value = vec![number as u8; value_len];
-                    map.insert(&key, &value, meta);
-                    model.insert(key, (value, meta));
+                    let seen = map.upsert(&key, &value, |current| (meta, current.map(|entry| (entry.value.to_vec(), entry.meta()))));
+                    prop_assert_eq!(seen, model.insert(key, (value, meta)));
                 }
                 Step::Remove(key) => {
                     prop_assert_eq!(map.remove(&key), model.remove(&key).is_some());
