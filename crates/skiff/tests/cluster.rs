@@ -172,6 +172,26 @@ impl StateMachine for Counting {
     }
 }
 
+/// A state machine that panics stops its node with the panic's message (it is not left
+/// leading with nothing applied); its proposer hears that the node stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_that_panics_stops_its_node() {
+    let mut cluster = MemoryCluster::<Counting>::empty(1);
+    let store = MemLogStore::new(cluster.membership.clone());
+    let boom = || panic!("the state machine gave up");
+    cluster.start(fast_options(NodeId(1)), Counting { before_apply: Box::new(boom), applied: 0 }, store);
+    let node = cluster.node(cluster.leader().await);
+    let proposed = node.propose(()).await;
+    assert!(proposed.is_err(), "{proposed:?}");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.stopped()).await.expect("the node stops");
+    let skiff::Error::Stopped { cause: Some(cause) } = &stopped else { panic!("stopped without a cause: {stopped:?}") };
+    assert!(
+        matches!(&**cause, skiff::Error::StateMachinePanicked(message) if message.contains("gave up")),
+        "{stopped:?}"
+    );
+    assert!(stopped.to_string().contains("the state machine panicked: the state machine gave up"), "{stopped}");
+}
+
 /// Applying runs beside the driver: an `apply` slower than the election timeout (60-120
 /// ms here) does not stop heartbeats, so the leader keeps its leadership throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
