@@ -180,8 +180,20 @@ impl Feed {
             ring.floor = oldest;
         }
         drop(ring);
-        if added {
+        if !added {
+            return;
+        }
+        // Waking the streams costs a lock per shard of tokio's notifier for every entry, even
+        // when no stream waits: with none subscribed, the tail moves without a wake-up. A
+        // stream subscribes before it reads the history, so one that subscribes after this
+        // check finds these events in the ring.
+        if self.tail.receiver_count() > 0 {
             self.tail.send_replace(index);
+        } else {
+            self.tail.send_if_modified(|tail| {
+                *tail = index;
+                false
+            });
         }
     }
 

@@ -222,7 +222,14 @@ impl Published {
     /// After an apply (on the apply thread, the only writer): the replicated clock, which
     /// sets this node's reading forward if it is ahead of it, and the earliest deadline.
     pub(crate) fn set_clock(&self, clock_ms: u64, next_deadline: Option<u64>) {
-        self.clock_ms.store(clock_ms, Ordering::Release);
+        let previous = self.clock_ms.swap(clock_ms, Ordering::AcqRel);
+        self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+        // The same stamp as the last entry's (most entries applied within a millisecond
+        // share one): it was compared with this node's reading then, and the reading only
+        // moves forward since, so it cannot be ahead now. Saves a clock read per entry.
+        if previous == clock_ms && self.anchor_at.load(Ordering::Relaxed) != 0 {
+            return;
+        }
         // The clock starts running at the first stamp (a replicated clock above 0), not at
         // the first apply: nodes apply the first entries of a new cluster at their own
         // start-up times, and a node started earlier would read the clock ahead of the
@@ -235,7 +242,6 @@ impl Published {
             self.anchor_at.store(local_ms(), Ordering::Release);
             self.anchor_ms.store(clock_ms, Ordering::Release);
         }
-        self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn set_keyspace(&self, used_bytes: u64, alarm: Option<u64>) {
