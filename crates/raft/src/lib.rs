@@ -131,7 +131,7 @@ pub mod testing;
 mod types;
 
 pub use config::{Config, InvalidConfig};
-pub use message::{AppendResult, Envelope, Message, drop_reason};
+pub use message::{AppendResult, Envelope, Message, MessageKind, drop_reason};
 pub use raft::Raft;
 pub use ready::{ElectionTimer, Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 pub use storage::{MemStorage, Storage, StorageError};

@@ -2,6 +2,7 @@
 //! says in its doc why it exists.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 use crate::types::{Entry, Index, LogId, NodeId, Payload, ReadId, SnapshotMeta, Term};
 
@@ -145,22 +146,104 @@ pub enum AppendResult {
 }
 
 impl Message {
-    /// A short name for logs and counters.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is.
+    pub fn kind(&self) -> MessageKind {
         match self {
-            Message::AppendEntries { .. } => "AppendEntries",
-            Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
-            Message::Heartbeat { .. } => "Heartbeat",
-            Message::HeartbeatResponse { .. } => "HeartbeatResponse",
-            Message::RequestVote { pre_vote: true, .. } => "PreVote",
-            Message::RequestVote { .. } => "RequestVote",
-            Message::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
-            Message::RequestVoteResponse { .. } => "RequestVoteResponse",
-            Message::InstallSnapshot { .. } => "InstallSnapshot",
-            Message::TimeoutNow => "TimeoutNow",
-            Message::ReadIndex { .. } => "ReadIndex",
-            Message::ReadIndexResponse { .. } => "ReadIndexResponse",
+            Message::AppendEntries { .. } => MessageKind::AppendEntries,
+            Message::AppendEntriesResponse(_) => MessageKind::AppendEntriesResponse,
+            Message::Heartbeat { .. } => MessageKind::Heartbeat,
+            Message::HeartbeatResponse { .. } => MessageKind::HeartbeatResponse,
+            Message::RequestVote { pre_vote: true, .. } => MessageKind::PreVote,
+            Message::RequestVoteResponse { pre_vote: true, .. } => MessageKind::PreVoteResponse,
+            Message::RequestVote { .. } => MessageKind::RequestVote,
+            Message::RequestVoteResponse { .. } => MessageKind::RequestVoteResponse,
+            Message::InstallSnapshot { .. } => MessageKind::InstallSnapshot,
+            Message::TimeoutNow => MessageKind::TimeoutNow,
+            Message::ReadIndex { .. } => MessageKind::ReadIndex,
+            Message::ReadIndexResponse { .. } => MessageKind::ReadIndexResponse,
         }
+    }
+}
+
+/// The kinds of [`Message`], a pre-vote apart from a vote: the one table of their names,
+/// for logs, counters and people. A kind's place in [`MessageKind::ALL`] is `kind as usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// [`Message::AppendEntries`].
+    AppendEntries,
+    /// [`Message::AppendEntriesResponse`].
+    AppendEntriesResponse,
+    /// [`Message::Heartbeat`].
+    Heartbeat,
+    /// [`Message::HeartbeatResponse`].
+    HeartbeatResponse,
+    /// [`Message::RequestVote`] of a pre-vote.
+    PreVote,
+    /// [`Message::RequestVoteResponse`] to a pre-vote.
+    PreVoteResponse,
+    /// [`Message::RequestVote`] of an election.
+    RequestVote,
+    /// [`Message::RequestVoteResponse`] to an election's vote.
+    RequestVoteResponse,
+    /// [`Message::InstallSnapshot`].
+    InstallSnapshot,
+    /// [`Message::TimeoutNow`].
+    TimeoutNow,
+    /// [`Message::ReadIndex`].
+    ReadIndex,
+    /// [`Message::ReadIndexResponse`].
+    ReadIndexResponse,
+}
+
+impl MessageKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [MessageKind; 12] = [
+        MessageKind::AppendEntries,
+        MessageKind::AppendEntriesResponse,
+        MessageKind::Heartbeat,
+        MessageKind::HeartbeatResponse,
+        MessageKind::PreVote,
+        MessageKind::PreVoteResponse,
+        MessageKind::RequestVote,
+        MessageKind::RequestVoteResponse,
+        MessageKind::InstallSnapshot,
+        MessageKind::TimeoutNow,
+        MessageKind::ReadIndex,
+        MessageKind::ReadIndexResponse,
+    ];
+
+    /// Its name in logs and counters, as the type is named: `AppendEntries`, `PreVote`.
+    pub fn name(self) -> &'static str {
+        self.names().0
+    }
+
+    /// Its name for people, lower case and short: `append`, `pre-vote-response` (the
+    /// dashboard's).
+    pub fn short_name(self) -> &'static str {
+        self.names().1
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            MessageKind::AppendEntries => ("AppendEntries", "append"),
+            MessageKind::AppendEntriesResponse => ("AppendEntriesResponse", "append-response"),
+            MessageKind::Heartbeat => ("Heartbeat", "heartbeat"),
+            MessageKind::HeartbeatResponse => ("HeartbeatResponse", "heartbeat-response"),
+            MessageKind::PreVote => ("PreVote", "pre-vote"),
+            MessageKind::PreVoteResponse => ("PreVoteResponse", "pre-vote-response"),
+            MessageKind::RequestVote => ("RequestVote", "vote"),
+            MessageKind::RequestVoteResponse => ("RequestVoteResponse", "vote-response"),
+            MessageKind::InstallSnapshot => ("InstallSnapshot", "snapshot"),
+            MessageKind::TimeoutNow => ("TimeoutNow", "timeout-now"),
+            MessageKind::ReadIndex => ("ReadIndex", "read-index"),
+            MessageKind::ReadIndexResponse => ("ReadIndexResponse", "read-index-response"),
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -319,5 +402,19 @@ impl Envelope {
             | Message::ReadIndexResponse { index: None, .. } => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::MessageKind;
+
+    #[test]
+    fn a_kinds_place_in_all_is_its_number_and_its_names_are_unique() {
+        let mut names = std::collections::BTreeSet::new();
+        for (place, kind) in MessageKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, place, "{kind}");
+            assert!(names.insert(kind.name()) && names.insert(kind.short_name()), "{kind}: a name twice");
+        }
     }
 }

@@ -323,7 +323,7 @@ impl Sim {
             if snapshot.is_some() {
                 self.stats.snapshots_sent += 1;
             }
-            match self.network.fate(&mut self.rng, from, to, envelope.message.kind()) {
+            match self.network.fate(&mut self.rng, from, to, envelope.message.kind().name()) {
                 Fate::Lost(_) => {
                     self.stats.drops += 1;
                     if snapshot.is_some() {

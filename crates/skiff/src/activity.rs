@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use skiff_raft::{AppendResult, Envelope, Index, LogId, Message, NodeId, Raft, RoleName, Storage, Term};
+use skiff_raft::{AppendResult, Envelope, Index, LogId, Message, MessageKind, NodeId, Raft, RoleName, Storage, Term};
 
 /// Message samples kept for readers: about half a second of a loaded node's traffic.
 const MESSAGE_RING: usize = 512;
@@ -25,39 +25,6 @@ const COMMIT_EVENT_EVERY: Duration = Duration::from_millis(250);
 /// How far back `rates` looks, and how often it takes a reading.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 const RATE_STEP: Duration = Duration::from_millis(100);
-
-/// The kinds of messages, as the dashboard names them.
-pub const MESSAGE_KINDS: [&str; 12] = [
-    "append",
-    "append-response",
-    "heartbeat",
-    "heartbeat-response",
-    "pre-vote",
-    "pre-vote-response",
-    "vote",
-    "vote-response",
-    "snapshot",
-    "timeout-now",
-    "read-index",
-    "read-index-response",
-];
-
-fn kind_of(message: &Message) -> usize {
-    match message {
-        Message::AppendEntries { .. } => 0,
-        Message::AppendEntriesResponse(_) => 1,
-        Message::Heartbeat { .. } => 2,
-        Message::HeartbeatResponse { .. } => 3,
-        Message::RequestVote { pre_vote: true, .. } => 4,
-        Message::RequestVoteResponse { pre_vote: true, .. } => 5,
-        Message::RequestVote { .. } => 6,
-        Message::RequestVoteResponse { .. } => 7,
-        Message::InstallSnapshot { .. } => 8,
-        Message::TimeoutNow => 9,
-        Message::ReadIndex { .. } => 10,
-        Message::ReadIndexResponse { .. } => 11,
-    }
-}
 
 /// What a message says, in a few words.
 fn describe(message: &Message) -> String {
@@ -100,7 +67,7 @@ pub struct MessageSample {
     /// When, from the node's start.
     pub at: Duration,
     pub to: NodeId,
-    /// One of [`MESSAGE_KINDS`].
+    /// The kind's short name ([`MessageKind::short_name`]).
     pub kind: &'static str,
     pub term: Term,
     pub text: String,
@@ -131,7 +98,8 @@ pub struct ActivityPage {
     /// At most [`ActivityPage::MAX_MESSAGES`], the newest.
     pub messages: Vec<MessageSample>,
     pub events: Vec<ActivityEvent>,
-    /// Messages sent per second over the last second, by kind, in [`MESSAGE_KINDS`] order.
+    /// Messages sent per second over the last second, by kind (its short name), in
+    /// [`MessageKind::ALL`] order.
     pub rates: Vec<(&'static str, f64)>,
     /// Every message this node sent since it started, sampled or not.
     pub messages_sent: u64,
@@ -159,10 +127,10 @@ struct Observed {
 pub(crate) struct Activity {
     node: NodeId,
     started: Instant,
-    counts: [u64; MESSAGE_KINDS.len()],
+    counts: [u64; MessageKind::ALL.len()],
     sent: u64,
     /// Readings of `counts`, one per [`RATE_STEP`], over [`RATE_WINDOW`].
-    readings: VecDeque<(Instant, [u64; MESSAGE_KINDS.len()])>,
+    readings: VecDeque<(Instant, [u64; MessageKind::ALL.len()])>,
     messages: VecDeque<MessageSample>,
     next_message: u64,
     sampled_this_tick: u32,
@@ -183,7 +151,7 @@ impl Activity {
         Activity {
             node,
             started: now,
-            counts: [0; MESSAGE_KINDS.len()],
+            counts: [0; MessageKind::ALL.len()],
             sent: 0,
             readings: VecDeque::new(),
             messages: VecDeque::new(),
@@ -204,8 +172,8 @@ impl Activity {
 
     /// A message is about to be sent.
     pub fn sent(&mut self, envelope: &Envelope) {
-        let kind = kind_of(&envelope.message);
-        self.counts[kind] += 1;
+        let kind = envelope.message.kind();
+        self.counts[kind as usize] += 1;
         self.sent += 1;
         if !self.sampling || self.sampled_this_tick >= SAMPLES_PER_TICK {
             return;
@@ -215,7 +183,7 @@ impl Activity {
             seq: self.next_message,
             at: self.started.elapsed(),
             to: envelope.to,
-            kind: MESSAGE_KINDS[kind],
+            kind: kind.short_name(),
             term: envelope.term,
             text: describe(&envelope.message),
         };
@@ -343,12 +311,14 @@ impl Activity {
 
     fn rates(&self) -> Vec<(&'static str, f64)> {
         let now = Instant::now();
-        let (at, then) = self.readings.front().copied().unwrap_or((self.started, [0; MESSAGE_KINDS.len()]));
+        let (at, then) = self.readings.front().copied().unwrap_or((self.started, [0; MessageKind::ALL.len()]));
         let seconds = now.duration_since(at).as_secs_f64().max(0.1);
-        MESSAGE_KINDS
+        MessageKind::ALL
             .iter()
-            .enumerate()
-            .map(|(kind, name)| (*name, (self.counts[kind] - then[kind]) as f64 / seconds))
+            .map(|&kind| {
+                let place = kind as usize;
+                (kind.short_name(), (self.counts[place] - then[place]) as f64 / seconds)
+            })
             .collect()
     }
 }
