@@ -416,27 +416,24 @@ impl<S: StateMachine> Node<S> {
 
     /// Runs `query` on this node's state machine now, however far behind it may be.
     pub async fn read_stale<R: Send + 'static>(&self, query: impl FnOnce(&S) -> R + Send + 'static) -> Result<R> {
-        let (reply, result) = oneshot::channel();
-        let run: ReadQuery<S> = Box::new(move |state| {
-            let _ = reply.send(state.map(query));
-        });
-        self.send(Request::Read { linearizable: false, query: run }).await?;
-        result.await.map_err(|_| self.stopped_error())?
+        self.ask(|reply| {
+            let run: ReadQuery<S> = Box::new(move |state| {
+                let _ = reply.send(state.map(query));
+            });
+            Request::Read { linearizable: false, query: run }
+        })
+        .await?
     }
 
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<NodeStatus> {
-        let (reply, status) = oneshot::channel();
-        self.send(Request::Status { reply }).await?;
-        status.await.map_err(|_| self.stopped_error())
+        self.ask(|reply| Request::Status { reply }).await
     }
 
     /// The node's status, its log's tail and what it did since `seen` (a reader passes the
     /// `seen` of the page it got last). Cheap: a reader may ask ten times a second.
     pub async fn activity(&self, seen: crate::activity::Seen) -> Result<NodeActivity> {
-        let (reply, activity) = oneshot::channel();
-        self.send(Request::Activity { seen, reply }).await?;
-        activity.await.map_err(|_| self.stopped_error())
+        self.ask(|reply| Request::Activity { seen, reply }).await
     }
 
     /// Pauses the node (for experiments: the dashboard's "pause"), or resumes it. A paused
@@ -445,17 +442,21 @@ impl<S: StateMachine> Node<S> {
     /// [`Node::activity`], and tells clients [`crate::Error::Paused`]. Returns whether it is
     /// paused now.
     pub async fn set_paused(&self, paused: bool) -> Result<bool> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::Pause { paused, reply }).await?;
-        answer.await.map_err(|_| self.stopped_error())
+        self.ask(|reply| Request::Pause { paused, reply }).await
     }
 
     /// Up to `limit` entries of this node's log, from `from` (default: the last `limit`),
     /// with the commit and applied indexes.
     pub async fn log(&self, from: Option<Index>, limit: usize) -> Result<LogPage> {
-        let (reply, page) = oneshot::channel();
-        self.send(Request::Log { from, limit, reply }).await?;
-        page.await.map_err(|_| self.stopped_error())?
+        self.ask(|reply| Request::Log { from, limit, reply }).await?
+    }
+
+    /// Sends the driver the request `make` builds around a reply channel, and waits for the
+    /// answer. A reply dropped unanswered means the driver stopped: the error says why.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request<S>) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        answer.await.map_err(|_| self.stopped_error())
     }
 
     /// The term and leader this node knows of now.
