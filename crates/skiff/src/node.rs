@@ -492,17 +492,37 @@ impl<S: StateMachine> Node<S> {
     /// must know it another way (its cluster file).
     pub async fn add_learner(&self, id: NodeId, address: Option<&MemberAddress>) -> Result<()> {
         let address = address.map(MemberAddress::to_string);
-        self.write(ForwardedRequest::Membership(MembershipChange::AddLearner { id, address })).await.map(|_| ())
+        self.change_membership(MembershipChange::AddLearner { id, address }).await
     }
 
     /// Makes learner `id` a voter.
     pub async fn promote(&self, id: NodeId) -> Result<()> {
-        self.write(ForwardedRequest::Membership(MembershipChange::Promote(id))).await.map(|_| ())
+        self.change_membership(MembershipChange::Promote(id)).await
     }
 
-    /// Removes `id` from the cluster.
+    /// Removes `id` from the cluster. The leader too: it steps down once the change is
+    /// committed (thesis §4.2.2), and the others elect a new one.
     pub async fn remove(&self, id: NodeId) -> Result<()> {
-        self.write(ForwardedRequest::Membership(MembershipChange::Remove(id))).await.map(|_| ())
+        self.change_membership(MembershipChange::Remove(id)).await
+    }
+
+    /// Proposes `change`. When its outcome is unknown because the leader changed while it
+    /// was in flight (as it does when the leader removes itself: the new leader may be
+    /// elected before the old one's answer arrives), settles it: after a linearizable read
+    /// every change committed before it is applied here, so the applied membership says
+    /// whether this one took effect. A membership change can be checked so because it is
+    /// idempotent: the same change applied twice leaves the same membership.
+    async fn change_membership(&self, change: MembershipChange) -> Result<()> {
+        match self.write(ForwardedRequest::Membership(change.clone())).await {
+            Err(Error::OutcomeUnknown) => {
+                let applied = self.read(|_| crate::apply::position().map(|meta| meta.membership)).await;
+                match applied {
+                    Ok(Some(membership)) if shows(&membership, &change) => Ok(()),
+                    _ => Err(Error::OutcomeUnknown),
+                }
+            }
+            outcome => outcome.map(|_| ()),
+        }
     }
 
     /// Stops the node. A leader first hands leadership to its most up-to-date voter and
@@ -591,5 +611,17 @@ impl<S: StateMachine> Node<S> {
             (None, Err(_)) => Error::Stopped { cause: Some(Arc::new(Error::DriverPanicked)) },
             (None, Ok(_)) => Error::shut_down(),
         }
+    }
+}
+
+/// Whether `membership` shows `change` done: the member added (at the address, if the change
+/// names one), promoted, or gone.
+fn shows(membership: &Membership, change: &MembershipChange) -> bool {
+    let at = |id: NodeId, address: &Option<String>| address.is_none() || membership.address(id) == address.as_deref();
+    match change {
+        MembershipChange::AddLearner { id, address } => membership.contains(*id) && at(*id, address),
+        MembershipChange::AddVoter { id, address } => membership.is_voter(*id) && at(*id, address),
+        MembershipChange::Promote(id) => membership.is_voter(*id),
+        MembershipChange::Remove(id) => !membership.contains(*id),
     }
 }

@@ -279,3 +279,29 @@ async fn a_stuck_state_machine_stops_neither_heartbeats_nor_commits() {
         assert!(read.await.expect("join").expect("a waiting read is served") >= 1);
     }
 }
+
+/// Removing the leader, asked through a follower: the leader commits its own removal and
+/// steps down (thesis §4.2.2), the others elect a new leader, often before the old one's
+/// answer reaches the follower. The caller still hears that the removal took effect (the
+/// follower settles the unknown outcome by reading the applied membership), not "the
+/// outcome is unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_a_follower_succeeds() {
+    for _ in 0..3 {
+        let cluster = Cluster::new(3);
+        let leader = cluster.leader().await;
+        let follower = cluster.others(leader)[0];
+        cluster.node(follower).remove(leader).await.expect("the leader's removal succeeds");
+        let status = cluster.node(follower).status().await.expect("status");
+        assert!(!status.membership.contains(leader), "{leader} is still in {:?}", status.membership);
+        // The other two elect a leader among themselves and take writes.
+        let mut known = cluster.node(follower).watch_leader();
+        let wait = known.wait_for(|info| info.leader.is_some_and(|new| new != leader));
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("a new leader in time")
+            .expect("the node runs");
+        let after = cluster.node(follower).propose(Command::Push("after".into())).await.expect("the others go on");
+        assert_eq!(after, 1);
+    }
+}
