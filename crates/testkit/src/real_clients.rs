@@ -58,7 +58,7 @@ pub fn python_modules(modules: &[&str], install: &str) -> Result<String, String>
             return Ok(format!("{python}: {}", first_line(&output.stdout)));
         }
         Ok(output) => format!("{python} cannot import {names}: {}", last_line(&output.stderr)),
-        Err(error) => format!("{python} not found ({error}; set SKIFF_PYTHON to a Python 3 with {names})"),
+        Err(error) => format!("{python} not found ({error}); set SKIFF_PYTHON to a Python 3 with {names}"),
     };
     Err(format!("{problem} (install with: {install})"))
 }
