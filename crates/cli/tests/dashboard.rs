@@ -4,9 +4,10 @@
 //! committed in every node's log view, and restart the killed node and see it catch up.
 //! Screenshots of each state are saved in `<target>/tmp/dashboard-screenshots/`.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` and Python's `selenium` (in
-//! `SKIFF_PYTHON`, default `python3`); without them the test is skipped with a message,
-//! unless `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets, after installing them).
+//! Needs Debian's `chromium` and `chromium-driver` (or `SKIFF_CHROMIUM` and
+//! `SKIFF_CHROMEDRIVER`, their paths) and Python's `selenium` (in `SKIFF_PYTHON`, default
+//! `python3`); without them the test is skipped with a message, or fails under
+//! `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's `real_clients` has it.
 
 mod common;
 
@@ -16,35 +17,33 @@ use std::process::{Command, Stdio};
 use common::{Demo, stderr, stdout};
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::real_clients;
 
-fn python() -> String {
-    std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-/// Whether Chromium, its driver and Selenium are here; if not, the test is skipped, or
-/// fails when real clients are required.
-fn browser_present() -> bool {
+/// Whether Chromium, its driver and Selenium are here; if not, `test` is skipped, or fails
+/// when real clients are required.
+fn browser_present(test: &str) -> bool {
     let chromium = std::env::var("SKIFF_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string());
     let driver = std::env::var("SKIFF_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_string());
-    let selenium = Command::new(python()).args(["-c", "import selenium"]).stdin(Stdio::null()).output();
-    let missing = if !Path::new(&chromium).exists() {
-        format!("no Chromium at {chromium} (apt-get install chromium)")
-    } else if !Path::new(&driver).exists() {
-        format!("no chromedriver at {driver} (apt-get install chromium-driver)")
-    } else if !selenium.as_ref().is_ok_and(|output| output.status.success()) {
-        format!("{} lacks selenium (pip install selenium)", python())
-    } else {
-        return true;
-    };
-    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
-    assert!(!required, "{missing}");
-    eprintln!("skipped: {missing}");
-    false
+    let checks = [
+        installed("Chromium", &chromium, "chromium"),
+        installed("chromedriver", &driver, "chromium-driver"),
+        real_clients::python_modules(&["selenium"], "pip install selenium"),
+    ];
+    real_clients::present(test, &checks)
+}
+
+/// `path`, if there is a file there; otherwise that `what` is missing, and the Debian
+/// package that installs it.
+fn installed(what: &str, path: &str, package: &str) -> Result<String, String> {
+    if Path::new(path).exists() {
+        return Ok(path.to_string());
+    }
+    Err(format!("no {what} at {path} (install with: apt-get install {package})"))
 }
 
 #[test]
 fn a_person_sees_an_election_kills_the_leader_and_writes_through_the_dashboard() {
-    if !browser_present() {
+    if !browser_present("a_person_sees_an_election_kills_the_leader_and_writes_through_the_dashboard") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +56,7 @@ fn a_person_sees_an_election_kills_the_leader_and_writes_through_the_dashboard()
         (1..=3).map(|id| format!("n{id}={}", file.node(NodeId(id)).http.clone().expect("an http address"))).collect();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.py");
-    let output = Command::new(python())
+    let output = Command::new(real_clients::python())
         .arg(&script)
         .arg(&url)
         .arg(&shots)

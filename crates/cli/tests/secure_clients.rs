@@ -3,9 +3,9 @@
 //! password, RESP3), with a scoped token added to the tokens file and picked up on SIGHUP.
 //! The checks are in `tests/clients/secure_clients.py`.
 //!
-//! A missing Python module skips the test with a message, unless
-//! `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets), which makes it a failure. The
-//! interpreter is `SKIFF_PYTHON` (default `python3`).
+//! A missing Python module skips the test with a message, or fails it under
+//! `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's `real_clients` has it (the interpreter
+//! is `SKIFF_PYTHON`, default `python3`).
 
 mod common;
 
@@ -14,30 +14,16 @@ use std::process::{Command, Stdio};
 use common::{Demo, signal, skiff, stderr, stdout};
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
+use skiff_testkit::real_clients;
 use skiff_testkit::wait::eventually;
 
 const APP_SECRET: &str = "app-secret-for-the-python-clients";
 
-fn python() -> String {
-    std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-/// Whether the interpreter has redis-py and py-consul; if not, the test is skipped, or
-/// fails when real clients are required.
-fn python_clients_present() -> bool {
-    let check = Command::new(python()).args(["-c", "import redis, consul"]).stdin(Stdio::null()).output();
-    if check.as_ref().is_ok_and(|output| output.status.success()) {
-        return true;
-    }
-    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
-    assert!(!required, "{} lacks redis or consul (pip install redis py-consul): {check:?}", python());
-    eprintln!("skipped: {} lacks redis or consul (pip install redis py-consul)", python());
-    false
-}
-
 #[test]
 fn py_consul_and_redis_py_over_tls_with_tokens() {
-    if !python_clients_present() {
+    let test = "py_consul_and_redis_py_over_tls_with_tokens";
+    let clients = real_clients::python_modules(&["redis", "consul"], "pip install redis py-consul");
+    if !real_clients::present(test, &[clients]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +49,7 @@ fn py_consul_and_redis_py_over_tls_with_tokens() {
         output.status.code() == Some(3) // not found, rather than refused
     });
 
-    let output = Command::new(python())
+    let output = Command::new(real_clients::python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/secure_clients.py"))
         .env("SKIFF_HTTP", file.node(NodeId(1)).http.clone().unwrap())
         .env("SKIFF_REDIS", file.node(NodeId(2)).redis.clone().unwrap())

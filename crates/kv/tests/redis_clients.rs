@@ -19,9 +19,9 @@
 //!   `--auth` checks (redis-py's `password=`, `username=`, RESP3's HELLO AUTH; py-consul's
 //!   `token=` and `ACLPermissionDenied`) against a cluster with `[auth]`.
 //!
-//! A missing tool skips its test with a message saying how to install it, unless
-//! `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets), which turns the skip into a failure.
-//! The Python interpreter is `SKIFF_PYTHON` (default `python3`).
+//! A missing tool skips its test with a message saying how to install it, or fails it under
+//! `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's `real_clients` has it (the Python
+//! interpreter is `SKIFF_PYTHON`, default `python3`).
 //!
 //! `redis_cli_transcript_matches_real_redis` (ignored; `cargo test -p skiff-kv --test
 //! redis_clients -- --ignored`) replays the same transcript and checks, except what is
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
+use skiff_testkit::real_clients;
 /// How long one redis-cli invocation may take before it is killed.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// The documented limits (the defaults).
@@ -88,66 +89,18 @@ const COMMANDS: [&str; 40] = [
     "pexpiretime",
     "persist",
 ];
-const INSTALL_HINT: &str = "install with: apt-get install redis-tools; pip install redis py-consul";
 
 // ---------------------------------------------------------------------------------------
 // The tools: present, or the test is skipped (or fails, when they are required).
 
-/// Whether `SKIFF_REQUIRE_REAL_CLIENTS=1`: a missing tool fails the test instead of skipping it.
-fn clients_required() -> bool {
-    std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1")
+/// A program of Debian's `redis-tools`: its version, or why it cannot run.
+fn redis_tool(program: &str) -> Result<String, String> {
+    real_clients::program_version(program, "apt-get install redis-tools")
 }
 
-/// `program --version`, which must succeed: its first line, or why it cannot run.
-fn tool_version(program: &str) -> Result<String, String> {
-    match Command::new(program).arg("--version").stdin(Stdio::null()).output() {
-        Ok(output) if output.status.success() => {
-            Ok(String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or("").trim().to_string())
-        }
-        Ok(output) => Err(format!(
-            "`{program} --version` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(error) => Err(format!("{program} not found ({error})")),
-    }
-}
-
-/// The Python interpreter: `SKIFF_PYTHON`, or `python3`.
-fn python() -> String {
-    std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-/// Whether the interpreter runs and has the `redis` and `consul` modules.
-fn python_modules() -> Result<String, String> {
-    let python = python();
-    let script = "import sys, redis, consul; print(sys.version.split()[0], 'redis', redis.__version__)";
-    match Command::new(&python).args(["-c", script]).stdin(Stdio::null()).output() {
-        Ok(output) if output.status.success() => Ok(String::from_utf8_lossy(&output.stdout).trim().to_string()),
-        Ok(output) => Err(format!(
-            "{python} lacks the redis or consul module: {}",
-            String::from_utf8_lossy(&output.stderr).trim().lines().last().unwrap_or("")
-        )),
-        Err(error) => Err(format!("{python} not found ({error}; set SKIFF_PYTHON)")),
-    }
-}
-
-/// True when every check passed. Otherwise prints that `test` is skipped and returns false,
-/// or, when real clients are required, fails.
-fn tools_present(test: &str, checks: &[Result<String, String>]) -> bool {
-    let problems: Vec<&str> = checks.iter().filter_map(|check| check.as_ref().err()).map(String::as_str).collect();
-    if problems.is_empty() {
-        let versions: Vec<&str> = checks.iter().filter_map(|check| check.as_ref().ok()).map(String::as_str).collect();
-        eprintln!("{test}: using {}", versions.join(", "));
-        return true;
-    }
-    let problems = problems.join("; ");
-    assert!(
-        !clients_required(),
-        "{test}: cannot run: {problems} ({INSTALL_HINT}); SKIFF_REQUIRE_REAL_CLIENTS=1 makes this a failure, not a skip"
-    );
-    eprintln!("{test}: skipped: {problems} ({INSTALL_HINT})");
-    false
+/// redis-py and py-consul in the interpreter: their versions, or why they cannot be used.
+fn python_clients() -> Result<String, String> {
+    real_clients::python_modules(&["redis", "consul"], "pip install redis py-consul")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1044,7 +997,7 @@ fn check_info_sections(endpoint: &Endpoint, failures: &mut Failures) {
 #[test]
 fn redis_cli_commands_through_every_node() {
     let test = "redis_cli_commands_through_every_node";
-    if !tools_present(test, &[tool_version("redis-cli")]) {
+    if !real_clients::present(test, &[redis_tool("redis-cli")]) {
         return;
     }
     let text = std::fs::read_to_string(transcript_path()).expect("tests/clients/redis-cli.txt");
@@ -1111,7 +1064,7 @@ fn benchmark(endpoint: &Endpoint, requests: usize) -> BTreeMap<String, f64> {
 #[test]
 fn redis_benchmark_pipelined_writes_apply_exactly_once() {
     let test = "redis_benchmark_pipelined_writes_apply_exactly_once";
-    if !tools_present(test, &[tool_version("redis-benchmark"), tool_version("redis-cli")]) {
+    if !real_clients::present(test, &[redis_tool("redis-benchmark"), redis_tool("redis-cli")]) {
         return;
     }
     let cluster = start("redis-benchmark");
@@ -1150,7 +1103,7 @@ fn redis_benchmark_pipelined_writes_apply_exactly_once() {
 #[test]
 fn python_clients_redis_py_and_py_consul() {
     let test = "python_clients_redis_py_and_py_consul";
-    if !tools_present(test, &[python_modules()]) {
+    if !real_clients::present(test, &[python_clients()]) {
         return;
     }
     let cluster = start("redis-python");
@@ -1186,7 +1139,7 @@ fn start_with_tokens(name: &str) -> (KvCluster, tempfile::TempDir) {
 #[test]
 fn redis_cli_with_tokens() {
     let test = "redis_cli_with_tokens";
-    if !tools_present(test, &[tool_version("redis-cli")]) {
+    if !real_clients::present(test, &[redis_tool("redis-cli")]) {
         return;
     }
     let (cluster, _dir) = start_with_tokens("redis-cli-tokens");
@@ -1235,7 +1188,7 @@ fn redis_cli_with_tokens() {
 #[test]
 fn python_clients_with_tokens() {
     let test = "python_clients_with_tokens";
-    if !tools_present(test, &[python_modules()]) {
+    if !real_clients::present(test, &[python_clients()]) {
         return;
     }
     let (cluster, _dir) = start_with_tokens("redis-python-tokens");
@@ -1256,7 +1209,7 @@ fn run_python(args: &[&str]) -> Output {
 /// `tests/clients/<script> ARGS` with the Python interpreter.
 fn python_script(script: &str, args: &[&str]) -> Command {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
-    let mut command = Command::new(python());
+    let mut command = Command::new(real_clients::python());
     command.arg(script).args(args);
     command
 }
@@ -1273,7 +1226,7 @@ fn redis_addresses(target: &Target) -> String {
 #[test]
 fn python_ttls_answer_as_redis_and_expire_on_every_node() {
     let test = "python_ttls_answer_as_redis_and_expire_on_every_node";
-    if !tools_present(test, &[python_modules()]) {
+    if !real_clients::present(test, &[python_clients()]) {
         return;
     }
     let cluster = start("redis-python-ttls");
@@ -1290,7 +1243,7 @@ fn python_ttls_answer_as_redis_and_expire_on_every_node() {
 #[test]
 fn python_transactions_are_all_or_nothing_and_watch_loses_no_update() {
     let test = "python_transactions_are_all_or_nothing_and_watch_loses_no_update";
-    if !tools_present(test, &[python_modules()]) {
+    if !real_clients::present(test, &[python_clients()]) {
         return;
     }
     let cluster = start("redis-python-transactions");
@@ -1311,7 +1264,7 @@ fn python_transactions_are_all_or_nothing_and_watch_loses_no_update() {
 #[test]
 fn python_ttl_through_a_leader_stop_is_neither_restarted_nor_shortened() {
     let test = "python_ttl_through_a_leader_stop_is_neither_restarted_nor_shortened";
-    if !tools_present(test, &[python_modules()]) {
+    if !real_clients::present(test, &[python_clients()]) {
         return;
     }
     let mut cluster = start("redis-python-ttl-leader");
@@ -1386,7 +1339,7 @@ fn check_python(test: &str, output: &Output) {
 #[ignore = "needs a real Redis 7 on 127.0.0.1:6379 (SKIFF_COMPARE_REDIS_PORT)"]
 fn redis_cli_transcript_matches_real_redis() {
     let test = "redis_cli_transcript_matches_real_redis";
-    if !tools_present(test, &[tool_version("redis-cli")]) {
+    if !real_clients::present(test, &[redis_tool("redis-cli")]) {
         return;
     }
     let port: u16 = std::env::var("SKIFF_COMPARE_REDIS_PORT").map_or(6379, |port| port.parse().expect("a port"));
@@ -1418,7 +1371,7 @@ fn redis_cli_transcript_matches_real_redis() {
     check_hello(&target, &mut failures);
     check_command(&target, &mut failures);
     check_quit(&target, &mut failures);
-    if tools_present(test, &[python_modules()]) {
+    if real_clients::present(test, &[python_clients()]) {
         let address = endpoint.address.to_string();
         let output = run_python(&["--redis", &address, "--prefix", "pyval:", "--plain-redis"]);
         check_python(test, &output);

@@ -15,8 +15,10 @@
 //! The file-descriptor test lowers the limit of the whole test process: it runs alone
 //! (a write lock on [`SERIAL`]; every other test holds a read lock).
 //!
-//! redis-cli and redis-py (`SKIFF_PYTHON`, default `python3`) are needed by two tests: a
-//! missing one skips them with a message, unless `SKIFF_REQUIRE_REAL_CLIENTS=1`.
+//! redis-py (in `SKIFF_PYTHON`, default `python3`) is needed by the pipeline's test and
+//! redis-cli by a part of the idle timeout's: a missing one skips what needs it with a
+//! message, or fails the test under `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's
+//! `real_clients` has it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use skiff_kv::Limits;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::KvCluster;
+use skiff_testkit::real_clients;
 use skiff_testkit::resp::{Connection, Reply};
 use skiff_testkit::wait::{TIMEOUT, eventually_ok};
 
@@ -76,24 +79,6 @@ fn bulk_bytes(len: usize) -> usize {
     len + len.to_string().len() + 5
 }
 
-/// Whether the real clients can run; if not, the test is skipped (or fails, when
-/// `SKIFF_REQUIRE_REAL_CLIENTS=1`).
-fn clients_present(test: &str, program: &str, args: &[&str]) -> bool {
-    let ran = Command::new(program).args(args).output();
-    if ran.as_ref().is_ok_and(|output| output.status.success()) {
-        return true;
-    }
-    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
-    let problem = format!("{test}: cannot run {program} {args:?}: {ran:?}");
-    assert!(!required, "{problem}; SKIFF_REQUIRE_REAL_CLIENTS=1 makes this a failure, not a skip");
-    eprintln!("{problem}: skipped (apt-get install redis-tools; pip install redis; SKIFF_PYTHON)");
-    false
-}
-
-fn python() -> String {
-    std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
 #[test]
 fn an_mget_of_one_large_key_repeated_is_refused_before_it_is_built() {
     let _serial = SERIAL.read();
@@ -126,7 +111,7 @@ fn an_mget_of_one_large_key_repeated_is_refused_before_it_is_built() {
 fn a_pipeline_over_the_budget_gets_the_replies_that_fit_and_errors_for_the_rest() {
     let _serial = SERIAL.read();
     let test = "a_pipeline_over_the_budget_gets_the_replies_that_fit_and_errors_for_the_rest";
-    if !clients_present(test, &python(), &["-c", "import redis"]) {
+    if !real_clients::present(test, &[real_clients::python_modules(&["redis"], "pip install redis")]) {
         return;
     }
     let limits = Limits { max_reply_bytes: 3 * MIB, ..Limits::default() };
@@ -152,8 +137,10 @@ for reply in pipe.execute(raise_on_error=False):
     else:
         print("other", reply)
 "#;
-    let output =
-        Command::new(python()).args(["-c", script, &node.redis.port().to_string()]).output().expect("python runs");
+    let output = Command::new(real_clients::python())
+        .args(["-c", script, &node.redis.port().to_string()])
+        .output()
+        .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
@@ -217,7 +204,7 @@ fn an_idle_or_trickling_connection_is_closed_after_the_timeout() {
     let limits = Limits { redis_timeout_secs: 1, ..Limits::default() };
     let node = OneNode::start("idle-timeout", limits);
     let test = "an_idle_or_trickling_connection_is_closed_after_the_timeout";
-    if clients_present(test, "redis-cli", &["--version"]) {
+    if real_clients::present(test, &[real_clients::program_version("redis-cli", "apt-get install redis-tools")]) {
         let output = Command::new("redis-cli")
             .args(["-p", &node.redis.port().to_string(), "config", "get", "timeout"])
             .output()

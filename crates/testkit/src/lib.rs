@@ -12,6 +12,8 @@
 //!   from blocking test code, and a blocking HTTP client.
 //! - [`process`]: the `skiff` binary as child processes, killed when dropped.
 //! - [`resp`]: a blocking RESP2 client over raw TCP, for the Redis listener's tests.
+//! - [`real_clients`]: whether the real clients a test drives (redis-cli, redis-py,
+//!   py-consul, a browser) are here, and skipping the test, or failing it in CI, when not.
 //! - [`tmpfs`]: a small mounted tmpfs, for the tests of a full disk (needs root).
 //!
 //! The consensus core has its own harness (golden scripts and the simulator) in
@@ -23,6 +25,7 @@ pub mod kv;
 pub mod node;
 pub mod ports;
 pub mod process;
+pub mod real_clients;
 pub mod resp;
 pub mod tmpfs;
 pub mod tokens;

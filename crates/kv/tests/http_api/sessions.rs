@@ -8,6 +8,7 @@ use serde_json::Value;
 use skiff::NodeId;
 use skiff_testkit::cluster_file::ClusterFile;
 use skiff_testkit::kv::{HttpClient, KvCluster, Reply};
+use skiff_testkit::real_clients;
 use skiff_testkit::wait::eventually;
 
 use crate::{Setup, kv_path, value_of};
@@ -350,37 +351,28 @@ fn sessions_and_leases_need_a_token_that_may_write() {
 }
 
 /// `tests/clients/py_consul_sessions.py`: py-consul's sessions, locks, lock delay and
-/// Consul's leader-election recipe, through every node. The interpreter is `SKIFF_PYTHON`
-/// (default `python3`); without py-consul the test is skipped, unless
-/// `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets, having installed it).
+/// Consul's leader-election recipe, through every node. Without py-consul (in
+/// `SKIFF_PYTHON`, default `python3`) the test is skipped, or fails under
+/// `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's `real_clients` has it.
 #[test]
 fn py_consul_sessions_locks_and_leader_election() {
-    let python = std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
+    let test = "py_consul_sessions_locks_and_leader_election";
+    if !real_clients::present(test, &[real_clients::python_modules(&["consul"], "pip install py-consul")]) {
+        return;
+    }
     let Setup { cluster, client, leader, f1, f2, .. } = Setup::start("http-sessions-py-consul");
     let order = [f1, leader, f2];
     let http: Vec<&str> = order.iter().map(|&id| client.address(id)).collect();
     let nodes: Vec<String> = order.iter().map(NodeId::to_string).collect();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_consul_sessions.py");
-    let output = std::process::Command::new(&python)
+    let output = std::process::Command::new(real_clients::python())
         .arg(&script)
         .args(["--http", &http.join(","), "--nodes", &nodes.join(",")])
-        .output();
+        .output()
+        .expect("the interpreter that imported py-consul runs");
     cluster.shutdown();
-    let output = match output {
-        Ok(output) => output,
-        Err(error) if !required => {
-            eprintln!("skipped: cannot run {python} ({error}); install Python 3 and py-consul");
-            return;
-        }
-        Err(error) => panic!("cannot run {python}: {error}"),
-    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(2) && !required {
-        eprintln!("skipped: {}", stdout.trim());
-        return;
-    }
     assert!(
         output.status.success(),
         "{} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",

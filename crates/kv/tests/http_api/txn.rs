@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 use skiff::NodeId;
 use skiff_testkit::kv::HttpClient;
+use skiff_testkit::real_clients;
 
 use crate::{KvClient, Setup, value_of};
 
@@ -133,25 +134,24 @@ fn hostile_transactions_are_refused_with_the_reason_and_write_nothing() {
 }
 
 /// `tests/clients/py_consul_txn.py`: py-consul's `txn.put` with every verb, through every
-/// node. Skipped without py-consul unless `SKIFF_REQUIRE_REAL_CLIENTS=1` (as `.ci/run` sets).
+/// node. Without py-consul the test is skipped, or fails under
+/// `SKIFF_REQUIRE_REAL_CLIENTS=1`, as the testkit's `real_clients` has it.
 #[test]
 fn py_consul_transactions_with_every_verb() {
-    let python = std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let required = std::env::var("SKIFF_REQUIRE_REAL_CLIENTS").is_ok_and(|value| value == "1");
+    let test = "py_consul_transactions_with_every_verb";
+    if !real_clients::present(test, &[real_clients::python_modules(&["consul"], "pip install py-consul")]) {
+        return;
+    }
     let Setup { cluster, client, leader, f1, f2, .. } = Setup::start("http-txn-py-consul");
     let http: Vec<&str> = [f1, leader, f2].iter().map(|&id| client.address(id)).collect();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_consul_txn.py");
-    let output = std::process::Command::new(&python).arg(&script).args(["--http", &http.join(",")]).output();
+    let output = std::process::Command::new(real_clients::python())
+        .arg(&script)
+        .args(["--http", &http.join(",")])
+        .output()
+        .expect("the interpreter that imported py-consul runs");
     cluster.shutdown();
-    let output = match output {
-        Ok(output) => output,
-        Err(error) if !required => return eprintln!("skipped: cannot run {python} ({error})"),
-        Err(error) => panic!("cannot run {python}: {error}"),
-    };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if output.status.code() == Some(2) && !required {
-        return eprintln!("skipped: {}", stdout.trim());
-    }
     assert!(
         output.status.success(),
         "{} failed ({}):\n{stdout}\n{}",
