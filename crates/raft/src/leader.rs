@@ -7,7 +7,7 @@ use crate::message::{AppendResult, Message};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{majority, quorum_value};
 use crate::raft::Shared;
-use crate::ready::{Error, ReadError, ReadState};
+use crate::ready::{Error, ReadState};
 use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, Index, LogId, MembershipChange, NodeId, Payload, ReadId};
 
@@ -467,9 +467,7 @@ impl Leader {
         let waiting = self.reads.into_iter().map(|read| (read.id, read.from));
         for (id, from) in waiting.chain(self.reads_before_term_commit) {
             match from {
-                None => {
-                    shared.reads.push(ReadState { id, result: Err(ReadError::LeadershipLost { leader: new_leader }) })
-                }
+                None => shared.lose_reads([id], new_leader),
                 Some(peer) => shared.send(peer, Message::ReadIndexResponse { id, index: None }),
             }
         }

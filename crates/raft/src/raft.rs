@@ -16,14 +16,14 @@ use crate::leader::Leader;
 use crate::log::RaftLog;
 use crate::membership::MembershipHistory;
 use crate::message::{AppendResult, Envelope, Message, drop_reason};
-
-/// The most batches of follower reads waiting for the leader's answer ([`Raft::flush_reads`]).
-const MAX_READ_BATCHES: usize = 1024;
 use crate::ready::{Error, PeerStatus, Proposal, ReadError, ReadState, Ready, RoleName, Status};
 use crate::storage::Storage;
 use crate::types::{
     Entry, HardState, Index, LogId, Membership, MembershipChange, NodeId, Payload, ReadId, SnapshotMeta, Term,
 };
+
+/// The most batches of follower reads waiting for the leader's answer ([`Raft::flush_reads`]).
+const MAX_READ_BATCHES: usize = 1024;
 
 /// One node's consensus core. Feed it inputs ([`Raft::tick`], [`Raft::step`],
 /// [`Raft::propose`], ...), then take its output with [`Raft::ready`] and act on it as
@@ -110,6 +110,13 @@ pub(crate) struct Candidate {
 }
 
 impl<S: Storage> Shared<S> {
+    /// Answers the reads `ids` that lost their leader: their callers retry, with `leader`
+    /// where this node now believes the leader is.
+    pub fn lose_reads(&mut self, ids: impl IntoIterator<Item = ReadId>, leader: Option<NodeId>) {
+        let lost = ids.into_iter().map(|id| ReadState { id, result: Err(ReadError::LeadershipLost { leader }) });
+        self.reads.extend(lost);
+    }
+
     /// Queues `message` to `to`, stamped with the current term.
     pub fn send(&mut self, to: NodeId, message: Message) {
         let term = self.term;
@@ -709,9 +716,7 @@ impl<S: Storage> Raft<S> {
             Role::Follower(Follower { leader: Some(leader), .. }) => *leader,
             _ => {
                 let leader = self.leader();
-                let failed =
-                    batch.into_iter().map(|id| ReadState { id, result: Err(ReadError::LeadershipLost { leader }) });
-                self.shared.reads.extend(failed);
+                self.shared.lose_reads(batch, leader);
                 return;
             }
         };
@@ -722,10 +727,7 @@ impl<S: Storage> Raft<S> {
             if self.shared.read_batches.len() >= MAX_READ_BATCHES
                 && let Some((_, forgotten)) = self.shared.read_batches.pop_first()
             {
-                let lost = forgotten
-                    .into_iter()
-                    .map(|id| ReadState { id, result: Err(ReadError::LeadershipLost { leader: Some(leader) }) });
-                self.shared.reads.extend(lost);
+                self.shared.lose_reads(forgotten, Some(leader));
             }
             self.shared.read_batches.insert(id, batch);
         }
