@@ -156,7 +156,7 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
     });
     let log: Vec<Json> = activity.log_tail.iter().map(|id| json!({ "index": id.index.0, "term": id.term.0 })).collect();
     let mut frame = status_json(status);
-    let more = json!({
+    frame.extend(fields(json!({
         "uptime_ms": activity.uptime.as_millis() as u64,
         "tick_ms": activity.tick.as_millis() as u64,
         "paused": activity.paused,
@@ -169,10 +169,7 @@ fn frame_json(api: &Api, activity: &NodeActivity, skipped: u64) -> Json {
         "messages_skipped": skipped,
         "events": events,
         "faults": api.node.faults().map(|faults| faults.list()),
-    });
-    if let Json::Object(more) = more {
-        frame.extend(more);
-    }
+    })));
     Json::Object(frame)
 }
 

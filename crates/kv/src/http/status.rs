@@ -28,9 +28,16 @@ pub(super) fn status_json(status: &NodeStatus) -> serde_json::Map<String, Json> 
         "learners": id_list(&status.membership.learners),
         "peers": peers_json(status),
     });
-    // `json!` of braces is always an object.
-    let Json::Object(map) = body else { return serde_json::Map::new() };
-    map
+    fields(body)
+}
+
+/// The fields of an object made with `json!({ ... })`, to add more to or to add to another
+/// (`json!` of braces is always an object; anything else has no fields).
+pub(super) fn fields(object: Json) -> serde_json::Map<String, Json> {
+    match object {
+        Json::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
 }
 
 impl Api {
