@@ -264,7 +264,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // when it has caught up again: `Event::Drained`).
                 self.raft.pause_applying(self.progress.must_pause());
                 while self.raft.has_ready() {
-                    self.handle_ready()?;
+                    self.handle_ready().await?;
                     self.raft.pause_applying(self.progress.must_pause());
                 }
                 self.activity.observe(&self.raft);
@@ -619,7 +619,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     /// Executes one `Ready` in the order its contract states.
-    fn handle_ready(&mut self) -> Result<()> {
+    async fn handle_ready(&mut self) -> Result<()> {
         self.sync_members();
         self.bootstrap_check_log()?;
         let mut ready = self.raft.ready()?;
@@ -627,11 +627,17 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         // Step 0: a leader's messages go out first, so followers write while we fsync; and
         // the committed entries this node synced in an earlier Ready go to the apply thread
         // now, so their clients do not wait for this Ready's fsync of new entries.
+        let sent = !ready.leader_messages.is_empty();
         for envelope in std::mem::take(&mut ready.leader_messages) {
             self.send(envelope)?;
         }
         let durable: Vec<_> = ready.committed.drain(..ready.durable_committed()).collect();
         self.hand_to_apply(durable);
+        if sent && ready.must_sync {
+            // The peer connections' writers run on this thread: let them put the messages
+            // on the wire before the fsync holds the thread.
+            tokio::task::yield_now().await;
+        }
         self.persist(&ready)?;
         for envelope in std::mem::take(&mut ready.messages) {
             self.send(envelope)?;

@@ -203,6 +203,12 @@ pub struct Node<S: StateMachine> {
     faults: Option<Faults>,
 }
 
+/// The runtime of a node's driver thread: one thread, which also runs the TCP transport's
+/// tasks when the node has one.
+fn driver_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 impl<S: StateMachine> Node<S> {
     /// Starts node `id` of the cluster described by `cluster` (the cluster file), with its
     /// durable state in `data_dir` (created if new; a directory of another node or cluster
@@ -284,15 +290,18 @@ impl<S: StateMachine> Node<S> {
             cluster_id_file.record(&cluster_id.to_string()).map_err(std::io::Error::other)
         }));
         let options = NodeOptions::from_section(&cluster.raft, id);
+        // The peer connections' tasks run on the driver's thread: a message the driver
+        // sends, or one that arrives for it, crosses no thread.
+        let runtime = driver_runtime()?;
         if !start.fault_injection {
-            let transport = TcpTransport::start(tcp, inbox).await?;
-            return Node::start_inner(options, state_machine, store, transport, receiver, bootstrap);
+            let transport = TcpTransport::start_on(tcp, inbox, runtime.handle())?;
+            return Node::start_inner(options, state_machine, store, transport, receiver, bootstrap, runtime);
         }
         // Faults sit between the transport and the core, both ways.
         let faults = Faults::default();
-        let transport = TcpTransport::start(tcp, faults.filter_inbox(inbox)).await?;
+        let transport = TcpTransport::start_on(tcp, faults.filter_inbox(inbox), runtime.handle())?;
         let transport = faults.wrap(transport, tokio::runtime::Handle::current());
-        let mut node = Node::start_inner(options, state_machine, store, transport, receiver, bootstrap)?;
+        let mut node = Node::start_inner(options, state_machine, store, transport, receiver, bootstrap, runtime)?;
         node.faults = Some(faults);
         Ok(node)
     }
@@ -306,7 +315,7 @@ impl<S: StateMachine> Node<S> {
         transport: Arc<dyn Transport>,
         inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
     ) -> Result<Node<S>> {
-        Node::start_inner(options, state_machine, store, transport, inbox, Bootstrap::confirmed())
+        Node::start_inner(options, state_machine, store, transport, inbox, Bootstrap::confirmed(), driver_runtime()?)
     }
 
     fn start_inner<L: LogStore>(
@@ -316,6 +325,7 @@ impl<S: StateMachine> Node<S> {
         transport: Arc<dyn Transport>,
         inbox: mpsc::Receiver<(NodeId, PeerMessage)>,
         bootstrap: Bootstrap,
+        runtime: tokio::runtime::Runtime,
     ) -> Result<Node<S>> {
         let id = options.raft.id;
         let raft = Raft::new(options.raft.clone(), store)?;
@@ -333,7 +343,6 @@ impl<S: StateMachine> Node<S> {
         let (stop_sender, stop) = watch::channel(None);
         let driver = Driver::new(raft, state_machine, transport, driver_options, leader_sender, stop_sender)?;
         let (requests, requests_receiver) = mpsc::channel(4096);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
         let thread = std::thread::Builder::new()
             .name(format!("skiff-{id}"))
             .spawn(move || runtime.block_on(driver.run(requests_receiver, inbox)))?;

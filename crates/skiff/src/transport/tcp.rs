@@ -355,6 +355,13 @@ impl TcpTransport {
     /// higher id. Messages that arrive go to `inbox`. Fails if the options are invalid or the
     /// address cannot be bound. Its tasks run on the current tokio runtime.
     pub async fn start(options: TcpOptions, inbox: Inbox) -> io::Result<Arc<TcpTransport>> {
+        TcpTransport::start_on(options, inbox, &Handle::current())
+    }
+
+    /// As [`TcpTransport::start`], with its tasks on `runtime` (a node runs them on its
+    /// driver's thread; they start when that runtime runs).
+    pub fn start_on(options: TcpOptions, inbox: Inbox, runtime: &Handle) -> io::Result<Arc<TcpTransport>> {
+        let _entered = runtime.enter();
         options.validate()?;
         let listener = bind(options.listen).map_err(|error| {
             io::Error::new(
@@ -389,7 +396,7 @@ impl TcpTransport {
             pending_handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            runtime: Handle::current(),
+            runtime: runtime.clone(),
             epoch: Instant::now(),
         });
         let transport = TcpTransport { shared, local_addr, initial_addresses: options.peers.clone() };
