@@ -103,6 +103,9 @@ pub(crate) struct DriverOptions {
     pub bootstrap: Bootstrap,
 }
 
+/// The most writes a leader holds back while its batch in flight commits (see
+/// `Driver::held`); past it, they go into the log at once, as if nothing were in flight.
+const MAX_HELD_WRITES: usize = 4096;
 /// How often a node tells its peers where the members live ([`PeerMessage::Addresses`]).
 const GOSSIP_EVERY_TICKS: u64 = 100;
 /// The most members one [`PeerMessage::Addresses`] is read for.
@@ -114,6 +117,12 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     options: DriverOptions,
     /// Requests taken on and not yet answered (their lifecycle: `pending.rs`).
     pending: Pending<S>,
+    /// Writes a leader took while its last batch was not yet committed, in arrival order.
+    /// They go into the log together once it commits ([`Driver::release_held`]): the disk
+    /// paces the batches, so under load a batch, and its fsync on every node, holds many
+    /// writes instead of the few that arrived during one fsync. A write that finds nothing
+    /// in flight goes into the log at once, so a lone client waits no longer.
+    held: Vec<(ForwardedRequest, Responder)>,
     /// Set once a shutdown is asked for.
     shutdown: Option<Shutdown>,
     /// Work for the apply thread, in order (never waited on: [`Progress`] bounds it); and
@@ -200,6 +209,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             transport,
             options,
             pending: Pending::default(),
+            held: Vec::new(),
             shutdown: None,
             tasks,
             events: Some(events),
@@ -263,9 +273,15 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 // Hand out committed entries only while the apply thread keeps up (it says
                 // when it has caught up again: `Event::Drained`).
                 self.raft.pause_applying(self.progress.must_pause());
-                while self.raft.has_ready() {
-                    self.handle_ready().await?;
-                    self.raft.pause_applying(self.progress.must_pause());
+                loop {
+                    self.release_held()?;
+                    if !self.raft.has_ready() {
+                        break;
+                    }
+                    while self.raft.has_ready() {
+                        self.handle_ready().await?;
+                        self.raft.pause_applying(self.progress.must_pause());
+                    }
                 }
                 self.activity.observe(&self.raft);
                 self.answer_activity();
@@ -289,6 +305,14 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
                 Some(Arc::new(error))
             }
         };
+        // Held writes never reached the log: certainly not applied.
+        for (_, responder) in std::mem::take(&mut self.held) {
+            let error = match responder {
+                Responder::Local(_) => Error::Stopped { cause: cause.clone() },
+                Responder::Remote { .. } => Error::LeadershipLost,
+            };
+            responder.respond(self.transport.as_ref(), Err(error));
+        }
         self.pending.stop(self.transport.as_ref(), cause.clone());
         self.stop.send_replace(Some(cause));
         let (closed, _) = std::sync::mpsc::channel();
@@ -413,9 +437,43 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         Instant::now() + self.options.request_timeout
     }
 
-    /// A write from a local client or forwarded by a follower: propose it as leader, or
-    /// forward it to the leader.
+    /// A write from a local client or forwarded by a follower: held while the leader's last
+    /// batch is in flight (see `held`), else proposed or forwarded now.
     fn write(&mut self, body: ForwardedRequest, responder: Responder) -> Result<()> {
+        if self.must_hold()? {
+            self.held.push((body, responder));
+            return Ok(());
+        }
+        self.propose_or_forward(body, responder)
+    }
+
+    /// Whether a write taken now waits: behind writes already waiting (arrival order), and
+    /// while the leader's batch is in flight.
+    fn must_hold(&self) -> Result<bool> {
+        Ok(!self.held.is_empty() || self.batch_in_flight()?)
+    }
+
+    /// Whether this node leads and its log holds entries it has not seen committed, with
+    /// room to hold more writes.
+    fn batch_in_flight(&self) -> Result<bool> {
+        let leading = self.raft.role() == RoleName::Leader;
+        Ok(leading && self.held.len() < MAX_HELD_WRITES && self.raft.last_log_id()?.index > self.raft.commit_index())
+    }
+
+    /// Proposes the held writes, all in one batch, once nothing is in flight (or this node
+    /// stopped leading, or too many wait: then they go on as they would have at once).
+    fn release_held(&mut self) -> Result<()> {
+        if self.held.is_empty() || self.batch_in_flight()? {
+            return Ok(());
+        }
+        for (body, responder) in std::mem::take(&mut self.held) {
+            self.propose_or_forward(body, responder)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a write as leader, or forwards it to the leader.
+    fn propose_or_forward(&mut self, body: ForwardedRequest, responder: Responder) -> Result<()> {
         let outcome = match &body {
             ForwardedRequest::Propose(command) => self.raft.propose(command.clone()).map(|p| Some(p.log_id)),
             ForwardedRequest::Membership(change) => {

@@ -305,3 +305,78 @@ async fn removing_the_leader_through_a_follower_succeeds() {
         assert_eq!(after, 1);
     }
 }
+
+/// Writes that reach a leader while its last batch is uncommitted wait for it, then go
+/// into the log together (the disk paces the batches). Here the leader is cut off with one
+/// write in flight and more held behind it, and loses its leadership: the held writes were
+/// never in its log, so they are retried with the new leader and each is applied exactly
+/// once; the one in flight is applied at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_held_behind_a_batch_in_flight_survive_a_leader_change() {
+    let cluster = Cluster::new(3);
+    let leader = cluster.leader().await;
+    cluster.node(leader).propose(Command::Push("before".into())).await.expect("first write");
+    cluster.network.isolate(leader);
+    let propose = |line: String| {
+        let node = Arc::clone(cluster.node(leader));
+        tokio::spawn(async move { node.propose(Command::Push(line)).await })
+    };
+    let in_flight = propose("in flight".into());
+    let node = Arc::clone(cluster.node(leader));
+    skiff_testkit::wait::eventually_ok_async("the write in the leader's log, uncommitted", async || {
+        let status = node.status().await.map_err(|error| error.to_string())?;
+        (status.last_log_id.index > status.commit).then_some(()).ok_or(format!("{status:?}"))
+    })
+    .await;
+    let held: Vec<_> = (0..5).map(|i| propose(format!("held {i}"))).collect();
+    cluster.leader_among(&cluster.others(leader)).await;
+    cluster.network.heal();
+    for write in held {
+        write.await.expect("join").expect("a held write is applied under the new leader");
+    }
+    let in_flight = in_flight.await.expect("join");
+    assert!(matches!(in_flight, Ok(_) | Err(skiff::Error::OutcomeUnknown)), "{in_flight:?}");
+    for id in cluster.ids() {
+        let lines = cluster.lines(id).await;
+        for i in 0..5 {
+            let held = format!("held {i}");
+            assert_eq!(lines.iter().filter(|line| **line == held).count(), 1, "node {id}: {lines:?}");
+        }
+        assert!(lines.iter().filter(|line| *line == "in flight").count() <= 1, "node {id}: {lines:?}");
+    }
+}
+
+/// A leader that stops with writes held behind its batch in flight tells their callers the
+/// node stopped, which means not applied (they never reached the log); the write in flight
+/// may still commit under the next leader, so its outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_tells_its_held_writes_they_were_not_applied() {
+    // Election timeouts of 1-2 s: the cut-off leader is still leading when it stops.
+    let cluster = Cluster::with_options(3, |id| {
+        let mut options = fast_options(id);
+        options.raft.election_timeout_ticks = 500;
+        options
+    });
+    let leader = cluster.leader().await;
+    cluster.network.isolate(leader);
+    let propose = |line: String| {
+        let node = Arc::clone(cluster.node(leader));
+        tokio::spawn(async move { node.propose(Command::Push(line)).await })
+    };
+    let in_flight = propose("in flight".into());
+    let node = Arc::clone(cluster.node(leader));
+    skiff_testkit::wait::eventually_ok_async("the write in the leader's log, uncommitted", async || {
+        let status = node.status().await.map_err(|error| error.to_string())?;
+        (status.last_log_id.index > status.commit).then_some(()).ok_or(format!("{status:?}"))
+    })
+    .await;
+    let held: Vec<_> = (0..3).map(|i| propose(format!("held {i}"))).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    node.stop_now().await;
+    for write in held {
+        let outcome = write.await.expect("join");
+        assert!(matches!(outcome, Err(skiff::Error::Stopped { .. })), "{outcome:?}");
+    }
+    let in_flight = in_flight.await.expect("join");
+    assert!(matches!(in_flight, Err(skiff::Error::OutcomeUnknown)), "{in_flight:?}");
+}
