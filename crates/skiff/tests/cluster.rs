@@ -306,6 +306,27 @@ async fn removing_the_leader_through_a_follower_succeeds() {
     }
 }
 
+type Proposal = tokio::task::JoinHandle<skiff::Result<usize>>;
+
+/// Cuts `leader` off from the others and proposes a write there, which the leader appends
+/// and cannot commit; returns a way to propose more there, and that write.
+async fn cut_off_with_a_write_in_flight(cluster: &Cluster, leader: NodeId) -> (impl Fn(String) -> Proposal, Proposal) {
+    cluster.network.isolate(leader);
+    let node = Arc::clone(cluster.node(leader));
+    let propose = move |line: String| {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move { node.propose(Command::Push(line)).await })
+    };
+    let in_flight = propose("in flight".into());
+    let node = Arc::clone(cluster.node(leader));
+    skiff_testkit::wait::eventually_ok_async("the write in the leader's log, uncommitted", async || {
+        let status = node.status().await.map_err(|error| error.to_string())?;
+        (status.last_log_id.index > status.commit).then_some(()).ok_or(format!("{status:?}"))
+    })
+    .await;
+    (propose, in_flight)
+}
+
 /// Writes that reach a leader while its last batch is uncommitted wait for it, then go
 /// into the log together (the disk paces the batches). Here the leader is cut off with one
 /// write in flight and more held behind it, and loses its leadership: the held writes were
@@ -316,18 +337,7 @@ async fn writes_held_behind_a_batch_in_flight_survive_a_leader_change() {
     let cluster = Cluster::new(3);
     let leader = cluster.leader().await;
     cluster.node(leader).propose(Command::Push("before".into())).await.expect("first write");
-    cluster.network.isolate(leader);
-    let propose = |line: String| {
-        let node = Arc::clone(cluster.node(leader));
-        tokio::spawn(async move { node.propose(Command::Push(line)).await })
-    };
-    let in_flight = propose("in flight".into());
-    let node = Arc::clone(cluster.node(leader));
-    skiff_testkit::wait::eventually_ok_async("the write in the leader's log, uncommitted", async || {
-        let status = node.status().await.map_err(|error| error.to_string())?;
-        (status.last_log_id.index > status.commit).then_some(()).ok_or(format!("{status:?}"))
-    })
-    .await;
+    let (propose, in_flight) = cut_off_with_a_write_in_flight(&cluster, leader).await;
     let held: Vec<_> = (0..5).map(|i| propose(format!("held {i}"))).collect();
     cluster.leader_among(&cluster.others(leader)).await;
     cluster.network.heal();
@@ -358,21 +368,10 @@ async fn a_leader_that_stops_tells_its_held_writes_they_were_not_applied() {
         options
     });
     let leader = cluster.leader().await;
-    cluster.network.isolate(leader);
-    let propose = |line: String| {
-        let node = Arc::clone(cluster.node(leader));
-        tokio::spawn(async move { node.propose(Command::Push(line)).await })
-    };
-    let in_flight = propose("in flight".into());
-    let node = Arc::clone(cluster.node(leader));
-    skiff_testkit::wait::eventually_ok_async("the write in the leader's log, uncommitted", async || {
-        let status = node.status().await.map_err(|error| error.to_string())?;
-        (status.last_log_id.index > status.commit).then_some(()).ok_or(format!("{status:?}"))
-    })
-    .await;
+    let (propose, in_flight) = cut_off_with_a_write_in_flight(&cluster, leader).await;
     let held: Vec<_> = (0..3).map(|i| propose(format!("held {i}"))).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    node.stop_now().await;
+    cluster.node(leader).stop_now().await;
     for write in held {
         let outcome = write.await.expect("join");
         assert!(matches!(outcome, Err(skiff::Error::Stopped { .. })), "{outcome:?}");
