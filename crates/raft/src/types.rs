@@ -241,6 +241,19 @@ impl Membership {
         self.len() == 0
     }
 
+    /// Whether this membership shows `change` done, as [`Membership::apply`] would leave it:
+    /// the member added (at the address, if the change names one), promoted, or gone. A
+    /// node settles a change of unknown outcome by asking this of the applied membership.
+    pub fn shows(&self, change: &MembershipChange) -> bool {
+        let at = |id: NodeId, address: &Option<String>| address.is_none() || self.address(id) == address.as_deref();
+        match change {
+            MembershipChange::AddLearner { id, address } => self.contains(*id) && at(*id, address),
+            MembershipChange::AddVoter { id, address } => self.is_voter(*id) && at(*id, address),
+            MembershipChange::Promote(id) => self.is_voter(*id),
+            MembershipChange::Remove(id) => !self.contains(*id),
+        }
+    }
+
     /// The membership after `change`, or why the change is not allowed.
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, String> {
         let mut next = self.clone();
@@ -364,6 +377,25 @@ pub struct ReadId(pub u64);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_membership_shows_each_change_once_applied_and_not_before() {
+        let address = Some("raft=10.0.0.4:7001".to_string());
+        let changes = [
+            MembershipChange::AddLearner { id: NodeId(4), address: address.clone() },
+            MembershipChange::Promote(NodeId(4)),
+            MembershipChange::Remove(NodeId(4)),
+            MembershipChange::AddVoter { id: NodeId(5), address: None },
+        ];
+        let mut membership = Membership::with_voters([NodeId(1)]);
+        for change in changes {
+            assert!(!membership.shows(&change), "{change:?} before it is applied");
+            membership = membership.apply(change.clone()).unwrap();
+            assert!(membership.shows(&change), "{change:?} once applied");
+        }
+        let elsewhere = MembershipChange::AddVoter { id: NodeId(5), address: Some("raft=10.0.0.9:7001".into()) };
+        assert!(!membership.shows(&elsewhere), "a member at another address is not that change done");
+    }
 
     #[test]
     fn a_member_keeps_its_address_until_it_is_removed() {

@@ -526,7 +526,7 @@ impl<S: StateMachine> Node<S> {
             Err(Error::OutcomeUnknown) => {
                 let applied = self.read(|_| crate::apply::position().map(|meta| meta.membership)).await;
                 match applied {
-                    Ok(Some(membership)) if shows(&membership, &change) => Ok(()),
+                    Ok(Some(membership)) if membership.shows(&change) => Ok(()),
                     _ => Err(Error::OutcomeUnknown),
                 }
             }
@@ -620,17 +620,5 @@ impl<S: StateMachine> Node<S> {
             (None, Err(_)) => Error::Stopped { cause: Some(Arc::new(Error::DriverPanicked)) },
             (None, Ok(_)) => Error::shut_down(),
         }
-    }
-}
-
-/// Whether `membership` shows `change` done: the member added (at the address, if the change
-/// names one), promoted, or gone.
-fn shows(membership: &Membership, change: &MembershipChange) -> bool {
-    let at = |id: NodeId, address: &Option<String>| address.is_none() || membership.address(id) == address.as_deref();
-    match change {
-        MembershipChange::AddLearner { id, address } => membership.contains(*id) && at(*id, address),
-        MembershipChange::AddVoter { id, address } => membership.is_voter(*id) && at(*id, address),
-        MembershipChange::Promote(id) => membership.is_voter(*id),
-        MembershipChange::Remove(id) => !membership.contains(*id),
     }
 }
