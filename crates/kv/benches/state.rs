@@ -4,7 +4,9 @@
 //! write after a view copies the tree's slots and the block it changes). And the write
 //! `bench/compare.sh` measures: a Redis `SET` of a 256-byte value over one of 10,000 keys,
 //! as a server proposes it (within the keyspace quota, at the cluster clock) to a store
-//! that records its change feed, as a server's does.
+//! that records its change feed, as a server's does; and what the leader adds to that
+//! write when a follower forwarded it (`StateMachine::forwarded_hook`: decode, stamp with
+//! its clock, encode again, as the driver does).
 //!
 //! ```sh
 //! cargo bench -p skiff-kv --bench state
@@ -93,5 +95,20 @@ fn overwrites(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, writes, overwrites);
+fn forwarded(c: &mut Criterion) {
+    let value = Bytes::from(vec![b'v'; 256]);
+    let mut store = KvStore::default();
+    let _published = store.subscribe();
+    let hook = store.forwarded_hook().expect("a subscribed store stamps forwarded writes");
+    let encoded = Bytes::from(postcard::to_stdvec(&set(4_242, &value, 1)).expect("encodes"));
+    c.bench_function("the leader's stamp on a forwarded SET of a 256-byte value", |b| {
+        b.iter(|| {
+            let mut command: Command = postcard::from_bytes(black_box(&encoded)).expect("decodes");
+            hook(&mut command);
+            black_box(Bytes::from(postcard::to_stdvec(&command).expect("encodes")))
+        })
+    });
+}
+
+criterion_group!(benches, writes, overwrites, forwarded);
 criterion_main!(benches);

@@ -26,7 +26,9 @@ pub async fn tick_as_leader(node: Arc<Node<KvStore>>, published: Arc<Published>)
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         checks.tick().await;
-        if node.leader().leader != Some(node.id()) {
+        let leading = node.leader().leader == Some(node.id());
+        published.set_leading(leading);
+        if !leading {
             continue;
         }
         let Some(next) = published.next_deadline() else { continue };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use skiff::{Index, StateMachine};
+use skiff::{ForwardedHook, Index, StateMachine};
 
 use crate::feed;
 pub use crate::keymap::Entry;
@@ -896,6 +896,24 @@ impl StateMachine for KvStore {
             published.feed().commit(index);
         }
         output
+    }
+
+    /// The leader stamps a write a follower forwarded with its own reading of the cluster
+    /// clock, in place of the follower's: the leader's reading is the one its clock entries
+    /// and its own writes use. A follower's reading runs from the last stamp it applied, so
+    /// one that restarted reads the clock from the entries it replayed: on an idle cluster
+    /// (no deadline, so no clock entries) that is as far behind as it was down, and a TTL
+    /// counted from its stamp would end that much early (a lease granted through it, at
+    /// once). A follower that restarted before the others after a full outage reads ahead
+    /// instead, and its stamp would move everyone's clock forward. Only the stamp changes:
+    /// TTLs in commands are durations from it.
+    fn forwarded_hook(&self) -> Option<ForwardedHook<Command>> {
+        let published = Arc::clone(self.published.as_ref()?);
+        Some(Arc::new(move |command: &mut Command| {
+            if let Op::At { now_ms, .. } = &mut command.op {
+                *now_ms = published.now_ms();
+            }
+        }))
     }
 
     /// Streams the state out (see [`SNAPSHOT_VERSION`] for the layout): the map's blocks

@@ -9,7 +9,7 @@
 //! reads once. Nothing here goes through the Raft node or its driver.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub struct Published {
     anchor_at: AtomicU64,
     /// The earliest deadline of a key or lease on the cluster clock; `u64::MAX` for none.
     next_deadline: AtomicU64,
+    /// Whether this node leads, as the leader's clock task last saw ([`Published::set_leading`]).
+    leading: AtomicBool,
     /// The change feed's history (`GET /v1/skiff/watch`).
     feed: crate::feed::Feed,
 }
@@ -188,16 +190,23 @@ impl Published {
     }
 
     /// This node's reading of the cluster clock, in milliseconds: its own monotonic clock,
-    /// set forward to an applied entry's stamp whenever the stamp is ahead of it, never back.
+    /// counted from the stamp of the last applied entry that moved the replicated clock. On a
+    /// follower every such stamp sets it, forward or back; on the leader only a stamp ahead
+    /// of it does.
     ///
-    /// - It never runs ahead of the clock of the node that stamped an entry: the entry reached
-    ///   this node after it was stamped, so a stamp plus the time since it was applied here is
-    ///   at most the stamper's reading now. So a deadline is never seen as passed early.
-    ///   That needs every node's clock to start from a stamp: before the first one it reads
-    ///   1 ms and does not run.
-    /// - It does not lose time: a leader applying its own stamp a few milliseconds after it
-    ///   made it is not set back by that delay (were it, the cluster clock would fall behind
-    ///   real time by one commit latency per clock entry, and TTLs would grow with uptime).
+    /// - A follower never runs ahead of the leader: every stamp is the leader's reading (the
+    ///   leader stamps the writes followers forward, [`crate::KvStore`]'s forwarded hook), and
+    ///   the entry reached the follower after it was stamped, so a stamp plus the time since
+    ///   it was applied here is at most the leader's reading now. So a deadline is never seen
+    ///   as passed early. Being set back matters after a full outage: each node's clock then
+    ///   starts from the entries it replays, when it restarts, so one restarted before the
+    ///   new leader reads ahead of it until it applies the leader's first stamp (a clock
+    ///   entry within a second while a deadline exists). Before the first stamp of a new
+    ///   cluster the clock reads 1 ms and does not run.
+    /// - The leader does not lose time: applying its own stamp a few milliseconds after it
+    ///   made it does not set it back by that delay (were it, the cluster clock would fall
+    ///   behind real time by one commit latency per clock entry, and TTLs would grow with
+    ///   uptime).
     pub fn now_ms(&self) -> u64 {
         let at = self.anchor_at.load(Ordering::Acquire);
         let anchor = self.anchor_ms.load(Ordering::Acquire);
@@ -219,8 +228,14 @@ impl Published {
         Some(self.next_deadline.load(Ordering::Relaxed)).filter(|&deadline| deadline != u64::MAX)
     }
 
+    /// Whether this node leads: set by the leader's clock task ([`crate::clock`]), every
+    /// few milliseconds. It decides whether a stamp behind this node's reading sets it back.
+    pub(crate) fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
     /// After an apply (on the apply thread, the only writer): the replicated clock, which
-    /// sets this node's reading forward if it is ahead of it, and the earliest deadline.
+    /// sets this node's reading (see [`Published::now_ms`]), and the earliest deadline.
     pub(crate) fn set_clock(&self, clock_ms: u64, next_deadline: Option<u64>) {
         let previous = self.clock_ms.swap(clock_ms, Ordering::AcqRel);
         self.next_deadline.store(next_deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -236,7 +251,8 @@ impl Published {
         // leader's and see deadlines pass early once it leads (the skew of start-up times,
         // not the election, would decide how much).
         let unset = self.anchor_at.load(Ordering::Relaxed) == 0;
-        if (unset && clock_ms > 0) || (!unset && clock_ms > self.now_ms()) {
+        let follows = !self.leading.load(Ordering::Relaxed);
+        if (unset && clock_ms > 0) || (!unset && (follows || clock_ms > self.now_ms())) {
             // The local time first: a reader between the two stores sees the new time with
             // the old anchor, a reading a little early, never one ahead.
             self.anchor_at.store(local_ms(), Ordering::Release);
@@ -346,8 +362,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_clock_reading_goes_forward_with_stamps_ahead_of_it_and_never_back() {
+    fn a_leaders_clock_reading_goes_forward_with_stamps_ahead_of_it_and_never_back() {
         let published = Published::default();
+        published.set_leading(true);
         published.set_clock(1_000, None);
         std::thread::sleep(std::time::Duration::from_millis(40));
         let before = published.now_ms();
@@ -362,6 +379,26 @@ mod tests {
         let after = published.now_ms();
         assert!((50_000..50_040).contains(&after), "{after}");
         assert_eq!(published.next_deadline(), Some(60_000));
+    }
+
+    #[test]
+    fn a_followers_clock_reading_is_set_by_each_stamp_even_back() {
+        let published = Published::default();
+        // Restarted before the new leader after a full outage: the entries it replayed
+        // started its clock 40 ms before the leader's.
+        published.set_clock(1_000, None);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(published.now_ms() >= 1_040);
+        // The leader's first stamp, made from a clock that started 40 ms later.
+        published.set_clock(1_005, None);
+        let reading = published.now_ms();
+        assert!((1_005..1_035).contains(&reading), "set back to the leader's stamp: {reading}");
+        // Once it leads, its own stamps, applied after it made them, do not set it back.
+        published.set_leading(true);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = published.now_ms();
+        published.set_clock(1_006, None);
+        assert!(published.now_ms() >= before, "{} < {before}", published.now_ms());
     }
 
     #[test]

@@ -101,3 +101,48 @@ fn a_ttl_is_neither_restarted_nor_shortened_by_two_leader_changes() {
     }
     cluster.shutdown();
 }
+
+/// A follower's reading of the cluster clock runs from the last stamp it applied, so one
+/// that restarted reads it from the entries it replayed: on an idle cluster (no deadline,
+/// so no clock entries) as far behind the leader as it was down. A TTL written through it
+/// still counts from the leader's clock, because the leader stamps the writes followers
+/// forward; before, this key's deadline was already past when it was written.
+#[test]
+fn a_ttl_written_through_a_follower_that_restarted_counts_from_the_leaders_clock() {
+    const DOWN: Duration = Duration::from_millis(2500);
+    let file = ClusterFile::builder("expiry-restart", 3).http().build();
+    let mut cluster = KvCluster::start_with(file, false);
+    let leader = cluster.leader();
+    let follower = cluster.others(leader)[0];
+    // A write without a deadline starts the clock; then nothing is stamped for a while.
+    let plain = Op::Set {
+        key: Bytes::from_static(b"started"),
+        value: Bytes::from_static(b"1"),
+        when: When::Always,
+        get: false,
+    };
+    let now = cluster.server(leader).published().now_ms();
+    cluster
+        .block_on(cluster.server(leader).node().propose(Command { request: None, op: plain.at(now) }))
+        .expect("a write");
+    cluster.kill(follower);
+    std::thread::sleep(DOWN);
+    cluster.start_node(follower);
+    assert_eq!(cluster.leader(), leader, "the leader stayed");
+    let lag = |cluster: &KvCluster| {
+        let ahead = cluster.server(leader).published().now_ms();
+        ahead.saturating_sub(cluster.server(follower).published().now_ms())
+    };
+    let behind = lag(&cluster);
+    assert!(behind >= 2000, "the restarted follower's clock should lag the leader's by its downtime: {behind} ms");
+    let written = set_with_ttl(&cluster, follower);
+    let leader_now = cluster.server(leader).published().now_ms();
+    let read = cluster.server(leader).node().read_stale(|store: &KvStore| store.get(KEY).map(|entry| entry.expires));
+    let deadline = cluster.block_on(read).expect("a local read").expect("the key is there after its write");
+    let left = deadline.saturating_sub(leader_now);
+    let ttl = TTL.as_millis() as u64;
+    assert!(left + 500 >= ttl, "written at {written} with a TTL of {ttl} ms, {left} ms left on the leader's clock");
+    // The follower applied the leader's stamp with the write: its clock caught up.
+    assert!(lag(&cluster) < 500, "the follower's clock still lags by {} ms", lag(&cluster));
+    cluster.shutdown();
+}

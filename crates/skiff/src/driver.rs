@@ -123,6 +123,9 @@ pub(crate) struct Driver<S: StateMachine, L: LogStore> {
     /// writes instead of the few that arrived during one fsync. A write that finds nothing
     /// in flight goes into the log at once, so a lone client waits no longer.
     held: Vec<(ForwardedRequest, Responder)>,
+    /// The state machine's [`StateMachine::forwarded_hook`], run on the leader for each
+    /// command a follower forwarded.
+    forwarded_hook: Option<crate::ForwardedHook<S::Command>>,
     /// Set once a shutdown is asked for.
     shutdown: Option<Shutdown>,
     /// Work for the apply thread, in order (never waited on: [`Progress`] bounds it); and
@@ -182,6 +185,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             }
             None => (raft.storage().snapshot_meta(), 0),
         };
+        let forwarded_hook = state_machine.forwarded_hook();
         let progress = Arc::new(Progress::new(options.max_apply_backlog_bytes));
         let (events_sender, events) = mpsc::unbounded_channel();
         let policy = SnapshotPolicy::new(options.snapshot_after_entries, restored.last_log_id.index, snapshot_bytes);
@@ -210,6 +214,7 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             options,
             pending: Pending::default(),
             held: Vec::new(),
+            forwarded_hook,
             shutdown: None,
             tasks,
             events: Some(events),
@@ -475,7 +480,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     /// Proposes a write as leader, or forwards it to the leader.
     fn propose_or_forward(&mut self, body: ForwardedRequest, responder: Responder) -> Result<()> {
         let outcome = match &body {
-            ForwardedRequest::Propose(command) => self.raft.propose(command.clone()).map(|p| Some(p.log_id)),
+            ForwardedRequest::Propose(command) => {
+                let command = match &responder {
+                    Responder::Remote { .. } => self.on_forwarded(command),
+                    Responder::Local(_) => command.clone(),
+                };
+                self.raft.propose(command).map(|p| Some(p.log_id))
+            }
             ForwardedRequest::Membership(change) => {
                 self.raft.propose_membership(change.clone()).map(|p| Some(p.log_id))
             }
@@ -508,6 +519,20 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
             Err(error) => responder.respond(self.transport.as_ref(), Err(error.into())),
         }
         Ok(())
+    }
+
+    /// A command a follower forwarded, as the leader proposes it: through the state
+    /// machine's [`StateMachine::forwarded_hook`], if it has one and this node leads (else
+    /// the core refuses it, as it came). One that does not decode goes on as it came: the
+    /// apply thread answers it with the decoding error, as it would have.
+    fn on_forwarded(&self, command: &Bytes) -> Bytes {
+        let Some(hook) = &self.forwarded_hook else { return command.clone() };
+        if self.raft.role() != RoleName::Leader {
+            return command.clone();
+        }
+        let Ok(mut decoded) = postcard::from_bytes::<S::Command>(command) else { return command.clone() };
+        hook(&mut decoded);
+        postcard::to_stdvec(&decoded).map_or_else(|_| command.clone(), Bytes::from)
     }
 
     fn handle_peer(&mut self, from: NodeId, message: PeerMessage) -> Result<()> {

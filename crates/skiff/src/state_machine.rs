@@ -1,6 +1,7 @@
 //! The application's state machine: what Skiff replicates.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,4 +47,18 @@ pub trait StateMachine: Send + 'static {
     fn snapshot_view(&self) -> Option<Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>> {
         None
     }
+
+    /// What the leader does to a command a follower forwarded, before proposing it: fills
+    /// in what only the leader knows. The KV store stamps the command with the leader's
+    /// reading of its cluster clock, so that a follower whose reading lags (one that just
+    /// restarted reads the clock from the entries it replayed) cannot give a TTL an old
+    /// start. Asked once, when the node starts; the hook runs on the driver for every
+    /// forwarded command, so it must be quick and must not block. `None` (the default):
+    /// forwarded commands are proposed as they came.
+    fn forwarded_hook(&self) -> Option<ForwardedHook<Self::Command>> {
+        None
+    }
 }
+
+/// See [`StateMachine::forwarded_hook`].
+pub type ForwardedHook<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
