@@ -20,6 +20,10 @@
 //!   before the earliest deadline (the grant's request + TTL) and found it gone is one too.
 //!   The measured error of each key is when a read first found it gone minus the earliest
 //!   deadline (so it includes up to one polling interval).
+//! - A full outage (`restart-all`) stops the cluster clock: no node runs to count the time,
+//!   and it goes on from the entries the nodes replay (docs/coordination.md). So a key may
+//!   outlive its deadline by the outages since its grant, and a write after a pause that an
+//!   outage overlapped may be accepted: the lease had not ended on the cluster clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +72,9 @@ pub struct FencedWrite {
     pub token: u64,
     /// After a pause past the TTL: it must be refused.
     pub stale: bool,
+    /// For a stale write, when the pause began and the write was sent (ns since the start).
+    #[serde(skip)]
+    pub paused: Option<(u64, u64)>,
     pub outcome: WriteOutcome,
 }
 
@@ -105,7 +112,7 @@ pub(super) fn client_error_class(error: &Error) -> String {
 }
 
 /// What the lock clients recorded.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct LockLog {
     /// Token -> the client whose acquire answered it.
     pub acquisitions: BTreeMap<u64, u64>,
@@ -180,9 +187,12 @@ impl LockWorkload<'_> {
             for seq in 1..=WRITES_PER_TENURE {
                 written += 1;
                 let stale = paused && seq == WRITES_PER_TENURE;
+                let mut pause = None;
                 if stale {
                     log.pauses += 1;
+                    let began = self.now_ns();
                     std::thread::sleep(self.pause());
+                    pause = Some((began, self.now_ns()));
                 }
                 let key = format!("{}c{id}-{written}", self.fenced_prefix());
                 let value = format!("c{id} t{token} s{seq}");
@@ -195,7 +205,7 @@ impl LockWorkload<'_> {
                         WriteOutcome::Unknown
                     }
                 };
-                log.writes.push(FencedWrite { client: id, key, token, stale, outcome });
+                log.writes.push(FencedWrite { client: id, key, token, stale, paused: pause, outcome });
                 if !stale && let Err(error) = client.lease_keepalive(&lease) {
                     log.error(&error);
                 }
@@ -324,13 +334,15 @@ fn parse_value(value: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Checks what the clients recorded against the final listing of the fenced keys
-/// (`(key, value, modify index)`), and the TTL keys; builds the report.
+/// (`(key, value, modify index)`), and the TTL keys; builds the report. `outages` are the
+/// full outages (`restart-all`), from the kill to the restart, in ns since the start.
 pub fn conclude(
     log: LockLog,
     listing: &[(String, Vec<u8>, u64)],
     ttl_keys: &[TtlKey],
     ttl: Duration,
     allowance: Duration,
+    outages: &[(u64, u64)],
 ) -> LockReport {
     let mut violations = Vec::new();
     let mut applied: Vec<Applied> = Vec::new();
@@ -353,7 +365,8 @@ pub fn conclude(
             }
             _ => {}
         }
-        if write.stale && write.outcome == WriteOutcome::Written {
+        let clock_stopped = write.paused.is_some_and(|(from, to)| down_ns(outages, from, to) > 0);
+        if write.stale && write.outcome == WriteOutcome::Written && !clock_stopped {
             violations.push(format!(
                 "{}: client {} wrote with token {} after a pause past its TTL",
                 write.key, write.client, write.token
@@ -392,7 +405,7 @@ pub fn conclude(
             ));
         }
     }
-    let ttl_report = ttl_report(ttl_keys, ttl, allowance, &mut violations);
+    let ttl_report = ttl_report(ttl_keys, ttl, allowance, outages, &mut violations);
     let count = |outcome| log.writes.iter().filter(|write| !write.stale && write.outcome == outcome).count() as u64;
     LockReport {
         passed: violations.is_empty(),
@@ -413,22 +426,39 @@ pub fn conclude(
     }
 }
 
+/// How long the outages and the span `from..to` (ns) overlap.
+fn down_ns(outages: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    outages.iter().map(|&(start, end)| end.min(to).saturating_sub(start.max(from))).sum()
+}
+
 /// The TTL keys' errors, and their violations.
-fn ttl_report(keys: &[TtlKey], ttl: Duration, allowance: Duration, violations: &mut Vec<String>) -> TtlReport {
+fn ttl_report(
+    keys: &[TtlKey],
+    ttl: Duration,
+    allowance: Duration,
+    outages: &[(u64, u64)],
+    violations: &mut Vec<String>,
+) -> TtlReport {
     let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
     let allowance_ns = u64::try_from(allowance.as_nanos()).unwrap_or(u64::MAX);
     let mut errors: Vec<f64> = Vec::new();
     for key in keys {
         let earliest = key.granted_from + ttl_ns;
         let latest = key.granted_by + ttl_ns;
+        // The cluster clock stood still while the whole cluster was down.
         if let Some(present) = key.last_present
-            && present > latest + allowance_ns
+            && let down = down_ns(outages, key.granted_from, present)
+            && present > latest + allowance_ns + down
         {
             violations.push(format!(
-                "{}: still there {:.0} ms after its latest deadline (allowed: {} ms)",
+                "{}: still there {:.0} ms after its latest deadline (allowed: {} ms{})",
                 key.key,
                 (present - latest) as f64 / 1e6,
-                allowance.as_millis()
+                allowance.as_millis(),
+                match down {
+                    0 => String::new(),
+                    down => format!(", plus {:.0} ms of full outage", down as f64 / 1e6),
+                }
             ));
         }
         if let Some(absent) = key.first_absent {
@@ -473,7 +503,7 @@ mod tests {
     use super::*;
 
     fn write(client: u64, n: u64, token: u64, outcome: WriteOutcome) -> FencedWrite {
-        FencedWrite { client, key: format!("fenced/c{client}-{n}"), token, stale: false, outcome }
+        FencedWrite { client, key: format!("fenced/c{client}-{n}"), token, stale: false, paused: None, outcome }
     }
 
     fn listed(client: u64, n: u64, token: u64, index: u64) -> (String, Vec<u8>, u64) {
@@ -481,7 +511,7 @@ mod tests {
     }
 
     fn check(log: LockLog, listing: &[(String, Vec<u8>, u64)]) -> Vec<String> {
-        conclude(log, listing, &[], Duration::from_secs(2), Duration::from_secs(1)).violations
+        conclude(log, listing, &[], Duration::from_secs(2), Duration::from_secs(1), &[]).violations
     }
 
     #[test]
@@ -513,8 +543,15 @@ mod tests {
         let mut stale = log();
         stale.writes[1].stale = true;
         stale.writes[1].outcome = WriteOutcome::Written;
-        let wrong = check(stale, &[listed(1, 1, 10, 11), listed(1, 2, 10, 12), listed(2, 1, 20, 21)]);
+        stale.writes[1].paused = Some((1_000, 5_000));
+        let listing = [listed(1, 1, 10, 11), listed(1, 2, 10, 12), listed(2, 1, 20, 21)];
+        let wrong = check(stale.clone(), &listing);
         assert!(wrong.iter().any(|v| v.contains("after a pause past its TTL")), "{wrong:?}");
+        // Unless the whole cluster was down during the pause: its clock stood still, and
+        // the lease had not ended on it.
+        let during = |outage| conclude(stale.clone(), &listing, &[], Duration::from_secs(2), Duration::ZERO, &[outage]);
+        assert_eq!(during((2_000, 3_000)).violations, Vec::<String>::new());
+        assert_eq!(during((6_000, 7_000)).violations.len(), 1, "an outage after the write excuses nothing");
     }
 
     #[test]
@@ -532,14 +569,29 @@ mod tests {
             &[key(2300 * ms, 2000 * ms), key(2200 * ms, 2050 * ms)],
             Duration::from_secs(2),
             Duration::from_millis(600),
+            &[],
             &mut violations,
         );
         assert_eq!(violations, Vec::<String>::new());
         assert_eq!((report.expired, report.max_error_ms, report.median_error_ms), (2, Some(200.0), Some(200.0)));
-        ttl_report(&[key(2000 * ms, 1900 * ms)], Duration::from_secs(2), Duration::from_millis(600), &mut violations);
+        ttl_report(
+            &[key(2000 * ms, 1900 * ms)],
+            Duration::from_secs(2),
+            Duration::from_millis(600),
+            &[],
+            &mut violations,
+        );
         assert!(violations[0].contains("before its earliest deadline"), "{violations:?}");
         violations.clear();
-        ttl_report(&[key(3000 * ms, 2800 * ms)], Duration::from_secs(2), Duration::from_millis(600), &mut violations);
+        let late = [key(3000 * ms, 2800 * ms)];
+        ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[], &mut violations);
+        assert!(violations[0].contains("still there"), "{violations:?}");
+        // A full outage of 300 ms after the grant stopped the clock: as late is in time.
+        violations.clear();
+        ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[(500 * ms, 800 * ms)], &mut violations);
+        assert_eq!(violations, Vec::<String>::new());
+        // One before the grant does not.
+        ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[(0, 90 * ms)], &mut violations);
         assert!(violations[0].contains("still there"), "{violations:?}");
     }
 }

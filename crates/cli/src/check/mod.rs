@@ -516,7 +516,13 @@ fn conclude(
     let check = CheckSummary::new(result, checking.elapsed().as_secs_f64());
 
     let lock = match recorded.lock.take() {
-        Some((log, ttl_keys)) => Some(conclude_locks(options, target, log, &ttl_keys)?),
+        Some((log, ttl_keys)) => {
+            let outages: Vec<(u64, u64)> = (recorded.faults.events.iter())
+                .filter(|event| event.kind == FaultKind::RestartAll)
+                .map(|event| (event.start_ns, event.end_ns))
+                .collect();
+            Some(conclude_locks(options, target, log, &ttl_keys, &outages)?)
+        }
         None => None,
     };
     let transfer = recorded.transfer.take().map(|log| {
@@ -595,6 +601,7 @@ fn conclude_locks(
     target: &Target,
     log: locks::LockLog,
     ttl_keys: &[locks::TtlKey],
+    outages: &[(u64, u64)],
 ) -> Result<locks::LockReport> {
     let urls: Vec<String> = target.roster.current().into_iter().map(|member| member.url).collect();
     let builder = skiff_client::Client::builder().endpoints(urls).timeout(LEADER_TIMEOUT);
@@ -606,7 +613,7 @@ fn conclude_locks(
         .into_iter()
         .map(|entry| (entry.key, entry.value, entry.modify_index))
         .collect();
-    Ok(locks::conclude(log, &listing, ttl_keys, options.lock_ttl, locks::allowance(election_timeout())))
+    Ok(locks::conclude(log, &listing, ttl_keys, options.lock_ttl, locks::allowance(election_timeout()), outages))
 }
 
 fn settings(options: &CheckOptions, kinds: &[FaultKind], seed: u64, target: &Target) -> Settings {
