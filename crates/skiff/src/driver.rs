@@ -532,7 +532,9 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
         }
         let Ok(mut decoded) = postcard::from_bytes::<S::Command>(command) else { return command.clone() };
         hook(&mut decoded);
-        postcard::to_stdvec(&decoded).map_or_else(|_| command.clone(), Bytes::from)
+        // Sized for the command as it came (a hook changes little): no regrowing.
+        let buffer = Vec::with_capacity(command.len() + 16);
+        postcard::to_extend(&decoded, buffer).map_or_else(|_| command.clone(), Bytes::from)
     }
 
     fn handle_peer(&mut self, from: NodeId, message: PeerMessage) -> Result<()> {
