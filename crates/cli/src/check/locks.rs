@@ -310,9 +310,12 @@ pub struct TtlReport {
     /// How late a key may still be seen past its latest deadline: the longest election
     /// timeout plus a margin.
     pub allowance_ms: u64,
-    /// First read that found a key gone minus its earliest deadline, in milliseconds.
+    /// First read that found a key gone minus its earliest deadline, less the full outages
+    /// since its grant (the cluster clock stood still), in milliseconds.
     pub max_error_ms: Option<f64>,
     pub median_error_ms: Option<f64>,
+    /// Keys seen expiring whose TTL spanned a full outage.
+    pub across_outages: u64,
     pub poll_ms: u64,
 }
 
@@ -442,6 +445,7 @@ fn ttl_report(
     let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
     let allowance_ns = u64::try_from(allowance.as_nanos()).unwrap_or(u64::MAX);
     let mut errors: Vec<f64> = Vec::new();
+    let mut across_outages = 0;
     for key in keys {
         let earliest = key.granted_from + ttl_ns;
         let latest = key.granted_by + ttl_ns;
@@ -469,7 +473,9 @@ fn ttl_report(
                     (earliest - absent) as f64 / 1e6
                 ));
             }
-            errors.push((absent as f64 - earliest as f64) / 1e6);
+            let down = down_ns(outages, key.granted_from, absent);
+            across_outages += u64::from(down > 0);
+            errors.push((absent as f64 - earliest as f64 - down as f64) / 1e6);
         }
     }
     errors.sort_by(f64::total_cmp);
@@ -480,6 +486,7 @@ fn ttl_report(
         allowance_ms: u64::try_from(allowance.as_millis()).unwrap_or(u64::MAX),
         max_error_ms: errors.last().copied(),
         median_error_ms: (!errors.is_empty()).then(|| errors[errors.len() / 2]),
+        across_outages,
         poll_ms: u64::try_from(POLL.as_millis()).unwrap_or(u64::MAX),
     }
 }
@@ -586,10 +593,13 @@ mod tests {
         let late = [key(3000 * ms, 2800 * ms)];
         ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[], &mut violations);
         assert!(violations[0].contains("still there"), "{violations:?}");
-        // A full outage of 300 ms after the grant stopped the clock: as late is in time.
+        // A full outage of 300 ms after the grant stopped the clock: as late is in time,
+        // and the outage is not counted as the key's error.
         violations.clear();
-        ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[(500 * ms, 800 * ms)], &mut violations);
+        let outage = [(500 * ms, 800 * ms)];
+        let report = ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &outage, &mut violations);
         assert_eq!(violations, Vec::<String>::new());
+        assert_eq!((report.across_outages, report.max_error_ms), (1, Some(600.0)));
         // One before the grant does not.
         ttl_report(&late, Duration::from_secs(2), Duration::from_millis(600), &[(0, 90 * ms)], &mut violations);
         assert!(violations[0].contains("still there"), "{violations:?}");

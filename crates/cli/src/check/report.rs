@@ -197,10 +197,14 @@ impl Report {
             (Some(max), Some(median)) => format!("expiry error max {max:.0} ms, median {median:.0} ms"),
             _ => "no expiry observed".to_string(),
         };
+        let outages = match ttl.across_outages {
+            0 => String::new(),
+            keys => format!(", less the full outages since the grant ({keys} keys spanned one)"),
+        };
         let _ = writeln!(
             text,
             "  TTL {} ms: {} of {} keys seen expiring; {measured} (first read that found it gone minus the earliest \
-             deadline; reads every {} ms; allowed {} ms past the latest)",
+             deadline{outages}; reads every {} ms; allowed {} ms past the latest)",
             ttl.ttl_ms, ttl.expired, ttl.keys, ttl.poll_ms, ttl.allowance_ms
         );
         if lock.violations.is_empty() {
