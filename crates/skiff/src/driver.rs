@@ -522,19 +522,13 @@ impl<S: StateMachine, L: LogStore> Driver<S, L> {
     }
 
     /// A command a follower forwarded, as the leader proposes it: through the state
-    /// machine's [`StateMachine::forwarded_hook`], if it has one and this node leads (else
-    /// the core refuses it, as it came). One that does not decode goes on as it came: the
-    /// apply thread answers it with the decoding error, as it would have.
+    /// machine's [`StateMachine::forwarded_hook`] ([`crate::run_forwarded_hook`]), if it has
+    /// one and this node leads (else the core refuses it, as it came).
     fn on_forwarded(&self, command: &Bytes) -> Bytes {
-        let Some(hook) = &self.forwarded_hook else { return command.clone() };
-        if self.raft.role() != RoleName::Leader {
-            return command.clone();
+        match &self.forwarded_hook {
+            Some(hook) if self.raft.role() == RoleName::Leader => crate::run_forwarded_hook(hook, command),
+            _ => command.clone(),
         }
-        let Ok(mut decoded) = postcard::from_bytes::<S::Command>(command) else { return command.clone() };
-        hook(&mut decoded);
-        // Sized for the command as it came (a hook changes little): no regrowing.
-        let buffer = Vec::with_capacity(command.len() + 16);
-        postcard::to_extend(&decoded, buffer).map_or_else(|_| command.clone(), Bytes::from)
     }
 
     fn handle_peer(&mut self, from: NodeId, message: PeerMessage) -> Result<()> {

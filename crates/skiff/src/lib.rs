@@ -130,7 +130,7 @@ pub use skiff_raft::Error as RaftError;
 pub use skiff_raft::{
     Entry, Index, LogId, Membership, MembershipChange, NodeId, Payload, RoleName, SnapshotMeta, Term,
 };
-pub use state_machine::{ForwardedHook, StateMachine};
+pub use state_machine::{ForwardedHook, StateMachine, run_forwarded_hook};
 pub use store::{LogStore, MemLogStore, SnapshotSink, SnapshotTarget};
 
 // The Rust blocks of the README and of the docs pages run as doctests of this crate, so
